@@ -1,1 +1,66 @@
+//! # srdd-core
+//!
+//! A `#![no_std]`, allocation-free inference engine for SRDD — VAR (next-scale prediction) read as
+//! a discrete diffusion with a Markovian, block-diagonal attention mask — and for the official
+//! block-causal VAR. It runs the transformer, the multi-scale VQ bookkeeping, the VQVAE decoder and
+//! encoder and the sampler out of a caller-provided byte arena whose exact size ([`Plan`]) is known
+//! before any work starts. Weights are f32, f16 or int8 (per-output-channel symmetric, with int8
+//! dynamically quantized activations and i32 accumulation).
+//!
+//! Pipeline rooms: [`format`] (the `.srdd` file), [`weights`] (zero-copy views), [`kernels`],
+//! [`var`] (transformer), [`vq`] (quantizer bookkeeping), [`vae`] (decoder/encoder), [`sample`],
+//! [`schedule`], [`generate`] (the per-image loop) and [`tokenize`] (image → tokens).
+//!
+//! References: Tian et al., *Visual Autoregressive Modeling* (NeurIPS 2024, FoundationVision/VAR);
+//! Kumar et al., *Scale-Wise VAR is Secretly Discrete Diffusion* (arXiv 2509.22636).
 #![no_std]
+#![deny(missing_docs)]
+
+#[cfg(feature = "std")]
+extern crate std;
+
+#[cfg(feature = "std")]
+pub mod aligned;
+pub mod arena;
+pub mod config;
+pub mod edit;
+pub mod error;
+pub mod format;
+pub mod generate;
+pub mod kernels;
+pub mod sample;
+pub mod schedule;
+pub mod tokenize;
+pub mod vae;
+pub mod var;
+pub mod vq;
+pub mod weights;
+
+pub use config::{Attention, ModelConfig, WeightFormat};
+pub use error::{Error, Result};
+pub use generate::{Generator, Guidance, NoHook, Plan, SampleOptions, StepHook};
+pub use schedule::Schedule;
+pub use weights::Weights;
+
+/// A loaded model: its configuration and zero-copy views into the model bytes.
+pub struct Model<'a> {
+    /// Hyper-parameters from the header.
+    pub config: ModelConfig,
+    /// Weight views.
+    pub weights: Weights<'a>,
+}
+
+impl<'a> Model<'a> {
+    /// Validates an `.srdd` file (magic, version, length, checksum, every tensor's name, shape,
+    /// dtype, bounds and alignment) and returns views into it. Never panics on any input.
+    pub fn from_bytes(bytes: &'a [u8]) -> Result<Self> {
+        let file = format::parse(bytes)?;
+        let mut src = format::FileSource::new(&file);
+        let weights = Weights::build(&file.header.config, &mut src)?;
+        src.finish()?;
+        Ok(Model {
+            config: file.header.config,
+            weights,
+        })
+    }
+}

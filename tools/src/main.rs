@@ -1,1 +1,152 @@
-fn main() {}
+//! `srdd-tools`: pack official checkpoints, inspect `.srdd` files, run parity fixtures.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use srdd_core::aligned::AlignedBytes;
+use srdd_core::{Attention, WeightFormat};
+use srdd_tools::checkpoint::{read_state_dict, Role};
+use srdd_tools::convert::{pack, PackOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "srdd-tools", version, about = "Convert, inspect and verify srdd models")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Weights {
+    F32,
+    F16,
+    Int8,
+}
+
+impl From<Weights> for WeightFormat {
+    fn from(w: Weights) -> Self {
+        match w {
+            Weights::F32 => WeightFormat::F32,
+            Weights::F16 => WeightFormat::F16,
+            Weights::Int8 => WeightFormat::Int8,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Attn {
+    Markov,
+    Causal,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Convert official checkpoints (.pth / .safetensors) into one .srdd file.
+    Pack {
+        /// VQVAE checkpoint (e.g. vae_ch160v4096z32.pth).
+        #[arg(long)]
+        vae: PathBuf,
+        /// VAR checkpoint (e.g. var_d16.pth).
+        #[arg(long)]
+        var: PathBuf,
+        /// Storage type of Linear/Conv weights.
+        #[arg(long, value_enum, default_value = "f32")]
+        weights: Weights,
+        /// Scale schedule, e.g. 1,2,3,4,5,6,8,10,13,16 (default: the official one).
+        #[arg(long, value_delimiter = ',')]
+        patch_nums: Option<Vec<u16>>,
+        /// Default attention policy stored in the file.
+        #[arg(long, value_enum, default_value = "markov")]
+        attention: Attn,
+        /// Leave the VQVAE encoder out (smaller file; no reconstruction or editing).
+        #[arg(long)]
+        no_encoder: bool,
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Print the header, tensor table and per-operation arena sizes.
+    Inspect {
+        /// Model file.
+        file: PathBuf,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run every case of a parity fixture directory (manifest.json schema).
+    Parity {
+        /// Fixture directory.
+        #[arg(long)]
+        fixture: PathBuf,
+        /// Weight format to pack and run.
+        #[arg(long, value_enum, default_value = "f32")]
+        weights: Weights,
+    },
+}
+
+fn run(cli: Cli) -> Result<bool, String> {
+    match cli.cmd {
+        Cmd::Pack {
+            vae,
+            var,
+            weights,
+            patch_nums,
+            attention,
+            no_encoder,
+            output,
+        } => {
+            let t0 = Instant::now();
+            let var_sd = read_state_dict(&var, Role::Var).map_err(|e| format!("{}: {e}", var.display()))?;
+            let vae_sd = read_state_dict(&vae, Role::Vae).map_err(|e| format!("{}: {e}", vae.display()))?;
+            let opts = PackOptions {
+                weights: weights.into(),
+                patch_nums,
+                attention: match attention {
+                    Attn::Markov => Attention::Markov,
+                    Attn::Causal => Attention::Causal,
+                },
+                encoder: !no_encoder,
+                ..PackOptions::default()
+            };
+            let bytes = pack(&var_sd, &vae_sd, &opts).map_err(|e| e.to_string())?;
+            // Write to a temporary name, then rename: nothing half-written under the final name.
+            let tmp = output.with_extension("srdd.partial");
+            std::fs::write(&tmp, &bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, &output).map_err(|e| format!("{}: {e}", output.display()))?;
+            eprintln!("wrote {} ({} bytes) in {:.2} s", output.display(), bytes.len(), t0.elapsed().as_secs_f64());
+            Ok(true)
+        }
+        Cmd::Inspect { file, json } => {
+            let bytes = AlignedBytes::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let s = srdd_tools::inspect::report(bytes.as_bytes(), json).map_err(|e| format!("{}: {e}", file.display()))?;
+            println!("{s}");
+            Ok(true)
+        }
+        Cmd::Parity { fixture, weights } => {
+            let rows = srdd_tools::parity::run_fixture(&fixture, weights.into()).map_err(|e| format!("{}: {e}", fixture.display()))?;
+            let (mut p, mut f) = (0, 0);
+            println!("{:<24} {:<6} {:<40} metric", "case", "result", "tolerance");
+            for r in &rows {
+                println!("{:<24} {:<6} {:<40} {}", r.id, if r.pass { "pass" } else { "FAIL" }, r.tolerance, r.metric);
+                if r.pass {
+                    p += 1
+                } else {
+                    f += 1
+                }
+            }
+            println!("{p} passed, {f} failed");
+            Ok(f == 0)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("srdd-tools: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

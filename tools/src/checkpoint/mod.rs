@@ -1,1 +1,443 @@
-//! placeholder
+//! Checkpoint readers: PyTorch `.pth` (zip + pickle) and `.safetensors`.
+//!
+//! [`read_state_dict`] / [`read_state_dict_bytes`] return a [`StateDict`]:
+//! an ordered map from parameter name to [`RawTensor`] (dtype, shape and
+//! contiguous row-major little-endian bytes).
+//!
+//! * `.pth` files are recognized by the zip magic `PK\x03\x04` and read with
+//!   a restricted unpickler (`pickle.rs`) that never executes
+//!   code: unknown classes become opaque placeholders, so full training
+//!   checkpoints load too. Strided views, storage offsets and shared
+//!   storages are resolved (`pth.rs`). Every size is validated
+//!   against the archive before allocating; corrupt input is an `Err`, never
+//!   a panic.
+//! * Anything else that parses as safetensors is read with the `safetensors`
+//!   crate.
+//!
+//! Unwrapping: a flat state dict is returned as is. A nested official VAR
+//! training checkpoint (`{'epoch', 'iter', 'trainer': {'var_wo_ddp': ..,
+//! 'vae_local': .., 'var_opt': ..}, 'args': ..}`) needs a [`Role`] to pick
+//! the model; a dict holding a single `state_dict`/`model` entry is
+//! unwrapped. Leading `_orig_mod.` (torch.compile) and `module.` (DDP) key
+//! prefixes are stripped.
+
+mod pickle;
+mod pth;
+mod safetensors;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::io::{BufReader, Cursor, Read, Seek};
+use std::path::Path;
+
+use self::pickle::{Heap, Object, Value};
+pub use self::pth::{MAX_EXPANDED_BYTES, MAX_PICKLE_BYTES, MAX_TOTAL_BYTES};
+
+/// Element type of a tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F64,
+    F32,
+    F16,
+    BF16,
+    I64,
+    I32,
+    I16,
+    I8,
+    U8,
+    Bool,
+}
+
+impl DType {
+    /// Size of one element in bytes.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F64 | DType::I64 => 8,
+            DType::F32 | DType::I32 => 4,
+            DType::F16 | DType::BF16 | DType::I16 => 2,
+            DType::I8 | DType::U8 | DType::Bool => 1,
+        }
+    }
+
+    /// Whether this is a floating-point type.
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F64 | DType::F32 | DType::F16 | DType::BF16)
+    }
+}
+
+/// A dense tensor: contiguous, row-major, little-endian bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RawTensor {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    /// Exactly `numel() * dtype.size()` bytes.
+    pub data: Vec<u8>,
+}
+
+impl fmt::Debug for RawTensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawTensor")
+            .field("dtype", &self.dtype)
+            .field("shape", &self.shape)
+            .field("bytes", &self.data.len())
+            .finish()
+    }
+}
+
+fn chunks<const N: usize>(data: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
+    data.chunks_exact(N)
+        .map(|c| c.try_into().expect("chunks_exact yields N bytes"))
+}
+
+impl RawTensor {
+    /// Number of elements (product of the shape; 1 for a scalar).
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Converts a floating-point tensor to `f32` values.
+    pub fn to_f32(&self) -> Result<Vec<f32>, CheckpointError> {
+        let d = &self.data;
+        Ok(match self.dtype {
+            DType::F64 => chunks(d).map(|b| f64::from_le_bytes(b) as f32).collect(),
+            DType::F32 => chunks(d).map(f32::from_le_bytes).collect(),
+            DType::F16 => chunks(d)
+                .map(|b| half::f16::from_le_bytes(b).to_f32())
+                .collect(),
+            DType::BF16 => chunks(d)
+                .map(|b| half::bf16::from_le_bytes(b).to_f32())
+                .collect(),
+            found => {
+                return Err(CheckpointError::WrongDType {
+                    found,
+                    wanted: "a floating-point type",
+                })
+            }
+        })
+    }
+
+    /// Converts an integer (or bool, as 0/1) tensor to `i64` values.
+    pub fn to_i64(&self) -> Result<Vec<i64>, CheckpointError> {
+        let d = &self.data;
+        Ok(match self.dtype {
+            DType::I64 => chunks(d).map(i64::from_le_bytes).collect(),
+            DType::I32 => chunks(d).map(|b| i32::from_le_bytes(b).into()).collect(),
+            DType::I16 => chunks(d).map(|b| i16::from_le_bytes(b).into()).collect(),
+            DType::I8 => d.iter().map(|&b| (b as i8).into()).collect(),
+            DType::U8 => d.iter().map(|&b| b.into()).collect(),
+            DType::Bool => d.iter().map(|&b| i64::from(b != 0)).collect(),
+            found => {
+                return Err(CheckpointError::WrongDType {
+                    found,
+                    wanted: "an integer type",
+                })
+            }
+        })
+    }
+}
+
+/// An ordered map from parameter name to tensor (keeps the file's order).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateDict {
+    entries: Vec<(String, RawTensor)>,
+    index: HashMap<String, usize>,
+}
+
+impl StateDict {
+    /// An empty state dict.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a tensor; replaces the value (keeping the position) if the
+    /// key exists. Returns the previous value.
+    pub fn insert(&mut self, key: impl Into<String>, tensor: RawTensor) -> Option<RawTensor> {
+        let key = key.into();
+        if let Some(&i) = self.index.get(&key) {
+            return Some(std::mem::replace(&mut self.entries[i].1, tensor));
+        }
+        self.index.insert(key.clone(), self.entries.len());
+        self.entries.push((key, tensor));
+        None
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(k, _)| k.as_str())
+    }
+
+    pub fn get(&self, key: &str) -> Option<&RawTensor> {
+        self.index.get(key).map(|&i| &self.entries[i].1)
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.index.contains_key(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &RawTensor)> {
+        self.entries.iter().map(|(k, t)| (k.as_str(), t))
+    }
+
+    /// Removes a tensor, keeping the order of the others.
+    pub fn remove(&mut self, key: &str) -> Option<RawTensor> {
+        let i = self.index.remove(key)?;
+        let (_, t) = self.entries.remove(i);
+        for (k, _) in &self.entries[i..] {
+            *self.index.get_mut(k).expect("indexed") -= 1;
+        }
+        Some(t)
+    }
+}
+
+impl IntoIterator for StateDict {
+    type Item = (String, RawTensor);
+    type IntoIter = std::vec::IntoIter<(String, RawTensor)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.into_iter()
+    }
+}
+
+/// Which model to take from a checkpoint holding several.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The VAR transformer (`trainer.var_wo_ddp`).
+    Var,
+    /// The VQVAE (`trainer.vae_local`).
+    Vae,
+    /// Whatever single state dict the file holds.
+    Any,
+}
+
+impl Role {
+    /// Entry names that hold this role's state dict in nested checkpoints.
+    fn entry_names(self) -> &'static [&'static str] {
+        match self {
+            Role::Var => &["var_wo_ddp", "var"],
+            Role::Vae => &["vae_local", "vae"],
+            Role::Any => &[],
+        }
+    }
+}
+
+/// Errors from reading a checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a checkpoint: {0}")]
+    NotACheckpoint(String),
+    #[error("zip archive: {0}")]
+    Zip(#[from] zip::result::ZipError),
+    #[error("zip archive has no entry {0}")]
+    MissingEntry(String),
+    #[error("unsupported byte order {0:?}")]
+    UnsupportedByteOrder(String),
+    #[error("pickle error at byte {offset}: {msg}")]
+    Pickle { offset: usize, msg: String },
+    #[error("pickle calls forbidden global {module}.{name}; refusing to load")]
+    ForbiddenGlobal { module: String, name: String },
+    #[error("storage {0:?} is missing from the archive")]
+    MissingStorage(String),
+    #[error("storage {key:?} has {available} bytes, a tensor needs {needed}")]
+    StorageTooSmall {
+        key: String,
+        available: u64,
+        needed: u64,
+    },
+    #[error("unsupported dtype {0}")]
+    UnsupportedDType(String),
+    #[error("invalid tensor {key:?}: {msg}")]
+    InvalidTensor { key: String, msg: String },
+    #[error("{key:?} is not a tensor but a {found}")]
+    NotATensor { key: String, found: String },
+    #[error("{what} needs {bytes} bytes, over the limit of {limit}")]
+    TooLarge {
+        what: String,
+        bytes: u64,
+        limit: u64,
+    },
+    #[error("safetensors: {0}")]
+    Safetensors(#[from] ::safetensors::SafeTensorError),
+    #[error(
+        "checkpoint holds several state dicts {available:?}; pick one with Role::Var or Role::Vae"
+    )]
+    NestedNeedsRole { available: Vec<String> },
+    #[error("checkpoint has no {role:?} state dict (available: {available:?})")]
+    RoleNotFound { role: Role, available: Vec<String> },
+    #[error("no state dict found: {0}")]
+    NoStateDict(String),
+    #[error("duplicate key {0:?} after stripping `module.`/`_orig_mod.` prefixes")]
+    DuplicateKey(String),
+    #[error("tensor has dtype {found:?}, expected {wanted}")]
+    WrongDType { found: DType, wanted: &'static str },
+}
+
+const ZIP_MAGIC: &[u8; 4] = b"PK\x03\x04";
+
+/// Reads a `.pth` or `.safetensors` checkpoint from disk.
+///
+/// `.pth` files are streamed from disk (only the selected tensors are read);
+/// safetensors files are read whole.
+pub fn read_state_dict(path: &Path, role: Role) -> Result<StateDict, CheckpointError> {
+    let mut file = File::open(path)?;
+    let mut magic = [0u8; 4];
+    let n = read_up_to(&mut file, &mut magic)?;
+    if &magic[..n] == ZIP_MAGIC {
+        file.rewind()?;
+        return read_pth(BufReader::new(file), role);
+    }
+    file.rewind()?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    read_state_dict_bytes(&bytes, role)
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Reads a `.pth` or `.safetensors` checkpoint held in memory.
+pub fn read_state_dict_bytes(bytes: &[u8], role: Role) -> Result<StateDict, CheckpointError> {
+    if bytes.starts_with(ZIP_MAGIC) {
+        return read_pth(Cursor::new(bytes), role);
+    }
+    if safetensors::looks_like_safetensors(bytes) {
+        return build(safetensors::read(bytes)?);
+    }
+    let hint = match bytes.first() {
+        Some(0x80) => "a raw pickle (legacy torch.save format, re-save with torch >= 1.6)",
+        Some(_) => "neither a zip archive nor a safetensors file",
+        None => "empty file",
+    };
+    Err(CheckpointError::NotACheckpoint(hint.into()))
+}
+
+fn read_pth<R: Read + Seek>(reader: R, role: Role) -> Result<StateDict, CheckpointError> {
+    let mut archive = pth::PthArchive::open(reader)?;
+    let items = select(&archive.heap, &archive.root, role)?;
+    build(archive.materialize(&items)?)
+}
+
+/// Strips leading `_orig_mod.` / `module.` prefixes (repeatedly).
+pub fn strip_key_prefixes(mut key: &str) -> &str {
+    loop {
+        if let Some(rest) = key
+            .strip_prefix("_orig_mod.")
+            .or_else(|| key.strip_prefix("module."))
+        {
+            key = rest;
+        } else {
+            return key;
+        }
+    }
+}
+
+fn build(items: Vec<(String, RawTensor)>) -> Result<StateDict, CheckpointError> {
+    let mut sd = StateDict::new();
+    for (key, t) in items {
+        let key = strip_key_prefixes(&key).to_string();
+        if sd.contains_key(&key) {
+            return Err(CheckpointError::DuplicateKey(key));
+        }
+        sd.insert(key, t);
+    }
+    Ok(sd)
+}
+
+/// `(key, tensor value)` pairs of an unpickled state dict.
+type Entries = Vec<(String, Value)>;
+
+/// If `v` is a dict whose keys are all strings and values all tensors,
+/// returns its `(key, value)` pairs.
+fn as_state_dict(heap: &Heap, v: &Value) -> Option<Entries> {
+    let d = heap.dict(v)?;
+    d.entries()
+        .iter()
+        .map(|(k, v)| match (k, heap.get(v)) {
+            (Value::Str(k), Some(Object::Tensor(_))) => Some((k.to_string(), v.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Picks the state dict for `role` out of the unpickled root object.
+fn select(heap: &Heap, root: &Value, role: Role) -> Result<Entries, CheckpointError> {
+    let Some(top) = heap.dict(root) else {
+        return Err(CheckpointError::NoStateDict(format!(
+            "the file holds a {}, not a dict",
+            heap.describe(root)
+        )));
+    };
+    if let Some(sd) = as_state_dict(heap, root) {
+        return Ok(sd);
+    }
+
+    // Candidates: non-empty state dicts at the top level and in 'trainer'.
+    // Named by path: "model", "trainer.var_wo_ddp", ...
+    let mut candidates: Vec<(String, Entries)> = Vec::new();
+    let trainer = top.get_str("trainer").and_then(|t| heap.dict(t));
+    let scopes = [("", Some(top)), ("trainer.", trainer)];
+    for (scope, dict) in scopes {
+        for (k, v) in dict.map(|d| d.entries()).unwrap_or_default() {
+            let Value::Str(name) = k else { continue };
+            if let Some(sd) = as_state_dict(heap, v).filter(|sd| !sd.is_empty()) {
+                candidates.push((format!("{scope}{name}"), sd));
+            }
+        }
+    }
+    let available: Vec<String> = candidates.iter().map(|c| c.0.clone()).collect();
+    let take = |i: usize, mut c: Vec<(String, Entries)>| Ok(c.swap_remove(i).1);
+
+    // 1. The role's own entry (trainer.* preferred over top level).
+    for name in role.entry_names() {
+        for scope in ["trainer.", ""] {
+            if let Some(i) = available
+                .iter()
+                .position(|a| *a == format!("{scope}{name}"))
+            {
+                return take(i, candidates);
+            }
+        }
+    }
+    // 2. A wrapper holding a single generic state dict.
+    let generic: Vec<usize> = (0..candidates.len())
+        .filter(|&i| matches!(&*candidates[i].0, "state_dict" | "model"))
+        .collect();
+    if generic.len() == 1 && (role == Role::Any || candidates.len() == 1) {
+        return take(generic[0], candidates);
+    }
+    match role {
+        _ if candidates.is_empty() => {
+            let keys: Vec<String> = top
+                .entries()
+                .iter()
+                .take(16)
+                .map(|(k, v)| match k {
+                    Value::Str(s) => format!("{s}: {}", heap.describe(v)),
+                    other => format!("<{}>: {}", heap.describe(other), heap.describe(v)),
+                })
+                .collect();
+            Err(CheckpointError::NoStateDict(format!(
+                "top-level dict has entries {{{}}}",
+                keys.join(", ")
+            )))
+        }
+        Role::Any => Err(CheckpointError::NestedNeedsRole { available }),
+        role => Err(CheckpointError::RoleNotFound { role, available }),
+    }
+}

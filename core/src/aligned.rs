@@ -1,0 +1,42 @@
+//! 64-byte aligned owned bytes for hosts (`std` feature): `Model::from_bytes` needs aligned input
+//! and `std::fs::read` does not promise it.
+
+use std::vec::Vec;
+
+/// A byte buffer whose start is 64-byte aligned.
+pub struct AlignedBytes {
+    words: Vec<[u64; 8]>,
+    len: usize,
+}
+
+impl AlignedBytes {
+    /// Copies `bytes` into aligned storage.
+    pub fn new(bytes: &[u8]) -> Self {
+        let mut words = std::vec![[0u64; 8]; bytes.len().div_ceil(64)];
+        bytemuck::cast_slice_mut::<[u64; 8], u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
+        AlignedBytes { words, len: bytes.len() }
+    }
+
+    /// Reads a file into aligned storage.
+    pub fn read(path: &std::path::Path) -> std::io::Result<Self> {
+        Ok(Self::new(&std::fs::read(path)?))
+    }
+
+    /// Zeroed aligned storage of `len` bytes (an arena).
+    pub fn zeroed(len: usize) -> Self {
+        AlignedBytes {
+            words: std::vec![[0u64; 8]; len.div_ceil(64)],
+            len,
+        }
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &bytemuck::cast_slice::<[u64; 8], u8>(&self.words)[..self.len]
+    }
+
+    /// The bytes, mutably.
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        &mut bytemuck::cast_slice_mut::<[u64; 8], u8>(&mut self.words)[..self.len]
+    }
+}

@@ -1,0 +1,342 @@
+//! The `.srdd` file: a fixed prefix, a postcard header with every hyper-parameter, a postcard
+//! tensor table, then raw tensor sections that the core views zero-copy.
+//!
+//! ```text
+//! offset  size  field
+//! 0       8     magic  b"SRDDMDL\0"
+//! 8       4     format version (u32 LE)
+//! 12      4     header length H (u32 LE): postcard Header followed by `tensor_count` TensorEntry
+//! 16      8     file length (u64 LE)
+//! 24      8     checksum64 of bytes [32, file length)
+//! 32      H     postcard Header, then the tensor table (one postcard TensorEntry per tensor)
+//! D             data section, D = align_up(32 + H, 64); every tensor starts 64-byte aligned
+//! ```
+//! Tensor offsets are relative to `D`, so the header never depends on its own encoded size.
+//! Tensors appear in the canonical order of [`crate::weights::Weights::build`]; the loader checks
+//! each entry's name, shape, dtype, bounds and alignment, and that nothing is missing or extra.
+//! All multi-byte values are little-endian (every supported target is little-endian).
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::weights::{TensorSource, Weight};
+use core::fmt;
+use half::f16;
+use heapless::Vec;
+use serde::{Deserialize, Serialize};
+
+/// File magic.
+pub const MAGIC: [u8; 8] = *b"SRDDMDL\0";
+/// Format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Size of the fixed prefix before the postcard header.
+pub const PREFIX_LEN: usize = 32;
+/// Alignment of the data section and of every tensor in it.
+pub const TENSOR_ALIGN: usize = 64;
+/// Alignment the model bytes must start at (the host and firmware wrappers give 64).
+pub const BASE_ALIGN: usize = 16;
+
+/// Storage type of one tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum TensorDType {
+    /// f32 values.
+    F32,
+    /// f16 values.
+    F16,
+    /// int8 values in [−127, 127] with one f32 scale per output channel (first dimension).
+    I8,
+}
+
+impl TensorDType {
+    /// Bytes per element.
+    pub fn item_size(self) -> usize {
+        match self {
+            TensorDType::F32 => 4,
+            TensorDType::F16 => 2,
+            TensorDType::I8 => 1,
+        }
+    }
+}
+
+/// The postcard header.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    /// All hyper-parameters and per-scale tables.
+    pub config: ModelConfig,
+    /// Number of [`TensorEntry`] records that follow.
+    pub tensor_count: u32,
+    /// Total bytes of the data section.
+    pub data_len: u64,
+}
+
+/// One tensor-table record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorEntry<'a> {
+    /// Canonical (official) name.
+    pub name: &'a str,
+    /// Storage type.
+    pub dtype: TensorDType,
+    /// Shape, official layout (`[out, in]` for Linear, `[out, in, kh, kw]` for Conv).
+    pub shape: Vec<u32, 4>,
+    /// Byte offset of the values, relative to the data section.
+    pub offset: u64,
+    /// Byte length of the values.
+    pub len: u64,
+    /// Byte offset of the per-output-channel f32 scales (int8 only), relative to the data section.
+    pub scales_offset: u64,
+}
+
+/// A fast, portable 64-bit checksum (FNV-1a over little-endian 64-bit words, then the tail bytes).
+/// Not cryptographic: it detects corruption and truncation, not tampering.
+pub fn checksum64(bytes: &[u8]) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        h = (h ^ u64::from_le_bytes(a)).wrapping_mul(PRIME);
+    }
+    for &b in words.remainder() {
+        h = (h ^ b as u64).wrapping_mul(PRIME);
+    }
+    h
+}
+
+/// Rounds `x` up to a multiple of `a` (a power of two).
+pub const fn align_up(x: usize, a: usize) -> usize {
+    (x + a - 1) & !(a - 1)
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// A validated view of the fixed prefix and header of an `.srdd` file.
+pub struct ParsedFile<'a> {
+    /// The decoded header.
+    pub header: Header,
+    /// The encoded tensor table (postcard records).
+    pub table: &'a [u8],
+    /// The data section.
+    pub data: &'a [u8],
+}
+
+/// Checks magic, version, length, checksum and alignment, and decodes the header.
+pub fn parse(bytes: &[u8]) -> Result<ParsedFile<'_>> {
+    if bytes.len() < PREFIX_LEN {
+        if bytes.len() >= 8 && bytes[..8] != MAGIC {
+            return Err(Error::BadMagic);
+        }
+        return Err(Error::Truncated {
+            expected: PREFIX_LEN as u64,
+            found: bytes.len() as u64,
+        });
+    }
+    if bytes[..8] != MAGIC {
+        return Err(Error::BadMagic);
+    }
+    let version = le_u32(bytes, 8);
+    if version != FORMAT_VERSION {
+        return Err(Error::UnsupportedVersion {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    let header_len = le_u32(bytes, 12) as usize;
+    let file_len = le_u64(bytes, 16);
+    if (bytes.len() as u64) < file_len {
+        return Err(Error::Truncated {
+            expected: file_len,
+            found: bytes.len() as u64,
+        });
+    }
+    if (bytes.as_ptr() as usize) % BASE_ALIGN != 0 {
+        return Err(Error::Misaligned { needed: BASE_ALIGN });
+    }
+    let file_len = file_len as usize;
+    let bytes = &bytes[..file_len];
+    let stored = le_u64(bytes, 24);
+    let computed = checksum64(&bytes[PREFIX_LEN..]);
+    if stored != computed {
+        return Err(Error::ChecksumMismatch { stored, computed });
+    }
+    let header_end = PREFIX_LEN.checked_add(header_len).ok_or(Error::BadHeader)?;
+    if header_end > file_len {
+        return Err(Error::BadHeader);
+    }
+    let (header, table) = postcard::take_from_bytes::<Header>(&bytes[PREFIX_LEN..header_end])
+        .map_err(|_| Error::BadHeader)?;
+    header.config.validate()?;
+    let data_start = align_up(header_end, TENSOR_ALIGN);
+    let data_end = (data_start as u64).checked_add(header.data_len);
+    if data_start > file_len || data_end != Some(file_len as u64) {
+        return Err(Error::BadHeader);
+    }
+    Ok(ParsedFile {
+        header,
+        table,
+        data: &bytes[data_start..],
+    })
+}
+
+/// Compares formatted output against a string without allocating.
+struct NameEq<'s> {
+    rest: &'s str,
+    ok: bool,
+}
+impl fmt::Write for NameEq<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if self.ok && self.rest.starts_with(s) {
+            self.rest = &self.rest[s.len()..];
+        } else {
+            self.ok = false;
+        }
+        Ok(())
+    }
+}
+
+/// True when `name` is exactly what `args` formats to.
+pub fn name_matches(name: &str, args: fmt::Arguments<'_>) -> bool {
+    let mut eq = NameEq {
+        rest: name,
+        ok: true,
+    };
+    let _ = fmt::write(&mut eq, args);
+    eq.ok && eq.rest.is_empty()
+}
+
+/// [`TensorSource`] over a parsed file: hands out zero-copy views, entry by entry, checking each.
+pub struct FileSource<'a> {
+    table: &'a [u8],
+    data: &'a [u8],
+    index: u32,
+    count: u32,
+    weights: crate::config::WeightFormat,
+}
+
+impl<'a> FileSource<'a> {
+    /// Starts reading the tensor table of `file`.
+    pub fn new(file: &ParsedFile<'a>) -> Self {
+        FileSource {
+            table: file.table,
+            data: file.data,
+            index: 0,
+            count: file.header.tensor_count,
+            weights: file.header.config.weights,
+        }
+    }
+
+    /// Fails unless every table entry was consumed.
+    pub fn finish(&self) -> Result<()> {
+        if self.index != self.count {
+            return Err(Error::TensorMismatch {
+                index: self.index,
+                what: "the file has more tensors than the architecture uses",
+            });
+        }
+        Ok(())
+    }
+
+    fn next_entry(&mut self, name: fmt::Arguments<'_>, shape: &[usize]) -> Result<TensorEntry<'a>> {
+        let index = self.index;
+        if index >= self.count {
+            return Err(Error::TensorMismatch {
+                index,
+                what: "the file has fewer tensors than the architecture needs",
+            });
+        }
+        let (entry, rest) = postcard::take_from_bytes::<TensorEntry<'a>>(self.table)
+            .map_err(|_| Error::BadHeader)?;
+        self.table = rest;
+        self.index += 1;
+        if !name_matches(entry.name, name) {
+            return Err(Error::TensorMismatch {
+                index,
+                what: "unexpected tensor name",
+            });
+        }
+        if entry.shape.len() != shape.len()
+            || entry.shape.iter().zip(shape).any(|(&a, &b)| a as usize != b)
+        {
+            return Err(Error::TensorMismatch {
+                index,
+                what: "tensor shape differs from the header's hyper-parameters",
+            });
+        }
+        Ok(entry)
+    }
+
+    fn slice(&self, index: u32, offset: u64, len: u64, align: usize) -> Result<&'a [u8]> {
+        let oob = Error::TensorOutOfBounds { index };
+        let end = offset.checked_add(len).ok_or(oob)?;
+        if end > self.data.len() as u64 || offset as usize % align != 0 {
+            return Err(oob);
+        }
+        Ok(&self.data[offset as usize..end as usize])
+    }
+
+    fn values<T: bytemuck::Pod>(&self, index: u32, e: &TensorEntry<'a>, numel: usize) -> Result<&'a [T]> {
+        let item = core::mem::size_of::<T>();
+        if e.len != (numel as u64) * item as u64 {
+            return Err(Error::TensorMismatch {
+                index,
+                what: "tensor byte length differs from its shape",
+            });
+        }
+        let raw = self.slice(index, e.offset, e.len, item)?;
+        bytemuck::try_cast_slice(raw).map_err(|_| Error::TensorOutOfBounds { index })
+    }
+}
+
+impl<'a> TensorSource<'a> for FileSource<'a> {
+    fn float(&mut self, name: fmt::Arguments<'_>, shape: &[usize]) -> Result<&'a [f32]> {
+        let index = self.index;
+        let e = self.next_entry(name, shape)?;
+        if e.dtype != TensorDType::F32 {
+            return Err(Error::TensorMismatch {
+                index,
+                what: "this tensor must be stored as f32",
+            });
+        }
+        self.values::<f32>(index, &e, shape.iter().product())
+    }
+
+    fn weight(&mut self, name: fmt::Arguments<'_>, shape: &[usize]) -> Result<Weight<'a>> {
+        let index = self.index;
+        let e = self.next_entry(name, shape)?;
+        let numel: usize = shape.iter().product();
+        // Scratch is planned from the header's weight format, so a tensor may only be stored in
+        // f32 or in that format.
+        let allowed = match e.dtype {
+            TensorDType::F32 => true,
+            TensorDType::F16 => self.weights == crate::config::WeightFormat::F16,
+            TensorDType::I8 => self.weights == crate::config::WeightFormat::Int8,
+        };
+        if !allowed {
+            return Err(Error::TensorMismatch {
+                index,
+                what: "tensor dtype differs from the header's weight format",
+            });
+        }
+        Ok(match e.dtype {
+            TensorDType::F32 => Weight::F32(self.values::<f32>(index, &e, numel)?),
+            TensorDType::F16 => Weight::F16(self.values::<f16>(index, &e, numel)?),
+            TensorDType::I8 => {
+                let q = self.values::<i8>(index, &e, numel)?;
+                let rows = shape[0];
+                let raw = self.slice(index, e.scales_offset, rows as u64 * 4, 4)?;
+                let scales: &[f32] =
+                    bytemuck::try_cast_slice(raw).map_err(|_| Error::TensorOutOfBounds { index })?;
+                Weight::I8 { q, scales }
+            }
+        })
+    }
+}

@@ -1,0 +1,540 @@
+//! The per-image loop: plan the arena, then for each scale build the input tokens from `f_hat`,
+//! run the blocks, mix CFG logits, sample, and accumulate the scale into `f_hat`; finally decode.
+//!
+//! ```text
+//! Generator::new   AdaLN vectors for the cond (and null) row, f_hat = 0
+//! step() × steps   input = SOS | word_embed(area(f_hat, pn)) + lvl_pos
+//!                  → blocks (markov: this scale only | causal: + KV cache)
+//!                  → head → (1+t)·cond − t·uncond → sample → hook.force
+//!                  → f_hat += Phi(bicubic(codebook[idx], P))
+//! decode(sink)     VQVAE decoder, one image row at a time to the sink
+//! ```
+
+use crate::arena::{bytes_of, Arena};
+use crate::config::{Attention, ModelConfig, WeightFormat};
+use crate::error::{Error, Result};
+use crate::kernels::{linear, linear_scratch_len, LinearScratch};
+use crate::sample::{sample_token, Rng};
+use crate::schedule::Schedule;
+use crate::var::{ada_vectors, block_forward, head_logits, Kv, StepScratch, FFN_CHUNK};
+use crate::vq::{area_resize, contribution_scratch_len, embed_tokens, scale_contribution};
+use crate::{vae, Model};
+
+/// How classifier-free guidance weights each scale.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Guidance {
+    /// No guidance and no null-class row (teacher forcing, or plain conditional sampling).
+    Off,
+    /// Official ramp: `t = cfg · k / (steps − 1)`.
+    Linear,
+}
+
+/// Options of one sampling run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SampleOptions {
+    /// Class label; `num_classes` is the null class.
+    pub label: u32,
+    /// Guidance strength.
+    pub cfg: f32,
+    /// Guidance schedule.
+    pub guidance: Guidance,
+    /// Keep the `top_k` largest logits (0: all).
+    pub top_k: u32,
+    /// Nucleus mass (0: off).
+    pub top_p: f32,
+    /// Logit temperature.
+    pub temperature: f32,
+    /// RNG seed.
+    pub seed: u64,
+    /// Attention policy.
+    pub attention: Attention,
+}
+
+impl SampleOptions {
+    /// The official defaults for `label`: cfg 1.5 on the linear ramp, top-k 900, top-p 0.96,
+    /// Markovian attention.
+    pub fn new(label: u32) -> Self {
+        SampleOptions {
+            label,
+            cfg: 1.5,
+            guidance: Guidance::Linear,
+            top_k: 900,
+            top_p: 0.96,
+            temperature: 1.0,
+            seed: 0,
+            attention: Attention::Markov,
+        }
+    }
+
+    /// Checks ranges against the model.
+    pub fn validate(&self, cfg: &ModelConfig) -> Result<()> {
+        if self.label > cfg.var.num_classes {
+            return Err(Error::ClassOutOfRange {
+                label: self.label,
+                num_classes: cfg.var.num_classes,
+            });
+        }
+        if !(self.cfg.is_finite() && (0.0..=1000.0).contains(&self.cfg)) {
+            return Err(Error::BadOption("cfg must be a finite value in [0, 1000]"));
+        }
+        if self.top_k > cfg.vae.vocab_size {
+            return Err(Error::BadOption("top-k exceeds the vocabulary size"));
+        }
+        if !(self.top_p.is_finite() && (0.0..=1.0).contains(&self.top_p)) {
+            return Err(Error::BadOption("top-p must be in [0, 1]"));
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(Error::BadOption("temperature must be finite and > 0"));
+        }
+        Ok(())
+    }
+
+    fn rows(&self) -> usize {
+        match self.guidance {
+            Guidance::Off => 1,
+            Guidance::Linear => 2,
+        }
+    }
+
+    /// Guidance weight `t` of step `k` of `steps`.
+    pub fn guidance_at(&self, k: usize, steps: usize) -> f64 {
+        match self.guidance {
+            Guidance::Off => 0.0,
+            Guidance::Linear => {
+                let ratio = if steps > 1 { k as f64 / (steps - 1) as f64 } else { 0.0 };
+                self.cfg as f64 * ratio
+            }
+        }
+    }
+}
+
+/// Observes and steers the loop; every method has a no-op default.
+pub trait StepHook {
+    /// Conditional logits of token `t` of step `k`, before guidance and filtering.
+    fn logits(&mut self, _k: usize, _t: usize, _cond: &[f32]) {}
+    /// May overwrite sampled tokens of step `k` (editing, teacher forcing).
+    fn force(&mut self, _k: usize, _pn: usize, _tokens: &mut [u32]) {}
+    /// Called after step `k` updated `f_hat`.
+    fn scale_done(&mut self, _k: usize, _tokens: &[u32], _f_hat: &[f32]) {}
+}
+
+/// A hook that does nothing.
+pub struct NoHook;
+impl StepHook for NoHook {}
+
+/// Arena layout of one sampling run: every buffer's size, decided before any work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// CFG rows (1 or 2).
+    pub rows: usize,
+    /// Largest step in tokens.
+    pub max_tokens: usize,
+    /// Keys one query can see (markov: `max_tokens`, causal: all tokens of the schedule).
+    pub max_keys: usize,
+    /// Tokens held by the KV cache (causal) or 0.
+    pub cache_tokens: usize,
+    /// Bytes that live for the whole run (f_hat, AdaLN vectors, hidden states, KV cache…).
+    pub persistent_bytes: usize,
+    /// Of which the KV cache.
+    pub kv_cache_bytes: usize,
+    /// Scratch of one scale step.
+    pub step_bytes: usize,
+    /// Scratch of the decoder (reuses the step scratch).
+    pub decode_bytes: usize,
+}
+
+impl Plan {
+    /// Plans `opts` on `sched` for a model with `cfg`.
+    pub fn new(cfg: &ModelConfig, opts: &SampleOptions, sched: &Schedule) -> Result<Plan> {
+        sched.validate(cfg)?;
+        opts.validate(cfg)?;
+        let s = Sizes::new(cfg, opts, sched);
+        Ok(Plan {
+            rows: s.rows,
+            max_tokens: s.n,
+            max_keys: s.keys,
+            cache_tokens: s.cache,
+            persistent_bytes: s.persistent_bytes(),
+            kv_cache_bytes: 2 * bytes_of::<f32>(s.kv_len()),
+            step_bytes: s.step_bytes(),
+            decode_bytes: vae::decoder_scratch_bytes(cfg),
+        })
+    }
+
+    /// Exact arena bytes the run needs.
+    pub fn arena_bytes(&self) -> usize {
+        self.persistent_bytes + self.step_bytes.max(self.decode_bytes)
+    }
+}
+
+/// Every dimension the plan and the generator share.
+struct Sizes {
+    rows: usize,
+    n: usize,
+    keys: usize,
+    cache: usize,
+    c: usize,
+    f: usize,
+    v: usize,
+    cv: usize,
+    p: usize,
+    depth: usize,
+    int8: bool,
+}
+
+impl Sizes {
+    fn new(cfg: &ModelConfig, opts: &SampleOptions, sched: &Schedule) -> Sizes {
+        let n = sched.max_tokens();
+        let cache = match opts.attention {
+            Attention::Causal => sched.total_tokens(),
+            Attention::Markov => 0,
+        };
+        Sizes {
+            rows: opts.rows(),
+            n,
+            keys: if cache > 0 { cache } else { n },
+            cache,
+            c: cfg.var.embed_dim as usize,
+            f: cfg.var.ffn_hidden as usize,
+            v: cfg.vae.vocab_size as usize,
+            cv: cfg.vae.cvae as usize,
+            p: cfg.latent_side(),
+            depth: cfg.var.depth as usize,
+            int8: cfg.weights == WeightFormat::Int8,
+        }
+    }
+    fn kv_len(&self) -> usize {
+        self.depth * self.rows * self.cache * self.c
+    }
+    fn persistent_bytes(&self) -> usize {
+        let Sizes { rows, n, c, cv, p, depth, .. } = *self;
+        bytes_of::<f32>(cv * p * p)
+            + bytes_of::<f32>(rows * depth * 6 * c)
+            + bytes_of::<f32>(rows * 2 * c)
+            + bytes_of::<f32>(rows * n * c)
+            + 2 * bytes_of::<f32>(self.kv_len())
+            + bytes_of::<u32>(n)
+            + bytes_of::<f32>(cv * n)
+    }
+    fn lin_len(&self) -> (usize, usize) {
+        let Sizes { n, c, f, cv, .. } = *self;
+        let (fa, qa) = linear_scratch_len(n, c);
+        let (fb, qb) = linear_scratch_len(FFN_CHUNK, f);
+        let (fc, qc) = linear_scratch_len(n, cv);
+        let q = if self.int8 { qa.max(qb).max(qc) } else { 0 };
+        (fa.max(fb).max(fc).max(7 * c), q)
+    }
+    fn step_bytes(&self) -> usize {
+        let Sizes { n, keys, c, f, v, cv, p, .. } = *self;
+        let (lf, lq) = self.lin_len();
+        bytes_of::<f32>(n * c) // xn
+            + bytes_of::<f32>(n * 3 * c) // qkv
+            + bytes_of::<f32>(n * c) // tmp
+            + bytes_of::<f32>(FFN_CHUNK * f) // ffn
+            + bytes_of::<f32>(keys) // scores
+            + bytes_of::<f32>(lf)
+            + bytes_of::<i8>(lq)
+            + bytes_of::<f32>(7 * c) // ada tmp
+            + bytes_of::<f32>(n * cv) // word-embed input
+            + 3 * bytes_of::<f32>(v) // cond, uncond logits, sampling scratch
+            + bytes_of::<f32>(c) // head LN
+            + bytes_of::<f32>(cv * n) // h
+            + bytes_of::<f32>(cv * p * p) // contribution
+            + bytes_of::<f32>(contribution_scratch_len(cv, n.isqrt(), p))
+    }
+}
+
+struct StepBufs<'s> {
+    st: StepScratch<'s>,
+    ada_tmp: &'s mut [f32],
+    win: &'s mut [f32],
+    logit_c: &'s mut [f32],
+    logit_u: &'s mut [f32],
+    samp: &'s mut [f32],
+    head_xn: &'s mut [f32],
+    h: &'s mut [f32],
+    contrib: &'s mut [f32],
+    cscratch: &'s mut [f32],
+}
+
+fn take_step<'s>(s: &Sizes, ar: &mut Arena<'s>) -> Result<StepBufs<'s>> {
+    let Sizes { n, keys, c, f, v, cv, p, .. } = *s;
+    let (lf, lq) = s.lin_len();
+    Ok(StepBufs {
+        st: StepScratch {
+            xn: ar.take(n * c)?,
+            qkv: ar.take(n * 3 * c)?,
+            tmp: ar.take(n * c)?,
+            ffn: ar.take(FFN_CHUNK * f)?,
+            scores: ar.take(keys)?,
+            lin: LinearScratch {
+                f: ar.take(lf)?,
+                q: ar.take(lq)?,
+            },
+        },
+        ada_tmp: ar.take(7 * c)?,
+        win: ar.take(n * cv)?,
+        logit_c: ar.take(v)?,
+        logit_u: ar.take(v)?,
+        samp: ar.take(v)?,
+        head_xn: ar.take(c)?,
+        h: ar.take(cv * n)?,
+        contrib: ar.take(cv * p * p)?,
+        cscratch: ar.take(contribution_scratch_len(cv, n.isqrt(), p))?,
+    })
+}
+
+/// One image's sampling run over a caller-provided arena.
+pub struct Generator<'m, 'a> {
+    model: &'m Model<'m>,
+    opts: SampleOptions,
+    sched: Schedule,
+    sizes: Sizes,
+    rng: Rng,
+    k: usize,
+    f_hat: &'a mut [f32],
+    ada: &'a mut [f32],
+    head_ada: &'a mut [f32],
+    hidden: &'a mut [f32],
+    kv_k: &'a mut [f32],
+    kv_v: &'a mut [f32],
+    tokens: &'a mut [u32],
+    next_in: &'a mut [f32],
+    scratch: &'a mut [u8],
+}
+
+impl<'m, 'a> Generator<'m, 'a> {
+    /// Checks options, schedule and arena size, then computes the AdaLN vectors.
+    pub fn new(model: &'m Model<'m>, opts: SampleOptions, sched: Schedule, arena: &'a mut [u8]) -> Result<Self> {
+        let cfg = &model.config;
+        let plan = Plan::new(cfg, &opts, &sched)?;
+        if arena.len() < plan.arena_bytes() {
+            return Err(Error::ArenaTooSmall {
+                needed: plan.arena_bytes(),
+                given: arena.len(),
+            });
+        }
+        let s = Sizes::new(cfg, &opts, &sched);
+        let mut ar = Arena::new(arena)?;
+        let Sizes { rows, n, c, cv, p, depth, .. } = s;
+        let f_hat = ar.take::<f32>(cv * p * p)?;
+        f_hat.iter_mut().for_each(|v| *v = 0.0);
+        let ada = ar.take::<f32>(rows * depth * 6 * c)?;
+        let head_ada = ar.take::<f32>(rows * 2 * c)?;
+        let hidden = ar.take::<f32>(rows * n * c)?;
+        let kv_k = ar.take::<f32>(s.kv_len())?;
+        let kv_v = ar.take::<f32>(s.kv_len())?;
+        let tokens = ar.take::<u32>(n)?;
+        let next_in = ar.take::<f32>(cv * n)?;
+        let scratch = ar.take::<u8>(ar.remaining())?;
+        let mut g = Generator {
+            model,
+            opts,
+            sched,
+            sizes: s,
+            rng: Rng::new(opts.seed),
+            k: 0,
+            f_hat,
+            ada,
+            head_ada,
+            hidden,
+            kv_k,
+            kv_v,
+            tokens,
+            next_in,
+            scratch,
+        };
+        g.init_ada()?;
+        Ok(g)
+    }
+
+    fn init_ada(&mut self) -> Result<()> {
+        let s = &self.sizes;
+        let c = s.c;
+        let mut ar = Arena::new(&mut *self.scratch)?;
+        let mut b = take_step(s, &mut ar)?;
+        let null = self.model.config.var.num_classes as usize;
+        for r in 0..s.rows {
+            let label = if r == 0 { self.opts.label as usize } else { null };
+            ada_vectors(
+                &self.model.weights.var,
+                c,
+                label,
+                &mut self.ada[r * s.depth * 6 * c..(r + 1) * s.depth * 6 * c],
+                &mut self.head_ada[r * 2 * c..(r + 1) * 2 * c],
+                b.ada_tmp,
+                &mut b.st.lin,
+            );
+        }
+        Ok(())
+    }
+
+    /// The schedule being run.
+    pub fn schedule(&self) -> &Schedule {
+        &self.sched
+    }
+
+    /// Steps done so far.
+    pub fn steps_done(&self) -> usize {
+        self.k
+    }
+
+    /// True when every step has run.
+    pub fn finished(&self) -> bool {
+        self.k == self.sched.len()
+    }
+
+    /// The accumulated latent (`Cvae × P × P`).
+    pub fn f_hat(&self) -> &[f32] {
+        self.f_hat
+    }
+
+    /// Runs the next scale.
+    pub fn step(&mut self, hook: &mut dyn StepHook) -> Result<()> {
+        if self.finished() {
+            return Err(Error::WrongState("all scales already sampled"));
+        }
+        let cfg = &self.model.config;
+        let w = &self.model.weights;
+        let t = &w.var;
+        let Sizes { rows, n: nmax, c, v, cv, p, depth, .. } = self.sizes;
+        let k = self.k;
+        let steps = self.sched.len();
+        let pn = self.sched.pn[k] as usize;
+        let n = pn * pn;
+        let level = self.sched.level[k] as usize;
+        let pos0 = cfg.scale_begin(level);
+        let heads = cfg.var.num_heads as usize;
+        let eps = cfg.var.norm_eps;
+        let tg = self.opts.guidance_at(k, steps);
+        let causal = self.opts.attention == Attention::Causal;
+        let run_rows = if rows == 2 && (causal || tg != 0.0) { 2 } else { 1 };
+        let cache_begin: usize = (0..k).map(|j| self.sched.tokens(j)).sum();
+
+        let mut ar = Arena::new(&mut *self.scratch)?;
+        let mut b = take_step(&self.sizes, &mut ar)?;
+        let lvl_pos = |tok: usize, i: usize| t.lvl_embed[level * c + i] + t.pos_1lc[(pos0 + tok) * c + i];
+
+        // 1. Input tokens.
+        if k == 0 {
+            let null = cfg.var.num_classes as usize;
+            for r in 0..run_rows {
+                let label = if r == 0 { self.opts.label as usize } else { null };
+                let x = &mut self.hidden[r * nmax * c..];
+                for tok in 0..n {
+                    for i in 0..c {
+                        x[tok * c + i] = (t.class_emb[label * c + i] + t.pos_start[i]) + lvl_pos(tok, i);
+                    }
+                }
+            }
+        } else {
+            for tok in 0..n {
+                for ch in 0..cv {
+                    b.win[tok * cv + ch] = self.next_in[ch * n + tok];
+                }
+            }
+            linear(b.win, n, &t.word_embed, self.hidden, &mut b.st.lin);
+            for tok in 0..n {
+                for i in 0..c {
+                    self.hidden[tok * c + i] += lvl_pos(tok, i);
+                }
+            }
+            for r in 1..run_rows {
+                self.hidden.copy_within(0..n * c, r * nmax * c);
+            }
+        }
+
+        // 2. Blocks.
+        for r in 0..run_rows {
+            let x = &mut self.hidden[r * nmax * c..r * nmax * c + n * c];
+            for (bi, blk) in t.blocks.iter().enumerate() {
+                let ada = &self.ada[(r * depth + bi) * 6 * c..(r * depth + bi + 1) * 6 * c];
+                let kv = if causal {
+                    let len = self.sizes.cache * c;
+                    let off = (bi * rows + r) * len;
+                    Kv::Causal {
+                        k: &mut self.kv_k[off..off + len],
+                        v: &mut self.kv_v[off..off + len],
+                        begin: cache_begin,
+                    }
+                } else {
+                    Kv::Markov
+                };
+                block_forward(blk, c, heads, eps, ada, x, n, kv, &mut b.st);
+            }
+        }
+
+        // 3. Head, guidance, sampling.
+        let c1 = (1.0 + tg) as f32;
+        let t32 = tg as f32;
+        for tok in 0..n {
+            let xc = &self.hidden[tok * c..(tok + 1) * c];
+            head_logits(t, c, eps, &self.head_ada[..2 * c], xc, b.head_xn, b.logit_c, &mut b.st.lin);
+            hook.logits(k, tok, b.logit_c);
+            if run_rows == 2 {
+                let xu = &self.hidden[(nmax + tok) * c..(nmax + tok + 1) * c];
+                head_logits(t, c, eps, &self.head_ada[2 * c..4 * c], xu, b.head_xn, b.logit_u, &mut b.st.lin);
+                for (lc, lu) in b.logit_c.iter_mut().zip(b.logit_u.iter()) {
+                    *lc = c1 * *lc - t32 * *lu;
+                }
+            }
+            self.tokens[tok] = sample_token(
+                b.logit_c,
+                self.opts.top_k,
+                self.opts.top_p,
+                self.opts.temperature,
+                &mut self.rng,
+                b.samp,
+            );
+        }
+        hook.force(k, pn, &mut self.tokens[..n]);
+        if let Some(&bad) = self.tokens[..n].iter().find(|&&x| x as usize >= v) {
+            return Err(Error::TokenOutOfRange {
+                token: bad,
+                vocab: v as u32,
+            });
+        }
+
+        // 4. f_hat += Phi(bicubic(codebook[idx], P)); next input = area(f_hat, pn_next).
+        embed_tokens(&w.quant, cv, &self.tokens[..n], pn, b.h);
+        scale_contribution(
+            &w.quant,
+            cfg.vae.quant_resi,
+            self.sched.phi[k] as usize,
+            cv,
+            b.h,
+            pn,
+            p,
+            b.contrib,
+            b.cscratch,
+        );
+        for (f, d) in self.f_hat.iter_mut().zip(b.contrib.iter()) {
+            *f += *d;
+        }
+        hook.scale_done(k, &self.tokens[..n], self.f_hat);
+        if k + 1 < steps {
+            let pn2 = self.sched.pn[k + 1] as usize;
+            area_resize(self.f_hat, cv, p, pn2, self.next_in);
+        }
+        self.k += 1;
+        Ok(())
+    }
+
+    /// Runs every remaining scale.
+    pub fn run(&mut self, hook: &mut dyn StepHook) -> Result<()> {
+        while !self.finished() {
+            self.step(hook)?;
+        }
+        Ok(())
+    }
+
+    /// Decodes the finished `f_hat`, handing each image row (interleaved RGB in [−1, 1]) to `sink`.
+    pub fn decode(&mut self, sink: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
+        if !self.finished() {
+            return Err(Error::WrongState("decode before the last scale"));
+        }
+        let mut ar = Arena::new(&mut *self.scratch)?;
+        vae::decode(&self.model.weights.decoder, &self.model.config, self.f_hat, &mut ar, true, sink)
+    }
+}

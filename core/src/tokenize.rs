@@ -1,0 +1,133 @@
+//! Image → latent → multi-scale tokens, and tokens → `f_hat` (`VAR_SPEC.md` §3.4, §3.6):
+//! the zero-shot side of the pipeline (reconstruction, editing sources, teacher forcing).
+
+use crate::arena::{bytes_of, Arena};
+use crate::error::{Error, Result};
+use crate::schedule::Schedule;
+use crate::vq::{area_resize, contribution_scratch_len, embed_tokens, nearest_code, scale_contribution};
+use crate::{vae, Model};
+
+/// Exact arena bytes of [`tokenize`] (which also encodes) on `sched`.
+pub fn tokenize_bytes(model: &Model<'_>, sched: &Schedule) -> usize {
+    let cfg = &model.config;
+    let cv = cfg.vae.cvae as usize;
+    let p = cfg.latent_side();
+    let n = sched.max_tokens();
+    let own = bytes_of::<f32>(cv * p * p) * 3
+        + bytes_of::<f32>(cv * n) * 2
+        + bytes_of::<f32>(cv)
+        + bytes_of::<f32>(contribution_scratch_len(cv, n.isqrt(), p));
+    own.max(vae::encoder_scratch_bytes(cfg) + bytes_of::<f32>(cv * p * p))
+}
+
+/// Encodes `image` (`3 × H × W` in [−1, 1]) and quantizes it on `sched`: writes the tokens of
+/// every step, concatenated row-major (`sched.total_tokens()` values), the encoder output `f`
+/// and the accumulated `f_hat` (both `Cvae × P × P`).
+pub fn tokenize(model: &Model<'_>, sched: &Schedule, image: &[f32], arena: &mut [u8], tokens: &mut [u32], f_out: &mut [f32], f_hat: &mut [f32]) -> Result<()> {
+    let cfg = &model.config;
+    let enc = model.weights.encoder.as_ref().ok_or(Error::NoEncoder)?;
+    sched.validate(cfg)?;
+    let needed = tokenize_bytes(model, sched);
+    if arena.len() < needed {
+        return Err(Error::ArenaTooSmall {
+            needed,
+            given: arena.len(),
+        });
+    }
+    if tokens.len() != sched.total_tokens() {
+        return Err(Error::BadLength {
+            what: "tokens",
+            expected: sched.total_tokens(),
+            found: tokens.len(),
+        });
+    }
+    let cv = cfg.vae.cvae as usize;
+    let p = cfg.latent_side();
+    if f_hat.len() != cv * p * p || f_out.len() != cv * p * p {
+        return Err(Error::BadLength {
+            what: "f_hat",
+            expected: cv * p * p,
+            found: f_hat.len(),
+        });
+    }
+    vae::encode(enc, cfg, image, &mut Arena::new(arena)?, f_out)?;
+    quantize_f(model, sched, f_out, arena, tokens, f_hat)
+}
+
+/// Quantizes a latent `f` on `sched` (the residual loop of §3.4).
+pub fn quantize_f(model: &Model<'_>, sched: &Schedule, f: &[f32], arena: &mut [u8], tokens: &mut [u32], f_hat: &mut [f32]) -> Result<()> {
+    let cfg = &model.config;
+    let cv = cfg.vae.cvae as usize;
+    let p = cfg.latent_side();
+    let n = sched.max_tokens();
+    let mut ar = Arena::new(arena)?;
+    let rest = ar.take::<f32>(cv * p * p)?;
+    let contrib = ar.take::<f32>(cv * p * p)?;
+    let _spare = ar.take::<f32>(cv * p * p)?;
+    let z = ar.take::<f32>(cv * n)?;
+    let h = ar.take::<f32>(cv * n)?;
+    let zv = ar.take::<f32>(cv)?;
+    let cs = ar.take::<f32>(contribution_scratch_len(cv, n.isqrt(), p))?;
+    rest.copy_from_slice(&f[..cv * p * p]);
+    f_hat.iter_mut().for_each(|v| *v = 0.0);
+    let q = &model.weights.quant;
+    let mut off = 0;
+    for k in 0..sched.len() {
+        let pn = sched.pn[k] as usize;
+        let m = pn * pn;
+        if pn == p {
+            z[..cv * m].copy_from_slice(rest);
+        } else {
+            area_resize(rest, cv, p, pn, z);
+        }
+        for pos in 0..m {
+            for ch in 0..cv {
+                zv[ch] = z[ch * m + pos];
+            }
+            tokens[off + pos] = nearest_code(q.embedding, cv, zv);
+        }
+        embed_tokens(q, cv, &tokens[off..off + m], pn, h);
+        scale_contribution(q, cfg.vae.quant_resi, sched.phi[k] as usize, cv, h, pn, p, contrib, cs);
+        for ((fh, r), d) in f_hat.iter_mut().zip(rest.iter_mut()).zip(contrib.iter()) {
+            *fh += *d;
+            *r -= *d;
+        }
+        off += m;
+    }
+    Ok(())
+}
+
+/// Rebuilds `f_hat` from the tokens of every step (concatenated row-major).
+pub fn fhat_from_tokens(model: &Model<'_>, sched: &Schedule, tokens: &[u32], arena: &mut [u8], f_hat: &mut [f32]) -> Result<()> {
+    let cfg = &model.config;
+    let cv = cfg.vae.cvae as usize;
+    let p = cfg.latent_side();
+    let n = sched.max_tokens();
+    let v = cfg.vae.vocab_size;
+    if tokens.len() != sched.total_tokens() {
+        return Err(Error::BadLength {
+            what: "tokens",
+            expected: sched.total_tokens(),
+            found: tokens.len(),
+        });
+    }
+    if let Some(&t) = tokens.iter().find(|&&t| t >= v) {
+        return Err(Error::TokenOutOfRange { token: t, vocab: v });
+    }
+    let mut ar = Arena::new(arena)?;
+    let contrib = ar.take::<f32>(cv * p * p)?;
+    let h = ar.take::<f32>(cv * n)?;
+    let cs = ar.take::<f32>(contribution_scratch_len(cv, n.isqrt(), p))?;
+    f_hat.iter_mut().for_each(|x| *x = 0.0);
+    let mut off = 0;
+    for k in 0..sched.len() {
+        let pn = sched.pn[k] as usize;
+        embed_tokens(&model.weights.quant, cv, &tokens[off..off + pn * pn], pn, h);
+        scale_contribution(&model.weights.quant, cfg.vae.quant_resi, sched.phi[k] as usize, cv, h, pn, p, contrib, cs);
+        for (f, d) in f_hat.iter_mut().zip(contrib.iter()) {
+            *f += *d;
+        }
+        off += pn * pn;
+    }
+    Ok(())
+}

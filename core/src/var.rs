@@ -1,0 +1,191 @@
+//! The VAR transformer, one scale at a time (`VAR_SPEC.md` §5).
+//!
+//! Reads like `llama2.c`'s forward: AdaLN vectors are computed once per image and CFG branch
+//! ([`ada_vectors`]); [`block_forward`] runs one AdaLN self-attention block over one scale's
+//! tokens; [`head_logits`] turns one token's hidden state into 4096-way logits.
+//! Attention is block-diagonal (Markov: keys are this scale's tokens) or block-causal (keys and
+//! values of every earlier scale come from the cache in the arena).
+
+use crate::kernels::{gelu_tanh, layer_norm, linear, silu, softmax, LinearScratch};
+use crate::weights::{AdaLn, Block, Transformer};
+
+/// Tokens per FFN chunk: bounds the hidden activation to `FFN_CHUNK × F` floats.
+pub const FFN_CHUNK: usize = 16;
+
+/// Scratch of one scale step of one row.
+pub struct StepScratch<'s> {
+    /// Modulated LayerNorm output / attention output, `n × C`.
+    pub xn: &'s mut [f32],
+    /// q, k, v of this scale, `n × 3C`.
+    pub qkv: &'s mut [f32],
+    /// Branch output, `n × C`.
+    pub tmp: &'s mut [f32],
+    /// FFN hidden, `FFN_CHUNK × F`.
+    pub ffn: &'s mut [f32],
+    /// Attention scores of one query, `keys` floats.
+    pub scores: &'s mut [f32],
+    /// Linear-kernel scratch.
+    pub lin: LinearScratch<'s>,
+}
+
+/// Keys and values this scale attends to.
+pub enum Kv<'k> {
+    /// Block-diagonal: only this scale's own keys and values.
+    Markov,
+    /// Block-causal: this scale's normalised keys and values are written at token `begin` of the
+    /// cache (`tokens × C` each) and attention covers tokens `0 .. begin + n`.
+    Causal {
+        /// Key cache (L2-normalised keys).
+        k: &'k mut [f32],
+        /// Value cache.
+        v: &'k mut [f32],
+        /// First cache position of this scale.
+        begin: usize,
+    },
+}
+
+/// Computes, for condition `label`, the six AdaLN vectors of every block (`depth × 6C`) and the
+/// head's scale/shift (`2C`). `tmp` needs `7C` floats.
+pub fn ada_vectors(t: &Transformer<'_>, c: usize, label: usize, ada: &mut [f32], head: &mut [f32], tmp: &mut [f32], lin: &mut LinearScratch<'_>) {
+    let (cond, shared) = tmp.split_at_mut(c);
+    for (o, v) in cond.iter_mut().zip(&t.class_emb[label * c..(label + 1) * c]) {
+        *o = silu(*v);
+    }
+    if let Some(sh) = &t.shared_ada_lin {
+        linear(cond, 1, sh, shared, lin);
+    }
+    for (i, b) in t.blocks.iter().enumerate() {
+        let out = &mut ada[i * 6 * c..(i + 1) * 6 * c];
+        match &b.ada {
+            AdaLn::Linear(l) => linear(cond, 1, l, out, lin),
+            AdaLn::Shared(gss) => {
+                for ((o, g), s) in out.iter_mut().zip(gss.iter()).zip(shared.iter()) {
+                    *o = *g + *s;
+                }
+            }
+        }
+    }
+    linear(cond, 1, &t.head_nm, head, lin);
+}
+
+/// `y = LN(x)·(1 + scale) + shift` for `n` rows.
+fn modulate(x: &[f32], y: &mut [f32], n: usize, c: usize, eps: f32, scale: &[f32], shift: &[f32]) {
+    layer_norm(&x[..n * c], &mut y[..n * c], c, eps);
+    for row in y[..n * c].chunks_exact_mut(c) {
+        for ((v, s), b) in row.iter_mut().zip(scale).zip(shift) {
+            *v = *v * (*s + 1.0) + *b;
+        }
+    }
+}
+
+/// Scales `v` to unit L2 norm (eps 1e-12, as `F.normalize`), then multiplies by `mul`.
+fn l2_normalize(v: &mut [f32], mul: f32) {
+    let mut s = 0f32;
+    for x in v.iter() {
+        s += x * x;
+    }
+    let n = libm::sqrtf(s).max(1e-12);
+    for x in v.iter_mut() {
+        *x = *x / n * mul;
+    }
+}
+
+/// One AdaLN self-attention block over `n` tokens `x` (`n × C`, updated in place).
+/// `ada` is this block's `6C` vector for this row: γ1, γ2, scale1, scale2, shift1, shift2.
+#[allow(clippy::too_many_arguments)]
+pub fn block_forward(b: &Block<'_>, c: usize, heads: usize, eps: f32, ada: &[f32], x: &mut [f32], n: usize, kv: Kv<'_>, s: &mut StepScratch<'_>) {
+    let hd = c / heads;
+    let (gamma1, rest) = ada.split_at(c);
+    let (gamma2, rest) = rest.split_at(c);
+    let (scale1, rest) = rest.split_at(c);
+    let (scale2, rest) = rest.split_at(c);
+    let (shift1, shift2) = rest.split_at(c);
+
+    // Attention branch.
+    modulate(x, s.xn, n, c, eps, scale1, shift1);
+    linear(s.xn, n, &b.mat_qkv, s.qkv, &mut s.lin);
+    let c3 = 3 * c;
+    for t in 0..n {
+        let row = &mut s.qkv[t * c3..(t + 1) * c3];
+        for (i, v) in row[..c].iter_mut().enumerate() {
+            *v += b.q_bias[i];
+        }
+        for (i, v) in row[2 * c..].iter_mut().enumerate() {
+            *v += b.v_bias[i];
+        }
+        if let Some(sm) = b.scale_mul {
+            for h in 0..heads {
+                // exp(min(s_h, ln 100)): the per-head temperature is at most 100.
+                let mul = libm::expf(sm[h].min(libm::logf(100.0)));
+                l2_normalize(&mut row[h * hd..(h + 1) * hd], mul);
+                l2_normalize(&mut row[c + h * hd..c + (h + 1) * hd], 1.0);
+            }
+        }
+    }
+    // Without L2 normalisation the official code scales logits by 0.25/sqrt(head_dim).
+    let logit_scale = if b.scale_mul.is_some() {
+        1.0
+    } else {
+        0.25 / libm::sqrtf(hd as f32)
+    };
+    // Keys/values: this scale's own (Markov) or the cache (causal).
+    let (keys, vals, kstride, nkeys): (&[f32], &[f32], usize, usize) = match kv {
+        Kv::Markov => (&s.qkv[c..], &s.qkv[2 * c..], c3, n),
+        Kv::Causal { k, v, begin } => {
+            for t in 0..n {
+                k[(begin + t) * c..(begin + t + 1) * c].copy_from_slice(&s.qkv[t * c3 + c..t * c3 + 2 * c]);
+                v[(begin + t) * c..(begin + t + 1) * c].copy_from_slice(&s.qkv[t * c3 + 2 * c..t * c3 + 3 * c]);
+            }
+            (&*k, &*v, c, begin + n)
+        }
+    };
+    let scores = &mut s.scores[..nkeys];
+    for t in 0..n {
+        for h in 0..heads {
+            let q = &s.qkv[t * c3 + h * hd..t * c3 + (h + 1) * hd];
+            for (j, sc) in scores.iter_mut().enumerate() {
+                let k = &keys[j * kstride + h * hd..j * kstride + (h + 1) * hd];
+                *sc = crate::kernels::dot(q, k) * logit_scale;
+            }
+            softmax(scores);
+            let out = &mut s.xn[t * c + h * hd..t * c + (h + 1) * hd];
+            out.iter_mut().for_each(|o| *o = 0.0);
+            for (j, p) in scores.iter().enumerate() {
+                let v = &vals[j * kstride + h * hd..j * kstride + (h + 1) * hd];
+                for (o, vv) in out.iter_mut().zip(v) {
+                    *o += *p * *vv;
+                }
+            }
+        }
+    }
+    linear(s.xn, n, &b.proj, s.tmp, &mut s.lin);
+    for (xr, tr) in x[..n * c].chunks_exact_mut(c).zip(s.tmp.chunks_exact(c)) {
+        for ((xv, tv), g) in xr.iter_mut().zip(tr).zip(gamma1) {
+            *xv += *tv * *g;
+        }
+    }
+
+    // FFN branch, in token chunks.
+    modulate(x, s.xn, n, c, eps, scale2, shift2);
+    let f = b.fc1.out_dim;
+    let mut t0 = 0;
+    while t0 < n {
+        let m = FFN_CHUNK.min(n - t0);
+        linear(&s.xn[t0 * c..], m, &b.fc1, s.ffn, &mut s.lin);
+        s.ffn[..m * f].iter_mut().for_each(|v| *v = gelu_tanh(*v));
+        linear(s.ffn, m, &b.fc2, &mut s.tmp[t0 * c..], &mut s.lin);
+        t0 += m;
+    }
+    for (xr, tr) in x[..n * c].chunks_exact_mut(c).zip(s.tmp.chunks_exact(c)) {
+        for ((xv, tv), g) in xr.iter_mut().zip(tr).zip(gamma2) {
+            *xv += *tv * *g;
+        }
+    }
+}
+
+/// Logits of one token: `head(LN(x)·(1 + scale) + shift)`; `xn` needs `C` floats.
+pub fn head_logits(t: &Transformer<'_>, c: usize, eps: f32, head_ada: &[f32], x: &[f32], xn: &mut [f32], logits: &mut [f32], lin: &mut LinearScratch<'_>) {
+    let (scale, shift) = head_ada.split_at(c);
+    modulate(x, xn, 1, c, eps, scale, shift);
+    linear(xn, 1, &t.head, logits, lin);
+}

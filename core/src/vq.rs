@@ -1,0 +1,192 @@
+//! Multi-scale residual quantizer bookkeeping (`VAR_SPEC.md` §3–4): codebook lookup, bicubic
+//! upsampling (A = −0.75, align_corners = False, clamped borders), Phi residual convolutions,
+//! `f_hat` accumulation, area downsampling, bilinear mask resizing and nearest-code search.
+//!
+//! All maps are channel-major (`Cvae × side × side`). Interpolation weights are computed in f32
+//! exactly as PyTorch's CPU kernels compute them.
+
+use crate::kernels::{conv2d, dot, Pad};
+use crate::weights::Quantizer;
+
+const CUBIC_A: f32 = -0.75;
+
+fn cubic1(x: f32) -> f32 {
+    ((CUBIC_A + 2.0) * x - (CUBIC_A + 3.0)) * x * x + 1.0
+}
+fn cubic2(x: f32) -> f32 {
+    ((CUBIC_A * x - 5.0 * CUBIC_A) * x + 8.0 * CUBIC_A) * x - 4.0 * CUBIC_A
+}
+
+/// Taps of output index `o` of a bicubic resize from `n_in` to `n_out`: four clamped input
+/// indices and their weights.
+pub fn bicubic_taps(n_in: usize, n_out: usize, o: usize) -> ([usize; 4], [f32; 4]) {
+    let scale = n_in as f32 / n_out as f32;
+    let real = scale * (o as f32 + 0.5) - 0.5; // not clamped for cubic
+    let fl = libm::floorf(real);
+    let i0 = fl as isize;
+    let t = real - fl;
+    let w = [cubic2(t + 1.0), cubic1(t), cubic1(1.0 - t), cubic2(2.0 - t)];
+    let clamp = |i: isize| i.clamp(0, n_in as isize - 1) as usize;
+    ([clamp(i0 - 1), clamp(i0), clamp(i0 + 1), clamp(i0 + 2)], w)
+}
+
+/// Bicubic resize of `c × n × n` to `c × m × m`; `tmp` holds `c × n × m` floats.
+pub fn bicubic_resize(x: &[f32], c: usize, n: usize, m: usize, tmp: &mut [f32], y: &mut [f32]) {
+    // Along x: tmp[ch][r][ox].
+    for ch in 0..c {
+        for r in 0..n {
+            let src = &x[(ch * n + r) * n..(ch * n + r + 1) * n];
+            for ox in 0..m {
+                let (ix, w) = bicubic_taps(n, m, ox);
+                tmp[(ch * n + r) * m + ox] =
+                    src[ix[0]] * w[0] + src[ix[1]] * w[1] + src[ix[2]] * w[2] + src[ix[3]] * w[3];
+            }
+        }
+    }
+    // Along y.
+    for ch in 0..c {
+        for oy in 0..m {
+            let (iy, w) = bicubic_taps(n, m, oy);
+            let t = &tmp[ch * n * m..(ch + 1) * n * m];
+            let out = &mut y[(ch * m + oy) * m..(ch * m + oy + 1) * m];
+            for (ox, o) in out.iter_mut().enumerate() {
+                *o = t[iy[0] * m + ox] * w[0]
+                    + t[iy[1] * m + ox] * w[1]
+                    + t[iy[2] * m + ox] * w[2]
+                    + t[iy[3] * m + ox] * w[3];
+            }
+        }
+    }
+}
+
+/// Window `[start, end)` of output `o` of adaptive average pooling from `n_in` to `n_out`.
+pub fn area_window(n_in: usize, n_out: usize, o: usize) -> (usize, usize) {
+    let start = (o * n_in) / n_out;
+    let end = ((o + 1) * n_in).div_ceil(n_out);
+    (start, end)
+}
+
+/// Area (adaptive average) resize of `c × n × n` to `c × m × m`, m ≤ n.
+pub fn area_resize(x: &[f32], c: usize, n: usize, m: usize, y: &mut [f32]) {
+    for ch in 0..c {
+        let plane = &x[ch * n * n..(ch + 1) * n * n];
+        for oy in 0..m {
+            let (y0, y1) = area_window(n, m, oy);
+            for ox in 0..m {
+                let (x0, x1) = area_window(n, m, ox);
+                let mut s = 0f32;
+                for r in y0..y1 {
+                    for v in &plane[r * n + x0..r * n + x1] {
+                        s += *v;
+                    }
+                }
+                y[(ch * m + oy) * m + ox] = s / ((y1 - y0) * (x1 - x0)) as f32;
+            }
+        }
+    }
+}
+
+/// Writes the codebook rows of `tokens` as a `cvae × pn × pn` map.
+pub fn embed_tokens(q: &Quantizer<'_>, cvae: usize, tokens: &[u32], pn: usize, h: &mut [f32]) {
+    for (t, &tok) in tokens.iter().enumerate().take(pn * pn) {
+        let row = &q.embedding[tok as usize * cvae..(tok as usize + 1) * cvae];
+        for (ch, v) in row.iter().enumerate() {
+            h[ch * pn * pn + t] = *v;
+        }
+    }
+}
+
+/// Scratch for [`scale_contribution`]: `cvae·pn·P + cvae·P²` floats.
+pub fn contribution_scratch_len(cvae: usize, pn: usize, p: usize) -> usize {
+    cvae * pn * p + cvae * p * p
+}
+
+/// `out = Phi_k(bicubic(h, P))` (the upsample is skipped when `pn == P`), where `h` is the
+/// `cvae × pn × pn` embedding map of a scale's tokens: the scale's contribution to `f_hat`.
+#[allow(clippy::too_many_arguments)]
+pub fn scale_contribution(q: &Quantizer<'_>, quant_resi: f32, phi_k: usize, cvae: usize, h: &[f32], pn: usize, p: usize, out: &mut [f32], scratch: &mut [f32]) {
+    let (tmp, up) = scratch.split_at_mut(cvae * pn * p);
+    let up = &mut up[..cvae * p * p];
+    let out = &mut out[..cvae * p * p];
+    if pn == p {
+        up.copy_from_slice(&h[..cvae * p * p]);
+    } else {
+        bicubic_resize(h, cvae, pn, p, tmp, up);
+    }
+    if let Some(phi) = q.phi.get(phi_k) {
+        conv2d(up, p, p, phi, 1, Pad::same(1), out, None);
+        let keep = 1.0 - quant_resi;
+        for (o, u) in out.iter_mut().zip(up.iter()) {
+            *o = *u * keep + *o * quant_resi;
+        }
+    } else {
+        out.copy_from_slice(up);
+    }
+}
+
+/// Bilinear resize (align_corners = False, no antialias) of a `n × n` mask to `m × m`, computed in
+/// f32 as PyTorch does; used for the edit force masks.
+pub fn bilinear_resize(x: &[f32], n: usize, m: usize, y: &mut [f32]) {
+    let scale = n as f32 / m as f32;
+    let src = |o: usize| -> (usize, usize, f32, f32) {
+        let r = scale * (o as f32 + 0.5) - 0.5;
+        let r = if r < 0.0 { 0.0 } else { r };
+        let i0 = r as usize;
+        let i1 = if i0 < n - 1 { i0 + 1 } else { i0 };
+        let l1 = r - i0 as f32;
+        (i0, i1, 1.0 - l1, l1)
+    };
+    for oy in 0..m {
+        let (y0, y1, hl0, hl1) = src(oy);
+        for ox in 0..m {
+            let (x0, x1, wl0, wl1) = src(ox);
+            y[oy * m + ox] = hl0 * (wl0 * x[y0 * n + x0] + wl1 * x[y0 * n + x1])
+                + hl1 * (wl0 * x[y1 * n + x0] + wl1 * x[y1 * n + x1]);
+        }
+    }
+}
+
+/// Index of the codebook row nearest to `z` (squared L2, expanded as `‖z‖² + ‖e‖² − 2 z·e`),
+/// first index on ties.
+pub fn nearest_code(embedding: &[f32], cvae: usize, z: &[f32]) -> u32 {
+    let zz = dot(z, z);
+    let mut best = 0u32;
+    let mut best_d = f32::INFINITY;
+    for (v, e) in embedding.chunks_exact(cvae).enumerate() {
+        let d = zz + dot(e, e) - 2.0 * dot(z, e);
+        if d < best_d {
+            best_d = d;
+            best = v as u32;
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bicubic_weights_match_the_spec_vectors() {
+        // VAR_SPEC.md Appendix B.2, pn = 2 -> 16, rows 0 and 1.
+        let m = |o: usize| {
+            let (ix, w) = bicubic_taps(2, 16, o);
+            let mut r = [0f32; 2];
+            for t in 0..4 {
+                r[ix[t]] += w[t];
+            }
+            r
+        };
+        assert!((m(0)[0] - 1.103821).abs() < 2e-6 && (m(0)[1] + 0.103821).abs() < 2e-6);
+        assert!((m(1)[0] - 1.110779).abs() < 2e-6);
+        assert!((m(7)[0] - 0.570190).abs() < 2e-6);
+    }
+
+    #[test]
+    fn area_windows_match_the_spec() {
+        let w: [(usize, usize); 13] = core::array::from_fn(|o| area_window(16, 13, o));
+        assert_eq!(w[4], (4, 7));
+        assert_eq!(w[8], (9, 12));
+        assert_eq!(area_window(16, 6, 2), (5, 8));
+    }
+}

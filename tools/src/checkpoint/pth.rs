@@ -1,0 +1,571 @@
+//! Reader for PyTorch's zip checkpoint format (`torch.save`, torch >= 1.6).
+//!
+//! Layout: a zip archive with `<prefix>/data.pkl` (the pickled object) and
+//! one entry `<prefix>/data/<key>` per storage. Tensors in the pickle are
+//! `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`
+//! calls whose storage is a persistent id
+//! `('storage', <storage class or dtype>, key, location, numel)`.
+//!
+//! Unpickling yields lightweight [`TensorRef`]s; only the tensors of the
+//! state dict that is finally selected are materialized, reading each
+//! storage at most once (and only the bytes the views need). Views are
+//! resolved here: the returned [`RawTensor`]s are contiguous and row-major.
+//!
+//! Limits (all with checked arithmetic, validated before allocating):
+//! `data.pkl` at most [`MAX_PICKLE_BYTES`]; storage bytes read in total at
+//! most [`MAX_TOTAL_BYTES`]; a tensor larger than its storage (zero or
+//! overlapping strides) at most [`MAX_EXPANDED_BYTES`]; all output at most
+//! `4 x` the storage bytes read plus [`MAX_EXPANDED_BYTES`].
+
+use std::collections::HashMap;
+use std::io::{Read, Seek};
+
+use zip::result::ZipError;
+use zip::ZipArchive;
+
+use super::pickle::{self, Heap, Object, Resolver, Value};
+use super::{CheckpointError, DType, RawTensor};
+
+/// Largest accepted `data.pkl`.
+pub const MAX_PICKLE_BYTES: u64 = 1 << 30;
+/// Largest total of storage bytes read from one archive.
+pub const MAX_TOTAL_BYTES: u64 = 64 << 30;
+/// Largest tensor whose byte size exceeds that of its storage.
+pub const MAX_EXPANDED_BYTES: u64 = 256 << 20;
+
+/// A storage named by a persistent id.
+#[derive(Clone, Debug)]
+pub(crate) struct StorageRef {
+    /// Element type, or the unsupported storage class name.
+    pub dtype: Result<DType, String>,
+    /// Name of the zip entry under `<prefix>/data/`.
+    pub key: String,
+    /// Declared number of elements.
+    pub numel: u64,
+}
+
+/// A tensor view on a storage, as described by `_rebuild_tensor_v2`.
+#[derive(Clone, Debug)]
+pub(crate) struct TensorRef {
+    pub storage: StorageRef,
+    pub offset: u64,
+    pub size: Vec<u64>,
+    pub stride: Vec<u64>,
+}
+
+/// Maps a torch storage class (`FloatStorage`) or dtype (`float32`) name.
+fn torch_dtype(name: &str) -> Option<DType> {
+    Some(match name {
+        "DoubleStorage" | "float64" | "double" => DType::F64,
+        "FloatStorage" | "float32" | "float" => DType::F32,
+        "HalfStorage" | "float16" | "half" => DType::F16,
+        "BFloat16Storage" | "bfloat16" => DType::BF16,
+        "LongStorage" | "int64" | "long" => DType::I64,
+        "IntStorage" | "int32" | "int" => DType::I32,
+        "ShortStorage" | "int16" | "short" => DType::I16,
+        "CharStorage" | "int8" => DType::I8,
+        "ByteStorage" | "uint8" | "UntypedStorage" => DType::U8,
+        "BoolStorage" | "bool" => DType::Bool,
+        _ => return None,
+    })
+}
+
+/// The [`Resolver`] for `torch.save` pickles.
+pub(crate) struct TorchResolver;
+
+fn non_negative(v: &Value, what: &str) -> Result<u64, String> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).map_err(|_| format!("negative {what} {i}")),
+        Value::Bool(b) => Ok(u64::from(*b)),
+        _ => Err(format!("{what} is not an int")),
+    }
+}
+
+fn int_tuple(heap: &Heap, v: &Value, what: &str) -> Result<Vec<u64>, String> {
+    let items = heap
+        .seq(v)
+        .ok_or_else(|| format!("{what} is not a tuple"))?;
+    items.iter().map(|x| non_negative(x, what)).collect()
+}
+
+impl TorchResolver {
+    /// `_rebuild_tensor_v2(storage, storage_offset, size, stride, ...)`.
+    fn rebuild_tensor(heap: &mut Heap, args: &[Value]) -> Result<Value, String> {
+        let [storage, offset, size, stride, ..] = args else {
+            return Err(format!("expected at least 4 arguments, got {}", args.len()));
+        };
+        let storage = match heap.get(storage) {
+            Some(Object::Storage(s)) => s.clone(),
+            _ => return Err(format!("storage argument is a {}", heap.describe(storage))),
+        };
+        let offset = non_negative(offset, "storage offset")?;
+        let size = int_tuple(heap, size, "size")?;
+        let stride = int_tuple(heap, stride, "stride")?;
+        if size.len() != stride.len() {
+            return Err(format!(
+                "size has {} dims but stride has {}",
+                size.len(),
+                stride.len()
+            ));
+        }
+        Ok(heap.alloc(Object::Tensor(TensorRef {
+            storage,
+            offset,
+            size,
+            stride,
+        })))
+    }
+}
+
+impl Resolver for TorchResolver {
+    fn persistent_load(&mut self, heap: &mut Heap, pid: &Value) -> Result<Value, String> {
+        let items = heap.seq(pid).ok_or("expected a tuple")?;
+        match items.first() {
+            Some(Value::Str(s)) if &**s == "storage" => {}
+            _ => {
+                // Not a storage (e.g. torch.package modules): opaque.
+                return Ok(heap.alloc(Object::Opaque {
+                    module: "torch".into(),
+                    name: "persistent_id".into(),
+                }));
+            }
+        }
+        let [_, class, key, _location, numel, ..] = items else {
+            return Err(format!("storage id has {} fields, expected 5", items.len()));
+        };
+        let dtype = match heap.get(class) {
+            Some(Object::Global { module, name }) if module.starts_with("torch") => {
+                torch_dtype(name).ok_or_else(|| format!("{module}.{name}"))
+            }
+            _ => Err(heap.describe(class)),
+        };
+        let key = match key {
+            Value::Str(s) => s.to_string(),
+            Value::Int(i) => i.to_string(),
+            _ => return Err("storage key is not a string".into()),
+        };
+        let numel = non_negative(numel, "storage size")?;
+        Ok(heap.alloc(Object::Storage(StorageRef { dtype, key, numel })))
+    }
+
+    fn call(
+        &mut self,
+        heap: &mut Heap,
+        module: &str,
+        name: &str,
+        args: &[Value],
+    ) -> Result<Option<Value>, String> {
+        match (module, name) {
+            ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
+                Self::rebuild_tensor(heap, args).map(Some)
+            }
+            // Parameters wrap a tensor: (data, requires_grad, hooks[, state]).
+            ("torch._utils", "_rebuild_parameter")
+            | ("torch._utils", "_rebuild_parameter_with_state") => {
+                args.first().cloned().map(Some).ok_or("missing data".into())
+            }
+            // Tensor subclasses: (func, type, func_args, state) -> func(*func_args).
+            ("torch._tensor", "_rebuild_from_type_v2") => {
+                let (Some(func), Some(func_args)) = (args.first(), args.get(2)) else {
+                    return Ok(None);
+                };
+                let is_rebuild = matches!(heap.get(func), Some(Object::Global { module, name })
+                    if module == "torch._utils" && name == "_rebuild_tensor_v2");
+                match heap.seq(func_args) {
+                    Some(inner) if is_rebuild => {
+                        let inner = inner.to_vec();
+                        Self::rebuild_tensor(heap, &inner).map(Some)
+                    }
+                    _ => Ok(None),
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A parsed `.pth` archive: the unpickled object graph plus lazy storage access.
+pub(crate) struct PthArchive<R: Read + Seek> {
+    zip: ZipArchive<R>,
+    /// Entry prefix, e.g. `"archive/"`.
+    prefix: String,
+    pub heap: Heap,
+    pub root: Value,
+}
+
+impl<R: Read + Seek> PthArchive<R> {
+    pub(crate) fn open(reader: R) -> Result<Self, CheckpointError> {
+        let mut zip = ZipArchive::new(reader)?;
+        let pkl_name = zip
+            .file_names()
+            .filter(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
+            .min_by_key(|n| (n.matches('/').count(), n.len()))
+            .map(str::to_string)
+            .ok_or_else(|| CheckpointError::MissingEntry("*/data.pkl".into()))?;
+        let prefix = pkl_name[..pkl_name.len() - "data.pkl".len()].to_string();
+
+        if let Some(order) = read_small_entry(&mut zip, &format!("{prefix}byteorder"))? {
+            let order = String::from_utf8_lossy(&order).trim().to_string();
+            if order != "little" {
+                return Err(CheckpointError::UnsupportedByteOrder(order));
+            }
+        }
+
+        let pkl = {
+            let entry = zip.by_name(&pkl_name)?;
+            read_capped(entry, MAX_PICKLE_BYTES, &pkl_name)?
+        };
+        let (heap, root) = pickle::unpickle(&pkl, &mut TorchResolver)?;
+        Ok(Self {
+            zip,
+            prefix,
+            heap,
+            root,
+        })
+    }
+
+    /// Materializes the given `(key, tensor value)` pairs, in order.
+    pub(crate) fn materialize(
+        &mut self,
+        items: &[(String, Value)],
+    ) -> Result<Vec<(String, RawTensor)>, CheckpointError> {
+        // Pass 1: validate every view and find how many bytes of each storage
+        // are needed (and by how many tensors).
+        let mut plans = Vec::with_capacity(items.len());
+        let mut need: HashMap<String, (u64, usize)> = HashMap::new();
+        for (key, value) in items {
+            let t = match self.heap.get(value) {
+                Some(Object::Tensor(t)) => t.clone(),
+                _ => {
+                    return Err(CheckpointError::NotATensor {
+                        key: key.clone(),
+                        found: self.heap.describe(value),
+                    })
+                }
+            };
+            let plan = ViewPlan::new(key, &t)?;
+            let e = need.entry(t.storage.key.clone()).or_insert((0, 0));
+            e.0 = e.0.max(plan.extent_bytes);
+            e.1 += 1;
+            plans.push((key.clone(), t, plan));
+        }
+
+        // Pass 2: read storages (each once) and gather the views.
+        let mut cache: HashMap<String, Vec<u8>> = HashMap::new();
+        let mut read_total: u64 = 0;
+        let mut out_total: u64 = 0;
+        let mut out = Vec::with_capacity(plans.len());
+        for (key, t, plan) in plans {
+            let skey = &t.storage.key;
+            if !cache.contains_key(skey) {
+                let (bytes_needed, _) = need[skey];
+                let declared = t.storage.numel.checked_mul(plan.itemsize).ok_or_else(|| {
+                    too_large(format!("storage {skey}"), u64::MAX, MAX_TOTAL_BYTES)
+                })?;
+                if declared < bytes_needed {
+                    return Err(CheckpointError::StorageTooSmall {
+                        key: skey.clone(),
+                        available: declared,
+                        needed: bytes_needed,
+                    });
+                }
+                read_total = read_total.saturating_add(bytes_needed);
+                if read_total > MAX_TOTAL_BYTES {
+                    return Err(too_large("storages".into(), read_total, MAX_TOTAL_BYTES));
+                }
+                let data = self.read_storage(skey, bytes_needed)?;
+                cache.insert(skey.clone(), data);
+            }
+            out_total = out_total.saturating_add(plan.out_bytes);
+            let out_limit = read_total
+                .saturating_mul(4)
+                .saturating_add(MAX_EXPANDED_BYTES);
+            if out_total > out_limit {
+                return Err(too_large("tensor data".into(), out_total, out_limit));
+            }
+
+            let users = &mut need.get_mut(skey).expect("planned").1;
+            *users -= 1;
+            let last_user = *users == 0;
+            let data = if last_user && plan.is_whole(cache[skey].len()) {
+                // Sole remaining user covering the whole storage: no copy.
+                cache.remove(skey).expect("cached")
+            } else {
+                let d = plan.gather(&cache[skey]);
+                if last_user {
+                    cache.remove(skey);
+                }
+                d
+            };
+            out.push((
+                key,
+                RawTensor {
+                    dtype: plan.dtype,
+                    shape: plan.shape,
+                    data,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Reads the first `len` bytes of storage `key`.
+    fn read_storage(&mut self, key: &str, len: u64) -> Result<Vec<u8>, CheckpointError> {
+        let name = format!("{}data/{}", self.prefix, key);
+        let entry = match self.zip.by_name(&name) {
+            Ok(e) => e,
+            Err(ZipError::FileNotFound) => return Err(CheckpointError::MissingStorage(key.into())),
+            Err(e) => return Err(e.into()),
+        };
+        let too_small = |available| CheckpointError::StorageTooSmall {
+            key: key.into(),
+            available,
+            needed: len,
+        };
+        if entry.size() < len {
+            return Err(too_small(entry.size()));
+        }
+        // Never trust a size for preallocation beyond what compressed data
+        // can plausibly expand to (deflate's maximum ratio is ~1032).
+        let plausible = entry.compressed_size().saturating_mul(1032).max(4096);
+        let cap = usize::try_from(len.min(plausible)).unwrap_or(0);
+        let mut buf = Vec::with_capacity(cap);
+        entry.take(len).read_to_end(&mut buf)?;
+        if (buf.len() as u64) < len {
+            return Err(too_small(buf.len() as u64));
+        }
+        Ok(buf)
+    }
+}
+
+fn too_large(what: String, bytes: u64, limit: u64) -> CheckpointError {
+    CheckpointError::TooLarge { what, bytes, limit }
+}
+
+/// Reads a whole entry of at most `limit` bytes.
+fn read_capped(entry: impl Read, limit: u64, name: &str) -> Result<Vec<u8>, CheckpointError> {
+    let mut buf = Vec::new();
+    entry.take(limit + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > limit {
+        return Err(too_large(name.into(), buf.len() as u64, limit));
+    }
+    Ok(buf)
+}
+
+fn read_small_entry<R: Read + Seek>(
+    zip: &mut ZipArchive<R>,
+    name: &str,
+) -> Result<Option<Vec<u8>>, CheckpointError> {
+    match zip.by_name(name) {
+        Ok(entry) => read_capped(entry, 64, name).map(Some),
+        Err(ZipError::FileNotFound) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A validated strided view: everything needed to copy it out.
+struct ViewPlan {
+    dtype: DType,
+    itemsize: u64,
+    shape: Vec<usize>,
+    /// In elements.
+    offset: usize,
+    stride: Vec<usize>,
+    numel: usize,
+    /// Bytes of the storage the view touches (from its start).
+    extent_bytes: u64,
+    out_bytes: u64,
+}
+
+impl ViewPlan {
+    fn new(key: &str, t: &TensorRef) -> Result<Self, CheckpointError> {
+        let invalid = |msg: &str| CheckpointError::InvalidTensor {
+            key: key.into(),
+            msg: msg.into(),
+        };
+        let dtype = t
+            .storage
+            .dtype
+            .clone()
+            .map_err(CheckpointError::UnsupportedDType)?;
+        let itemsize = dtype.size() as u64;
+        let numel = t
+            .size
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| invalid("element count overflows"))?;
+        let extent_elems = if numel == 0 {
+            0
+        } else {
+            t.size
+                .iter()
+                .zip(&t.stride)
+                .try_fold(t.offset, |acc, (&d, &s)| {
+                    acc.checked_add((d - 1).checked_mul(s)?)
+                })
+                .and_then(|last| last.checked_add(1))
+                .ok_or_else(|| invalid("view extent overflows"))?
+        };
+        let extent_bytes = extent_elems
+            .checked_mul(itemsize)
+            .ok_or_else(|| invalid("view extent overflows"))?;
+        let out_bytes = numel
+            .checked_mul(itemsize)
+            .ok_or_else(|| invalid("byte size overflows"))?;
+        if out_bytes > extent_bytes.max(MAX_EXPANDED_BYTES) {
+            return Err(too_large(
+                format!("expanded tensor {key}"),
+                out_bytes,
+                MAX_EXPANDED_BYTES,
+            ));
+        }
+        if extent_bytes > MAX_TOTAL_BYTES {
+            return Err(too_large(
+                format!("tensor {key}"),
+                extent_bytes,
+                MAX_TOTAL_BYTES,
+            ));
+        }
+        // Everything below fits in usize: bounded by MAX_TOTAL_BYTES (or
+        // the view is empty, in which case offset/strides are never used).
+        let to_usize = |v: u64| usize::try_from(v).map_err(|_| invalid("does not fit in memory"));
+        let shape = t
+            .size
+            .iter()
+            .map(|&d| to_usize(d))
+            .collect::<Result<_, _>>()?;
+        let (offset, stride) = if numel == 0 {
+            (0, vec![0; t.size.len()])
+        } else {
+            (
+                to_usize(t.offset)?,
+                t.stride
+                    .iter()
+                    .map(|&s| to_usize(s))
+                    .collect::<Result<_, _>>()?,
+            )
+        };
+        Ok(Self {
+            dtype,
+            itemsize,
+            shape,
+            offset,
+            stride,
+            numel: to_usize(numel)?,
+            extent_bytes,
+            out_bytes,
+        })
+    }
+
+    fn is_contiguous(&self) -> bool {
+        let mut expected = 1usize;
+        for (&d, &s) in self.shape.iter().zip(&self.stride).rev() {
+            if d != 1 && s != expected {
+                return false;
+            }
+            expected = expected.saturating_mul(d);
+        }
+        true
+    }
+
+    /// Whether the view is exactly the whole storage buffer, in order.
+    fn is_whole(&self, storage_len: usize) -> bool {
+        self.offset == 0 && self.is_contiguous() && self.out_bytes == storage_len as u64
+    }
+
+    /// Copies the view out of `src` (which holds at least `extent_bytes`).
+    fn gather(&self, src: &[u8]) -> Vec<u8> {
+        let item = self.itemsize as usize;
+        if self.numel == 0 {
+            return Vec::new();
+        }
+        if self.is_contiguous() {
+            let start = self.offset * item;
+            return src[start..start + self.numel * item].to_vec();
+        }
+        let mut out = Vec::with_capacity(self.numel * item);
+        let ndim = self.shape.len();
+        // Innermost dimension handled as a run; odometer over the others.
+        let (inner_len, inner_stride) = (self.shape[ndim - 1], self.stride[ndim - 1]);
+        let outer = &self.shape[..ndim - 1];
+        let mut idx = vec![0usize; outer.len()];
+        loop {
+            let base = self.offset
+                + idx
+                    .iter()
+                    .zip(&self.stride)
+                    .map(|(&i, &s)| i * s)
+                    .sum::<usize>();
+            if inner_stride == 1 {
+                out.extend_from_slice(&src[base * item..(base + inner_len) * item]);
+            } else {
+                for j in 0..inner_len {
+                    let p = (base + j * inner_stride) * item;
+                    out.extend_from_slice(&src[p..p + item]);
+                }
+            }
+            // Advance the odometer.
+            let mut d = outer.len();
+            loop {
+                if d == 0 {
+                    return out;
+                }
+                d -= 1;
+                idx[d] += 1;
+                if idx[d] < outer[d] {
+                    break;
+                }
+                idx[d] = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(size: &[u64], stride: &[u64], offset: u64) -> Result<ViewPlan, CheckpointError> {
+        let t = TensorRef {
+            storage: StorageRef {
+                dtype: Ok(DType::U8),
+                key: "0".into(),
+                numel: 1000,
+            },
+            offset,
+            size: size.to_vec(),
+            stride: stride.to_vec(),
+        };
+        ViewPlan::new("t", &t)
+    }
+
+    #[test]
+    fn transposed_view() {
+        let src: Vec<u8> = (0..6).collect(); // [[0,1,2],[3,4,5]]
+        let p = plan(&[3, 2], &[1, 3], 0).unwrap();
+        assert_eq!(p.extent_bytes, 6);
+        assert_eq!(p.gather(&src), vec![0, 3, 1, 4, 2, 5]);
+    }
+
+    #[test]
+    fn offset_and_zero_dims() {
+        let src: Vec<u8> = (0..10).collect();
+        assert_eq!(
+            plan(&[2, 2], &[4, 1], 3).unwrap().gather(&src),
+            vec![3, 4, 7, 8]
+        );
+        assert_eq!(plan(&[], &[], 7).unwrap().gather(&src), vec![7]);
+        let empty = plan(&[0, 5], &[5, 1], 999_999).unwrap();
+        assert_eq!(empty.extent_bytes, 0);
+        assert!(empty.gather(&src).is_empty());
+        // stride 0 (expanded)
+        assert_eq!(plan(&[3], &[0], 2).unwrap().gather(&src), vec![2, 2, 2]);
+    }
+
+    #[test]
+    fn overflow_and_expansion_are_rejected() {
+        assert!(plan(&[u64::MAX, 2], &[1, 1], 0).is_err());
+        assert!(plan(&[1 << 40], &[1 << 40], 0).is_err());
+        assert!(plan(&[1 << 40], &[0], 0).is_err());
+    }
+}
