@@ -67,6 +67,11 @@ pub struct Header {
     pub tensor_count: u32,
     /// Total bytes of the data section.
     pub data_len: u64,
+    /// Offset (in the data section) of the UTF-8 metadata text: `key=value` lines such as
+    /// `class_names=...` and the converter's provenance.
+    pub meta_offset: u64,
+    /// Length of the metadata text.
+    pub meta_len: u64,
 }
 
 /// One tensor-table record.
@@ -127,6 +132,8 @@ pub struct ParsedFile<'a> {
     pub table: &'a [u8],
     /// The data section.
     pub data: &'a [u8],
+    /// The metadata text.
+    pub metadata: &'a str,
 }
 
 /// Checks magic, version, length, checksum and alignment, and decodes the header.
@@ -180,10 +187,18 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedFile<'_>> {
     if data_start > file_len || data_end != Some(file_len as u64) {
         return Err(Error::BadHeader);
     }
+    let data = &bytes[data_start..];
+    let meta_end = header.meta_offset.checked_add(header.meta_len).ok_or(Error::BadHeader)?;
+    if meta_end > data.len() as u64 {
+        return Err(Error::BadHeader);
+    }
+    let metadata = core::str::from_utf8(&data[header.meta_offset as usize..meta_end as usize])
+        .map_err(|_| Error::BadHeader)?;
     Ok(ParsedFile {
         header,
         table,
-        data: &bytes[data_start..],
+        data,
+        metadata,
     })
 }
 

@@ -113,6 +113,8 @@ impl SampleOptions {
 pub trait StepHook {
     /// Conditional logits of token `t` of step `k`, before guidance and filtering.
     fn logits(&mut self, _k: usize, _t: usize, _cond: &[f32]) {}
+    /// Guided logits of token `t` of step `k` (after the CFG mix, before filtering).
+    fn guided_logits(&mut self, _k: usize, _t: usize, _logits: &[f32]) {}
     /// May overwrite sampled tokens of step `k` (editing, teacher forcing).
     fn force(&mut self, _k: usize, _pn: usize, _tokens: &mut [u32]) {}
     /// Called after step `k` updated `f_hat`.
@@ -479,6 +481,7 @@ impl<'m, 'a> Generator<'m, 'a> {
                     *lc = c1 * *lc - t32 * *lu;
                 }
             }
+            hook.guided_logits(k, tok, b.logit_c);
             self.tokens[tok] = sample_token(
                 b.logit_c,
                 self.opts.top_k,

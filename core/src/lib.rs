@@ -48,6 +48,8 @@ pub struct Model<'a> {
     pub config: ModelConfig,
     /// Weight views.
     pub weights: Weights<'a>,
+    /// Metadata text of the file (`key=value` lines).
+    pub metadata: &'a str,
 }
 
 impl<'a> Model<'a> {
@@ -61,6 +63,29 @@ impl<'a> Model<'a> {
         Ok(Model {
             config: file.header.config,
             weights,
+            metadata: file.metadata,
         })
+    }
+
+    /// The value of metadata key `key`, if present.
+    pub fn meta(&self, key: &str) -> Option<&'a str> {
+        self.metadata.lines().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k == key).then_some(v)
+        })
+    }
+
+    /// Class label for `name`: a number, or one of the comma-separated `class_names`.
+    pub fn class_index(&self, name: &str) -> Option<u32> {
+        if let Ok(n) = name.parse::<u32>() {
+            return Some(n);
+        }
+        if name == "null" {
+            return Some(self.config.var.num_classes);
+        }
+        self.meta("class_names")?
+            .split(',')
+            .position(|c| c.trim().eq_ignore_ascii_case(name))
+            .map(|i| i as u32)
     }
 }

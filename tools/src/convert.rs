@@ -61,6 +61,8 @@ pub struct PackOptions {
     pub quant_resi: f32,
     /// GroupNorm groups (not in the state dict; 32 in every release).
     pub gn_groups: u32,
+    /// Free-form metadata lines (`key=value`), e.g. `class_names=a,b,c`.
+    pub metadata: Vec<(String, String)>,
 }
 
 impl Default for PackOptions {
@@ -72,6 +74,7 @@ impl Default for PackOptions {
             encoder: true,
             quant_resi: 0.5,
             gn_groups: 32,
+            metadata: Vec::new(),
         }
     }
 }
@@ -406,10 +409,17 @@ pub fn pack(var: &StateDict, vae: &StateDict, opts: &PackOptions) -> Result<Vec<
         return Err(ConvertError::UnexpectedKeys(unexpected));
     }
     let _ = DType::F32;
-    Ok(write_file(&cfg, &packed))
+    let mut meta = format!("converter=srdd-tools {}\n", env!("CARGO_PKG_VERSION"));
+    for (k, v) in &opts.metadata {
+        if k.contains('=') || k.contains('\n') || v.contains('\n') {
+            return Err(ConvertError::Value(k.clone(), "metadata keys/values must be single-line, keys without '='".into()));
+        }
+        meta.push_str(&format!("{k}={v}\n"));
+    }
+    Ok(write_file(&cfg, &packed, &meta))
 }
 
-fn write_file(cfg: &ModelConfig, packed: &[Packed]) -> Vec<u8> {
+fn write_file(cfg: &ModelConfig, packed: &[Packed], metadata: &str) -> Vec<u8> {
     // Data layout first: offsets are relative to the data section.
     let mut offsets = Vec::new();
     let mut at = 0usize;
@@ -425,11 +435,15 @@ fn write_file(cfg: &ModelConfig, packed: &[Packed]) -> Vec<u8> {
         };
         offsets.push((off, soff));
     }
+    let meta_offset = at;
+    at = align_up(at + metadata.len(), TENSOR_ALIGN);
     let data_len = at;
     let header = Header {
         config: cfg.clone(),
         tensor_count: packed.len() as u32,
         data_len: data_len as u64,
+        meta_offset: meta_offset as u64,
+        meta_len: metadata.len() as u64,
     };
     let mut meta = postcard::to_allocvec(&header).expect("header serializes");
     for (p, (off, soff)) in packed.iter().zip(&offsets) {
@@ -459,6 +473,7 @@ fn write_file(cfg: &ModelConfig, packed: &[Packed]) -> Vec<u8> {
             out[o..o + s.len()].copy_from_slice(s);
         }
     }
+    out[data_start + meta_offset..data_start + meta_offset + metadata.len()].copy_from_slice(metadata.as_bytes());
     let sum = checksum64(&out[PREFIX_LEN..]);
     out[24..32].copy_from_slice(&sum.to_le_bytes());
     out

@@ -61,6 +61,9 @@ enum Cmd {
         /// Leave the VQVAE encoder out (smaller file; no reconstruction or editing).
         #[arg(long)]
         no_encoder: bool,
+        /// Class names in label order, comma-separated (lets `srdd sample --class NAME` work).
+        #[arg(long)]
+        class_names: Option<String>,
         /// Output file.
         #[arg(short, long)]
         output: PathBuf,
@@ -93,6 +96,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             patch_nums,
             attention,
             no_encoder,
+            class_names,
             output,
         } => {
             let t0 = Instant::now();
@@ -106,6 +110,7 @@ fn run(cli: Cli) -> Result<bool, String> {
                     Attn::Causal => Attention::Causal,
                 },
                 encoder: !no_encoder,
+                metadata: class_names.map(|c| vec![("class_names".to_string(), c)]).unwrap_or_default(),
                 ..PackOptions::default()
             };
             let bytes = pack(&var_sd, &vae_sd, &opts).map_err(|e| e.to_string())?;

@@ -659,3 +659,40 @@ fn hostile_safetensors() {
         Err(CheckpointError::UnsupportedDType(_))
     ));
 }
+
+#[test]
+fn hostile_zip_directories() {
+    // Classic end-of-central-directory record claiming 65535 entries at a
+    // far-away offset.
+    let mut f = b"PK\x03\x04".to_vec();
+    f.extend_from_slice(&[0; 100]);
+    f.extend_from_slice(b"PK\x05\x06\0\0\0\0\xff\xff\xff\xff");
+    f.extend_from_slice(&0xffff_ff00u32.to_le_bytes());
+    f.extend_from_slice(&0xffff_fff0u32.to_le_bytes());
+    f.extend_from_slice(&[0, 0]);
+    assert!(read_state_dict_bytes(&f, Role::Any).is_err());
+
+    // ZIP64 records claiming 2^40 entries and a 2^50 directory offset.
+    let mut f = b"PK\x03\x04".to_vec();
+    f.extend_from_slice(&[0; 100]);
+    let eocd64_at = f.len() as u64;
+    f.extend_from_slice(b"PK\x06\x06");
+    f.extend_from_slice(&44u64.to_le_bytes());
+    f.extend_from_slice(&[45, 0, 45, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    f.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    f.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    f.extend_from_slice(&(1u64 << 45).to_le_bytes());
+    f.extend_from_slice(&(1u64 << 50).to_le_bytes());
+    f.extend_from_slice(b"PK\x06\x07\0\0\0\0");
+    f.extend_from_slice(&eocd64_at.to_le_bytes());
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(b"PK\x05\x06\0\0\0\0\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\0\0");
+    assert!(read_state_dict_bytes(&f, Role::Any).is_err());
+
+    // Same, but with the directory "inside" the file: the entry count is
+    // what must not be trusted.
+    let n = f.len();
+    f[eocd64_at as usize + 48..eocd64_at as usize + 56].copy_from_slice(&4u64.to_le_bytes());
+    assert_eq!(f.len(), n);
+    assert!(read_state_dict_bytes(&f, Role::Any).is_err());
+}

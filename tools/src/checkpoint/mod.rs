@@ -284,8 +284,21 @@ const ZIP_MAGIC: &[u8; 4] = b"PK\x03\x04";
 
 /// Reads a `.pth` or `.safetensors` checkpoint from disk.
 ///
-/// `.pth` files are streamed from disk (only the selected tensors are read);
-/// safetensors files are read whole.
+/// A file starting with the zip magic `PK\x03\x04` is read as a `.pth`
+/// archive, anything else that parses as safetensors as safetensors.
+///
+/// Which state dict is returned:
+/// * a flat state dict (every value a tensor) is returned whatever `role`;
+/// * a nested training checkpoint (`{'trainer': {'var_wo_ddp': .., 'vae_local': ..}, ..}`)
+///   gives `trainer.var_wo_ddp` for [`Role::Var`] and `trainer.vae_local` for
+///   [`Role::Vae`]; [`Role::Any`] is [`CheckpointError::NestedNeedsRole`] and a
+///   role without an entry [`CheckpointError::RoleNotFound`];
+/// * a dict whose only state dict is a top-level `state_dict` or `model`
+///   entry gives that entry.
+///
+/// Leading `_orig_mod.` / `module.` prefixes are stripped from every key.
+/// `.pth` files are streamed from disk (only the selected tensors' storages
+/// are read); safetensors files are read whole.
 pub fn read_state_dict(path: &Path, role: Role) -> Result<StateDict, CheckpointError> {
     let mut file = File::open(path)?;
     let mut magic = [0u8; 4];
@@ -311,7 +324,8 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// Reads a `.pth` or `.safetensors` checkpoint held in memory.
+/// Reads a `.pth` or `.safetensors` checkpoint held in memory; see
+/// [`read_state_dict`].
 pub fn read_state_dict_bytes(bytes: &[u8], role: Role) -> Result<StateDict, CheckpointError> {
     if bytes.starts_with(ZIP_MAGIC) {
         return read_pth(Cursor::new(bytes), role);

@@ -244,6 +244,16 @@ impl<R: Read + Seek> PthArchive<R> {
                 }
             };
             let plan = ViewPlan::new(key, &t)?;
+            // The view must fit in the storage its persistent id declares
+            // (the entry itself is checked when read).
+            let declared = t.storage.numel.saturating_mul(plan.itemsize);
+            if declared < plan.extent_bytes {
+                return Err(CheckpointError::StorageTooSmall {
+                    key: t.storage.key.clone(),
+                    available: declared,
+                    needed: plan.extent_bytes,
+                });
+            }
             let e = need.entry(t.storage.key.clone()).or_insert((0, 0));
             e.0 = e.0.max(plan.extent_bytes);
             e.1 += 1;
@@ -259,16 +269,6 @@ impl<R: Read + Seek> PthArchive<R> {
             let skey = &t.storage.key;
             if !cache.contains_key(skey) {
                 let (bytes_needed, _) = need[skey];
-                let declared = t.storage.numel.checked_mul(plan.itemsize).ok_or_else(|| {
-                    too_large(format!("storage {skey}"), u64::MAX, MAX_TOTAL_BYTES)
-                })?;
-                if declared < bytes_needed {
-                    return Err(CheckpointError::StorageTooSmall {
-                        key: skey.clone(),
-                        available: declared,
-                        needed: bytes_needed,
-                    });
-                }
                 read_total = read_total.saturating_add(bytes_needed);
                 if read_total > MAX_TOTAL_BYTES {
                     return Err(too_large("storages".into(), read_total, MAX_TOTAL_BYTES));
@@ -426,9 +426,10 @@ impl ViewPlan {
                 MAX_TOTAL_BYTES,
             ));
         }
-        // Everything below fits in usize: bounded by MAX_TOTAL_BYTES (or
-        // the view is empty, in which case offset/strides are never used).
+        // Every index computed by `gather` is below the extent (or the view
+        // is empty and offset/strides are never used), so it fits in usize.
         let to_usize = |v: u64| usize::try_from(v).map_err(|_| invalid("does not fit in memory"));
+        to_usize(extent_bytes.max(out_bytes))?;
         let shape = t
             .size
             .iter()
