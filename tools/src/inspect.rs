@@ -15,6 +15,7 @@ pub fn arena_table(model: &Model<'_>) -> Vec<(String, usize)> {
         for (g, gn) in [(Guidance::Linear, "cfg"), (Guidance::Off, "no-cfg")] {
             let mut o = SampleOptions::new(0);
             o.attention = att;
+            o.top_k = o.top_k.min(cfg.vae.vocab_size);
             o.guidance = g;
             if let Ok(p) = Plan::new(cfg, &o, &full) {
                 rows.push((format!("sample {an} {gn}"), p.arena_bytes()));
