@@ -14,6 +14,7 @@ use crate::arena::{bytes_of, Arena};
 use crate::config::{Attention, ModelConfig, WeightFormat};
 use crate::error::{Error, Result};
 use crate::kernels::{linear, linear_scratch_len, LinearScratch};
+use crate::parallel::{Parallel, Sequential};
 use crate::sample::{sample_token, Rng};
 use crate::schedule::Schedule;
 use crate::var::{ada_vectors, block_forward, head_logits, Kv, StepScratch, FFN_CHUNK};
@@ -225,7 +226,7 @@ impl Sizes {
         let (fb, qb) = linear_scratch_len(FFN_CHUNK, f);
         let (fc, qc) = linear_scratch_len(n, cv);
         let q = if self.int8 { qa.max(qb).max(qc) } else { 0 };
-        (fa.max(fb).max(fc).max(7 * c), q)
+        (fa.max(fb).max(fc), q)
     }
     fn step_bytes(&self) -> usize {
         let Sizes { n, keys, c, f, v, cv, p, .. } = *self;
@@ -290,6 +291,7 @@ fn take_step<'s>(s: &Sizes, ar: &mut Arena<'s>) -> Result<StepBufs<'s>> {
 /// One image's sampling run over a caller-provided arena.
 pub struct Generator<'m, 'a> {
     model: &'m Model<'m>,
+    par: &'m dyn Parallel,
     opts: SampleOptions,
     sched: Schedule,
     sizes: Sizes,
@@ -307,8 +309,13 @@ pub struct Generator<'m, 'a> {
 }
 
 impl<'m, 'a> Generator<'m, 'a> {
-    /// Checks options, schedule and arena size, then computes the AdaLN vectors.
+    /// Checks options, schedule and arena size, then computes the AdaLN vectors (single thread).
     pub fn new(model: &'m Model<'m>, opts: SampleOptions, sched: Schedule, arena: &'a mut [u8]) -> Result<Self> {
+        Self::with_parallel(model, opts, sched, arena, &Sequential)
+    }
+
+    /// As [`Generator::new`], running kernels on `par` (results are identical).
+    pub fn with_parallel(model: &'m Model<'m>, opts: SampleOptions, sched: Schedule, arena: &'a mut [u8], par: &'m dyn Parallel) -> Result<Self> {
         let cfg = &model.config;
         let plan = Plan::new(cfg, &opts, &sched)?;
         if arena.len() < plan.arena_bytes() {
@@ -332,6 +339,7 @@ impl<'m, 'a> Generator<'m, 'a> {
         let scratch = ar.take::<u8>(ar.remaining())?;
         let mut g = Generator {
             model,
+            par,
             opts,
             sched,
             sizes: s,
@@ -367,6 +375,7 @@ impl<'m, 'a> Generator<'m, 'a> {
                 &mut self.head_ada[r * 2 * c..(r + 1) * 2 * c],
                 b.ada_tmp,
                 &mut b.st.lin,
+                self.par,
             );
         }
         Ok(())
@@ -436,7 +445,7 @@ impl<'m, 'a> Generator<'m, 'a> {
                     b.win[tok * cv + ch] = self.next_in[ch * n + tok];
                 }
             }
-            linear(b.win, n, &t.word_embed, self.hidden, &mut b.st.lin);
+            linear(b.win, n, &t.word_embed, self.hidden, &mut b.st.lin, self.par);
             for tok in 0..n {
                 for i in 0..c {
                     self.hidden[tok * c + i] += lvl_pos(tok, i);
@@ -463,7 +472,7 @@ impl<'m, 'a> Generator<'m, 'a> {
                 } else {
                     Kv::Markov
                 };
-                block_forward(blk, c, heads, eps, ada, x, n, kv, &mut b.st);
+                block_forward(blk, c, heads, eps, ada, x, n, kv, &mut b.st, self.par);
             }
         }
 
@@ -472,11 +481,11 @@ impl<'m, 'a> Generator<'m, 'a> {
         let t32 = tg as f32;
         for tok in 0..n {
             let xc = &self.hidden[tok * c..(tok + 1) * c];
-            head_logits(t, c, eps, &self.head_ada[..2 * c], xc, b.head_xn, b.logit_c, &mut b.st.lin);
+            head_logits(t, c, eps, &self.head_ada[..2 * c], xc, b.head_xn, b.logit_c, &mut b.st.lin, self.par);
             hook.logits(k, tok, b.logit_c);
             if run_rows == 2 {
                 let xu = &self.hidden[(nmax + tok) * c..(nmax + tok + 1) * c];
-                head_logits(t, c, eps, &self.head_ada[2 * c..4 * c], xu, b.head_xn, b.logit_u, &mut b.st.lin);
+                head_logits(t, c, eps, &self.head_ada[2 * c..4 * c], xu, b.head_xn, b.logit_u, &mut b.st.lin, self.par);
                 for (lc, lu) in b.logit_c.iter_mut().zip(b.logit_u.iter()) {
                     *lc = c1 * *lc - t32 * *lu;
                 }
@@ -511,6 +520,7 @@ impl<'m, 'a> Generator<'m, 'a> {
             p,
             b.contrib,
             b.cscratch,
+            self.par,
         );
         for (f, d) in self.f_hat.iter_mut().zip(b.contrib.iter()) {
             *f += *d;
@@ -538,6 +548,6 @@ impl<'m, 'a> Generator<'m, 'a> {
             return Err(Error::WrongState("decode before the last scale"));
         }
         let mut ar = Arena::new(&mut *self.scratch)?;
-        vae::decode(&self.model.weights.decoder, &self.model.config, self.f_hat, &mut ar, true, sink)
+        vae::decode(&self.model.weights.decoder, &self.model.config, self.f_hat, &mut ar, true, self.par, sink)
     }
 }

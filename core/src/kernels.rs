@@ -5,6 +5,7 @@
 //! every target (the compiler may vectorize the lanes but never reorders them). Integer paths
 //! (int8 × int8 → i32) are exact by construction.
 
+use crate::parallel::{split, split_count, Parallel, SharedMut};
 use crate::weights::{Conv, Linear, Norm, Weight};
 
 /// `Σ a[i]·b[i]` with eight accumulator lanes.
@@ -62,9 +63,29 @@ pub fn quantize_row(x: &[f32], q: &mut [i8]) -> f32 {
     amax / 127.0
 }
 
-/// Scratch for [`linear`]: f32 values (f16 row unpacking, int8 row scales) and int8 activations.
+/// `Σ a[i]·b[i]` with f16 `b`, in the same lane order as [`dot`].
+#[inline]
+pub fn dot_f16(a: &[f32], b: &[half::f16]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l].to_f32();
+        }
+    }
+    let mut tail = 0f32;
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        tail += x * y.to_f32();
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// Scratch for [`linear`] with int8 weights: per-row activation scales and int8 activations.
 pub struct LinearScratch<'s> {
-    /// At least `in_dim` (f16) or `n` (int8) floats.
+    /// At least `n` floats.
     pub f: &'s mut [f32],
     /// At least `n · in_dim` bytes (int8 weights only).
     pub q: &'s mut [i8],
@@ -72,52 +93,73 @@ pub struct LinearScratch<'s> {
 
 /// Scratch sizes (f32 count, i8 count) [`linear`] needs for `n` rows of `in_dim`.
 pub fn linear_scratch_len(n: usize, in_dim: usize) -> (usize, usize) {
-    (in_dim.max(n), n * in_dim)
+    (n, n * in_dim)
 }
 
+/// Tokens per block in [`linear`]: a block of activations stays in cache while the weight rows
+/// stream past it.
+const TOKEN_BLOCK: usize = 8;
+
 /// `y[t] = x[t] Wᵀ + b` for `n` rows; x is `n × in_dim`, y is `n × out_dim`, both row-major.
-/// int8 weights use int8 activations quantized per row and i32 accumulation.
-pub fn linear(x: &[f32], n: usize, l: &Linear<'_>, y: &mut [f32], s: &mut LinearScratch<'_>) {
+/// int8 weights use int8 activations quantized per row and i32 accumulation. Output channels are
+/// split across `par`'s tasks; every value is computed exactly as the sequential loop would.
+pub fn linear(x: &[f32], n: usize, l: &Linear<'_>, y: &mut [f32], s: &mut LinearScratch<'_>, par: &dyn Parallel) {
     let (din, dout) = (l.in_dim, l.out_dim);
     let x = &x[..n * din];
-    let y = &mut y[..n * dout];
+    let y = SharedMut::new(&mut y[..n * dout]);
+    let tasks = split_count(dout, par.width() * 4, 16);
+    let bias = |o: usize| l.b.map_or(0.0, |b| b[o]);
     match l.w {
-        Weight::F32(w) => {
-            for o in 0..dout {
-                let row = &w[o * din..(o + 1) * din];
-                let b = l.b.map_or(0.0, |b| b[o]);
-                for t in 0..n {
-                    y[t * dout + o] = dot(&x[t * din..(t + 1) * din], row) + b;
+        Weight::F32(w) => par.run(tasks, &|i| {
+            let (o0, o1) = split(dout, par.width() * 4, 16, i);
+            for t0 in (0..n).step_by(TOKEN_BLOCK) {
+                let t1 = (t0 + TOKEN_BLOCK).min(n);
+                for o in o0..o1 {
+                    let row = &w[o * din..(o + 1) * din];
+                    for t in t0..t1 {
+                        let v = dot(&x[t * din..(t + 1) * din], row) + bias(o);
+                        // SAFETY: output column o belongs to this task only.
+                        unsafe { y.set(t * dout + o, v) };
+                    }
                 }
             }
-        }
-        Weight::F16(w) => {
-            let row = &mut s.f[..din];
-            for o in 0..dout {
-                for (r, h) in row.iter_mut().zip(&w[o * din..(o + 1) * din]) {
-                    *r = h.to_f32();
-                }
-                let b = l.b.map_or(0.0, |b| b[o]);
-                for t in 0..n {
-                    y[t * dout + o] = dot(&x[t * din..(t + 1) * din], row) + b;
+        }),
+        Weight::F16(w) => par.run(tasks, &|i| {
+            let (o0, o1) = split(dout, par.width() * 4, 16, i);
+            for t0 in (0..n).step_by(TOKEN_BLOCK) {
+                let t1 = (t0 + TOKEN_BLOCK).min(n);
+                for o in o0..o1 {
+                    let row = &w[o * din..(o + 1) * din];
+                    for t in t0..t1 {
+                        let v = dot_f16(&x[t * din..(t + 1) * din], row) + bias(o);
+                        // SAFETY: output column o belongs to this task only.
+                        unsafe { y.set(t * dout + o, v) };
+                    }
                 }
             }
-        }
+        }),
         Weight::I8 { q: w, scales } => {
             let qx = &mut s.q[..n * din];
             let sx = &mut s.f[..n];
             for t in 0..n {
                 sx[t] = quantize_row(&x[t * din..(t + 1) * din], &mut qx[t * din..(t + 1) * din]);
             }
-            for o in 0..dout {
-                let row = &w[o * din..(o + 1) * din];
-                let b = l.b.map_or(0.0, |b| b[o]);
-                let so = scales[o];
-                for t in 0..n {
-                    let acc = dot_i8(&qx[t * din..(t + 1) * din], row);
-                    y[t * dout + o] = acc as f32 * (sx[t] * so) + b;
+            let (qx, sx) = (&*qx, &*sx);
+            par.run(tasks, &|i| {
+                let (o0, o1) = split(dout, par.width() * 4, 16, i);
+                for t0 in (0..n).step_by(TOKEN_BLOCK) {
+                    let t1 = (t0 + TOKEN_BLOCK).min(n);
+                    for o in o0..o1 {
+                        let row = &w[o * din..(o + 1) * din];
+                        let so = scales[o];
+                        for t in t0..t1 {
+                            let acc = dot_i8(&qx[t * din..(t + 1) * din], row);
+                            // SAFETY: output column o belongs to this task only.
+                            unsafe { y.set(t * dout + o, acc as f32 * (sx[t] * so) + bias(o)) };
+                        }
+                    }
                 }
-            }
+            });
         }
     }
 }
@@ -226,19 +268,21 @@ pub const fn conv_out_side(n: usize, k: usize, stride: usize, pad_lo: usize, pad
     (n + pad_lo + pad_hi - k) / stride + 1
 }
 
-/// Scratch for [`conv2d`] with int8 weights: quantized input, per-row scales, one i32 row.
+/// Scratch for [`conv2d`] with int8 weights.
 pub struct ConvScratch<'s> {
-    /// `cin · h · w` bytes.
-    pub q: &'s mut [i8],
-    /// `h` floats.
+    /// Unfolded int8 input, `h · wo · cin · k` bytes: for each input row and output column, the
+    /// `cin × k` patch row the kernel sees (zero outside the image).
+    pub unfold: &'s mut [i8],
+    /// One quantized input row, `cin · w` bytes.
+    pub qrow: &'s mut [i8],
+    /// Per-input-row activation scales, `h` floats.
     pub row_scale: &'s mut [f32],
-    /// `wo` accumulators.
-    pub acc: &'s mut [i32],
 }
 
-/// Scratch sizes (i8, f32, i32 counts) of [`conv2d`] on a `cin × h × w` input (int8 weights).
-pub fn conv_scratch_len(cin: usize, h: usize, w: usize, wo: usize) -> (usize, usize, usize) {
-    (cin * h * w, h, wo)
+/// Scratch sizes (unfold i8, row i8, f32) of [`conv2d`] with int8 weights on a `cin × h × w`
+/// input with kernel `k` and `wo` output columns.
+pub fn conv_scratch_len(cin: usize, h: usize, w: usize, wo: usize, k: usize) -> (usize, usize, usize) {
+    (h * wo * cin * k, cin * w, h)
 }
 
 const ROW_TILE: usize = 8;
@@ -259,13 +303,15 @@ fn ox_range(w: usize, wo: usize, kx: usize, stride: usize, pad_left: usize) -> (
 /// 2-D convolution of a `cin × h × w` map (channel-major) into `cout × ho × wo`.
 /// f32/f16 weights accumulate in f32 over (ci, ky, kx); int8 weights quantize the input per
 /// image row (over all channels), accumulate each kernel row in i32 and rescale once per row,
-/// so the result does not depend on how the image is split into row bands.
+/// so the result does not depend on how the image is split into row bands. Output channels are
+/// split across `par`'s tasks. int8 weights need `s`; without it the output is NaN.
 #[allow(clippy::too_many_arguments)]
-pub fn conv2d(x: &[f32], h: usize, w: usize, c: &Conv<'_>, stride: usize, pad: Pad, y: &mut [f32], s: Option<&mut ConvScratch<'_>>) {
+pub fn conv2d(x: &[f32], h: usize, w: usize, c: &Conv<'_>, stride: usize, pad: Pad, y: &mut [f32], s: Option<&mut ConvScratch<'_>>, par: &dyn Parallel) {
     let (cin, cout, k) = (c.cin, c.cout, c.k);
     let ho = conv_out_side(h, k, stride, pad.top, pad.bottom);
     let wo = conv_out_side(w, k, stride, pad.left, pad.right);
-    let y = &mut y[..cout * ho * wo];
+    let plane_len = ho * wo;
+    let y = SharedMut::new(&mut y[..cout * plane_len]);
     let iy_of = |oy: usize, ky: usize| -> Option<usize> {
         let iy = (oy * stride + ky) as isize - pad.top as isize;
         if iy < 0 || iy >= h as isize {
@@ -274,41 +320,46 @@ pub fn conv2d(x: &[f32], h: usize, w: usize, c: &Conv<'_>, stride: usize, pad: P
             Some(iy as usize)
         }
     };
+    let tasks = split_count(cout, par.width() * 2, 1);
     match c.w {
         Weight::F32(_) | Weight::F16(_) => {
             let wv = |idx: usize| -> f32 {
                 match c.w {
                     Weight::F32(w) => w[idx],
                     Weight::F16(w) => w[idx].to_f32(),
-                    Weight::I8 { .. } => 0.0,
+                    Weight::I8 { .. } => f32::NAN,
                 }
             };
-            for co in 0..cout {
-                let plane = &mut y[co * ho * wo..(co + 1) * ho * wo];
-                plane.iter_mut().for_each(|v| *v = c.b[co]);
-                for oy0 in (0..ho).step_by(ROW_TILE) {
-                    let oy1 = (oy0 + ROW_TILE).min(ho);
-                    for ci in 0..cin {
-                        let xp = &x[ci * h * w..(ci + 1) * h * w];
-                        for ky in 0..k {
-                            for kx in 0..k {
-                                let wgt = wv(((co * cin + ci) * k + ky) * k + kx);
-                                let (lo, hi) = ox_range(w, wo, kx, stride, pad.left);
-                                if lo >= hi {
-                                    continue;
-                                }
-                                for oy in oy0..oy1 {
-                                    let Some(iy) = iy_of(oy, ky) else { continue };
-                                    let yrow = &mut plane[oy * wo + lo..oy * wo + hi];
-                                    let xrow = &xp[iy * w..(iy + 1) * w];
-                                    if stride == 1 {
-                                        let xs = &xrow[lo + kx - pad.left..hi + kx - pad.left];
-                                        for (o, v) in yrow.iter_mut().zip(xs) {
-                                            *o += wgt * *v;
-                                        }
-                                    } else {
-                                        for (j, o) in yrow.iter_mut().enumerate() {
-                                            *o += wgt * xrow[(lo + j) * stride + kx - pad.left];
+            par.run(tasks, &|task| {
+                let (c0, c1) = split(cout, par.width() * 2, 1, task);
+                for co in c0..c1 {
+                    // SAFETY: output plane co belongs to this task only.
+                    let plane = unsafe { y.slice(co * plane_len, plane_len) };
+                    plane.iter_mut().for_each(|v| *v = c.b[co]);
+                    for oy0 in (0..ho).step_by(ROW_TILE) {
+                        let oy1 = (oy0 + ROW_TILE).min(ho);
+                        for ci in 0..cin {
+                            let xp = &x[ci * h * w..(ci + 1) * h * w];
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let wgt = wv(((co * cin + ci) * k + ky) * k + kx);
+                                    let (lo, hi) = ox_range(w, wo, kx, stride, pad.left);
+                                    if lo >= hi {
+                                        continue;
+                                    }
+                                    for oy in oy0..oy1 {
+                                        let Some(iy) = iy_of(oy, ky) else { continue };
+                                        let yrow = &mut plane[oy * wo + lo..oy * wo + hi];
+                                        let xrow = &xp[iy * w..(iy + 1) * w];
+                                        if stride == 1 {
+                                            let xs = &xrow[lo + kx - pad.left..hi + kx - pad.left];
+                                            for (o, v) in yrow.iter_mut().zip(xs) {
+                                                *o += wgt * *v;
+                                            }
+                                        } else {
+                                            for (j, o) in yrow.iter_mut().enumerate() {
+                                                *o += wgt * xrow[(lo + j) * stride + kx - pad.left];
+                                            }
                                         }
                                     }
                                 }
@@ -316,13 +367,20 @@ pub fn conv2d(x: &[f32], h: usize, w: usize, c: &Conv<'_>, stride: usize, pad: P
                         }
                     }
                 }
-            }
+            });
         }
         Weight::I8 { q: wq, scales } => {
-            let Some(s) = s else { return };
-            let q = &mut s.q[..cin * h * w];
+            let Some(s) = s else {
+                // SAFETY: no tasks run; exclusive access.
+                unsafe { y.slice(0, cout * plane_len) }.iter_mut().for_each(|v| *v = f32::NAN);
+                return;
+            };
+            // int8 conv weights are stored [cout, kh, cin, kw] so that one kernel row is one
+            // contiguous `cin·k` vector matching an unfolded patch row.
+            let kk = cin * k;
+            let unfold = &mut s.unfold[..h * wo * kk];
+            let qrow = &mut s.qrow[..cin * w];
             let rs = &mut s.row_scale[..h];
-            // Per-row scale over all channels of that input row.
             for iy in 0..h {
                 let mut amax = 0f32;
                 for ci in 0..cin {
@@ -333,51 +391,42 @@ pub fn conv2d(x: &[f32], h: usize, w: usize, c: &Conv<'_>, stride: usize, pad: P
                 let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
                 rs[iy] = amax / 127.0;
                 for ci in 0..cin {
-                    let base = (ci * h + iy) * w;
-                    for i in 0..w {
-                        q[base + i] = libm::roundf(x[base + i] * inv).clamp(-127.0, 127.0) as i8;
+                    let src = &x[(ci * h + iy) * w..(ci * h + iy + 1) * w];
+                    for (q, v) in qrow[ci * w..(ci + 1) * w].iter_mut().zip(src) {
+                        *q = libm::roundf(*v * inv).clamp(-127.0, 127.0) as i8;
+                    }
+                }
+                for ox in 0..wo {
+                    let dst = &mut unfold[(iy * wo + ox) * kk..(iy * wo + ox + 1) * kk];
+                    for ci in 0..cin {
+                        for kx in 0..k {
+                            let ix = (ox * stride + kx) as isize - pad.left as isize;
+                            dst[ci * k + kx] = if ix >= 0 && (ix as usize) < w { qrow[ci * w + ix as usize] } else { 0 };
+                        }
                     }
                 }
             }
-            let acc = &mut s.acc[..wo];
-            for co in 0..cout {
-                let plane = &mut y[co * ho * wo..(co + 1) * ho * wo];
-                for oy in 0..ho {
-                    let yrow = &mut plane[oy * wo..(oy + 1) * wo];
-                    yrow.iter_mut().for_each(|v| *v = c.b[co]);
-                    for ky in 0..k {
-                        let Some(iy) = iy_of(oy, ky) else { continue };
-                        acc.iter_mut().for_each(|a| *a = 0);
-                        for ci in 0..cin {
-                            let xrow = &q[(ci * h + iy) * w..(ci * h + iy + 1) * w];
-                            for kx in 0..k {
-                                let wgt = wq[((co * cin + ci) * k + ky) * k + kx] as i32;
-                                if wgt == 0 {
-                                    continue;
-                                }
-                                let (lo, hi) = ox_range(w, wo, kx, stride, pad.left);
-                                if lo >= hi {
-                                    continue;
-                                }
-                                if stride == 1 {
-                                    let xs = &xrow[lo + kx - pad.left..hi + kx - pad.left];
-                                    for (a, v) in acc[lo..hi].iter_mut().zip(xs) {
-                                        *a += wgt * *v as i32;
-                                    }
-                                } else {
-                                    for (j, a) in acc[lo..hi].iter_mut().enumerate() {
-                                        *a += wgt * xrow[(lo + j) * stride + kx - pad.left] as i32;
-                                    }
-                                }
+            let (unfold, rs) = (&*unfold, &*rs);
+            par.run(tasks, &|task| {
+                let (c0, c1) = split(cout, par.width() * 2, 1, task);
+                for co in c0..c1 {
+                    // SAFETY: output plane co belongs to this task only.
+                    let plane = unsafe { y.slice(co * plane_len, plane_len) };
+                    for oy in 0..ho {
+                        let yrow = &mut plane[oy * wo..(oy + 1) * wo];
+                        yrow.iter_mut().for_each(|v| *v = c.b[co]);
+                        for ky in 0..k {
+                            let Some(iy) = iy_of(oy, ky) else { continue };
+                            let sc = rs[iy] * scales[co];
+                            let wrow = &wq[(co * k + ky) * kk..(co * k + ky + 1) * kk];
+                            let urow = &unfold[iy * wo * kk..(iy + 1) * wo * kk];
+                            for (ox, o) in yrow.iter_mut().enumerate() {
+                                *o += dot_i8(&urow[ox * kk..(ox + 1) * kk], wrow) as f32 * sc;
                             }
                         }
-                        let sc = rs[iy] * scales[co];
-                        for (o, a) in yrow.iter_mut().zip(acc.iter()) {
-                            *o += *a as f32 * sc;
-                        }
                     }
                 }
-            }
+            });
         }
     }
 }
@@ -416,6 +465,301 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod kernel_tests {
+    extern crate std;
+
+    use super::*;
+    use half::f16;
+    use std::vec;
+    use std::vec::Vec;
+
+    /// Deterministic pseudo-random values in [−1, 1).
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> f32 {
+            self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        }
+        fn vec(&mut self, n: usize, gain: f32) -> Vec<f32> {
+            (0..n).map(|_| self.next() * gain).collect()
+        }
+    }
+
+    /// A `cin × h × w` map whose rows have very different magnitudes (so per-row, per-band and
+    /// per-tensor activation scales all differ).
+    fn banded_input(rng: &mut Lcg, cin: usize, h: usize, w: usize) -> Vec<f32> {
+        let gains = [0.05f32, 3.0, 0.4, 12.0, 1.0, 0.002, 7.5, 0.9, 0.03, 2.2, 40.0, 0.6, 1.7, 0.25];
+        let mut x = vec![0f32; cin * h * w];
+        for ci in 0..cin {
+            for iy in 0..h {
+                for ix in 0..w {
+                    x[(ci * h + iy) * w + ix] = rng.next() * gains[iy % gains.len()];
+                }
+            }
+        }
+        x
+    }
+
+    /// Rows `a..b` of every channel of a `cin × h × w` map.
+    fn rows(x: &[f32], cin: usize, h: usize, w: usize, a: usize, b: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(cin * (b - a) * w);
+        for ci in 0..cin {
+            out.extend_from_slice(&x[(ci * h + a) * w..(ci * h + b) * w]);
+        }
+        out
+    }
+
+    struct Int8Conv {
+        q: Vec<i8>,
+        scales: Vec<f32>,
+        deq: Vec<f32>,
+        bias: Vec<f32>,
+    }
+
+    fn int8_conv(rng: &mut Lcg, cout: usize, cin: usize, k: usize) -> Int8Conv {
+        let q: Vec<i8> = (0..cout * cin * k * k)
+            .map(|i| if i % 7 == 3 { 0 } else { (rng.next() * 127.0) as i8 })
+            .collect();
+        let scales: Vec<f32> = (0..cout).map(|_| 0.001 + 0.01 * (rng.next() + 1.0)).collect();
+        let per = cin * k * k;
+        let deq = q.iter().enumerate().map(|(i, v)| *v as f32 * scales[i / per]).collect();
+        let bias = rng.vec(cout, 0.5);
+        Int8Conv { q, scales, deq, bias }
+    }
+
+    fn run_conv(x: &[f32], h: usize, w: usize, c: &Conv<'_>, stride: usize, pad: Pad) -> (Vec<f32>, usize, usize) {
+        let ho = conv_out_side(h, c.k, stride, pad.top, pad.bottom);
+        let wo = conv_out_side(w, c.k, stride, pad.left, pad.right);
+        let mut y = vec![f32::NAN; c.cout * ho * wo];
+        let (nq, nr, na) = conv_scratch_len(c.cin, h, w, wo);
+        let (mut q, mut rs, mut acc) = (vec![0i8; nq], vec![0f32; nr], vec![0i32; na]);
+        let mut s = ConvScratch {
+            q: &mut q,
+            row_scale: &mut rs,
+            acc: &mut acc,
+        };
+        conv2d(x, h, w, c, stride, pad, &mut y, Some(&mut s));
+        (y, ho, wo)
+    }
+
+    /// Output rows `r0..r0 + n` of a `cout × ho × wo` map.
+    fn out_rows(y: &[f32], cout: usize, ho: usize, wo: usize, r0: usize, n: usize) -> Vec<u32> {
+        let mut v = Vec::new();
+        for co in 0..cout {
+            v.extend(y[(co * ho + r0) * wo..(co * ho + r0 + n) * wo].iter().map(|f| f.to_bits()));
+        }
+        v
+    }
+
+    #[test]
+    fn int8_conv_rows_do_not_depend_on_the_band_split() {
+        let mut rng = Lcg(1);
+        let (cin, cout, k, h, w) = (5, 4, 3, 12, 9);
+        let x = banded_input(&mut rng, cin, h, w);
+        let wt = int8_conv(&mut rng, cout, cin, k);
+        for int8 in [true, false] {
+            let conv = Conv {
+                w: if int8 { Weight::I8 { q: &wt.q, scales: &wt.scales } } else { Weight::F32(&wt.deq) },
+                b: &wt.bias,
+                cout,
+                cin,
+                k,
+            };
+            // Stride 1, padding 1 (decoder convs).
+            let (full, ho, wo) = run_conv(&x, h, w, &conv, 1, Pad::same(1));
+            assert_eq!(ho, h);
+            assert!(full.iter().all(|v| v.is_finite()));
+            for r in 1..h {
+                // Output rows 0..r read input rows 0..=r; rows r..h read r-1..h.
+                let top = rows(&x, cin, h, w, 0, r + 1);
+                let pad_top = Pad { top: 1, left: 1, bottom: 0, right: 1 };
+                let (yt, hot, _) = run_conv(&top, r + 1, w, &conv, 1, pad_top);
+                assert_eq!(hot, r);
+                assert_eq!(out_rows(&yt, cout, hot, wo, 0, r), out_rows(&full, cout, ho, wo, 0, r), "int8 {int8} split {r}: top band");
+                let bot = rows(&x, cin, h, w, r - 1, h);
+                let pad_bot = Pad { top: 0, left: 1, bottom: 1, right: 1 };
+                let (yb, hob, _) = run_conv(&bot, h - r + 1, w, &conv, 1, pad_bot);
+                assert_eq!(hob, h - r);
+                assert_eq!(out_rows(&yb, cout, hob, wo, 0, h - r), out_rows(&full, cout, ho, wo, r, h - r), "int8 {int8} split {r}: bottom band");
+            }
+            // Stride 2, padding right/bottom only (encoder downsampling).
+            let down = Pad { top: 0, left: 0, bottom: 1, right: 1 };
+            let (full, ho, wo) = run_conv(&x, h, w, &conv, 2, down);
+            assert_eq!(ho, h / 2);
+            for r in 1..ho {
+                let top = rows(&x, cin, h, w, 0, 2 * r + 1);
+                let (yt, hot, _) = run_conv(&top, 2 * r + 1, w, &conv, 2, Pad { bottom: 0, ..down });
+                assert_eq!(hot, r);
+                assert_eq!(out_rows(&yt, cout, hot, wo, 0, r), out_rows(&full, cout, ho, wo, 0, r), "int8 {int8} stride 2 split {r}: top");
+                let bot = rows(&x, cin, h, w, 2 * r, h);
+                let (yb, hob, _) = run_conv(&bot, h - 2 * r, w, &conv, 2, down);
+                assert_eq!(hob, ho - r);
+                assert_eq!(out_rows(&yb, cout, hob, wo, 0, ho - r), out_rows(&full, cout, ho, wo, r, ho - r), "int8 {int8} stride 2 split {r}: bottom");
+            }
+        }
+    }
+
+    #[test]
+    fn int8_conv_error_is_bounded_by_the_activation_rounding() {
+        // x = q·s + e with |e| ≤ s/2 per row, so |y_int8 − y_f32(dequantized W)| ≤ Σ |w|·s/2.
+        let mut rng = Lcg(2);
+        let (cin, cout, k, h, w) = (6, 3, 3, 10, 7);
+        let x = banded_input(&mut rng, cin, h, w);
+        let wt = int8_conv(&mut rng, cout, cin, k);
+        let c8 = Conv { w: Weight::I8 { q: &wt.q, scales: &wt.scales }, b: &wt.bias, cout, cin, k };
+        let cf = Conv { w: Weight::F32(&wt.deq), ..c8 };
+        let (y8, ho, wo) = run_conv(&x, h, w, &c8, 1, Pad::same(1));
+        let (yf, _, _) = run_conv(&x, h, w, &cf, 1, Pad::same(1));
+        let row_scale: Vec<f32> = (0..h)
+            .map(|iy| (0..cin).flat_map(|ci| &x[(ci * h + iy) * w..(ci * h + iy + 1) * w]).fold(0f32, |m, v| m.max(v.abs())) / 127.0)
+            .collect();
+        let mut worst = 0f64;
+        for co in 0..cout {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut bound = 0f64;
+                    let mut mag = 0f64;
+                    for ci in 0..cin {
+                        for ky in 0..k {
+                            let iy = oy as isize + ky as isize - 1;
+                            if iy < 0 || iy >= h as isize {
+                                continue;
+                            }
+                            for kx in 0..k {
+                                let ix = ox as isize + kx as isize - 1;
+                                if ix < 0 || ix >= w as isize {
+                                    continue;
+                                }
+                                let wv = wt.deq[((co * cin + ci) * k + ky) * k + kx].abs() as f64;
+                                bound += wv * row_scale[iy as usize] as f64 / 2.0;
+                                mag += wv * x[(ci * h + iy as usize) * w + ix as usize].abs() as f64;
+                            }
+                        }
+                    }
+                    let i = (co * ho + oy) * wo + ox;
+                    let d = (y8[i] - yf[i]).abs() as f64;
+                    // Float rounding of both paths on top of the quantization bound.
+                    assert!(d <= bound * 1.0001 + 1e-5 * (mag + 1.0), "({co},{oy},{ox}): |d| {d} > bound {bound}");
+                    worst = worst.max(d / bound.max(1e-30));
+                }
+            }
+        }
+        // The bound is not vacuous: the error uses a fair part of it somewhere.
+        assert!(worst > 0.05, "worst error / bound = {worst}");
+    }
+
+    #[test]
+    fn f16_linear_equals_f32_linear_on_f16_values() {
+        let mut rng = Lcg(3);
+        for (n, din, dout) in [(1usize, 8usize, 3usize), (5, 37, 11), (17, 64, 9)] {
+            let w16: Vec<f16> = (0..din * dout).map(|_| f16::from_f32(rng.next() * 2.0)).collect();
+            let w32: Vec<f32> = w16.iter().map(|h| h.to_f32()).collect();
+            let b = rng.vec(dout, 1.0);
+            let x = rng.vec(n * din, 3.0);
+            let mut y = [vec![0f32; n * dout], vec![0f32; n * dout]];
+            for (yi, w) in y.iter_mut().zip([Weight::F32(&w32), Weight::F16(&w16)]) {
+                let (nf, _) = linear_scratch_len(n, din);
+                let mut f = vec![f32::NAN; nf];
+                let mut s = LinearScratch { f: &mut f, q: &mut [] };
+                let l = Linear { w, b: Some(&b), out_dim: dout, in_dim: din };
+                linear(&x, n, &l, yi, &mut s);
+            }
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&y[0]), bits(&y[1]), "n {n} in {din} out {dout}");
+            // And both are the dot products.
+            for t in 0..n {
+                for o in 0..dout {
+                    let want: f64 = (0..din).map(|i| x[t * din + i] as f64 * w32[o * din + i] as f64).sum::<f64>() + b[o] as f64;
+                    assert!((y[0][t * dout + o] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn int8_linear_error_is_bounded() {
+        let mut rng = Lcg(4);
+        let (n, din, dout) = (6usize, 40usize, 7usize);
+        let wf = rng.vec(din * dout, 0.5);
+        let mut q = vec![0i8; din * dout];
+        let mut scales = vec![0f32; dout];
+        for o in 0..dout {
+            scales[o] = quantize_row(&wf[o * din..(o + 1) * din], &mut q[o * din..(o + 1) * din]);
+        }
+        let deq: Vec<f32> = q.iter().enumerate().map(|(i, v)| *v as f32 * scales[i / din]).collect();
+        let mut x = rng.vec(n * din, 1.0);
+        for (t, row) in x.chunks_exact_mut(din).enumerate() {
+            row.iter_mut().for_each(|v| *v *= [0.01f32, 1.0, 30.0, 0.5, 4.0, 0.1][t]);
+        }
+        let (nf, nq) = linear_scratch_len(n, din);
+        let run = |w: Weight<'_>| {
+            let (mut f, mut qs) = (vec![0f32; nf], vec![0i8; nq]);
+            let mut s = LinearScratch { f: &mut f, q: &mut qs };
+            let mut y = vec![0f32; n * dout];
+            linear(&x, n, &Linear { w, b: None, out_dim: dout, in_dim: din }, &mut y, &mut s);
+            y
+        };
+        let y8 = run(Weight::I8 { q: &q, scales: &scales });
+        let yf = run(Weight::F32(&deq));
+        for t in 0..n {
+            let sx = x[t * din..(t + 1) * din].iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            for o in 0..dout {
+                let bound: f32 = deq[o * din..(o + 1) * din].iter().map(|w| w.abs() * sx / 2.0).sum();
+                let d = (y8[t * dout + o] - yf[t * dout + o]).abs();
+                assert!(d <= bound * 1.001 + 1e-6, "row {t} out {o}: {d} > {bound}");
+            }
+        }
+    }
+
+    #[test]
+    fn quantize_row_round_trip_error_is_at_most_half_a_step() {
+        let mut rng = Lcg(5);
+        for (len, gain) in [(1usize, 1.0f32), (7, 0.001), (64, 1.0), (300, 250.0), (33, 1e-20)] {
+            let x = rng.vec(len, gain);
+            let mut q = vec![0i8; len];
+            let s = quantize_row(&x, &mut q);
+            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert_eq!(s, amax / 127.0);
+            for (v, qi) in x.iter().zip(&q) {
+                assert!((-127..=127).contains(qi));
+                let err = (*qi as f32 * s - v).abs();
+                assert!(err <= s / 2.0 * (1.0 + 1e-6), "len {len}: x {v} q {qi} s {s} err {err}");
+            }
+            // The largest magnitude maps to ±127.
+            let i = x.iter().position(|v| v.abs() == amax).unwrap();
+            assert_eq!(q[i].unsigned_abs(), 127, "len {len}");
+        }
+        // All zeros: scale 0, codes 0.
+        let mut q = [5i8; 4];
+        assert_eq!(quantize_row(&[0.0; 4], &mut q), 0.0);
+        assert_eq!(q, [0; 4]);
+        // A non-finite maximum: NaN scale, codes 0 (never garbage).
+        let mut q = [5i8; 3];
+        assert!(quantize_row(&[1.0, f32::INFINITY, -2.0], &mut q).is_nan());
+        assert_eq!(q, [0; 3]);
+    }
+
+    #[test]
+    fn softmax_and_layer_norm_basics() {
+        let mut rng = Lcg(6);
+        let mut x = rng.vec(50, 20.0);
+        x[3] = 1000.0; // no overflow
+        softmax(&mut x);
+        let s: f32 = x.iter().sum();
+        assert!((s - 1.0).abs() < 1e-5 && x.iter().all(|v| *v >= 0.0));
+        assert!(x[3] > 0.99);
+        let x = rng.vec(3 * 64, 5.0);
+        let mut y = vec![0f32; x.len()];
+        layer_norm(&x, &mut y, 64, 1e-6);
+        for r in y.chunks_exact(64) {
+            let mean: f64 = r.iter().map(|v| *v as f64).sum::<f64>() / 64.0;
+            let var: f64 = r.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / 64.0;
+            assert!(mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-4, "mean {mean} var {var}");
         }
     }
 }

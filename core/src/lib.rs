@@ -28,6 +28,7 @@ pub mod error;
 pub mod format;
 pub mod generate;
 pub mod kernels;
+pub mod parallel;
 pub mod sample;
 pub mod schedule;
 pub mod tokenize;

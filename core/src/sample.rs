@@ -164,3 +164,109 @@ mod tests {
         assert_eq!(seen, [true, true, false, false]);
     }
 }
+
+#[cfg(test)]
+mod sampler_tests {
+    use super::*;
+
+    #[test]
+    fn rng_matches_an_independent_xoshiro256starstar() {
+        // Reference values from a separate Python implementation of SplitMix64 seeding and
+        // xoshiro256**.
+        let golden: [(u64, [u64; 3]); 3] = [
+            (0, [0x99ec5f36cb75f2b4, 0xbf6e1f784956452a, 0x1a5f849d4933e6e0]),
+            (1, [0xb3f2af6d0fc710c5, 0x853b559647364cea, 0x92f89756082a4514]),
+            (0xdeadbeef, [0xc5555444a74d7e83, 0x65c30d37b4b16e38, 0x54f773200a4efa23]),
+        ];
+        for (seed, want) in golden {
+            let mut r = Rng::new(seed);
+            for w in want {
+                assert_eq!(r.next_u64(), w, "seed {seed:#x}");
+            }
+        }
+        let mut r = Rng::new(9);
+        let mut sum = 0f64;
+        for _ in 0..20_000 {
+            let f = r.next_f32();
+            assert!((0.0..1.0).contains(&f));
+            sum += f as f64;
+        }
+        assert!((sum / 20_000.0 - 0.5).abs() < 0.01);
+    }
+
+    #[test]
+    fn sample_token_consumes_exactly_one_draw() {
+        let mut s = [0f32; 6];
+        for (k, p, t) in [(0u32, 0.0f32, 1.0f32), (1, 0.0, 1.0), (3, 0.9, 0.5), (0, 0.3, 2.0), (6, 1.0, 1.0)] {
+            let mut r = Rng::new(77);
+            let mut twin = r.clone();
+            let mut l = [0.5f32, -1.0, 2.0, 0.0, 1.5, -3.0];
+            let tok = sample_token(&mut l, k, p, t, &mut r, &mut s);
+            assert!(tok < 6);
+            twin.next_u64();
+            assert_eq!(r.next_u64(), twin.next_u64(), "k {k} p {p} t {t}");
+        }
+    }
+
+    #[test]
+    fn draw_is_the_inverse_cdf_in_vocabulary_order() {
+        // Uniform logits over 4 tokens: the token is floor(4u) for the one draw u (exact in f32).
+        let mut s = [0f32; 4];
+        for seed in 0..200 {
+            let u = Rng::new(seed).next_f32();
+            let mut l = [0.25f32; 4];
+            let tok = sample_token(&mut l, 0, 0.0, 1.0, &mut Rng::new(seed), &mut s);
+            assert_eq!(tok, (4.0 * u) as u32, "seed {seed} u {u}");
+        }
+        // A single finite logit always wins.
+        for seed in 0..50 {
+            let mut l = [f32::NEG_INFINITY, f32::NEG_INFINITY, 3.0, f32::NEG_INFINITY];
+            assert_eq!(sample_token(&mut l, 0, 0.0, 1.0, &mut Rng::new(seed), &mut s), 2);
+        }
+    }
+
+    #[test]
+    fn top_k_keeps_ties_and_nothing_below() {
+        let mut rng = Rng::new(5);
+        let mut s = [0f32; 5];
+        let mut seen = [0u32; 5];
+        for _ in 0..400 {
+            let mut l = [1.0f32, 3.0, 3.0, 0.0, 2.9];
+            seen[sample_token(&mut l, 1, 0.0, 1.0, &mut rng, &mut s) as usize] += 1;
+        }
+        assert_eq!((seen[0], seen[3], seen[4]), (0, 0, 0), "{seen:?}");
+        assert!(seen[1] > 150 && seen[2] > 150, "ties at the k-th logit must both stay: {seen:?}");
+        // top-k 2 with temperature: only the two largest entries, [1] and [4].
+        let mut seen = [0u32; 5];
+        for _ in 0..400 {
+            let mut l = [1.0f32, 3.0, 2.0, 0.0, 2.5];
+            seen[sample_token(&mut l, 2, 0.0, 0.5, &mut rng, &mut s) as usize] += 1;
+        }
+        // At temperature 0.5 the 0.5 logit gap is a factor e: p = [0.731, 0.269] (sd 8.9 draws).
+        assert_eq!((seen[0], seen[2], seen[3]), (0, 0, 0), "{seen:?}");
+        assert!((255..330).contains(&seen[1]) && seen[4] == 400 - seen[1], "{seen:?}");
+    }
+
+    #[test]
+    fn top_p_boundary_follows_the_official_rule() {
+        // p = [0.5, 0.3, 0.2]: a token stays iff the mass ranked above it is < top_p.
+        let l = [libm::logf(0.5), libm::logf(0.3), libm::logf(0.2)];
+        let mut s = [0f32; 3];
+        for (top_p, support) in [(0.3f32, [true, false, false]), (0.6, [true, true, false]), (0.85, [true, true, true])] {
+            let mut rng = Rng::new(11);
+            let mut seen = [false; 3];
+            for _ in 0..300 {
+                let mut x = l;
+                seen[sample_token(&mut x, 0, top_p, 1.0, &mut rng, &mut s) as usize] = true;
+            }
+            assert_eq!(seen, support, "top_p {top_p}");
+        }
+    }
+
+    #[test]
+    fn argmax_takes_the_first_maximum() {
+        assert_eq!(argmax(&[0.0, 2.0, 2.0, 1.0]), 1);
+        assert_eq!(argmax(&[-1.0]), 0);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, -1e30]), 1);
+    }
+}

@@ -9,9 +9,10 @@ use crate::arena::{bytes_of, Arena};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::kernels::{conv2d, group_norm, softmax, ConvScratch, Pad};
+use crate::parallel::Parallel;
 use crate::weights::{AttnBlock, Conv, Decoder, Encoder, Mid, ResBlock};
 
-struct Bufs<'s> {
+struct Bufs<'s, 'p> {
     a: &'s mut [f32],
     b: &'s mut [f32],
     c: &'s mut [f32],
@@ -20,6 +21,7 @@ struct Bufs<'s> {
     cs: Option<ConvScratch<'s>>,
     groups: usize,
     eps: f32,
+    par: &'p dyn Parallel,
 }
 
 /// Largest activation (values) and attention sizes of a network.
@@ -33,6 +35,8 @@ pub struct VaeSizes {
     pub attn_tokens: usize,
     /// Image side.
     pub image_side: usize,
+    /// Values of the widest conv input row (`channels × side`), for the int8 row buffer.
+    pub max_row: usize,
 }
 
 fn sizes(cfg: &ModelConfig) -> VaeSizes {
@@ -52,7 +56,12 @@ fn sizes(cfg: &ModelConfig) -> VaeSizes {
     max_act = max_act.max(3 * image_side * image_side);
     let deep = cfg.level_channels(nl - 1);
     let attn = cfg.vae.using_sa || cfg.vae.using_mid_sa;
+    let mut max_row = cv.max(3) * image_side;
+    for lvl in 0..nl {
+        max_row = max_row.max(cfg.level_channels(lvl) * image_side);
+    }
     VaeSizes {
+        max_row,
         max_act,
         qkv: if attn { 3 * deep * p * p } else { 0 },
         attn_tokens: if attn { p * p } else { 0 },
@@ -69,7 +78,7 @@ pub fn decoder_scratch_bytes(cfg: &ModelConfig) -> usize {
     let s = sizes(cfg);
     let mut b = 3 * bytes_of::<f32>(s.max_act) + bytes_of::<f32>(s.qkv) + bytes_of::<f32>(s.attn_tokens);
     if any_int8(cfg) {
-        b += bytes_of::<i8>(s.max_act) + bytes_of::<f32>(s.image_side) + bytes_of::<i32>(s.image_side);
+        b += bytes_of::<i8>(3 * s.max_act) + bytes_of::<i8>(s.max_row) + bytes_of::<f32>(s.image_side);
     }
     b + bytes_of::<f32>(3 * s.image_side)
 }
@@ -79,7 +88,7 @@ pub fn encoder_scratch_bytes(cfg: &ModelConfig) -> usize {
     decoder_scratch_bytes(cfg)
 }
 
-fn take_bufs<'s>(cfg: &ModelConfig, arena: &mut Arena<'s>) -> Result<(Bufs<'s>, &'s mut [f32])> {
+fn take_bufs<'s, 'p>(cfg: &ModelConfig, arena: &mut Arena<'s>, par: &'p dyn Parallel) -> Result<(Bufs<'s, 'p>, &'s mut [f32])> {
     let s = sizes(cfg);
     let a = arena.take::<f32>(s.max_act)?;
     let b = arena.take::<f32>(s.max_act)?;
@@ -88,9 +97,9 @@ fn take_bufs<'s>(cfg: &ModelConfig, arena: &mut Arena<'s>) -> Result<(Bufs<'s>, 
     let scores = arena.take::<f32>(s.attn_tokens)?;
     let cs = if any_int8(cfg) {
         Some(ConvScratch {
-            q: arena.take::<i8>(s.max_act)?,
+            unfold: arena.take::<i8>(3 * s.max_act)?,
+            qrow: arena.take::<i8>(s.max_row)?,
             row_scale: arena.take::<f32>(s.image_side)?,
-            acc: arena.take::<i32>(s.image_side)?,
         })
     } else {
         None
@@ -106,12 +115,13 @@ fn take_bufs<'s>(cfg: &ModelConfig, arena: &mut Arena<'s>) -> Result<(Bufs<'s>, 
             cs,
             groups: cfg.vae.gn_groups as usize,
             eps: cfg.vae.gn_eps,
+            par,
         },
         row,
     ))
 }
 
-impl Bufs<'_> {
+impl Bufs<'_, '_> {
     fn conv(&mut self, which_in: u8, conv: &Conv<'_>, side: usize, which_out: u8) {
         let (x, y): (&[f32], &mut [f32]) = match (which_in, which_out) {
             (b'a', b'c') => (&*self.a, &mut *self.c),
@@ -119,7 +129,7 @@ impl Bufs<'_> {
             (b'a', b'b') => (&*self.a, &mut *self.b),
             _ => unreachable!("internal buffer routing"),
         };
-        conv2d(x, side, side, conv, 1, Pad::same(conv.k / 2), y, self.cs.as_mut());
+        conv2d(x, side, side, conv, 1, Pad::same(conv.k / 2), y, self.cs.as_mut(), self.par);
     }
 
     fn rotate(&mut self) {
@@ -150,7 +160,7 @@ impl Bufs<'_> {
         let hw = side * side;
         let c = ab.qkv.cin;
         group_norm(&self.a[..c * hw], self.b, c, hw, self.groups, self.eps, &ab.norm, false);
-        conv2d(self.b, side, side, &ab.qkv, 1, Pad::same(0), self.qkv, self.cs.as_mut());
+        conv2d(self.b, side, side, &ab.qkv, 1, Pad::same(0), self.qkv, self.cs.as_mut(), self.par);
         let (q, kv) = self.qkv.split_at(c * hw);
         let (k, v) = kv.split_at(c * hw);
         let ratio = 1.0 / libm::sqrtf(c as f32);
@@ -169,7 +179,7 @@ impl Bufs<'_> {
                 self.b[ch * hw + i] = crate::kernels::dot(&v[ch * hw..(ch + 1) * hw], scores);
             }
         }
-        conv2d(self.b, side, side, &ab.proj_out, 1, Pad::same(0), self.c, self.cs.as_mut());
+        conv2d(self.b, side, side, &ab.proj_out, 1, Pad::same(0), self.c, self.cs.as_mut(), self.par);
         for (o, s) in self.c[..c * hw].iter_mut().zip(self.a.iter()) {
             *o = *s + *o;
         }
@@ -188,7 +198,7 @@ impl Bufs<'_> {
 /// Decodes `f_hat` (`Cvae × P × P`) to an image, handing each finished row to `sink` as
 /// interleaved RGB floats: `clamp(decoder(post_quant_conv(f_hat)), −1, 1)`, or unclamped when
 /// `clamp` is false.
-pub fn decode(d: &Decoder<'_>, cfg: &ModelConfig, f_hat: &[f32], arena: &mut Arena<'_>, clamp: bool, sink: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
+pub fn decode(d: &Decoder<'_>, cfg: &ModelConfig, f_hat: &[f32], arena: &mut Arena<'_>, clamp: bool, par: &dyn Parallel, sink: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
     let p = cfg.latent_side();
     let cv = cfg.vae.cvae as usize;
     if f_hat.len() != cv * p * p {
@@ -198,8 +208,8 @@ pub fn decode(d: &Decoder<'_>, cfg: &ModelConfig, f_hat: &[f32], arena: &mut Are
             found: f_hat.len(),
         });
     }
-    let (mut bf, row) = take_bufs(cfg, arena)?;
-    conv2d(f_hat, p, p, &d.post_quant_conv, 1, Pad::same(1), bf.c, bf.cs.as_mut());
+    let (mut bf, row) = take_bufs(cfg, arena, par)?;
+    conv2d(f_hat, p, p, &d.post_quant_conv, 1, Pad::same(1), bf.c, bf.cs.as_mut(), par);
     bf.rotate();
     bf.conv(b'a', &d.conv_in, p, b'c');
     bf.rotate();
@@ -245,7 +255,7 @@ pub fn decode(d: &Decoder<'_>, cfg: &ModelConfig, f_hat: &[f32], arena: &mut Are
 
 /// Encodes an image (`3 × H × W`, values in [−1, 1]) to `f = quant_conv(encoder(x))`
 /// (`Cvae × P × P`).
-pub fn encode(e: &Encoder<'_>, cfg: &ModelConfig, image: &[f32], arena: &mut Arena<'_>, f: &mut [f32]) -> Result<()> {
+pub fn encode(e: &Encoder<'_>, cfg: &ModelConfig, image: &[f32], arena: &mut Arena<'_>, f: &mut [f32], par: &dyn Parallel) -> Result<()> {
     let side0 = cfg.image_side();
     let p = cfg.latent_side();
     let cv = cfg.vae.cvae as usize;
@@ -263,9 +273,9 @@ pub fn encode(e: &Encoder<'_>, cfg: &ModelConfig, image: &[f32], arena: &mut Are
             found: f.len(),
         });
     }
-    let (mut bf, _) = take_bufs(cfg, arena)?;
+    let (mut bf, _) = take_bufs(cfg, arena, par)?;
     let mut side = side0;
-    conv2d(image, side, side, &e.conv_in, 1, Pad::same(1), bf.c, bf.cs.as_mut());
+    conv2d(image, side, side, &e.conv_in, 1, Pad::same(1), bf.c, bf.cs.as_mut(), par);
     bf.rotate();
     for level in &e.levels {
         for (j, rb) in level.blocks.iter().enumerate() {
@@ -281,7 +291,7 @@ pub fn encode(e: &Encoder<'_>, cfg: &ModelConfig, image: &[f32], arena: &mut Are
                 bottom: 1,
                 right: 1,
             };
-            conv2d(bf.a, side, side, down, 2, pad, bf.c, bf.cs.as_mut());
+            conv2d(bf.a, side, side, down, 2, pad, bf.c, bf.cs.as_mut(), par);
             bf.rotate();
             side /= 2;
         }
@@ -291,6 +301,6 @@ pub fn encode(e: &Encoder<'_>, cfg: &ModelConfig, image: &[f32], arena: &mut Are
     let hw = side * side;
     group_norm(&bf.a[..c * hw], bf.b, c, hw, bf.groups, bf.eps, &e.norm_out, true);
     bf.conv(b'b', &e.conv_out, side, b'c');
-    conv2d(bf.c, side, side, &e.quant_conv, 1, Pad::same(1), f, bf.cs.as_mut());
+    conv2d(bf.c, side, side, &e.quant_conv, 1, Pad::same(1), f, bf.cs.as_mut(), par);
     Ok(())
 }

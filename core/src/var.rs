@@ -7,6 +7,7 @@
 //! values of every earlier scale come from the cache in the arena).
 
 use crate::kernels::{gelu_tanh, layer_norm, linear, silu, softmax, LinearScratch};
+use crate::parallel::Parallel;
 use crate::weights::{AdaLn, Block, Transformer};
 
 /// Tokens per FFN chunk: bounds the hidden activation to `FFN_CHUNK × F` floats.
@@ -46,18 +47,18 @@ pub enum Kv<'k> {
 
 /// Computes, for condition `label`, the six AdaLN vectors of every block (`depth × 6C`) and the
 /// head's scale/shift (`2C`). `tmp` needs `7C` floats.
-pub fn ada_vectors(t: &Transformer<'_>, c: usize, label: usize, ada: &mut [f32], head: &mut [f32], tmp: &mut [f32], lin: &mut LinearScratch<'_>) {
+pub fn ada_vectors(t: &Transformer<'_>, c: usize, label: usize, ada: &mut [f32], head: &mut [f32], tmp: &mut [f32], lin: &mut LinearScratch<'_>, par: &dyn Parallel) {
     let (cond, shared) = tmp.split_at_mut(c);
     for (o, v) in cond.iter_mut().zip(&t.class_emb[label * c..(label + 1) * c]) {
         *o = silu(*v);
     }
     if let Some(sh) = &t.shared_ada_lin {
-        linear(cond, 1, sh, shared, lin);
+        linear(cond, 1, sh, shared, lin, par);
     }
     for (i, b) in t.blocks.iter().enumerate() {
         let out = &mut ada[i * 6 * c..(i + 1) * 6 * c];
         match &b.ada {
-            AdaLn::Linear(l) => linear(cond, 1, l, out, lin),
+            AdaLn::Linear(l) => linear(cond, 1, l, out, lin, par),
             AdaLn::Shared(gss) => {
                 for ((o, g), s) in out.iter_mut().zip(gss.iter()).zip(shared.iter()) {
                     *o = *g + *s;
@@ -65,7 +66,7 @@ pub fn ada_vectors(t: &Transformer<'_>, c: usize, label: usize, ada: &mut [f32],
             }
         }
     }
-    linear(cond, 1, &t.head_nm, head, lin);
+    linear(cond, 1, &t.head_nm, head, lin, par);
 }
 
 /// `y = LN(x)·(1 + scale) + shift` for `n` rows.
@@ -93,7 +94,7 @@ fn l2_normalize(v: &mut [f32], mul: f32) {
 /// One AdaLN self-attention block over `n` tokens `x` (`n × C`, updated in place).
 /// `ada` is this block's `6C` vector for this row: γ1, γ2, scale1, scale2, shift1, shift2.
 #[allow(clippy::too_many_arguments)]
-pub fn block_forward(b: &Block<'_>, c: usize, heads: usize, eps: f32, ada: &[f32], x: &mut [f32], n: usize, kv: Kv<'_>, s: &mut StepScratch<'_>) {
+pub fn block_forward(b: &Block<'_>, c: usize, heads: usize, eps: f32, ada: &[f32], x: &mut [f32], n: usize, kv: Kv<'_>, s: &mut StepScratch<'_>, par: &dyn Parallel) {
     let hd = c / heads;
     let (gamma1, rest) = ada.split_at(c);
     let (gamma2, rest) = rest.split_at(c);
@@ -103,7 +104,7 @@ pub fn block_forward(b: &Block<'_>, c: usize, heads: usize, eps: f32, ada: &[f32
 
     // Attention branch.
     modulate(x, s.xn, n, c, eps, scale1, shift1);
-    linear(s.xn, n, &b.mat_qkv, s.qkv, &mut s.lin);
+    linear(s.xn, n, &b.mat_qkv, s.qkv, &mut s.lin, par);
     let c3 = 3 * c;
     for t in 0..n {
         let row = &mut s.qkv[t * c3..(t + 1) * c3];
@@ -158,7 +159,7 @@ pub fn block_forward(b: &Block<'_>, c: usize, heads: usize, eps: f32, ada: &[f32
             }
         }
     }
-    linear(s.xn, n, &b.proj, s.tmp, &mut s.lin);
+    linear(s.xn, n, &b.proj, s.tmp, &mut s.lin, par);
     for (xr, tr) in x[..n * c].chunks_exact_mut(c).zip(s.tmp.chunks_exact(c)) {
         for ((xv, tv), g) in xr.iter_mut().zip(tr).zip(gamma1) {
             *xv += *tv * *g;
@@ -171,9 +172,9 @@ pub fn block_forward(b: &Block<'_>, c: usize, heads: usize, eps: f32, ada: &[f32
     let mut t0 = 0;
     while t0 < n {
         let m = FFN_CHUNK.min(n - t0);
-        linear(&s.xn[t0 * c..], m, &b.fc1, s.ffn, &mut s.lin);
+        linear(&s.xn[t0 * c..], m, &b.fc1, s.ffn, &mut s.lin, par);
         s.ffn[..m * f].iter_mut().for_each(|v| *v = gelu_tanh(*v));
-        linear(s.ffn, m, &b.fc2, &mut s.tmp[t0 * c..], &mut s.lin);
+        linear(s.ffn, m, &b.fc2, &mut s.tmp[t0 * c..], &mut s.lin, par);
         t0 += m;
     }
     for (xr, tr) in x[..n * c].chunks_exact_mut(c).zip(s.tmp.chunks_exact(c)) {
@@ -184,8 +185,8 @@ pub fn block_forward(b: &Block<'_>, c: usize, heads: usize, eps: f32, ada: &[f32
 }
 
 /// Logits of one token: `head(LN(x)·(1 + scale) + shift)`; `xn` needs `C` floats.
-pub fn head_logits(t: &Transformer<'_>, c: usize, eps: f32, head_ada: &[f32], x: &[f32], xn: &mut [f32], logits: &mut [f32], lin: &mut LinearScratch<'_>) {
+pub fn head_logits(t: &Transformer<'_>, c: usize, eps: f32, head_ada: &[f32], x: &[f32], xn: &mut [f32], logits: &mut [f32], lin: &mut LinearScratch<'_>, par: &dyn Parallel) {
     let (scale, shift) = head_ada.split_at(c);
     modulate(x, xn, 1, c, eps, scale, shift);
-    linear(xn, 1, &t.head, logits, lin);
+    linear(xn, 1, &t.head, logits, lin, par);
 }

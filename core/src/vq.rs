@@ -6,6 +6,7 @@
 //! exactly as PyTorch's CPU kernels compute them.
 
 use crate::kernels::{conv2d, dot, Pad};
+use crate::parallel::Parallel;
 use crate::weights::Quantizer;
 
 const CUBIC_A: f32 = -0.75;
@@ -104,7 +105,7 @@ pub fn contribution_scratch_len(cvae: usize, pn: usize, p: usize) -> usize {
 /// `out = Phi_k(bicubic(h, P))` (the upsample is skipped when `pn == P`), where `h` is the
 /// `cvae × pn × pn` embedding map of a scale's tokens: the scale's contribution to `f_hat`.
 #[allow(clippy::too_many_arguments)]
-pub fn scale_contribution(q: &Quantizer<'_>, quant_resi: f32, phi_k: usize, cvae: usize, h: &[f32], pn: usize, p: usize, out: &mut [f32], scratch: &mut [f32]) {
+pub fn scale_contribution(q: &Quantizer<'_>, quant_resi: f32, phi_k: usize, cvae: usize, h: &[f32], pn: usize, p: usize, out: &mut [f32], scratch: &mut [f32], par: &dyn Parallel) {
     let (tmp, up) = scratch.split_at_mut(cvae * pn * p);
     let up = &mut up[..cvae * p * p];
     let out = &mut out[..cvae * p * p];
@@ -114,7 +115,7 @@ pub fn scale_contribution(q: &Quantizer<'_>, quant_resi: f32, phi_k: usize, cvae
         bicubic_resize(h, cvae, pn, p, tmp, up);
     }
     if let Some(phi) = q.phi.get(phi_k) {
-        conv2d(up, p, p, phi, 1, Pad::same(1), out, None);
+        conv2d(up, p, p, phi, 1, Pad::same(1), out, None, par);
         let keep = 1.0 - quant_resi;
         for (o, u) in out.iter_mut().zip(up.iter()) {
             *o = *u * keep + *o * quant_resi;
@@ -188,5 +189,99 @@ mod tests {
         assert_eq!(w[4], (4, 7));
         assert_eq!(w[8], (9, 12));
         assert_eq!(area_window(16, 6, 2), (5, 8));
+    }
+}
+
+#[cfg(test)]
+mod resize_tests {
+    extern crate std;
+
+    use super::*;
+    use std::vec;
+    use std::vec::Vec;
+
+    #[test]
+    fn bicubic_resize_keeps_a_constant_map() {
+        for (n, m) in [(1usize, 8usize), (1, 16), (2, 16), (3, 16), (5, 13), (6, 8), (13, 16), (16, 5), (8, 8)] {
+            for value in [0.7f32, -0.3, 1.0] {
+                let c = 2;
+                let x = vec![value; c * n * n];
+                let mut tmp = vec![f32::NAN; c * n * m];
+                let mut y = vec![f32::NAN; c * m * m];
+                bicubic_resize(&x, c, n, m, &mut tmp, &mut y);
+                for v in &y {
+                    assert!((v - value).abs() <= 1e-6, "{n}->{m}: {v} vs {value}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bicubic_resize_to_the_same_size_is_the_identity() {
+        let n = 6;
+        let x: Vec<f32> = (0..2 * n * n).map(|i| (i as f32 * 0.77).sin()).collect();
+        let mut tmp = vec![0f32; 2 * n * n];
+        let mut y = vec![0f32; 2 * n * n];
+        bicubic_resize(&x, 2, n, n, &mut tmp, &mut y);
+        assert_eq!(x, y);
+    }
+
+    #[test]
+    fn area_resize_16_to_13_is_the_mean_of_the_official_windows() {
+        // Adaptive average pooling 16 -> 13: start = floor(o*16/13), end = ceil((o+1)*16/13).
+        const WIN: [(usize, usize); 13] = [
+            (0, 2),
+            (1, 3),
+            (2, 4),
+            (3, 5),
+            (4, 7),
+            (6, 8),
+            (7, 9),
+            (8, 10),
+            (9, 12),
+            (11, 13),
+            (12, 14),
+            (13, 15),
+            (14, 16),
+        ];
+        let (n, m) = (16usize, 13usize);
+        // Channel 0: x[r][c] = 100 r + c, whose window mean is 100·mean(rows) + mean(cols), exact.
+        // Channel 1: a checkerboard of ±1 (window means 0 or ±1/(window size)).
+        let mut x = vec![0f32; 2 * n * n];
+        for r in 0..n {
+            for c in 0..n {
+                x[r * n + c] = (100 * r + c) as f32;
+                x[n * n + r * n + c] = if (r + c) % 2 == 0 { 1.0 } else { -1.0 };
+            }
+        }
+        let mut y = vec![f32::NAN; 2 * m * m];
+        area_resize(&x, 2, n, m, &mut y);
+        for (oy, &(y0, y1)) in WIN.iter().enumerate() {
+            assert_eq!(area_window(n, m, oy), (y0, y1));
+            for (ox, &(x0, x1)) in WIN.iter().enumerate() {
+                let want = 100.0 * (y0 + y1 - 1) as f32 / 2.0 + (x0 + x1 - 1) as f32 / 2.0;
+                assert_eq!(y[oy * m + ox], want, "({oy},{ox})");
+                let cells = ((y1 - y0) * (x1 - x0)) as f32;
+                let mut sum = 0i32;
+                for r in y0..y1 {
+                    for c in x0..x1 {
+                        sum += if (r + c) % 2 == 0 { 1 } else { -1 };
+                    }
+                }
+                assert_eq!(y[m * m + oy * m + ox], sum as f32 / cells, "checker ({oy},{ox})");
+            }
+        }
+        // Hand-checked corners: rows/cols 0..2 -> 50.5; rows 4..7, cols 14..16 -> 514.5.
+        assert_eq!(y[0], 50.5);
+        assert_eq!(y[4 * m + 12], 514.5);
+    }
+
+    #[test]
+    fn area_resize_to_the_same_size_is_the_identity() {
+        let n = 5;
+        let x: Vec<f32> = (0..3 * n * n).map(|i| (i as f32 * 1.3).cos()).collect();
+        let mut y = vec![0f32; x.len()];
+        area_resize(&x, 3, n, n, &mut y);
+        assert_eq!(x, y);
     }
 }

@@ -19,6 +19,8 @@ pub enum Weight<'a> {
     /// f16 values.
     F16(&'a [f16]),
     /// int8 values with one f32 scale per output channel: `w[o][i] = q[o][i] · scales[o]`.
+    /// Conv weights are stored `[cout, kh, cin, kw]` (one kernel row contiguous); the shape
+    /// checked at load time stays the official `[cout, cin, kh, kw]`.
     I8 {
         /// Quantized values, row-major.
         q: &'a [i8],

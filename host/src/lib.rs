@@ -5,6 +5,7 @@
 
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::generate::{Generator, Plan, SampleOptions, StepHook};
+use srdd_core::parallel::Parallel;
 use srdd_core::{Model, Schedule};
 
 /// The built-in default model (int8), embedded at compile time, 64-byte aligned.
@@ -46,10 +47,11 @@ pub fn to_rgb8(v: f32) -> u8 {
 }
 
 /// Samples one image; `on_step` is called after each scale.
-pub fn sample_one(model: &Model<'_>, opts: SampleOptions, sched: &Schedule, on_step: &mut dyn FnMut()) -> srdd_core::Result<Image> {
+/// `par` runs the kernels (e.g. [`srdd_core::parallel::StdThreads`]); results do not depend on it.
+pub fn sample_one(model: &Model<'_>, opts: SampleOptions, sched: &Schedule, par: &dyn Parallel, on_step: &mut dyn FnMut()) -> srdd_core::Result<Image> {
     let plan = Plan::new(&model.config, &opts, sched)?;
     let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
-    let mut gen = Generator::new(model, opts, sched.clone(), arena.as_bytes_mut())?;
+    let mut gen = Generator::with_parallel(model, opts, sched.clone(), arena.as_bytes_mut(), par)?;
     struct Tick<'f>(&'f mut dyn FnMut());
     impl StepHook for Tick<'_> {
         fn scale_done(&mut self, _k: usize, _t: &[u32], _f: &[f32]) {

@@ -155,9 +155,10 @@ fn run(cli: Cli) -> Result<(), String> {
             } else {
                 ProgressBar::hidden()
             };
-            let threads = threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-                .clamp(1, count);
+            let cores = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+            // Images in parallel when there are enough of them, else threads inside each image.
+            let threads = cores.min(count);
+            let inner = srdd_core::parallel::StdThreads((cores / threads).max(1));
             let results: Mutex<Vec<Option<Result<srdd::Image, srdd_core::Error>>>> = Mutex::new((0..count).map(|_| None).collect());
             let next = Mutex::new(0usize);
             std::thread::scope(|s| {
@@ -173,7 +174,7 @@ fn run(cli: Cli) -> Result<(), String> {
                         };
                         let mut o = opts;
                         o.seed = seed.wrapping_add(i as u64);
-                        let r = sample_one(&m, o, &sched, &mut || bar.inc(1));
+                        let r = sample_one(&m, o, &sched, &inner, &mut || bar.inc(1));
                         results.lock().unwrap()[i] = Some(r);
                     });
                 }

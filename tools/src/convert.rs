@@ -327,6 +327,22 @@ pub fn quantize_rows(values: &[f32], rows: usize) -> (Vec<i8>, Vec<f32>) {
     (q, scales)
 }
 
+/// Permutes a conv weight `[co, ci, kh, kw]` to `[co, kh, ci, kw]`.
+pub fn conv_to_row_major_kernel(w: &[f32], shape: &[usize]) -> Vec<f32> {
+    let (co, ci, kh, kw) = (shape[0], shape[1], shape[2], shape[3]);
+    let mut out = vec![0f32; w.len()];
+    for o in 0..co {
+        for i in 0..ci {
+            for y in 0..kh {
+                for x in 0..kw {
+                    out[((o * kh + y) * ci + i) * kw + x] = w[((o * ci + i) * kh + y) * kw + x];
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Converts two official state dicts into `.srdd` bytes.
 pub fn pack(var: &StateDict, vae: &StateDict, opts: &PackOptions) -> Result<Vec<u8>, ConvertError> {
     let cfg = infer_config(var, vae, opts)?;
@@ -375,6 +391,9 @@ pub fn pack(var: &StateDict, vae: &StateDict, opts: &PackOptions) -> Result<Vec<
                 }
             }
             WeightFormat::Int8 => {
+                // Conv weights go to [cout, kh, cin, kw]: one kernel row = one contiguous vector
+                // (the layout the int8 conv kernel dots against unfolded input rows).
+                let values = if e.shape.len() == 4 { conv_to_row_major_kernel(&values, &e.shape) } else { values };
                 let (q, s) = quantize_rows(&values, e.shape[0]);
                 Packed {
                     name: e.name.clone(),

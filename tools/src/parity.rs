@@ -14,6 +14,7 @@ use serde_json::Value;
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::edit::EditHook;
 use srdd_core::generate::{Generator, Guidance, Plan, SampleOptions, StepHook};
+use srdd_core::parallel::Sequential;
 use srdd_core::tokenize::{tokenize, tokenize_bytes};
 use srdd_core::{vae, Attention, Model, Schedule, WeightFormat};
 use std::collections::HashMap;
@@ -346,7 +347,7 @@ fn decode_image(model: &Model<'_>, f_hat: &[f32], clamp: bool) -> Result<Vec<f32
     let mut ab = arena(vae::decoder_scratch_bytes(&model.config));
     let mut ar = srdd_core::arena::Arena::new(ab.as_bytes_mut())?;
     let mut img = vec![0f32; 3 * side * side];
-    vae::decode(&model.weights.decoder, &model.config, f_hat, &mut ar, clamp, &mut |y, row| {
+    vae::decode(&model.weights.decoder, &model.config, f_hat, &mut ar, clamp, &Sequential, &mut |y, row| {
         for x in 0..side {
             for ch in 0..3 {
                 img[(ch * side + y) * side + x] = row[x * 3 + ch];
@@ -387,7 +388,7 @@ fn run_case(model: &Model<'_>, case: &Value, reference: &Reference, weights: Wei
             let mut toks = vec![0u32; sched.total_tokens()];
             let mut f = vec![0f32; cv * p * p];
             let mut f_hat = vec![0f32; cv * p * p];
-            tokenize(model, &sched, &image, ab.as_bytes_mut(), &mut toks, &mut f, &mut f_hat)?;
+            tokenize(model, &sched, &image, ab.as_bytes_mut(), &mut toks, &mut f, &mut f_hat, &Sequential)?;
             let recon = decode_image(model, &f_hat, true)?;
             for e in expects(case) {
                 let mut off = 0;
