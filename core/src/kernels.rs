@@ -28,6 +28,67 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
+/// 4 tokens × 2 weight rows of dot products at once, each bit-identical to [`dot`] (the same eight
+/// lanes, the same reduction tree, separate multiply and add). Loads are shared across the block.
+/// On x86-64 builds with AVX this is written with intrinsics, because LLVM's autovectorization of
+/// the portable version turned out fragile (2–20 GMAC/s depending on the surrounding code).
+#[inline]
+fn dot_block(x: [&[f32]; 4], w: [&[f32]; 2], n: usize) -> [[f32; 2]; 4] {
+    for s in x.iter().chain(w.iter()) {
+        assert!(s.len() >= n);
+    }
+    let full = n / 8 * 8;
+    let mut acc = [[[0f32; 8]; 2]; 4];
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+    // SAFETY: every load reads 8 floats at offset i < full ≤ n ≤ the slice's length (asserted).
+    unsafe {
+        use core::arch::x86_64::*;
+        let mut a = [[_mm256_setzero_ps(); 2]; 4];
+        let mut i = 0;
+        while i < full {
+            let w0 = _mm256_loadu_ps(w[0].as_ptr().add(i));
+            let w1 = _mm256_loadu_ps(w[1].as_ptr().add(i));
+            for t in 0..4 {
+                let xv = _mm256_loadu_ps(x[t].as_ptr().add(i));
+                a[t][0] = _mm256_add_ps(a[t][0], _mm256_mul_ps(xv, w0));
+                a[t][1] = _mm256_add_ps(a[t][1], _mm256_mul_ps(xv, w1));
+            }
+            i += 8;
+        }
+        for t in 0..4 {
+            for o in 0..2 {
+                _mm256_storeu_ps(acc[t][o].as_mut_ptr(), a[t][o]);
+            }
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx")))]
+    {
+        let mut i = 0;
+        while i < full {
+            for t in 0..4 {
+                for o in 0..2 {
+                    for l in 0..8 {
+                        acc[t][o][l] += x[t][i + l] * w[o][i + l];
+                    }
+                }
+            }
+            i += 8;
+        }
+    }
+    let mut out = [[0f32; 2]; 4];
+    for t in 0..4 {
+        for o in 0..2 {
+            let a = acc[t][o];
+            let mut tail = 0f32;
+            for j in full..n {
+                tail += x[t][j] * w[o][j];
+            }
+            out[t][o] = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])) + tail;
+        }
+    }
+    out
+}
+
 /// `Σ a[i]·b[i]` over int8 values, exact in i32 for lengths below 2^17.
 #[inline]
 pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
@@ -98,7 +159,46 @@ pub fn linear_scratch_len(n: usize, in_dim: usize) -> (usize, usize) {
 
 /// Tokens per block in [`linear`]: a block of activations stays in cache while the weight rows
 /// stream past it.
-const TOKEN_BLOCK: usize = 8;
+const TOKEN_BLOCK: usize = 64;
+
+/// Output columns `o0..o1` of an f32 Linear: 4 tokens × 2 outputs register blocks, then the
+/// ragged edges; every value bit-identical to `dot(x[t], w[o]) + b[o]`.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn linear_f32_outputs(x: &[f32], n: usize, din: usize, dout: usize, w: &[f32], b: Option<&[f32]>, o0: usize, o1: usize, y: &SharedMut<'_, f32>) {
+    let xr = |t: usize| &x[t * din..(t + 1) * din];
+    let wr = |o: usize| &w[o * din..(o + 1) * din];
+    let o_even = o0 + (o1 - o0) / 2 * 2;
+    for t0 in (0..n).step_by(TOKEN_BLOCK) {
+        let t1 = (t0 + TOKEN_BLOCK).min(n);
+        let t4 = t0 + (t1 - t0) / 4 * 4;
+        for o in (o0..o_even).step_by(2) {
+            // Bias hoisted out of the token loop: keeps the hot loop free of panic paths, which
+            // measurably changes how LLVM compiles the register block.
+            let bo: [f32; 2] = match b {
+                Some(b) => [b[o], b[o + 1]],
+                None => [0.0; 2],
+            };
+            for t in (t0..t4).step_by(4) {
+                let r = dot_block([xr(t), xr(t + 1), xr(t + 2), xr(t + 3)], [wr(o), wr(o + 1)], din);
+                for (dt, row) in r.iter().enumerate() {
+                    for (dq, v) in row.iter().enumerate() {
+                        // SAFETY: output columns o0..o1 belong to the calling task only.
+                        unsafe { y.set((t + dt) * dout + o + dq, *v + bo[dq]) };
+                    }
+                }
+            }
+        }
+        for o in o0..o1 {
+            let bo = b.map_or(0.0, |b| b[o]);
+            let ts = if o < o_even { t4 } else { t0 };
+            for t in ts..t1 {
+                // SAFETY: as above.
+                unsafe { y.set(t * dout + o, dot(xr(t), wr(o)) + bo) };
+            }
+        }
+    }
+}
 
 /// `y[t] = x[t] Wᵀ + b` for `n` rows; x is `n × in_dim`, y is `n × out_dim`, both row-major.
 /// int8 weights use int8 activations quantized per row and i32 accumulation. Output channels are
@@ -112,17 +212,7 @@ pub fn linear(x: &[f32], n: usize, l: &Linear<'_>, y: &mut [f32], s: &mut Linear
     match l.w {
         Weight::F32(w) => par.run(tasks, &|i| {
             let (o0, o1) = split(dout, par.width() * 4, 16, i);
-            for t0 in (0..n).step_by(TOKEN_BLOCK) {
-                let t1 = (t0 + TOKEN_BLOCK).min(n);
-                for o in o0..o1 {
-                    let row = &w[o * din..(o + 1) * din];
-                    for t in t0..t1 {
-                        let v = dot(&x[t * din..(t + 1) * din], row) + bias(o);
-                        // SAFETY: output column o belongs to this task only.
-                        unsafe { y.set(t * dout + o, v) };
-                    }
-                }
-            }
+            linear_f32_outputs(x, n, din, dout, w, l.b, o0, o1, &y);
         }),
         Weight::F16(w) => par.run(tasks, &|i| {
             let (o0, o1) = split(dout, par.width() * 4, 16, i);
@@ -300,6 +390,170 @@ fn ox_range(w: usize, wo: usize, kx: usize, stride: usize, pad_left: usize) -> (
     (lo, hi_excl.max(lo))
 }
 
+/// Output channels and columns of one register block of the stride-1 float conv.
+const CO_BLOCK: usize = 4;
+const COL_BLOCK: usize = 16;
+
+/// `acc[c][j] += wk[c] · xs[j]` for the whole register tile (separate multiply and add, so it
+/// is bit-identical to the scalar loop; intrinsics on x86-64 with AVX for the same reason as
+/// [`dot_block`]).
+#[inline(always)]
+fn axpy_tile(acc: &mut [[f32; COL_BLOCK]; CO_BLOCK], wk: &[f32; CO_BLOCK], xs: &[f32; COL_BLOCK]) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+    // SAFETY: all pointers address whole fixed-size arrays of 16 floats (two 8-float vectors).
+    unsafe {
+        use core::arch::x86_64::*;
+        let x0 = _mm256_loadu_ps(xs.as_ptr());
+        let x1 = _mm256_loadu_ps(xs.as_ptr().add(8));
+        for c in 0..CO_BLOCK {
+            let wv = _mm256_set1_ps(wk[c]);
+            let p = acc[c].as_mut_ptr();
+            _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), _mm256_mul_ps(wv, x0)));
+            _mm256_storeu_ps(p.add(8), _mm256_add_ps(_mm256_loadu_ps(p.add(8)), _mm256_mul_ps(wv, x1)));
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx")))]
+    for c in 0..CO_BLOCK {
+        for j in 0..COL_BLOCK {
+            acc[c][j] += wk[c] * xs[j];
+        }
+    }
+}
+
+/// One interior register tile of the stride-1 conv with f32 weights on AVX: outputs
+/// `co..co+4 × (oy, x0..x0+16)`, accumulators in registers for the whole (ci, ky, kx) sum, in the
+/// same order and with the same separate multiply/add as the scalar loop (bit-identical).
+/// The caller guarantees every column `x0 + kx − pad_left .. +16` lies inside the row.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+#[allow(clippy::too_many_arguments)]
+fn conv_tile_avx(x: &[f32], h: usize, w: usize, k: usize, pad: Pad, cin: usize, co: usize, oy: usize, x0: usize, wts: &[f32], b: &[f32]) -> [[f32; COL_BLOCK]; CO_BLOCK] {
+    use core::arch::x86_64::*;
+    assert!(x0 + k + COL_BLOCK <= w + pad.left + 1 && x0 >= pad.left);
+    assert!(x.len() >= cin * h * w && wts.len() >= (co + CO_BLOCK) * cin * k * k && b.len() >= co + CO_BLOCK);
+    let mut out = [[0f32; COL_BLOCK]; CO_BLOCK];
+    // SAFETY: the asserts above bound every pointer offset used below.
+    unsafe {
+        let mut a = [[_mm256_setzero_ps(); 2]; CO_BLOCK];
+        for (c, ac) in a.iter_mut().enumerate() {
+            ac[0] = _mm256_set1_ps(b[co + c]);
+            ac[1] = ac[0];
+        }
+        for ci in 0..cin {
+            for ky in 0..k {
+                let iy = (oy + ky) as isize - pad.top as isize;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                let row = x.as_ptr().add((ci * h + iy as usize) * w + x0 - pad.left);
+                for kx in 0..k {
+                    let xv0 = _mm256_loadu_ps(row.add(kx));
+                    let xv1 = _mm256_loadu_ps(row.add(kx + 8));
+                    for (c, ac) in a.iter_mut().enumerate() {
+                        let wv = _mm256_set1_ps(*wts.get_unchecked((((co + c) * cin + ci) * k + ky) * k + kx));
+                        ac[0] = _mm256_add_ps(ac[0], _mm256_mul_ps(wv, xv0));
+                        ac[1] = _mm256_add_ps(ac[1], _mm256_mul_ps(wv, xv1));
+                    }
+                }
+            }
+        }
+        for (c, ac) in a.iter().enumerate() {
+            _mm256_storeu_ps(out[c].as_mut_ptr(), ac[0]);
+            _mm256_storeu_ps(out[c].as_mut_ptr().add(8), ac[1]);
+        }
+    }
+    out
+}
+
+/// Stride-1 float conv of output channels `co .. co + nc` (nc ≤ CO_BLOCK): each output is the
+/// bias plus the products summed over (ci, ky, kx) in that order, as in the plain loop, but
+/// `CO_BLOCK × COL_BLOCK` outputs stay in registers while the input row is read once.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn conv_s1_block(x: &[f32], h: usize, w: usize, k: usize, pad: Pad, cin: usize, co: usize, nc: usize, ho: usize, wo: usize, wv: &dyn Fn(usize) -> f32, f32w: Option<&[f32]>, b: &[f32], y: &SharedMut<'_, f32>) {
+    let plane_len = ho * wo;
+    // Columns [x0, x0 + ncols) of output row oy, any position (taps outside the row skipped).
+    let generic = |oy: usize, x0: usize, ncols: usize| {
+        let mut acc = [[0f32; COL_BLOCK]; CO_BLOCK];
+        for (c, a) in acc.iter_mut().enumerate().take(nc) {
+            a.iter_mut().for_each(|v| *v = b[co + c]);
+        }
+        for ci in 0..cin {
+            let xp = &x[ci * h * w..(ci + 1) * h * w];
+            for ky in 0..k {
+                let iy = (oy + ky) as isize - pad.top as isize;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                let xrow = &xp[iy as usize * w..(iy as usize + 1) * w];
+                for kx in 0..k {
+                    let mut wk = [0f32; CO_BLOCK];
+                    for (c, v) in wk.iter_mut().enumerate().take(nc) {
+                        *v = wv((((co + c) * cin + ci) * k + ky) * k + kx);
+                    }
+                    let start = (x0 + kx) as isize - pad.left as isize;
+                    if ncols == COL_BLOCK && start >= 0 && start as usize + COL_BLOCK <= w {
+                        let xs: &[f32; COL_BLOCK] = xrow[start as usize..start as usize + COL_BLOCK].try_into().unwrap();
+                        axpy_tile(&mut acc, &wk, xs);
+                    } else {
+                        for j in 0..ncols {
+                            let ix = start + j as isize;
+                            if ix < 0 || ix >= w as isize {
+                                continue;
+                            }
+                            let xv = xrow[ix as usize];
+                            for c in 0..nc {
+                                acc[c][j] += wk[c] * xv;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (c, a) in acc.iter().enumerate().take(nc) {
+            // SAFETY: output planes co..co+nc belong to the calling task only.
+            let dst = unsafe { y.slice((co + c) * plane_len + oy * wo + x0, ncols) };
+            dst.copy_from_slice(&a[..ncols]);
+        }
+    };
+    // Output columns whose every tap lies inside the row.
+    let lo = pad.left.min(wo);
+    let hi = (w + pad.left + 1).saturating_sub(k).min(wo).max(lo);
+    for oy in 0..ho {
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+        if let Some(wts) = f32w {
+            if nc == CO_BLOCK && hi - lo >= COL_BLOCK {
+                // Interior tiles (the last one shifted left to end at `hi`; overlapping columns
+                // are recomputed to the same values), then the border columns.
+                let mut x0 = lo;
+                loop {
+                    let xs = x0.min(hi - COL_BLOCK);
+                    let acc = conv_tile_avx(x, h, w, k, pad, cin, co, oy, xs, wts, b);
+                    for (c, a) in acc.iter().enumerate() {
+                        // SAFETY: output planes co..co+nc belong to the calling task only.
+                        let dst = unsafe { y.slice((co + c) * plane_len + oy * wo + xs, COL_BLOCK) };
+                        dst.copy_from_slice(a);
+                    }
+                    if xs + COL_BLOCK >= hi {
+                        break;
+                    }
+                    x0 += COL_BLOCK;
+                }
+                for x0 in (0..lo).step_by(COL_BLOCK) {
+                    generic(oy, x0, (lo - x0).min(COL_BLOCK));
+                }
+                for x0 in (hi..wo).step_by(COL_BLOCK) {
+                    generic(oy, x0, (wo - x0).min(COL_BLOCK));
+                }
+                continue;
+            }
+        }
+        let _ = f32w;
+        for x0 in (0..wo).step_by(COL_BLOCK) {
+            generic(oy, x0, (wo - x0).min(COL_BLOCK));
+        }
+    }
+}
+
 /// 2-D convolution of a `cin × h × w` map (channel-major) into `cout × ho × wo`.
 /// f32/f16 weights accumulate in f32 over (ci, ky, kx); int8 weights quantize the input per
 /// image row (over all channels), accumulate each kernel row in i32 and rescale once per row,
@@ -330,6 +584,19 @@ pub fn conv2d(x: &[f32], h: usize, w: usize, c: &Conv<'_>, stride: usize, pad: P
                     Weight::I8 { .. } => f32::NAN,
                 }
             };
+            if stride == 1 {
+                par.run(tasks, &|task| {
+                    let (c0, c1) = split(cout, par.width() * 2, 1, task);
+                    let mut co = c0;
+                    while co < c1 {
+                        let nc = (c1 - co).min(CO_BLOCK);
+                        let f32w = if let Weight::F32(wt) = c.w { Some(wt) } else { None };
+                        conv_s1_block(x, h, w, k, pad, cin, co, nc, ho, wo, &wv, f32w, c.b, &y);
+                        co += nc;
+                    }
+                });
+                return;
+            }
             par.run(tasks, &|task| {
                 let (c0, c1) = split(cout, par.width() * 2, 1, task);
                 for co in c0..c1 {
@@ -474,6 +741,7 @@ mod kernel_tests {
     extern crate std;
 
     use super::*;
+    use crate::parallel::{Parallel, Sequential};
     use half::f16;
     use std::vec;
     use std::vec::Vec;
@@ -488,6 +756,24 @@ mod kernel_tests {
         fn vec(&mut self, n: usize, gain: f32) -> Vec<f32> {
             (0..n).map(|_| self.next() * gain).collect()
         }
+    }
+
+    /// Runs the tasks in reverse order and claims a width of 3: a correct kernel gives the same
+    /// bits as [`Sequential`] (every task writes its own outputs, computed the sequential way).
+    struct Reversed;
+    impl Parallel for Reversed {
+        fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+            for i in (0..n).rev() {
+                f(i);
+            }
+        }
+        fn width(&self) -> usize {
+            3
+        }
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|f| f.to_bits()).collect()
     }
 
     /// A `cin × h × w` map whose rows have very different magnitudes (so per-row, per-band and
@@ -514,6 +800,8 @@ mod kernel_tests {
         out
     }
 
+    /// A random int8 conv: `q` in the kernel's storage layout `[cout, kh, cin, kw]`, and the
+    /// dequantized weights `deq` in the official layout `[cout, cin, kh, kw]` (f32 path).
     struct Int8Conv {
         q: Vec<i8>,
         scales: Vec<f32>,
@@ -522,29 +810,43 @@ mod kernel_tests {
     }
 
     fn int8_conv(rng: &mut Lcg, cout: usize, cin: usize, k: usize) -> Int8Conv {
-        let q: Vec<i8> = (0..cout * cin * k * k)
+        let official: Vec<i8> = (0..cout * cin * k * k)
             .map(|i| if i % 7 == 3 { 0 } else { (rng.next() * 127.0) as i8 })
             .collect();
         let scales: Vec<f32> = (0..cout).map(|_| 0.001 + 0.01 * (rng.next() + 1.0)).collect();
         let per = cin * k * k;
-        let deq = q.iter().enumerate().map(|(i, v)| *v as f32 * scales[i / per]).collect();
+        let deq = official.iter().enumerate().map(|(i, v)| *v as f32 * scales[i / per]).collect();
+        let mut q = vec![0i8; official.len()];
+        for co in 0..cout {
+            for ci in 0..cin {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        q[((co * k + ky) * cin + ci) * k + kx] = official[((co * cin + ci) * k + ky) * k + kx];
+                    }
+                }
+            }
+        }
         let bias = rng.vec(cout, 0.5);
         Int8Conv { q, scales, deq, bias }
     }
 
-    fn run_conv(x: &[f32], h: usize, w: usize, c: &Conv<'_>, stride: usize, pad: Pad) -> (Vec<f32>, usize, usize) {
+    fn run_conv_on(x: &[f32], h: usize, w: usize, c: &Conv<'_>, stride: usize, pad: Pad, par: &dyn Parallel) -> (Vec<f32>, usize, usize) {
         let ho = conv_out_side(h, c.k, stride, pad.top, pad.bottom);
         let wo = conv_out_side(w, c.k, stride, pad.left, pad.right);
         let mut y = vec![f32::NAN; c.cout * ho * wo];
-        let (nq, nr, na) = conv_scratch_len(c.cin, h, w, wo);
-        let (mut q, mut rs, mut acc) = (vec![0i8; nq], vec![0f32; nr], vec![0i32; na]);
+        let (nu, nr, nf) = conv_scratch_len(c.cin, h, w, wo, c.k);
+        let (mut u, mut r, mut f) = (vec![0x55i8; nu], vec![0x55i8; nr], vec![f32::NAN; nf]);
         let mut s = ConvScratch {
-            q: &mut q,
-            row_scale: &mut rs,
-            acc: &mut acc,
+            unfold: &mut u,
+            qrow: &mut r,
+            row_scale: &mut f,
         };
-        conv2d(x, h, w, c, stride, pad, &mut y, Some(&mut s));
+        conv2d(x, h, w, c, stride, pad, &mut y, Some(&mut s), par);
         (y, ho, wo)
+    }
+
+    fn run_conv(x: &[f32], h: usize, w: usize, c: &Conv<'_>, stride: usize, pad: Pad) -> (Vec<f32>, usize, usize) {
+        run_conv_on(x, h, w, c, stride, pad, &Sequential)
     }
 
     /// Output rows `r0..r0 + n` of a `cout × ho × wo` map.
@@ -557,9 +859,9 @@ mod kernel_tests {
     }
 
     #[test]
-    fn int8_conv_rows_do_not_depend_on_the_band_split() {
+    fn conv_rows_do_not_depend_on_the_band_split() {
         let mut rng = Lcg(1);
-        let (cin, cout, k, h, w) = (5, 4, 3, 12, 9);
+        let (cin, cout, k, h, w) = (5, 6, 3, 12, 9);
         let x = banded_input(&mut rng, cin, h, w);
         let wt = int8_conv(&mut rng, cout, cin, k);
         for int8 in [true, false] {
@@ -607,6 +909,7 @@ mod kernel_tests {
     #[test]
     fn int8_conv_error_is_bounded_by_the_activation_rounding() {
         // x = q·s + e with |e| ≤ s/2 per row, so |y_int8 − y_f32(dequantized W)| ≤ Σ |w|·s/2.
+        // This also pins the int8 storage layout: a transposed kernel would break the bound.
         let mut rng = Lcg(2);
         let (cin, cout, k, h, w) = (6, 3, 3, 10, 7);
         let x = banded_input(&mut rng, cin, h, w);
@@ -654,9 +957,26 @@ mod kernel_tests {
     }
 
     #[test]
+    fn f16_conv_equals_f32_conv_on_f16_values() {
+        let mut rng = Lcg(7);
+        let (cin, cout, k, h, w) = (3, 5, 3, 7, 19);
+        let x = rng.vec(cin * h * w, 2.0);
+        let w16: Vec<f16> = (0..cout * cin * k * k).map(|_| f16::from_f32(rng.next())).collect();
+        let w32: Vec<f32> = w16.iter().map(|v| v.to_f32()).collect();
+        let b = rng.vec(cout, 1.0);
+        for (stride, pad) in [(1, Pad::same(1)), (2, Pad { top: 0, left: 0, bottom: 1, right: 1 })] {
+            let c16 = Conv { w: Weight::F16(&w16), b: &b, cout, cin, k };
+            let c32 = Conv { w: Weight::F32(&w32), ..c16 };
+            let (a, _, _) = run_conv(&x, h, w, &c16, stride, pad);
+            let (z, _, _) = run_conv(&x, h, w, &c32, stride, pad);
+            assert_eq!(bits(&a), bits(&z), "stride {stride}");
+        }
+    }
+
+    #[test]
     fn f16_linear_equals_f32_linear_on_f16_values() {
         let mut rng = Lcg(3);
-        for (n, din, dout) in [(1usize, 8usize, 3usize), (5, 37, 11), (17, 64, 9)] {
+        for (n, din, dout) in [(1usize, 8usize, 3usize), (5, 37, 11), (17, 64, 9), (9, 16, 33)] {
             let w16: Vec<f16> = (0..din * dout).map(|_| f16::from_f32(rng.next() * 2.0)).collect();
             let w32: Vec<f32> = w16.iter().map(|h| h.to_f32()).collect();
             let b = rng.vec(dout, 1.0);
@@ -667,9 +987,8 @@ mod kernel_tests {
                 let mut f = vec![f32::NAN; nf];
                 let mut s = LinearScratch { f: &mut f, q: &mut [] };
                 let l = Linear { w, b: Some(&b), out_dim: dout, in_dim: din };
-                linear(&x, n, &l, yi, &mut s);
+                linear(&x, n, &l, yi, &mut s, &Sequential);
             }
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&y[0]), bits(&y[1]), "n {n} in {din} out {dout}");
             // And both are the dot products.
             for t in 0..n {
@@ -701,7 +1020,7 @@ mod kernel_tests {
             let (mut f, mut qs) = (vec![0f32; nf], vec![0i8; nq]);
             let mut s = LinearScratch { f: &mut f, q: &mut qs };
             let mut y = vec![0f32; n * dout];
-            linear(&x, n, &Linear { w, b: None, out_dim: dout, in_dim: din }, &mut y, &mut s);
+            linear(&x, n, &Linear { w, b: None, out_dim: dout, in_dim: din }, &mut y, &mut s, &Sequential);
             y
         };
         let y8 = run(Weight::I8 { q: &q, scales: &scales });
@@ -712,6 +1031,46 @@ mod kernel_tests {
                 let bound: f32 = deq[o * din..(o + 1) * din].iter().map(|w| w.abs() * sx / 2.0).sum();
                 let d = (y8[t * dout + o] - yf[t * dout + o]).abs();
                 assert!(d <= bound * 1.001 + 1e-6, "row {t} out {o}: {d} > {bound}");
+            }
+        }
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_executor() {
+        let mut rng = Lcg(8);
+        // Linear in every storage type, with ragged token and output counts.
+        let (n, din, dout) = (13usize, 24usize, 37usize);
+        let wf = rng.vec(din * dout, 0.3);
+        let w16: Vec<f16> = wf.iter().map(|v| f16::from_f32(*v)).collect();
+        let mut q = vec![0i8; din * dout];
+        let scales: Vec<f32> = (0..dout).map(|o| quantize_row(&wf[o * din..(o + 1) * din], &mut q[o * din..(o + 1) * din])).collect();
+        let b = rng.vec(dout, 0.1);
+        let x = rng.vec(n * din, 1.0);
+        let (nf, nq) = linear_scratch_len(n, din);
+        for w in [Weight::F32(&wf), Weight::F16(&w16), Weight::I8 { q: &q, scales: &scales }] {
+            let l = Linear { w, b: Some(&b), out_dim: dout, in_dim: din };
+            let mut outs = Vec::new();
+            for par in [&Sequential as &dyn Parallel, &Reversed] {
+                let (mut f, mut qs) = (vec![0f32; nf], vec![0i8; nq]);
+                let mut y = vec![f32::NAN; n * dout];
+                linear(&x, n, &l, &mut y, &mut LinearScratch { f: &mut f, q: &mut qs }, par);
+                assert!(y.iter().all(|v| v.is_finite()));
+                outs.push(bits(&y));
+            }
+            assert_eq!(outs[0], outs[1], "linear {:?}", core::mem::discriminant(&w));
+        }
+        // Conv in every storage type.
+        let (cin, cout, k, h, wd) = (4, 9, 3, 6, 21);
+        let xc = banded_input(&mut rng, cin, h, wd);
+        let wt = int8_conv(&mut rng, cout, cin, k);
+        let d16: Vec<f16> = wt.deq.iter().map(|v| f16::from_f32(*v)).collect();
+        for w in [Weight::F32(&wt.deq), Weight::F16(&d16), Weight::I8 { q: &wt.q, scales: &wt.scales }] {
+            let c = Conv { w, b: &wt.bias, cout, cin, k };
+            for (stride, pad) in [(1, Pad::same(1)), (2, Pad { top: 0, left: 0, bottom: 1, right: 1 })] {
+                let (a, _, _) = run_conv_on(&xc, h, wd, &c, stride, pad, &Sequential);
+                let (z, _, _) = run_conv_on(&xc, h, wd, &c, stride, pad, &Reversed);
+                assert!(a.iter().all(|v| v.is_finite()));
+                assert_eq!(bits(&a), bits(&z), "conv stride {stride}");
             }
         }
     }
