@@ -2,7 +2,9 @@
 //! Throughput is reported in elements = multiply-accumulates (criterion prints "elem/s" = MAC/s).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use srdd_core::kernels::{conv2d, conv_scratch_len, linear, linear_scratch_len, ConvScratch, LinearScratch, Pad};
+use srdd_core::kernels::{
+    conv2d, conv_scratch_len, linear, linear_scratch_len, ConvScratch, LinearScratch, Pad,
+};
 use srdd_core::parallel::Sequential;
 use srdd_core::weights::{Conv, Linear, Weight};
 
@@ -33,11 +35,41 @@ fn bench_linear(c: &mut Criterion) {
         let mut sf = vec![0f32; lf];
         let mut sq = vec![0i8; lq];
         g.throughput(Throughput::Elements((n * din * dout) as u64));
-        for (name, wt) in [("f32", Weight::F32(&w)), ("int8", Weight::I8 { q: &q, scales: &scales })] {
-            let l = Linear { w: wt, b: Some(&b), out_dim: dout, in_dim: din };
-            g.bench_with_input(BenchmarkId::new(name, format!("{n}x{din}x{dout}")), &l, |bch, l| {
-                bch.iter(|| linear(&x, n, l, &mut y, &mut LinearScratch { f: &mut sf, q: &mut sq }, &Sequential))
-            });
+        for (name, wt) in [
+            ("f32", Weight::F32(&w)),
+            (
+                "int8",
+                Weight::I8 {
+                    q: &q,
+                    scales: &scales,
+                },
+            ),
+        ] {
+            let l = Linear {
+                w: wt,
+                b: Some(&b),
+                out_dim: dout,
+                in_dim: din,
+            };
+            g.bench_with_input(
+                BenchmarkId::new(name, format!("{n}x{din}x{dout}")),
+                &l,
+                |bch, l| {
+                    bch.iter(|| {
+                        linear(
+                            &x,
+                            n,
+                            l,
+                            &mut y,
+                            &mut LinearScratch {
+                                f: &mut sf,
+                                q: &mut sq,
+                            },
+                            &Sequential,
+                        )
+                    })
+                },
+            );
         }
     }
     g.finish();
@@ -56,14 +88,47 @@ fn bench_conv(c: &mut Criterion) {
         let (a, qr, r) = conv_scratch_len(ch, side, side, side, 3);
         let (mut sa, mut sq, mut sr) = (vec![0i8; a], vec![0i8; qr], vec![0f32; r]);
         g.throughput(Throughput::Elements((ch * ch * 9 * side * side) as u64));
-        for (name, wt) in [("f32", Weight::F32(&w)), ("int8", Weight::I8 { q: &q, scales: &scales })] {
-            let cv = Conv { w: wt, b: &b, cout: ch, cin: ch, k: 3 };
-            g.bench_with_input(BenchmarkId::new(name, format!("{ch}ch_{side}px")), &cv, |bch, cv| {
-                bch.iter(|| {
-                    let mut s = ConvScratch { unfold: &mut sa, qrow: &mut sq, row_scale: &mut sr };
-                    conv2d(&x, side, side, cv, 1, Pad::same(1), &mut y, Some(&mut s), &Sequential)
-                })
-            });
+        for (name, wt) in [
+            ("f32", Weight::F32(&w)),
+            (
+                "int8",
+                Weight::I8 {
+                    q: &q,
+                    scales: &scales,
+                },
+            ),
+        ] {
+            let cv = Conv {
+                w: wt,
+                b: &b,
+                cout: ch,
+                cin: ch,
+                k: 3,
+            };
+            g.bench_with_input(
+                BenchmarkId::new(name, format!("{ch}ch_{side}px")),
+                &cv,
+                |bch, cv| {
+                    bch.iter(|| {
+                        let mut s = ConvScratch {
+                            unfold: &mut sa,
+                            qrow: &mut sq,
+                            row_scale: &mut sr,
+                        };
+                        conv2d(
+                            &x,
+                            side,
+                            side,
+                            cv,
+                            1,
+                            Pad::same(1),
+                            &mut y,
+                            Some(&mut s),
+                            &Sequential,
+                        )
+                    })
+                },
+            );
         }
     }
     g.finish();

@@ -12,12 +12,19 @@ fn models() -> Vec<PathBuf> {
     match std::env::var_os("SRDD_BENCH_MODELS") {
         Some(dir) => {
             let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-                .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "srdd")).collect())
+                .map(|r| {
+                    r.filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.extension().is_some_and(|x| x == "srdd"))
+                        .collect()
+                })
                 .unwrap_or_default();
             v.sort();
             v
         }
-        None => vec![PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/default-int8.srdd"))],
+        None => vec![PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../models/default-int8.srdd"
+        ))],
     }
 }
 
@@ -37,7 +44,8 @@ fn bench_sample(c: &mut Criterion) {
             let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
             g.bench_function(format!("{name}/{an}"), |b| {
                 b.iter(|| {
-                    let mut gen = Generator::new(&model, opts, sched.clone(), arena.as_bytes_mut()).unwrap();
+                    let mut gen =
+                        Generator::new(&model, opts, sched.clone(), arena.as_bytes_mut()).unwrap();
                     gen.run(&mut NoHook).unwrap();
                     let mut s = 0f32;
                     gen.decode(&mut |_, row| s += row[0]).unwrap();

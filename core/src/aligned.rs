@@ -14,7 +14,10 @@ impl AlignedBytes {
     pub fn new(bytes: &[u8]) -> Self {
         let mut words = std::vec![[0u64; 8]; bytes.len().div_ceil(64)];
         bytemuck::cast_slice_mut::<[u64; 8], u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
-        AlignedBytes { words, len: bytes.len() }
+        AlignedBytes {
+            words,
+            len: bytes.len(),
+        }
     }
 
     /// Reads a file into aligned storage.

@@ -24,7 +24,7 @@ pub struct Arena<'a> {
 impl<'a> Arena<'a> {
     /// Wraps `buf`; fails if it is not [`ARENA_ALIGN`]-aligned.
     pub fn new(buf: &'a mut [u8]) -> Result<Self> {
-        if (buf.as_ptr() as usize) % ARENA_ALIGN != 0 {
+        if !(buf.as_ptr() as usize).is_multiple_of(ARENA_ALIGN) {
             return Err(Error::Misaligned {
                 needed: ARENA_ALIGN,
             });
@@ -43,7 +43,7 @@ impl<'a> Arena<'a> {
         self.needed += bytes;
         if bytes > self.buf.len() {
             return Err(Error::ArenaTooSmall {
-                needed: self.needed + 0,
+                needed: self.needed,
                 given: self.needed - bytes + self.buf.len(),
             });
         }

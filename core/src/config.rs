@@ -143,17 +143,41 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
         let v = &self.var;
         let q = &self.vae;
-        let bad = |c: bool, what: &'static str| if c { Err(Error::BadConfig(what)) } else { Ok(()) };
-        bad(v.depth == 0 || v.depth as usize > MAX_DEPTH, "depth out of range")?;
-        bad(v.embed_dim == 0 || v.embed_dim > 1 << 16, "embed_dim out of range")?;
+        let bad = |c: bool, what: &'static str| {
+            if c {
+                Err(Error::BadConfig(what))
+            } else {
+                Ok(())
+            }
+        };
         bad(
-            v.num_heads == 0 || v.embed_dim % v.num_heads != 0,
+            v.depth == 0 || v.depth as usize > MAX_DEPTH,
+            "depth out of range",
+        )?;
+        bad(
+            v.embed_dim == 0 || v.embed_dim > 1 << 16,
+            "embed_dim out of range",
+        )?;
+        bad(
+            v.num_heads == 0 || !v.embed_dim.is_multiple_of(v.num_heads),
             "num_heads must divide embed_dim",
         )?;
-        bad(v.ffn_hidden == 0 || v.ffn_hidden > 1 << 18, "ffn_hidden out of range")?;
-        bad(v.num_classes == 0 || v.num_classes > 1 << 20, "num_classes out of range")?;
-        bad(!(v.norm_eps > 0.0 && v.norm_eps < 1.0), "norm_eps out of range")?;
-        bad(q.vocab_size < 2 || q.vocab_size > 1 << 20, "vocab_size out of range")?;
+        bad(
+            v.ffn_hidden == 0 || v.ffn_hidden > 1 << 18,
+            "ffn_hidden out of range",
+        )?;
+        bad(
+            v.num_classes == 0 || v.num_classes > 1 << 20,
+            "num_classes out of range",
+        )?;
+        bad(
+            !(v.norm_eps > 0.0 && v.norm_eps < 1.0),
+            "norm_eps out of range",
+        )?;
+        bad(
+            q.vocab_size < 2 || q.vocab_size > 1 << 20,
+            "vocab_size out of range",
+        )?;
         bad(q.cvae == 0 || q.cvae > 4096, "cvae out of range")?;
         bad(q.ch == 0 || q.ch > 1 << 14, "ch out of range")?;
         bad(q.ch_mult.is_empty(), "ch_mult is empty")?;
@@ -168,7 +192,7 @@ impl ModelConfig {
         bad(q.gn_groups == 0, "gn_groups is zero")?;
         for i in 0..q.ch_mult.len() {
             bad(
-                self.level_channels(i) % q.gn_groups as usize != 0,
+                !self.level_channels(i).is_multiple_of(q.gn_groups as usize),
                 "GroupNorm groups must divide every level width",
             )?;
         }

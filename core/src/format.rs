@@ -7,7 +7,7 @@
 //! 8       4     format version (u32 LE)
 //! 12      4     header length H (u32 LE): postcard Header followed by `tensor_count` TensorEntry
 //! 16      8     file length (u64 LE)
-//! 24      8     checksum64 of bytes [32, file length)
+//! 24      8     checksum64 of bytes [8, 24) then [32, file length) (see `file_checksum`)
 //! 32      H     postcard Header, then the tensor table (one postcard TensorEntry per tensor)
 //! D             data section, D = align_up(32 + H, 64); every tensor starts 64-byte aligned
 //! ```
@@ -94,8 +94,11 @@ pub struct TensorEntry<'a> {
 /// A fast, portable 64-bit checksum (FNV-1a over little-endian 64-bit words, then the tail bytes).
 /// Not cryptographic: it detects corruption and truncation, not tampering.
 pub fn checksum64(bytes: &[u8]) -> u64 {
+    checksum64_from(0xcbf2_9ce4_8422_2325, bytes)
+}
+
+fn checksum64_from(mut h: u64, bytes: &[u8]) -> u64 {
     const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut words = bytes.chunks_exact(8);
     for w in &mut words {
         let mut a = [0u8; 8];
@@ -106,6 +109,12 @@ pub fn checksum64(bytes: &[u8]) -> u64 {
         h = (h ^ b as u64).wrapping_mul(PRIME);
     }
     h
+}
+
+/// The checksum stored at bytes 24..32 of a file: [`checksum64`] over the version, header-length
+/// and file-length fields (bytes 8..24), then over everything after the prefix (32..).
+pub fn file_checksum(file: &[u8]) -> u64 {
+    checksum64_from(checksum64(&file[8..24]), &file[PREFIX_LEN..])
 }
 
 /// Rounds `x` up to a multiple of `a` (a power of two).
@@ -165,13 +174,16 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedFile<'_>> {
             found: bytes.len() as u64,
         });
     }
-    if (bytes.as_ptr() as usize) % BASE_ALIGN != 0 {
+    if !(bytes.as_ptr() as usize).is_multiple_of(BASE_ALIGN) {
         return Err(Error::Misaligned { needed: BASE_ALIGN });
+    }
+    if file_len < PREFIX_LEN as u64 {
+        return Err(Error::BadHeader);
     }
     let file_len = file_len as usize;
     let bytes = &bytes[..file_len];
     let stored = le_u64(bytes, 24);
-    let computed = checksum64(&bytes[PREFIX_LEN..]);
+    let computed = file_checksum(bytes);
     if stored != computed {
         return Err(Error::ChecksumMismatch { stored, computed });
     }
@@ -188,7 +200,10 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedFile<'_>> {
         return Err(Error::BadHeader);
     }
     let data = &bytes[data_start..];
-    let meta_end = header.meta_offset.checked_add(header.meta_len).ok_or(Error::BadHeader)?;
+    let meta_end = header
+        .meta_offset
+        .checked_add(header.meta_len)
+        .ok_or(Error::BadHeader)?;
     if meta_end > data.len() as u64 {
         return Err(Error::BadHeader);
     }
@@ -279,7 +294,11 @@ impl<'a> FileSource<'a> {
             });
         }
         if entry.shape.len() != shape.len()
-            || entry.shape.iter().zip(shape).any(|(&a, &b)| a as usize != b)
+            || entry
+                .shape
+                .iter()
+                .zip(shape)
+                .any(|(&a, &b)| a as usize != b)
         {
             return Err(Error::TensorMismatch {
                 index,
@@ -292,13 +311,18 @@ impl<'a> FileSource<'a> {
     fn slice(&self, index: u32, offset: u64, len: u64, align: usize) -> Result<&'a [u8]> {
         let oob = Error::TensorOutOfBounds { index };
         let end = offset.checked_add(len).ok_or(oob)?;
-        if end > self.data.len() as u64 || offset as usize % align != 0 {
+        if end > self.data.len() as u64 || !(offset as usize).is_multiple_of(align) {
             return Err(oob);
         }
         Ok(&self.data[offset as usize..end as usize])
     }
 
-    fn values<T: bytemuck::Pod>(&self, index: u32, e: &TensorEntry<'a>, numel: usize) -> Result<&'a [T]> {
+    fn values<T: bytemuck::Pod>(
+        &self,
+        index: u32,
+        e: &TensorEntry<'a>,
+        numel: usize,
+    ) -> Result<&'a [T]> {
         let item = core::mem::size_of::<T>();
         if e.len != (numel as u64) * item as u64 {
             return Err(Error::TensorMismatch {
@@ -348,8 +372,8 @@ impl<'a> TensorSource<'a> for FileSource<'a> {
                 let q = self.values::<i8>(index, &e, numel)?;
                 let rows = shape[0];
                 let raw = self.slice(index, e.scales_offset, rows as u64 * 4, 4)?;
-                let scales: &[f32] =
-                    bytemuck::try_cast_slice(raw).map_err(|_| Error::TensorOutOfBounds { index })?;
+                let scales: &[f32] = bytemuck::try_cast_slice(raw)
+                    .map_err(|_| Error::TensorOutOfBounds { index })?;
                 Weight::I8 { q, scales }
             }
         })

@@ -17,7 +17,7 @@ use crate::kernels::{linear, linear_scratch_len, LinearScratch};
 use crate::parallel::{Parallel, Sequential};
 use crate::sample::{sample_token, Rng};
 use crate::schedule::Schedule;
-use crate::var::{ada_vectors, block_forward, head_logits, Kv, StepScratch, FFN_CHUNK};
+use crate::var::{ada_vectors, block_forward, head_logits, Kv, StepScratch, FFN_CHUNK, HEAD_CHUNK};
 use crate::vq::{area_resize, contribution_scratch_len, embed_tokens, scale_contribution};
 use crate::{vae, Model};
 
@@ -103,7 +103,11 @@ impl SampleOptions {
         match self.guidance {
             Guidance::Off => 0.0,
             Guidance::Linear => {
-                let ratio = if steps > 1 { k as f64 / (steps - 1) as f64 } else { 0.0 };
+                let ratio = if steps > 1 {
+                    k as f64 / (steps - 1) as f64
+                } else {
+                    0.0
+                };
                 self.cfg as f64 * ratio
             }
         }
@@ -211,7 +215,15 @@ impl Sizes {
         self.depth * self.rows * self.cache * self.c
     }
     fn persistent_bytes(&self) -> usize {
-        let Sizes { rows, n, c, cv, p, depth, .. } = *self;
+        let Sizes {
+            rows,
+            n,
+            c,
+            cv,
+            p,
+            depth,
+            ..
+        } = *self;
         bytes_of::<f32>(cv * p * p)
             + bytes_of::<f32>(rows * depth * 6 * c)
             + bytes_of::<f32>(rows * 2 * c)
@@ -229,7 +241,16 @@ impl Sizes {
         (fa.max(fb).max(fc), q)
     }
     fn step_bytes(&self) -> usize {
-        let Sizes { n, keys, c, f, v, cv, p, .. } = *self;
+        let Sizes {
+            n,
+            keys,
+            c,
+            f,
+            v,
+            cv,
+            p,
+            ..
+        } = *self;
         let (lf, lq) = self.lin_len();
         bytes_of::<f32>(n * c) // xn
             + bytes_of::<f32>(n * 3 * c) // qkv
@@ -240,8 +261,9 @@ impl Sizes {
             + bytes_of::<i8>(lq)
             + bytes_of::<f32>(7 * c) // ada tmp
             + bytes_of::<f32>(n * cv) // word-embed input
-            + 3 * bytes_of::<f32>(v) // cond, uncond logits, sampling scratch
-            + bytes_of::<f32>(c) // head LN
+            + 2 * bytes_of::<f32>(HEAD_CHUNK.min(n) * v) // cond, uncond logits
+            + bytes_of::<f32>(v) // sampling scratch
+            + bytes_of::<f32>(HEAD_CHUNK.min(n) * c) // head LN
             + bytes_of::<f32>(cv * n) // h
             + bytes_of::<f32>(cv * p * p) // contribution
             + bytes_of::<f32>(contribution_scratch_len(cv, n.isqrt(), p))
@@ -262,7 +284,16 @@ struct StepBufs<'s> {
 }
 
 fn take_step<'s>(s: &Sizes, ar: &mut Arena<'s>) -> Result<StepBufs<'s>> {
-    let Sizes { n, keys, c, f, v, cv, p, .. } = *s;
+    let Sizes {
+        n,
+        keys,
+        c,
+        f,
+        v,
+        cv,
+        p,
+        ..
+    } = *s;
     let (lf, lq) = s.lin_len();
     Ok(StepBufs {
         st: StepScratch {
@@ -278,10 +309,10 @@ fn take_step<'s>(s: &Sizes, ar: &mut Arena<'s>) -> Result<StepBufs<'s>> {
         },
         ada_tmp: ar.take(7 * c)?,
         win: ar.take(n * cv)?,
-        logit_c: ar.take(v)?,
-        logit_u: ar.take(v)?,
+        logit_c: ar.take(HEAD_CHUNK.min(n) * v)?,
+        logit_u: ar.take(HEAD_CHUNK.min(n) * v)?,
         samp: ar.take(v)?,
-        head_xn: ar.take(c)?,
+        head_xn: ar.take(HEAD_CHUNK.min(n) * c)?,
         h: ar.take(cv * n)?,
         contrib: ar.take(cv * p * p)?,
         cscratch: ar.take(contribution_scratch_len(cv, n.isqrt(), p))?,
@@ -310,12 +341,23 @@ pub struct Generator<'m, 'a> {
 
 impl<'m, 'a> Generator<'m, 'a> {
     /// Checks options, schedule and arena size, then computes the AdaLN vectors (single thread).
-    pub fn new(model: &'m Model<'m>, opts: SampleOptions, sched: Schedule, arena: &'a mut [u8]) -> Result<Self> {
+    pub fn new(
+        model: &'m Model<'m>,
+        opts: SampleOptions,
+        sched: Schedule,
+        arena: &'a mut [u8],
+    ) -> Result<Self> {
         Self::with_parallel(model, opts, sched, arena, &Sequential)
     }
 
     /// As [`Generator::new`], running kernels on `par` (results are identical).
-    pub fn with_parallel(model: &'m Model<'m>, opts: SampleOptions, sched: Schedule, arena: &'a mut [u8], par: &'m dyn Parallel) -> Result<Self> {
+    pub fn with_parallel(
+        model: &'m Model<'m>,
+        opts: SampleOptions,
+        sched: Schedule,
+        arena: &'a mut [u8],
+        par: &'m dyn Parallel,
+    ) -> Result<Self> {
         let cfg = &model.config;
         let plan = Plan::new(cfg, &opts, &sched)?;
         if arena.len() < plan.arena_bytes() {
@@ -326,7 +368,15 @@ impl<'m, 'a> Generator<'m, 'a> {
         }
         let s = Sizes::new(cfg, &opts, &sched);
         let mut ar = Arena::new(arena)?;
-        let Sizes { rows, n, c, cv, p, depth, .. } = s;
+        let Sizes {
+            rows,
+            n,
+            c,
+            cv,
+            p,
+            depth,
+            ..
+        } = s;
         let f_hat = ar.take::<f32>(cv * p * p)?;
         f_hat.iter_mut().for_each(|v| *v = 0.0);
         let ada = ar.take::<f32>(rows * depth * 6 * c)?;
@@ -366,7 +416,11 @@ impl<'m, 'a> Generator<'m, 'a> {
         let mut b = take_step(s, &mut ar)?;
         let null = self.model.config.var.num_classes as usize;
         for r in 0..s.rows {
-            let label = if r == 0 { self.opts.label as usize } else { null };
+            let label = if r == 0 {
+                self.opts.label as usize
+            } else {
+                null
+            };
             ada_vectors(
                 &self.model.weights.var,
                 c,
@@ -409,7 +463,16 @@ impl<'m, 'a> Generator<'m, 'a> {
         let cfg = &self.model.config;
         let w = &self.model.weights;
         let t = &w.var;
-        let Sizes { rows, n: nmax, c, v, cv, p, depth, .. } = self.sizes;
+        let Sizes {
+            rows,
+            n: nmax,
+            c,
+            v,
+            cv,
+            p,
+            depth,
+            ..
+        } = self.sizes;
         let k = self.k;
         let steps = self.sched.len();
         let pn = self.sched.pn[k] as usize;
@@ -420,22 +483,32 @@ impl<'m, 'a> Generator<'m, 'a> {
         let eps = cfg.var.norm_eps;
         let tg = self.opts.guidance_at(k, steps);
         let causal = self.opts.attention == Attention::Causal;
-        let run_rows = if rows == 2 && (causal || tg != 0.0) { 2 } else { 1 };
+        let run_rows = if rows == 2 && (causal || tg != 0.0) {
+            2
+        } else {
+            1
+        };
         let cache_begin: usize = (0..k).map(|j| self.sched.tokens(j)).sum();
 
         let mut ar = Arena::new(&mut *self.scratch)?;
         let mut b = take_step(&self.sizes, &mut ar)?;
-        let lvl_pos = |tok: usize, i: usize| t.lvl_embed[level * c + i] + t.pos_1lc[(pos0 + tok) * c + i];
+        let lvl_pos =
+            |tok: usize, i: usize| t.lvl_embed[level * c + i] + t.pos_1lc[(pos0 + tok) * c + i];
 
         // 1. Input tokens.
         if k == 0 {
             let null = cfg.var.num_classes as usize;
             for r in 0..run_rows {
-                let label = if r == 0 { self.opts.label as usize } else { null };
+                let label = if r == 0 {
+                    self.opts.label as usize
+                } else {
+                    null
+                };
                 let x = &mut self.hidden[r * nmax * c..];
                 for tok in 0..n {
                     for i in 0..c {
-                        x[tok * c + i] = (t.class_emb[label * c + i] + t.pos_start[i]) + lvl_pos(tok, i);
+                        x[tok * c + i] =
+                            (t.class_emb[label * c + i] + t.pos_start[i]) + lvl_pos(tok, i);
                     }
                 }
             }
@@ -445,7 +518,14 @@ impl<'m, 'a> Generator<'m, 'a> {
                     b.win[tok * cv + ch] = self.next_in[ch * n + tok];
                 }
             }
-            linear(b.win, n, &t.word_embed, self.hidden, &mut b.st.lin, self.par);
+            linear(
+                b.win,
+                n,
+                &t.word_embed,
+                self.hidden,
+                &mut b.st.lin,
+                self.par,
+            );
             for tok in 0..n {
                 for i in 0..c {
                     self.hidden[tok * c + i] += lvl_pos(tok, i);
@@ -479,26 +559,57 @@ impl<'m, 'a> Generator<'m, 'a> {
         // 3. Head, guidance, sampling.
         let c1 = (1.0 + tg) as f32;
         let t32 = tg as f32;
-        for tok in 0..n {
-            let xc = &self.hidden[tok * c..(tok + 1) * c];
-            head_logits(t, c, eps, &self.head_ada[..2 * c], xc, b.head_xn, b.logit_c, &mut b.st.lin, self.par);
-            hook.logits(k, tok, b.logit_c);
-            if run_rows == 2 {
-                let xu = &self.hidden[(nmax + tok) * c..(nmax + tok + 1) * c];
-                head_logits(t, c, eps, &self.head_ada[2 * c..4 * c], xu, b.head_xn, b.logit_u, &mut b.st.lin, self.par);
-                for (lc, lu) in b.logit_c.iter_mut().zip(b.logit_u.iter()) {
-                    *lc = c1 * *lc - t32 * *lu;
-                }
-            }
-            hook.guided_logits(k, tok, b.logit_c);
-            self.tokens[tok] = sample_token(
+        let mut t0 = 0;
+        while t0 < n {
+            let m = HEAD_CHUNK.min(n - t0);
+            let xc = &self.hidden[t0 * c..(t0 + m) * c];
+            head_logits(
+                t,
+                c,
+                eps,
+                &self.head_ada[..2 * c],
+                xc,
+                m,
+                b.head_xn,
                 b.logit_c,
-                self.opts.top_k,
-                self.opts.top_p,
-                self.opts.temperature,
-                &mut self.rng,
-                b.samp,
+                &mut b.st.lin,
+                self.par,
             );
+            if run_rows == 2 {
+                let xu = &self.hidden[(nmax + t0) * c..(nmax + t0 + m) * c];
+                head_logits(
+                    t,
+                    c,
+                    eps,
+                    &self.head_ada[2 * c..4 * c],
+                    xu,
+                    m,
+                    b.head_xn,
+                    b.logit_u,
+                    &mut b.st.lin,
+                    self.par,
+                );
+            }
+            for j in 0..m {
+                let tok = t0 + j;
+                let lc = &mut b.logit_c[j * v..(j + 1) * v];
+                hook.logits(k, tok, lc);
+                if run_rows == 2 {
+                    for (a, u) in lc.iter_mut().zip(&b.logit_u[j * v..(j + 1) * v]) {
+                        *a = c1 * *a - t32 * *u;
+                    }
+                }
+                hook.guided_logits(k, tok, lc);
+                self.tokens[tok] = sample_token(
+                    lc,
+                    self.opts.top_k,
+                    self.opts.top_p,
+                    self.opts.temperature,
+                    &mut self.rng,
+                    b.samp,
+                );
+            }
+            t0 += m;
         }
         hook.force(k, pn, &mut self.tokens[..n]);
         if let Some(&bad) = self.tokens[..n].iter().find(|&&x| x as usize >= v) {
@@ -548,6 +659,14 @@ impl<'m, 'a> Generator<'m, 'a> {
             return Err(Error::WrongState("decode before the last scale"));
         }
         let mut ar = Arena::new(&mut *self.scratch)?;
-        vae::decode(&self.model.weights.decoder, &self.model.config, self.f_hat, &mut ar, true, self.par, sink)
+        vae::decode(
+            &self.model.weights.decoder,
+            &self.model.config,
+            self.f_hat,
+            &mut ar,
+            true,
+            self.par,
+            sink,
+        )
     }
 }

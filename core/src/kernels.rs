@@ -113,7 +113,7 @@ pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
 #[inline]
 pub fn quantize_row(x: &[f32], q: &mut [i8]) -> f32 {
     let amax = x.iter().fold(0f32, |m, v| m.max(libm::fabsf(*v)));
-    if !(amax > 0.0) || !amax.is_finite() {
+    if amax.partial_cmp(&0.0) != Some(core::cmp::Ordering::Greater) || !amax.is_finite() {
         q.iter_mut().for_each(|v| *v = 0);
         return if amax.is_finite() { 0.0 } else { f32::NAN };
     }
@@ -165,7 +165,17 @@ const TOKEN_BLOCK: usize = 64;
 /// ragged edges; every value bit-identical to `dot(x[t], w[o]) + b[o]`.
 #[allow(clippy::too_many_arguments)]
 #[inline(never)]
-fn linear_f32_outputs(x: &[f32], n: usize, din: usize, dout: usize, w: &[f32], b: Option<&[f32]>, o0: usize, o1: usize, y: &SharedMut<'_, f32>) {
+fn linear_f32_outputs(
+    x: &[f32],
+    n: usize,
+    din: usize,
+    dout: usize,
+    w: &[f32],
+    b: Option<&[f32]>,
+    o0: usize,
+    o1: usize,
+    y: &SharedMut<'_, f32>,
+) {
     let xr = |t: usize| &x[t * din..(t + 1) * din];
     let wr = |o: usize| &w[o * din..(o + 1) * din];
     let o_even = o0 + (o1 - o0) / 2 * 2;
@@ -180,7 +190,11 @@ fn linear_f32_outputs(x: &[f32], n: usize, din: usize, dout: usize, w: &[f32], b
                 None => [0.0; 2],
             };
             for t in (t0..t4).step_by(4) {
-                let r = dot_block([xr(t), xr(t + 1), xr(t + 2), xr(t + 3)], [wr(o), wr(o + 1)], din);
+                let r = dot_block(
+                    [xr(t), xr(t + 1), xr(t + 2), xr(t + 3)],
+                    [wr(o), wr(o + 1)],
+                    din,
+                );
                 for (dt, row) in r.iter().enumerate() {
                     for (dq, v) in row.iter().enumerate() {
                         // SAFETY: output columns o0..o1 belong to the calling task only.
@@ -203,7 +217,14 @@ fn linear_f32_outputs(x: &[f32], n: usize, din: usize, dout: usize, w: &[f32], b
 /// `y[t] = x[t] Wᵀ + b` for `n` rows; x is `n × in_dim`, y is `n × out_dim`, both row-major.
 /// int8 weights use int8 activations quantized per row and i32 accumulation. Output channels are
 /// split across `par`'s tasks; every value is computed exactly as the sequential loop would.
-pub fn linear(x: &[f32], n: usize, l: &Linear<'_>, y: &mut [f32], s: &mut LinearScratch<'_>, par: &dyn Parallel) {
+pub fn linear(
+    x: &[f32],
+    n: usize,
+    l: &Linear<'_>,
+    y: &mut [f32],
+    s: &mut LinearScratch<'_>,
+    par: &dyn Parallel,
+) {
     let (din, dout) = (l.in_dim, l.out_dim);
     let x = &x[..n * din];
     let y = SharedMut::new(&mut y[..n * dout]);
@@ -277,7 +298,16 @@ pub fn layer_norm(x: &[f32], y: &mut [f32], c: usize, eps: f32) {
 }
 
 /// GroupNorm (with affine) of a `c × hw` map into `y`, optionally followed by SiLU.
-pub fn group_norm(x: &[f32], y: &mut [f32], c: usize, hw: usize, groups: usize, eps: f32, n: &Norm<'_>, silu_after: bool) {
+pub fn group_norm(
+    x: &[f32],
+    y: &mut [f32],
+    c: usize,
+    hw: usize,
+    groups: usize,
+    eps: f32,
+    n: &Norm<'_>,
+    silu_after: bool,
+) {
     let cg = c / groups;
     for g in 0..groups {
         let xs = &x[g * cg * hw..(g + 1) * cg * hw];
@@ -315,7 +345,7 @@ pub fn silu(x: f32) -> f32 {
 /// Tanh-approximated GELU: `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
 #[inline]
 pub fn gelu_tanh(x: f32) -> f32 {
-    const K: f32 = 0.797_884_56; // sqrt(2/pi)
+    const K: f32 = 0.797_884_6; // sqrt(2/pi)
     0.5 * x * (1.0 + libm::tanhf(K * (x + 0.044715 * x * x * x)))
 }
 
@@ -349,13 +379,28 @@ pub struct Pad {
 impl Pad {
     /// The same padding on every side.
     pub const fn same(p: usize) -> Pad {
-        Pad { top: p, left: p, bottom: p, right: p }
+        Pad {
+            top: p,
+            left: p,
+            bottom: p,
+            right: p,
+        }
     }
 }
 
-/// Output side of a convolution.
-pub const fn conv_out_side(n: usize, k: usize, stride: usize, pad_lo: usize, pad_hi: usize) -> usize {
-    (n + pad_lo + pad_hi - k) / stride + 1
+/// Output side of a convolution (0 when the padded input is smaller than the kernel).
+pub const fn conv_out_side(
+    n: usize,
+    k: usize,
+    stride: usize,
+    pad_lo: usize,
+    pad_hi: usize,
+) -> usize {
+    if n + pad_lo + pad_hi < k {
+        0
+    } else {
+        (n + pad_lo + pad_hi - k) / stride + 1
+    }
 }
 
 /// Scratch for [`conv2d`] with int8 weights.
@@ -371,17 +416,27 @@ pub struct ConvScratch<'s> {
 
 /// Scratch sizes (unfold i8, row i8, f32) of [`conv2d`] with int8 weights on a `cin × h × w`
 /// input with kernel `k` and `wo` output columns.
-pub fn conv_scratch_len(cin: usize, h: usize, w: usize, wo: usize, k: usize) -> (usize, usize, usize) {
+pub fn conv_scratch_len(
+    cin: usize,
+    h: usize,
+    w: usize,
+    wo: usize,
+    k: usize,
+) -> (usize, usize, usize) {
     (h * wo * cin * k, cin * w, h)
 }
 
-const ROW_TILE: usize = 8;
+const ROW_TILE: usize = 2;
 
 /// Valid output columns `[lo, hi)` for kernel column `kx`.
 #[inline]
 fn ox_range(w: usize, wo: usize, kx: usize, stride: usize, pad_left: usize) -> (usize, usize) {
     // ix = ox·stride + kx − pad_left must lie in [0, w).
-    let lo = if kx >= pad_left { 0 } else { (pad_left - kx).div_ceil(stride) };
+    let lo = if kx >= pad_left {
+        0
+    } else {
+        (pad_left - kx).div_ceil(stride)
+    };
     let hi_excl = if w + pad_left > kx {
         ((w + pad_left - kx - 1) / stride + 1).min(wo)
     } else {
@@ -409,7 +464,10 @@ fn axpy_tile(acc: &mut [[f32; COL_BLOCK]; CO_BLOCK], wk: &[f32; CO_BLOCK], xs: &
             let wv = _mm256_set1_ps(wk[c]);
             let p = acc[c].as_mut_ptr();
             _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), _mm256_mul_ps(wv, x0)));
-            _mm256_storeu_ps(p.add(8), _mm256_add_ps(_mm256_loadu_ps(p.add(8)), _mm256_mul_ps(wv, x1)));
+            _mm256_storeu_ps(
+                p.add(8),
+                _mm256_add_ps(_mm256_loadu_ps(p.add(8)), _mm256_mul_ps(wv, x1)),
+            );
         }
     }
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx")))]
@@ -426,17 +484,39 @@ fn axpy_tile(acc: &mut [[f32; COL_BLOCK]; CO_BLOCK], wk: &[f32; CO_BLOCK], xs: &
 /// The caller guarantees every column `x0 + kx − pad_left .. +16` lies inside the row.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
 #[allow(clippy::too_many_arguments)]
-fn conv_tile_avx(x: &[f32], h: usize, w: usize, k: usize, pad: Pad, cin: usize, co: usize, oy: usize, x0: usize, wts: &[f32], b: &[f32]) -> [[f32; COL_BLOCK]; CO_BLOCK] {
+fn conv_tile_avx<const NV: usize>(
+    // NV is 1 or 2 (8 or 16 columns); CO_BLOCK is 4.
+    x: &[f32],
+    h: usize,
+    w: usize,
+    k: usize,
+    pad: Pad,
+    cin: usize,
+    co: usize,
+    oy: usize,
+    x0: usize,
+    wts: &[f32],
+    b: &[f32],
+) -> [[[f32; 8]; NV]; CO_BLOCK] {
     use core::arch::x86_64::*;
-    assert!(x0 + k + COL_BLOCK <= w + pad.left + 1 && x0 >= pad.left);
-    assert!(x.len() >= cin * h * w && wts.len() >= (co + CO_BLOCK) * cin * k * k && b.len() >= co + CO_BLOCK);
-    let mut out = [[0f32; COL_BLOCK]; CO_BLOCK];
+    const { assert!(CO_BLOCK == 4 && (NV == 1 || NV == 2)) };
+    assert!(
+        x.len() >= cin * h * w
+            && wts.len() >= (co + CO_BLOCK) * cin * k * k
+            && b.len() >= co + CO_BLOCK
+    );
+    // Input columns this tile reads: x0 − pad_left .. x0 − pad_left + 8·NV + k − 1; when some lie
+    // outside the row, the vector is gathered into a zero-padded buffer (adding w·0 instead of
+    // skipping changes at most the sign of a zero).
+    let interior = x0 >= pad.left && x0 + k + 8 * NV <= w + pad.left + 1;
+    let mut out = [[[0f32; 8]; NV]; CO_BLOCK];
     // SAFETY: the asserts above bound every pointer offset used below.
     unsafe {
-        let mut a = [[_mm256_setzero_ps(); 2]; CO_BLOCK];
+        let mut a = [[_mm256_setzero_ps(); NV]; CO_BLOCK];
         for (c, ac) in a.iter_mut().enumerate() {
-            ac[0] = _mm256_set1_ps(b[co + c]);
-            ac[1] = ac[0];
+            for v in ac.iter_mut() {
+                *v = _mm256_set1_ps(b[co + c]);
+            }
         }
         for ci in 0..cin {
             for ky in 0..k {
@@ -444,21 +524,50 @@ fn conv_tile_avx(x: &[f32], h: usize, w: usize, k: usize, pad: Pad, cin: usize, 
                 if iy < 0 || iy >= h as isize {
                     continue;
                 }
-                let row = x.as_ptr().add((ci * h + iy as usize) * w + x0 - pad.left);
+                let row_start = (ci * h + iy as usize) * w;
+                let wrow = wts.as_ptr().add(((co * cin + ci) * k + ky) * k);
+                // The row segment this tile reads, zero-padded outside the image when needed.
+                let mut seg = [0f32; 8 * 2 + 8];
+                let seg_len = 8 * NV + k - 1;
+                let base: *const f32 = if interior {
+                    x.as_ptr().add(row_start + x0 - pad.left)
+                } else {
+                    for (j, sv) in seg.iter_mut().enumerate().take(seg_len) {
+                        let ix = (x0 + j) as isize - pad.left as isize;
+                        if ix >= 0 && (ix as usize) < w {
+                            *sv = x[row_start + ix as usize];
+                        }
+                    }
+                    seg.as_ptr()
+                };
                 for kx in 0..k {
-                    let xv0 = _mm256_loadu_ps(row.add(kx));
-                    let xv1 = _mm256_loadu_ps(row.add(kx + 8));
-                    for (c, ac) in a.iter_mut().enumerate() {
-                        let wv = _mm256_set1_ps(*wts.get_unchecked((((co + c) * cin + ci) * k + ky) * k + kx));
-                        ac[0] = _mm256_add_ps(ac[0], _mm256_mul_ps(wv, xv0));
-                        ac[1] = _mm256_add_ps(ac[1], _mm256_mul_ps(wv, xv1));
+                    let xv0 = _mm256_loadu_ps(base.add(kx));
+                    let xv1 = if NV == 2 {
+                        _mm256_loadu_ps(base.add(kx + 8))
+                    } else {
+                        xv0
+                    };
+                    let w0 = _mm256_set1_ps(*wrow.add(kx));
+                    let w1 = _mm256_set1_ps(*wrow.add(cin * k * k + kx));
+                    let w2 = _mm256_set1_ps(*wrow.add(2 * cin * k * k + kx));
+                    let w3 = _mm256_set1_ps(*wrow.add(3 * cin * k * k + kx));
+                    a[0][0] = _mm256_add_ps(a[0][0], _mm256_mul_ps(w0, xv0));
+                    a[1][0] = _mm256_add_ps(a[1][0], _mm256_mul_ps(w1, xv0));
+                    a[2][0] = _mm256_add_ps(a[2][0], _mm256_mul_ps(w2, xv0));
+                    a[3][0] = _mm256_add_ps(a[3][0], _mm256_mul_ps(w3, xv0));
+                    if NV == 2 {
+                        a[0][NV - 1] = _mm256_add_ps(a[0][NV - 1], _mm256_mul_ps(w0, xv1));
+                        a[1][NV - 1] = _mm256_add_ps(a[1][NV - 1], _mm256_mul_ps(w1, xv1));
+                        a[2][NV - 1] = _mm256_add_ps(a[2][NV - 1], _mm256_mul_ps(w2, xv1));
+                        a[3][NV - 1] = _mm256_add_ps(a[3][NV - 1], _mm256_mul_ps(w3, xv1));
                     }
                 }
             }
         }
         for (c, ac) in a.iter().enumerate() {
-            _mm256_storeu_ps(out[c].as_mut_ptr(), ac[0]);
-            _mm256_storeu_ps(out[c].as_mut_ptr().add(8), ac[1]);
+            for v in 0..NV {
+                _mm256_storeu_ps(out[c][v].as_mut_ptr(), ac[v]);
+            }
         }
     }
     out
@@ -469,7 +578,23 @@ fn conv_tile_avx(x: &[f32], h: usize, w: usize, k: usize, pad: Pad, cin: usize, 
 /// `CO_BLOCK × COL_BLOCK` outputs stay in registers while the input row is read once.
 #[allow(clippy::too_many_arguments)]
 #[inline(never)]
-fn conv_s1_block(x: &[f32], h: usize, w: usize, k: usize, pad: Pad, cin: usize, co: usize, nc: usize, ho: usize, wo: usize, wv: &dyn Fn(usize) -> f32, f32w: Option<&[f32]>, b: &[f32], y: &SharedMut<'_, f32>) {
+fn conv_s1_block(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    k: usize,
+    pad: Pad,
+    cin: usize,
+    co: usize,
+    nc: usize,
+    (oy0, oy1): (usize, usize),
+    ho: usize,
+    wo: usize,
+    wv: &dyn Fn(usize) -> f32,
+    f32w: Option<&[f32]>,
+    b: &[f32],
+    y: &SharedMut<'_, f32>,
+) {
     let plane_len = ho * wo;
     // Columns [x0, x0 + ncols) of output row oy, any position (taps outside the row skipped).
     let generic = |oy: usize, x0: usize, ncols: usize| {
@@ -492,7 +617,10 @@ fn conv_s1_block(x: &[f32], h: usize, w: usize, k: usize, pad: Pad, cin: usize, 
                     }
                     let start = (x0 + kx) as isize - pad.left as isize;
                     if ncols == COL_BLOCK && start >= 0 && start as usize + COL_BLOCK <= w {
-                        let xs: &[f32; COL_BLOCK] = xrow[start as usize..start as usize + COL_BLOCK].try_into().unwrap();
+                        let xs: &[f32; COL_BLOCK] = xrow
+                            [start as usize..start as usize + COL_BLOCK]
+                            .try_into()
+                            .unwrap();
                         axpy_tile(&mut acc, &wk, xs);
                     } else {
                         for j in 0..ncols {
@@ -515,34 +643,38 @@ fn conv_s1_block(x: &[f32], h: usize, w: usize, k: usize, pad: Pad, cin: usize, 
             dst.copy_from_slice(&a[..ncols]);
         }
     };
-    // Output columns whose every tap lies inside the row.
-    let lo = pad.left.min(wo);
-    let hi = (w + pad.left + 1).saturating_sub(k).min(wo).max(lo);
-    for oy in 0..ho {
+    for oy in oy0..oy1 {
         #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
         if let Some(wts) = f32w {
-            if nc == CO_BLOCK && hi - lo >= COL_BLOCK {
-                // Interior tiles (the last one shifted left to end at `hi`; overlapping columns
-                // are recomputed to the same values), then the border columns.
-                let mut x0 = lo;
+            if nc == CO_BLOCK && wo >= 8 {
+                // Tiles of 16 (or 8) columns over the whole row, the last one shifted left to end
+                // at `wo` (overlapping columns are recomputed to the same values).
+                let tile = if wo >= COL_BLOCK { COL_BLOCK } else { 8 };
+                let mut x0 = 0;
                 loop {
-                    let xs = x0.min(hi - COL_BLOCK);
-                    let acc = conv_tile_avx(x, h, w, k, pad, cin, co, oy, xs, wts, b);
-                    for (c, a) in acc.iter().enumerate() {
+                    let xs = x0.min(wo - tile);
+                    let put = |c: usize, v: usize, vals: &[f32; 8]| {
                         // SAFETY: output planes co..co+nc belong to the calling task only.
-                        let dst = unsafe { y.slice((co + c) * plane_len + oy * wo + xs, COL_BLOCK) };
-                        dst.copy_from_slice(a);
+                        let dst =
+                            unsafe { y.slice((co + c) * plane_len + oy * wo + xs + 8 * v, 8) };
+                        dst.copy_from_slice(vals);
+                    };
+                    if tile == COL_BLOCK {
+                        let acc = conv_tile_avx::<2>(x, h, w, k, pad, cin, co, oy, xs, wts, b);
+                        for (c, a) in acc.iter().enumerate() {
+                            put(c, 0, &a[0]);
+                            put(c, 1, &a[1]);
+                        }
+                    } else {
+                        let acc = conv_tile_avx::<1>(x, h, w, k, pad, cin, co, oy, xs, wts, b);
+                        for (c, a) in acc.iter().enumerate() {
+                            put(c, 0, &a[0]);
+                        }
                     }
-                    if xs + COL_BLOCK >= hi {
+                    if xs + tile >= wo {
                         break;
                     }
-                    x0 += COL_BLOCK;
-                }
-                for x0 in (0..lo).step_by(COL_BLOCK) {
-                    generic(oy, x0, (lo - x0).min(COL_BLOCK));
-                }
-                for x0 in (hi..wo).step_by(COL_BLOCK) {
-                    generic(oy, x0, (wo - x0).min(COL_BLOCK));
+                    x0 += tile;
                 }
                 continue;
             }
@@ -560,7 +692,17 @@ fn conv_s1_block(x: &[f32], h: usize, w: usize, k: usize, pad: Pad, cin: usize, 
 /// so the result does not depend on how the image is split into row bands. Output channels are
 /// split across `par`'s tasks. int8 weights need `s`; without it the output is NaN.
 #[allow(clippy::too_many_arguments)]
-pub fn conv2d(x: &[f32], h: usize, w: usize, c: &Conv<'_>, stride: usize, pad: Pad, y: &mut [f32], s: Option<&mut ConvScratch<'_>>, par: &dyn Parallel) {
+pub fn conv2d(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    c: &Conv<'_>,
+    stride: usize,
+    pad: Pad,
+    y: &mut [f32],
+    s: Option<&mut ConvScratch<'_>>,
+    par: &dyn Parallel,
+) {
     let (cin, cout, k) = (c.cin, c.cout, c.k);
     let ho = conv_out_side(h, k, stride, pad.top, pad.bottom);
     let wo = conv_out_side(w, k, stride, pad.left, pad.right);
@@ -587,12 +729,37 @@ pub fn conv2d(x: &[f32], h: usize, w: usize, c: &Conv<'_>, stride: usize, pad: P
             if stride == 1 {
                 par.run(tasks, &|task| {
                     let (c0, c1) = split(cout, par.width() * 2, 1, task);
-                    let mut co = c0;
-                    while co < c1 {
-                        let nc = (c1 - co).min(CO_BLOCK);
-                        let f32w = if let Weight::F32(wt) = c.w { Some(wt) } else { None };
-                        conv_s1_block(x, h, w, k, pad, cin, co, nc, ho, wo, &wv, f32w, c.b, &y);
-                        co += nc;
+                    let f32w = if let Weight::F32(wt) = c.w {
+                        Some(wt)
+                    } else {
+                        None
+                    };
+                    // Row tiles outside, channel blocks inside: the few input rows a tile reads
+                    // stay in cache while every output channel of the task passes over them.
+                    for oy0 in (0..ho).step_by(ROW_TILE) {
+                        let oy1 = (oy0 + ROW_TILE).min(ho);
+                        let mut co = c0;
+                        while co < c1 {
+                            let nc = (c1 - co).min(CO_BLOCK);
+                            conv_s1_block(
+                                x,
+                                h,
+                                w,
+                                k,
+                                pad,
+                                cin,
+                                co,
+                                nc,
+                                (oy0, oy1),
+                                ho,
+                                wo,
+                                &wv,
+                                f32w,
+                                c.b,
+                                &y,
+                            );
+                            co += nc;
+                        }
                     }
                 });
                 return;
@@ -639,7 +806,9 @@ pub fn conv2d(x: &[f32], h: usize, w: usize, c: &Conv<'_>, stride: usize, pad: P
         Weight::I8 { q: wq, scales } => {
             let Some(s) = s else {
                 // SAFETY: no tasks run; exclusive access.
-                unsafe { y.slice(0, cout * plane_len) }.iter_mut().for_each(|v| *v = f32::NAN);
+                unsafe { y.slice(0, cout * plane_len) }
+                    .iter_mut()
+                    .for_each(|v| *v = f32::NAN);
                 return;
             };
             // int8 conv weights are stored [cout, kh, cin, kw] so that one kernel row is one
@@ -668,7 +837,11 @@ pub fn conv2d(x: &[f32], h: usize, w: usize, c: &Conv<'_>, stride: usize, pad: P
                     for ci in 0..cin {
                         for kx in 0..k {
                             let ix = (ox * stride + kx) as isize - pad.left as isize;
-                            dst[ci * k + kx] = if ix >= 0 && (ix as usize) < w { qrow[ci * w + ix as usize] } else { 0 };
+                            dst[ci * k + kx] = if ix >= 0 && (ix as usize) < w {
+                                qrow[ci * w + ix as usize]
+                            } else {
+                                0
+                            };
                         }
                     }
                 }
@@ -720,13 +893,20 @@ mod tests {
             for stride in 1..3 {
                 for k in [1usize, 3] {
                     for pl in 0..2 {
+                        if w + pl + 1 < k {
+                            continue;
+                        }
                         let wo = conv_out_side(w, k, stride, pl, 1);
                         for kx in 0..k {
                             let (lo, hi) = ox_range(w, wo, kx, stride, pl);
                             for ox in 0..wo {
                                 let ix = (ox * stride + kx) as isize - pl as isize;
                                 let valid = ix >= 0 && (ix as usize) < w;
-                                assert_eq!(valid, ox >= lo && ox < hi, "w{w} s{stride} k{k} pl{pl} kx{kx} ox{ox}");
+                                assert_eq!(
+                                    valid,
+                                    ox >= lo && ox < hi,
+                                    "w{w} s{stride} k{k} pl{pl} kx{kx} ox{ox}"
+                                );
                             }
                         }
                     }
@@ -750,7 +930,10 @@ mod kernel_tests {
     struct Lcg(u64);
     impl Lcg {
         fn next(&mut self) -> f32 {
-            self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
             (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
         }
         fn vec(&mut self, n: usize, gain: f32) -> Vec<f32> {
@@ -779,7 +962,9 @@ mod kernel_tests {
     /// A `cin × h × w` map whose rows have very different magnitudes (so per-row, per-band and
     /// per-tensor activation scales all differ).
     fn banded_input(rng: &mut Lcg, cin: usize, h: usize, w: usize) -> Vec<f32> {
-        let gains = [0.05f32, 3.0, 0.4, 12.0, 1.0, 0.002, 7.5, 0.9, 0.03, 2.2, 40.0, 0.6, 1.7, 0.25];
+        let gains = [
+            0.05f32, 3.0, 0.4, 12.0, 1.0, 0.002, 7.5, 0.9, 0.03, 2.2, 40.0, 0.6, 1.7, 0.25,
+        ];
         let mut x = vec![0f32; cin * h * w];
         for ci in 0..cin {
             for iy in 0..h {
@@ -811,26 +996,52 @@ mod kernel_tests {
 
     fn int8_conv(rng: &mut Lcg, cout: usize, cin: usize, k: usize) -> Int8Conv {
         let official: Vec<i8> = (0..cout * cin * k * k)
-            .map(|i| if i % 7 == 3 { 0 } else { (rng.next() * 127.0) as i8 })
+            .map(|i| {
+                if i % 7 == 3 {
+                    0
+                } else {
+                    (rng.next() * 127.0) as i8
+                }
+            })
             .collect();
-        let scales: Vec<f32> = (0..cout).map(|_| 0.001 + 0.01 * (rng.next() + 1.0)).collect();
+        let scales: Vec<f32> = (0..cout)
+            .map(|_| 0.001 + 0.01 * (rng.next() + 1.0))
+            .collect();
         let per = cin * k * k;
-        let deq = official.iter().enumerate().map(|(i, v)| *v as f32 * scales[i / per]).collect();
+        let deq = official
+            .iter()
+            .enumerate()
+            .map(|(i, v)| *v as f32 * scales[i / per])
+            .collect();
         let mut q = vec![0i8; official.len()];
         for co in 0..cout {
             for ci in 0..cin {
                 for ky in 0..k {
                     for kx in 0..k {
-                        q[((co * k + ky) * cin + ci) * k + kx] = official[((co * cin + ci) * k + ky) * k + kx];
+                        q[((co * k + ky) * cin + ci) * k + kx] =
+                            official[((co * cin + ci) * k + ky) * k + kx];
                     }
                 }
             }
         }
         let bias = rng.vec(cout, 0.5);
-        Int8Conv { q, scales, deq, bias }
+        Int8Conv {
+            q,
+            scales,
+            deq,
+            bias,
+        }
     }
 
-    fn run_conv_on(x: &[f32], h: usize, w: usize, c: &Conv<'_>, stride: usize, pad: Pad, par: &dyn Parallel) -> (Vec<f32>, usize, usize) {
+    fn run_conv_on(
+        x: &[f32],
+        h: usize,
+        w: usize,
+        c: &Conv<'_>,
+        stride: usize,
+        pad: Pad,
+        par: &dyn Parallel,
+    ) -> (Vec<f32>, usize, usize) {
         let ho = conv_out_side(h, c.k, stride, pad.top, pad.bottom);
         let wo = conv_out_side(w, c.k, stride, pad.left, pad.right);
         let mut y = vec![f32::NAN; c.cout * ho * wo];
@@ -845,7 +1056,14 @@ mod kernel_tests {
         (y, ho, wo)
     }
 
-    fn run_conv(x: &[f32], h: usize, w: usize, c: &Conv<'_>, stride: usize, pad: Pad) -> (Vec<f32>, usize, usize) {
+    fn run_conv(
+        x: &[f32],
+        h: usize,
+        w: usize,
+        c: &Conv<'_>,
+        stride: usize,
+        pad: Pad,
+    ) -> (Vec<f32>, usize, usize) {
         run_conv_on(x, h, w, c, stride, pad, &Sequential)
     }
 
@@ -853,7 +1071,11 @@ mod kernel_tests {
     fn out_rows(y: &[f32], cout: usize, ho: usize, wo: usize, r0: usize, n: usize) -> Vec<u32> {
         let mut v = Vec::new();
         for co in 0..cout {
-            v.extend(y[(co * ho + r0) * wo..(co * ho + r0 + n) * wo].iter().map(|f| f.to_bits()));
+            v.extend(
+                y[(co * ho + r0) * wo..(co * ho + r0 + n) * wo]
+                    .iter()
+                    .map(|f| f.to_bits()),
+            );
         }
         v
     }
@@ -866,7 +1088,14 @@ mod kernel_tests {
         let wt = int8_conv(&mut rng, cout, cin, k);
         for int8 in [true, false] {
             let conv = Conv {
-                w: if int8 { Weight::I8 { q: &wt.q, scales: &wt.scales } } else { Weight::F32(&wt.deq) },
+                w: if int8 {
+                    Weight::I8 {
+                        q: &wt.q,
+                        scales: &wt.scales,
+                    }
+                } else {
+                    Weight::F32(&wt.deq)
+                },
                 b: &wt.bias,
                 cout,
                 cin,
@@ -879,29 +1108,61 @@ mod kernel_tests {
             for r in 1..h {
                 // Output rows 0..r read input rows 0..=r; rows r..h read r-1..h.
                 let top = rows(&x, cin, h, w, 0, r + 1);
-                let pad_top = Pad { top: 1, left: 1, bottom: 0, right: 1 };
+                let pad_top = Pad {
+                    top: 1,
+                    left: 1,
+                    bottom: 0,
+                    right: 1,
+                };
                 let (yt, hot, _) = run_conv(&top, r + 1, w, &conv, 1, pad_top);
                 assert_eq!(hot, r);
-                assert_eq!(out_rows(&yt, cout, hot, wo, 0, r), out_rows(&full, cout, ho, wo, 0, r), "int8 {int8} split {r}: top band");
+                assert_eq!(
+                    out_rows(&yt, cout, hot, wo, 0, r),
+                    out_rows(&full, cout, ho, wo, 0, r),
+                    "int8 {int8} split {r}: top band"
+                );
                 let bot = rows(&x, cin, h, w, r - 1, h);
-                let pad_bot = Pad { top: 0, left: 1, bottom: 1, right: 1 };
+                let pad_bot = Pad {
+                    top: 0,
+                    left: 1,
+                    bottom: 1,
+                    right: 1,
+                };
                 let (yb, hob, _) = run_conv(&bot, h - r + 1, w, &conv, 1, pad_bot);
                 assert_eq!(hob, h - r);
-                assert_eq!(out_rows(&yb, cout, hob, wo, 0, h - r), out_rows(&full, cout, ho, wo, r, h - r), "int8 {int8} split {r}: bottom band");
+                assert_eq!(
+                    out_rows(&yb, cout, hob, wo, 0, h - r),
+                    out_rows(&full, cout, ho, wo, r, h - r),
+                    "int8 {int8} split {r}: bottom band"
+                );
             }
             // Stride 2, padding right/bottom only (encoder downsampling).
-            let down = Pad { top: 0, left: 0, bottom: 1, right: 1 };
+            let down = Pad {
+                top: 0,
+                left: 0,
+                bottom: 1,
+                right: 1,
+            };
             let (full, ho, wo) = run_conv(&x, h, w, &conv, 2, down);
             assert_eq!(ho, h / 2);
             for r in 1..ho {
                 let top = rows(&x, cin, h, w, 0, 2 * r + 1);
-                let (yt, hot, _) = run_conv(&top, 2 * r + 1, w, &conv, 2, Pad { bottom: 0, ..down });
+                let (yt, hot, _) =
+                    run_conv(&top, 2 * r + 1, w, &conv, 2, Pad { bottom: 0, ..down });
                 assert_eq!(hot, r);
-                assert_eq!(out_rows(&yt, cout, hot, wo, 0, r), out_rows(&full, cout, ho, wo, 0, r), "int8 {int8} stride 2 split {r}: top");
+                assert_eq!(
+                    out_rows(&yt, cout, hot, wo, 0, r),
+                    out_rows(&full, cout, ho, wo, 0, r),
+                    "int8 {int8} stride 2 split {r}: top"
+                );
                 let bot = rows(&x, cin, h, w, 2 * r, h);
                 let (yb, hob, _) = run_conv(&bot, h - 2 * r, w, &conv, 2, down);
                 assert_eq!(hob, ho - r);
-                assert_eq!(out_rows(&yb, cout, hob, wo, 0, ho - r), out_rows(&full, cout, ho, wo, r, ho - r), "int8 {int8} stride 2 split {r}: bottom");
+                assert_eq!(
+                    out_rows(&yb, cout, hob, wo, 0, ho - r),
+                    out_rows(&full, cout, ho, wo, r, ho - r),
+                    "int8 {int8} stride 2 split {r}: bottom"
+                );
             }
         }
     }
@@ -914,12 +1175,29 @@ mod kernel_tests {
         let (cin, cout, k, h, w) = (6, 3, 3, 10, 7);
         let x = banded_input(&mut rng, cin, h, w);
         let wt = int8_conv(&mut rng, cout, cin, k);
-        let c8 = Conv { w: Weight::I8 { q: &wt.q, scales: &wt.scales }, b: &wt.bias, cout, cin, k };
-        let cf = Conv { w: Weight::F32(&wt.deq), ..c8 };
+        let c8 = Conv {
+            w: Weight::I8 {
+                q: &wt.q,
+                scales: &wt.scales,
+            },
+            b: &wt.bias,
+            cout,
+            cin,
+            k,
+        };
+        let cf = Conv {
+            w: Weight::F32(&wt.deq),
+            ..c8
+        };
         let (y8, ho, wo) = run_conv(&x, h, w, &c8, 1, Pad::same(1));
         let (yf, _, _) = run_conv(&x, h, w, &cf, 1, Pad::same(1));
         let row_scale: Vec<f32> = (0..h)
-            .map(|iy| (0..cin).flat_map(|ci| &x[(ci * h + iy) * w..(ci * h + iy + 1) * w]).fold(0f32, |m, v| m.max(v.abs())) / 127.0)
+            .map(|iy| {
+                (0..cin)
+                    .flat_map(|ci| &x[(ci * h + iy) * w..(ci * h + iy + 1) * w])
+                    .fold(0f32, |m, v| m.max(v.abs()))
+                    / 127.0
+            })
             .collect();
         let mut worst = 0f64;
         for co in 0..cout {
@@ -940,14 +1218,18 @@ mod kernel_tests {
                                 }
                                 let wv = wt.deq[((co * cin + ci) * k + ky) * k + kx].abs() as f64;
                                 bound += wv * row_scale[iy as usize] as f64 / 2.0;
-                                mag += wv * x[(ci * h + iy as usize) * w + ix as usize].abs() as f64;
+                                mag +=
+                                    wv * x[(ci * h + iy as usize) * w + ix as usize].abs() as f64;
                             }
                         }
                     }
                     let i = (co * ho + oy) * wo + ox;
                     let d = (y8[i] - yf[i]).abs() as f64;
                     // Float rounding of both paths on top of the quantization bound.
-                    assert!(d <= bound * 1.0001 + 1e-5 * (mag + 1.0), "({co},{oy},{ox}): |d| {d} > bound {bound}");
+                    assert!(
+                        d <= bound * 1.0001 + 1e-5 * (mag + 1.0),
+                        "({co},{oy},{ox}): |d| {d} > bound {bound}"
+                    );
                     worst = worst.max(d / bound.max(1e-30));
                 }
             }
@@ -961,12 +1243,34 @@ mod kernel_tests {
         let mut rng = Lcg(7);
         let (cin, cout, k, h, w) = (3, 5, 3, 7, 19);
         let x = rng.vec(cin * h * w, 2.0);
-        let w16: Vec<f16> = (0..cout * cin * k * k).map(|_| f16::from_f32(rng.next())).collect();
+        let w16: Vec<f16> = (0..cout * cin * k * k)
+            .map(|_| f16::from_f32(rng.next()))
+            .collect();
         let w32: Vec<f32> = w16.iter().map(|v| v.to_f32()).collect();
         let b = rng.vec(cout, 1.0);
-        for (stride, pad) in [(1, Pad::same(1)), (2, Pad { top: 0, left: 0, bottom: 1, right: 1 })] {
-            let c16 = Conv { w: Weight::F16(&w16), b: &b, cout, cin, k };
-            let c32 = Conv { w: Weight::F32(&w32), ..c16 };
+        for (stride, pad) in [
+            (1, Pad::same(1)),
+            (
+                2,
+                Pad {
+                    top: 0,
+                    left: 0,
+                    bottom: 1,
+                    right: 1,
+                },
+            ),
+        ] {
+            let c16 = Conv {
+                w: Weight::F16(&w16),
+                b: &b,
+                cout,
+                cin,
+                k,
+            };
+            let c32 = Conv {
+                w: Weight::F32(&w32),
+                ..c16
+            };
             let (a, _, _) = run_conv(&x, h, w, &c16, stride, pad);
             let (z, _, _) = run_conv(&x, h, w, &c32, stride, pad);
             assert_eq!(bits(&a), bits(&z), "stride {stride}");
@@ -976,8 +1280,15 @@ mod kernel_tests {
     #[test]
     fn f16_linear_equals_f32_linear_on_f16_values() {
         let mut rng = Lcg(3);
-        for (n, din, dout) in [(1usize, 8usize, 3usize), (5, 37, 11), (17, 64, 9), (9, 16, 33)] {
-            let w16: Vec<f16> = (0..din * dout).map(|_| f16::from_f32(rng.next() * 2.0)).collect();
+        for (n, din, dout) in [
+            (1usize, 8usize, 3usize),
+            (5, 37, 11),
+            (17, 64, 9),
+            (9, 16, 33),
+        ] {
+            let w16: Vec<f16> = (0..din * dout)
+                .map(|_| f16::from_f32(rng.next() * 2.0))
+                .collect();
             let w32: Vec<f32> = w16.iter().map(|h| h.to_f32()).collect();
             let b = rng.vec(dout, 1.0);
             let x = rng.vec(n * din, 3.0);
@@ -985,15 +1296,26 @@ mod kernel_tests {
             for (yi, w) in y.iter_mut().zip([Weight::F32(&w32), Weight::F16(&w16)]) {
                 let (nf, _) = linear_scratch_len(n, din);
                 let mut f = vec![f32::NAN; nf];
-                let mut s = LinearScratch { f: &mut f, q: &mut [] };
-                let l = Linear { w, b: Some(&b), out_dim: dout, in_dim: din };
+                let mut s = LinearScratch {
+                    f: &mut f,
+                    q: &mut [],
+                };
+                let l = Linear {
+                    w,
+                    b: Some(&b),
+                    out_dim: dout,
+                    in_dim: din,
+                };
                 linear(&x, n, &l, yi, &mut s, &Sequential);
             }
             assert_eq!(bits(&y[0]), bits(&y[1]), "n {n} in {din} out {dout}");
             // And both are the dot products.
             for t in 0..n {
                 for o in 0..dout {
-                    let want: f64 = (0..din).map(|i| x[t * din + i] as f64 * w32[o * din + i] as f64).sum::<f64>() + b[o] as f64;
+                    let want: f64 = (0..din)
+                        .map(|i| x[t * din + i] as f64 * w32[o * din + i] as f64)
+                        .sum::<f64>()
+                        + b[o] as f64;
                     assert!((y[0][t * dout + o] as f64 - want).abs() < 1e-4 * (1.0 + want.abs()));
                 }
             }
@@ -1010,25 +1332,54 @@ mod kernel_tests {
         for o in 0..dout {
             scales[o] = quantize_row(&wf[o * din..(o + 1) * din], &mut q[o * din..(o + 1) * din]);
         }
-        let deq: Vec<f32> = q.iter().enumerate().map(|(i, v)| *v as f32 * scales[i / din]).collect();
+        let deq: Vec<f32> = q
+            .iter()
+            .enumerate()
+            .map(|(i, v)| *v as f32 * scales[i / din])
+            .collect();
         let mut x = rng.vec(n * din, 1.0);
         for (t, row) in x.chunks_exact_mut(din).enumerate() {
-            row.iter_mut().for_each(|v| *v *= [0.01f32, 1.0, 30.0, 0.5, 4.0, 0.1][t]);
+            row.iter_mut()
+                .for_each(|v| *v *= [0.01f32, 1.0, 30.0, 0.5, 4.0, 0.1][t]);
         }
         let (nf, nq) = linear_scratch_len(n, din);
         let run = |w: Weight<'_>| {
             let (mut f, mut qs) = (vec![0f32; nf], vec![0i8; nq]);
-            let mut s = LinearScratch { f: &mut f, q: &mut qs };
+            let mut s = LinearScratch {
+                f: &mut f,
+                q: &mut qs,
+            };
             let mut y = vec![0f32; n * dout];
-            linear(&x, n, &Linear { w, b: None, out_dim: dout, in_dim: din }, &mut y, &mut s, &Sequential);
+            linear(
+                &x,
+                n,
+                &Linear {
+                    w,
+                    b: None,
+                    out_dim: dout,
+                    in_dim: din,
+                },
+                &mut y,
+                &mut s,
+                &Sequential,
+            );
             y
         };
-        let y8 = run(Weight::I8 { q: &q, scales: &scales });
+        let y8 = run(Weight::I8 {
+            q: &q,
+            scales: &scales,
+        });
         let yf = run(Weight::F32(&deq));
         for t in 0..n {
-            let sx = x[t * din..(t + 1) * din].iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            let sx = x[t * din..(t + 1) * din]
+                .iter()
+                .fold(0f32, |m, v| m.max(v.abs()))
+                / 127.0;
             for o in 0..dout {
-                let bound: f32 = deq[o * din..(o + 1) * din].iter().map(|w| w.abs() * sx / 2.0).sum();
+                let bound: f32 = deq[o * din..(o + 1) * din]
+                    .iter()
+                    .map(|w| w.abs() * sx / 2.0)
+                    .sum();
                 let d = (y8[t * dout + o] - yf[t * dout + o]).abs();
                 assert!(d <= bound * 1.001 + 1e-6, "row {t} out {o}: {d} > {bound}");
             }
@@ -1043,17 +1394,41 @@ mod kernel_tests {
         let wf = rng.vec(din * dout, 0.3);
         let w16: Vec<f16> = wf.iter().map(|v| f16::from_f32(*v)).collect();
         let mut q = vec![0i8; din * dout];
-        let scales: Vec<f32> = (0..dout).map(|o| quantize_row(&wf[o * din..(o + 1) * din], &mut q[o * din..(o + 1) * din])).collect();
+        let scales: Vec<f32> = (0..dout)
+            .map(|o| quantize_row(&wf[o * din..(o + 1) * din], &mut q[o * din..(o + 1) * din]))
+            .collect();
         let b = rng.vec(dout, 0.1);
         let x = rng.vec(n * din, 1.0);
         let (nf, nq) = linear_scratch_len(n, din);
-        for w in [Weight::F32(&wf), Weight::F16(&w16), Weight::I8 { q: &q, scales: &scales }] {
-            let l = Linear { w, b: Some(&b), out_dim: dout, in_dim: din };
+        for w in [
+            Weight::F32(&wf),
+            Weight::F16(&w16),
+            Weight::I8 {
+                q: &q,
+                scales: &scales,
+            },
+        ] {
+            let l = Linear {
+                w,
+                b: Some(&b),
+                out_dim: dout,
+                in_dim: din,
+            };
             let mut outs = Vec::new();
             for par in [&Sequential as &dyn Parallel, &Reversed] {
                 let (mut f, mut qs) = (vec![0f32; nf], vec![0i8; nq]);
                 let mut y = vec![f32::NAN; n * dout];
-                linear(&x, n, &l, &mut y, &mut LinearScratch { f: &mut f, q: &mut qs }, par);
+                linear(
+                    &x,
+                    n,
+                    &l,
+                    &mut y,
+                    &mut LinearScratch {
+                        f: &mut f,
+                        q: &mut qs,
+                    },
+                    par,
+                );
                 assert!(y.iter().all(|v| v.is_finite()));
                 outs.push(bits(&y));
             }
@@ -1064,9 +1439,33 @@ mod kernel_tests {
         let xc = banded_input(&mut rng, cin, h, wd);
         let wt = int8_conv(&mut rng, cout, cin, k);
         let d16: Vec<f16> = wt.deq.iter().map(|v| f16::from_f32(*v)).collect();
-        for w in [Weight::F32(&wt.deq), Weight::F16(&d16), Weight::I8 { q: &wt.q, scales: &wt.scales }] {
-            let c = Conv { w, b: &wt.bias, cout, cin, k };
-            for (stride, pad) in [(1, Pad::same(1)), (2, Pad { top: 0, left: 0, bottom: 1, right: 1 })] {
+        for w in [
+            Weight::F32(&wt.deq),
+            Weight::F16(&d16),
+            Weight::I8 {
+                q: &wt.q,
+                scales: &wt.scales,
+            },
+        ] {
+            let c = Conv {
+                w,
+                b: &wt.bias,
+                cout,
+                cin,
+                k,
+            };
+            for (stride, pad) in [
+                (1, Pad::same(1)),
+                (
+                    2,
+                    Pad {
+                        top: 0,
+                        left: 0,
+                        bottom: 1,
+                        right: 1,
+                    },
+                ),
+            ] {
                 let (a, _, _) = run_conv_on(&xc, h, wd, &c, stride, pad, &Sequential);
                 let (z, _, _) = run_conv_on(&xc, h, wd, &c, stride, pad, &Reversed);
                 assert!(a.iter().all(|v| v.is_finite()));
@@ -1078,7 +1477,13 @@ mod kernel_tests {
     #[test]
     fn quantize_row_round_trip_error_is_at_most_half_a_step() {
         let mut rng = Lcg(5);
-        for (len, gain) in [(1usize, 1.0f32), (7, 0.001), (64, 1.0), (300, 250.0), (33, 1e-20)] {
+        for (len, gain) in [
+            (1usize, 1.0f32),
+            (7, 0.001),
+            (64, 1.0),
+            (300, 250.0),
+            (33, 1e-20),
+        ] {
             let x = rng.vec(len, gain);
             let mut q = vec![0i8; len];
             let s = quantize_row(&x, &mut q);
@@ -1087,7 +1492,10 @@ mod kernel_tests {
             for (v, qi) in x.iter().zip(&q) {
                 assert!((-127..=127).contains(qi));
                 let err = (*qi as f32 * s - v).abs();
-                assert!(err <= s / 2.0 * (1.0 + 1e-6), "len {len}: x {v} q {qi} s {s} err {err}");
+                assert!(
+                    err <= s / 2.0 * (1.0 + 1e-6),
+                    "len {len}: x {v} q {qi} s {s} err {err}"
+                );
             }
             // The largest magnitude maps to ±127.
             let i = x.iter().position(|v| v.abs() == amax).unwrap();
@@ -1118,7 +1526,10 @@ mod kernel_tests {
         for r in y.chunks_exact(64) {
             let mean: f64 = r.iter().map(|v| *v as f64).sum::<f64>() / 64.0;
             let var: f64 = r.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / 64.0;
-            assert!(mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-4, "mean {mean} var {var}");
+            assert!(
+                mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-4,
+                "mean {mean} var {var}"
+            );
         }
     }
 }

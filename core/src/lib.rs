@@ -15,6 +15,8 @@
 //! Kumar et al., *Scale-Wise VAR is Secretly Discrete Diffusion* (arXiv 2509.22636).
 #![no_std]
 #![deny(missing_docs)]
+// Kernels take many dimensions and index several buffers in lock-step; both lints fight that.
+#![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 
 #[cfg(feature = "std")]
 extern crate std;

@@ -47,7 +47,9 @@ impl Schedule {
                 .patch_nums
                 .iter()
                 .position(|p| p == pn)
-                .ok_or(Error::BadSchedule("a patch size is not in the model's schedule"))?;
+                .ok_or(Error::BadSchedule(
+                    "a patch size is not in the model's schedule",
+                ))?;
             level
                 .push(lvl as u8)
                 .map_err(|_| Error::BadSchedule("too many steps"))?;
@@ -64,7 +66,12 @@ impl Schedule {
     }
 
     /// A schedule with explicit level and Phi tables (as parity manifests give them).
-    pub fn with_tables(cfg: &ModelConfig, pns: &[u16], levels: &[u8], phi: &[u8]) -> Result<Schedule> {
+    pub fn with_tables(
+        cfg: &ModelConfig,
+        pns: &[u16],
+        levels: &[u8],
+        phi: &[u8],
+    ) -> Result<Schedule> {
         let err = |_| Error::BadSchedule("too many steps");
         let s = Schedule {
             pn: Vec::from_slice(pns).map_err(err)?,
@@ -107,7 +114,9 @@ impl Schedule {
             return Err(Error::BadSchedule("empty schedule"));
         }
         if self.level.len() != n || self.phi.len() != n {
-            return Err(Error::BadSchedule("level/phi tables differ in length from the schedule"));
+            return Err(Error::BadSchedule(
+                "level/phi tables differ in length from the schedule",
+            ));
         }
         if self.pn.windows(2).any(|w| w[0] >= w[1]) {
             return Err(Error::BadSchedule("patch sizes must increase"));

@@ -5,7 +5,9 @@ use crate::arena::{bytes_of, Arena};
 use crate::error::{Error, Result};
 use crate::parallel::Parallel;
 use crate::schedule::Schedule;
-use crate::vq::{area_resize, contribution_scratch_len, embed_tokens, nearest_code, scale_contribution};
+use crate::vq::{
+    area_resize, contribution_scratch_len, embed_tokens, nearest_code, scale_contribution,
+};
 use crate::{vae, Model};
 
 /// Exact arena bytes of [`tokenize`] (which also encodes) on `sched`.
@@ -25,7 +27,16 @@ pub fn tokenize_bytes(model: &Model<'_>, sched: &Schedule) -> usize {
 /// every step, concatenated row-major (`sched.total_tokens()` values), the encoder output `f`
 /// and the accumulated `f_hat` (both `Cvae × P × P`).
 #[allow(clippy::too_many_arguments)]
-pub fn tokenize(model: &Model<'_>, sched: &Schedule, image: &[f32], arena: &mut [u8], tokens: &mut [u32], f_out: &mut [f32], f_hat: &mut [f32], par: &dyn Parallel) -> Result<()> {
+pub fn tokenize(
+    model: &Model<'_>,
+    sched: &Schedule,
+    image: &[f32],
+    arena: &mut [u8],
+    tokens: &mut [u32],
+    f_out: &mut [f32],
+    f_hat: &mut [f32],
+    par: &dyn Parallel,
+) -> Result<()> {
     let cfg = &model.config;
     let enc = model.weights.encoder.as_ref().ok_or(Error::NoEncoder)?;
     sched.validate(cfg)?;
@@ -45,19 +56,29 @@ pub fn tokenize(model: &Model<'_>, sched: &Schedule, image: &[f32], arena: &mut 
     }
     let cv = cfg.vae.cvae as usize;
     let p = cfg.latent_side();
-    if f_hat.len() != cv * p * p || f_out.len() != cv * p * p {
-        return Err(Error::BadLength {
-            what: "f_hat",
-            expected: cv * p * p,
-            found: f_hat.len(),
-        });
+    for (what, len) in [("f_hat", f_hat.len()), ("f", f_out.len())] {
+        if len != cv * p * p {
+            return Err(Error::BadLength {
+                what,
+                expected: cv * p * p,
+                found: len,
+            });
+        }
     }
     vae::encode(enc, cfg, image, &mut Arena::new(arena)?, f_out, par)?;
     quantize_f(model, sched, f_out, arena, tokens, f_hat, par)
 }
 
 /// Quantizes a latent `f` on `sched` (the residual loop of §3.4).
-pub fn quantize_f(model: &Model<'_>, sched: &Schedule, f: &[f32], arena: &mut [u8], tokens: &mut [u32], f_hat: &mut [f32], par: &dyn Parallel) -> Result<()> {
+pub fn quantize_f(
+    model: &Model<'_>,
+    sched: &Schedule,
+    f: &[f32],
+    arena: &mut [u8],
+    tokens: &mut [u32],
+    f_hat: &mut [f32],
+    par: &dyn Parallel,
+) -> Result<()> {
     let cfg = &model.config;
     let cv = cfg.vae.cvae as usize;
     let p = cfg.latent_side();
@@ -89,7 +110,18 @@ pub fn quantize_f(model: &Model<'_>, sched: &Schedule, f: &[f32], arena: &mut [u
             tokens[off + pos] = nearest_code(q.embedding, cv, zv);
         }
         embed_tokens(q, cv, &tokens[off..off + m], pn, h);
-        scale_contribution(q, cfg.vae.quant_resi, sched.phi[k] as usize, cv, h, pn, p, contrib, cs, par);
+        scale_contribution(
+            q,
+            cfg.vae.quant_resi,
+            sched.phi[k] as usize,
+            cv,
+            h,
+            pn,
+            p,
+            contrib,
+            cs,
+            par,
+        );
         for ((fh, r), d) in f_hat.iter_mut().zip(rest.iter_mut()).zip(contrib.iter()) {
             *fh += *d;
             *r -= *d;
@@ -100,7 +132,14 @@ pub fn quantize_f(model: &Model<'_>, sched: &Schedule, f: &[f32], arena: &mut [u
 }
 
 /// Rebuilds `f_hat` from the tokens of every step (concatenated row-major).
-pub fn fhat_from_tokens(model: &Model<'_>, sched: &Schedule, tokens: &[u32], arena: &mut [u8], f_hat: &mut [f32], par: &dyn Parallel) -> Result<()> {
+pub fn fhat_from_tokens(
+    model: &Model<'_>,
+    sched: &Schedule,
+    tokens: &[u32],
+    arena: &mut [u8],
+    f_hat: &mut [f32],
+    par: &dyn Parallel,
+) -> Result<()> {
     let cfg = &model.config;
     let cv = cfg.vae.cvae as usize;
     let p = cfg.latent_side();
@@ -125,7 +164,18 @@ pub fn fhat_from_tokens(model: &Model<'_>, sched: &Schedule, tokens: &[u32], are
     for k in 0..sched.len() {
         let pn = sched.pn[k] as usize;
         embed_tokens(&model.weights.quant, cv, &tokens[off..off + pn * pn], pn, h);
-        scale_contribution(&model.weights.quant, cfg.vae.quant_resi, sched.phi[k] as usize, cv, h, pn, p, contrib, cs, par);
+        scale_contribution(
+            &model.weights.quant,
+            cfg.vae.quant_resi,
+            sched.phi[k] as usize,
+            cv,
+            h,
+            pn,
+            p,
+            contrib,
+            cs,
+            par,
+        );
         for (f, d) in f_hat.iter_mut().zip(contrib.iter()) {
             *f += *d;
         }

@@ -76,9 +76,12 @@ fn any_int8(cfg: &ModelConfig) -> bool {
 /// Exact scratch bytes of [`decode`] (and of [`encode`]: both use the same layout).
 pub fn decoder_scratch_bytes(cfg: &ModelConfig) -> usize {
     let s = sizes(cfg);
-    let mut b = 3 * bytes_of::<f32>(s.max_act) + bytes_of::<f32>(s.qkv) + bytes_of::<f32>(s.attn_tokens);
+    let mut b =
+        3 * bytes_of::<f32>(s.max_act) + bytes_of::<f32>(s.qkv) + bytes_of::<f32>(s.attn_tokens);
     if any_int8(cfg) {
-        b += bytes_of::<i8>(3 * s.max_act) + bytes_of::<i8>(s.max_row) + bytes_of::<f32>(s.image_side);
+        b += bytes_of::<i8>(3 * s.max_act)
+            + bytes_of::<i8>(s.max_row)
+            + bytes_of::<f32>(s.image_side);
     }
     b + bytes_of::<f32>(3 * s.image_side)
 }
@@ -88,7 +91,11 @@ pub fn encoder_scratch_bytes(cfg: &ModelConfig) -> usize {
     decoder_scratch_bytes(cfg)
 }
 
-fn take_bufs<'s, 'p>(cfg: &ModelConfig, arena: &mut Arena<'s>, par: &'p dyn Parallel) -> Result<(Bufs<'s, 'p>, &'s mut [f32])> {
+fn take_bufs<'s, 'p>(
+    cfg: &ModelConfig,
+    arena: &mut Arena<'s>,
+    par: &'p dyn Parallel,
+) -> Result<(Bufs<'s, 'p>, &'s mut [f32])> {
     let s = sizes(cfg);
     let a = arena.take::<f32>(s.max_act)?;
     let b = arena.take::<f32>(s.max_act)?;
@@ -129,7 +136,17 @@ impl Bufs<'_, '_> {
             (b'a', b'b') => (&*self.a, &mut *self.b),
             _ => unreachable!("internal buffer routing"),
         };
-        conv2d(x, side, side, conv, 1, Pad::same(conv.k / 2), y, self.cs.as_mut(), self.par);
+        conv2d(
+            x,
+            side,
+            side,
+            conv,
+            1,
+            Pad::same(conv.k / 2),
+            y,
+            self.cs.as_mut(),
+            self.par,
+        );
     }
 
     fn rotate(&mut self) {
@@ -139,18 +156,36 @@ impl Bufs<'_, '_> {
     fn res_block(&mut self, rb: &ResBlock<'_>, side: usize) {
         let hw = side * side;
         let (cin, cout) = (rb.conv1.cin, rb.conv1.cout);
-        group_norm(&self.a[..cin * hw], self.b, cin, hw, self.groups, self.eps, &rb.norm1, true);
+        group_norm(
+            &self.a[..cin * hw],
+            self.b,
+            cin,
+            hw,
+            self.groups,
+            self.eps,
+            &rb.norm1,
+            true,
+        );
         self.conv(b'b', &rb.conv1, side, b'c');
-        group_norm(&self.c[..cout * hw], self.b, cout, hw, self.groups, self.eps, &rb.norm2, true);
+        group_norm(
+            &self.c[..cout * hw],
+            self.b,
+            cout,
+            hw,
+            self.groups,
+            self.eps,
+            &rb.norm2,
+            true,
+        );
         self.conv(b'b', &rb.conv2, side, b'c');
         if let Some(nin) = &rb.nin_shortcut {
             self.conv(b'a', nin, side, b'b');
             for (o, s) in self.c[..cout * hw].iter_mut().zip(self.b.iter()) {
-                *o = *s + *o;
+                *o += *s;
             }
         } else {
             for (o, s) in self.c[..cout * hw].iter_mut().zip(self.a.iter()) {
-                *o = *s + *o;
+                *o += *s;
             }
         }
         self.rotate();
@@ -159,8 +194,27 @@ impl Bufs<'_, '_> {
     fn attn_block(&mut self, ab: &AttnBlock<'_>, side: usize) {
         let hw = side * side;
         let c = ab.qkv.cin;
-        group_norm(&self.a[..c * hw], self.b, c, hw, self.groups, self.eps, &ab.norm, false);
-        conv2d(self.b, side, side, &ab.qkv, 1, Pad::same(0), self.qkv, self.cs.as_mut(), self.par);
+        group_norm(
+            &self.a[..c * hw],
+            self.b,
+            c,
+            hw,
+            self.groups,
+            self.eps,
+            &ab.norm,
+            false,
+        );
+        conv2d(
+            self.b,
+            side,
+            side,
+            &ab.qkv,
+            1,
+            Pad::same(0),
+            self.qkv,
+            self.cs.as_mut(),
+            self.par,
+        );
         let (q, kv) = self.qkv.split_at(c * hw);
         let (k, v) = kv.split_at(c * hw);
         let ratio = 1.0 / libm::sqrtf(c as f32);
@@ -179,9 +233,19 @@ impl Bufs<'_, '_> {
                 self.b[ch * hw + i] = crate::kernels::dot(&v[ch * hw..(ch + 1) * hw], scores);
             }
         }
-        conv2d(self.b, side, side, &ab.proj_out, 1, Pad::same(0), self.c, self.cs.as_mut(), self.par);
+        conv2d(
+            self.b,
+            side,
+            side,
+            &ab.proj_out,
+            1,
+            Pad::same(0),
+            self.c,
+            self.cs.as_mut(),
+            self.par,
+        );
         for (o, s) in self.c[..c * hw].iter_mut().zip(self.a.iter()) {
-            *o = *s + *o;
+            *o += *s;
         }
         self.rotate();
     }
@@ -198,7 +262,15 @@ impl Bufs<'_, '_> {
 /// Decodes `f_hat` (`Cvae × P × P`) to an image, handing each finished row to `sink` as
 /// interleaved RGB floats: `clamp(decoder(post_quant_conv(f_hat)), −1, 1)`, or unclamped when
 /// `clamp` is false.
-pub fn decode(d: &Decoder<'_>, cfg: &ModelConfig, f_hat: &[f32], arena: &mut Arena<'_>, clamp: bool, par: &dyn Parallel, sink: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
+pub fn decode(
+    d: &Decoder<'_>,
+    cfg: &ModelConfig,
+    f_hat: &[f32],
+    arena: &mut Arena<'_>,
+    clamp: bool,
+    par: &dyn Parallel,
+    sink: &mut dyn FnMut(usize, &[f32]),
+) -> Result<()> {
     let p = cfg.latent_side();
     let cv = cfg.vae.cvae as usize;
     if f_hat.len() != cv * p * p {
@@ -209,7 +281,17 @@ pub fn decode(d: &Decoder<'_>, cfg: &ModelConfig, f_hat: &[f32], arena: &mut Are
         });
     }
     let (mut bf, row) = take_bufs(cfg, arena, par)?;
-    conv2d(f_hat, p, p, &d.post_quant_conv, 1, Pad::same(1), bf.c, bf.cs.as_mut(), par);
+    conv2d(
+        f_hat,
+        p,
+        p,
+        &d.post_quant_conv,
+        1,
+        Pad::same(1),
+        bf.c,
+        bf.cs.as_mut(),
+        par,
+    );
     bf.rotate();
     bf.conv(b'a', &d.conv_in, p, b'c');
     bf.rotate();
@@ -239,7 +321,16 @@ pub fn decode(d: &Decoder<'_>, cfg: &ModelConfig, f_hat: &[f32], arena: &mut Are
     }
     let c0 = d.norm_out.w.len();
     let hw = side * side;
-    group_norm(&bf.a[..c0 * hw], bf.b, c0, hw, bf.groups, bf.eps, &d.norm_out, true);
+    group_norm(
+        &bf.a[..c0 * hw],
+        bf.b,
+        c0,
+        hw,
+        bf.groups,
+        bf.eps,
+        &d.norm_out,
+        true,
+    );
     bf.conv(b'b', &d.conv_out, side, b'c');
     for y in 0..side {
         for x in 0..side {
@@ -255,7 +346,14 @@ pub fn decode(d: &Decoder<'_>, cfg: &ModelConfig, f_hat: &[f32], arena: &mut Are
 
 /// Encodes an image (`3 × H × W`, values in [−1, 1]) to `f = quant_conv(encoder(x))`
 /// (`Cvae × P × P`).
-pub fn encode(e: &Encoder<'_>, cfg: &ModelConfig, image: &[f32], arena: &mut Arena<'_>, f: &mut [f32], par: &dyn Parallel) -> Result<()> {
+pub fn encode(
+    e: &Encoder<'_>,
+    cfg: &ModelConfig,
+    image: &[f32],
+    arena: &mut Arena<'_>,
+    f: &mut [f32],
+    par: &dyn Parallel,
+) -> Result<()> {
     let side0 = cfg.image_side();
     let p = cfg.latent_side();
     let cv = cfg.vae.cvae as usize;
@@ -275,7 +373,17 @@ pub fn encode(e: &Encoder<'_>, cfg: &ModelConfig, image: &[f32], arena: &mut Are
     }
     let (mut bf, _) = take_bufs(cfg, arena, par)?;
     let mut side = side0;
-    conv2d(image, side, side, &e.conv_in, 1, Pad::same(1), bf.c, bf.cs.as_mut(), par);
+    conv2d(
+        image,
+        side,
+        side,
+        &e.conv_in,
+        1,
+        Pad::same(1),
+        bf.c,
+        bf.cs.as_mut(),
+        par,
+    );
     bf.rotate();
     for level in &e.levels {
         for (j, rb) in level.blocks.iter().enumerate() {
@@ -299,8 +407,27 @@ pub fn encode(e: &Encoder<'_>, cfg: &ModelConfig, image: &[f32], arena: &mut Are
     bf.mid(&e.mid, side);
     let c = e.norm_out.w.len();
     let hw = side * side;
-    group_norm(&bf.a[..c * hw], bf.b, c, hw, bf.groups, bf.eps, &e.norm_out, true);
+    group_norm(
+        &bf.a[..c * hw],
+        bf.b,
+        c,
+        hw,
+        bf.groups,
+        bf.eps,
+        &e.norm_out,
+        true,
+    );
     bf.conv(b'b', &e.conv_out, side, b'c');
-    conv2d(bf.c, side, side, &e.quant_conv, 1, Pad::same(1), f, bf.cs.as_mut(), par);
+    conv2d(
+        bf.c,
+        side,
+        side,
+        &e.quant_conv,
+        1,
+        Pad::same(1),
+        f,
+        bf.cs.as_mut(),
+        par,
+    );
     Ok(())
 }

@@ -11,7 +11,7 @@ use crate::parallel::Parallel;
 use crate::weights::{AdaLn, Block, Transformer};
 
 /// Tokens per FFN chunk: bounds the hidden activation to `FFN_CHUNK × F` floats.
-pub const FFN_CHUNK: usize = 16;
+pub const FFN_CHUNK: usize = 64;
 
 /// Scratch of one scale step of one row.
 pub struct StepScratch<'s> {
@@ -47,9 +47,21 @@ pub enum Kv<'k> {
 
 /// Computes, for condition `label`, the six AdaLN vectors of every block (`depth × 6C`) and the
 /// head's scale/shift (`2C`). `tmp` needs `7C` floats.
-pub fn ada_vectors(t: &Transformer<'_>, c: usize, label: usize, ada: &mut [f32], head: &mut [f32], tmp: &mut [f32], lin: &mut LinearScratch<'_>, par: &dyn Parallel) {
+pub fn ada_vectors(
+    t: &Transformer<'_>,
+    c: usize,
+    label: usize,
+    ada: &mut [f32],
+    head: &mut [f32],
+    tmp: &mut [f32],
+    lin: &mut LinearScratch<'_>,
+    par: &dyn Parallel,
+) {
     let (cond, shared) = tmp.split_at_mut(c);
-    for (o, v) in cond.iter_mut().zip(&t.class_emb[label * c..(label + 1) * c]) {
+    for (o, v) in cond
+        .iter_mut()
+        .zip(&t.class_emb[label * c..(label + 1) * c])
+    {
         *o = silu(*v);
     }
     if let Some(sh) = &t.shared_ada_lin {
@@ -94,7 +106,18 @@ fn l2_normalize(v: &mut [f32], mul: f32) {
 /// One AdaLN self-attention block over `n` tokens `x` (`n × C`, updated in place).
 /// `ada` is this block's `6C` vector for this row: γ1, γ2, scale1, scale2, shift1, shift2.
 #[allow(clippy::too_many_arguments)]
-pub fn block_forward(b: &Block<'_>, c: usize, heads: usize, eps: f32, ada: &[f32], x: &mut [f32], n: usize, kv: Kv<'_>, s: &mut StepScratch<'_>, par: &dyn Parallel) {
+pub fn block_forward(
+    b: &Block<'_>,
+    c: usize,
+    heads: usize,
+    eps: f32,
+    ada: &[f32],
+    x: &mut [f32],
+    n: usize,
+    kv: Kv<'_>,
+    s: &mut StepScratch<'_>,
+    par: &dyn Parallel,
+) {
     let hd = c / heads;
     let (gamma1, rest) = ada.split_at(c);
     let (gamma2, rest) = rest.split_at(c);
@@ -134,8 +157,10 @@ pub fn block_forward(b: &Block<'_>, c: usize, heads: usize, eps: f32, ada: &[f32
         Kv::Markov => (&s.qkv[c..], &s.qkv[2 * c..], c3, n),
         Kv::Causal { k, v, begin } => {
             for t in 0..n {
-                k[(begin + t) * c..(begin + t + 1) * c].copy_from_slice(&s.qkv[t * c3 + c..t * c3 + 2 * c]);
-                v[(begin + t) * c..(begin + t + 1) * c].copy_from_slice(&s.qkv[t * c3 + 2 * c..t * c3 + 3 * c]);
+                k[(begin + t) * c..(begin + t + 1) * c]
+                    .copy_from_slice(&s.qkv[t * c3 + c..t * c3 + 2 * c]);
+                v[(begin + t) * c..(begin + t + 1) * c]
+                    .copy_from_slice(&s.qkv[t * c3 + 2 * c..t * c3 + 3 * c]);
             }
             (&*k, &*v, c, begin + n)
         }
@@ -184,9 +209,25 @@ pub fn block_forward(b: &Block<'_>, c: usize, heads: usize, eps: f32, ada: &[f32
     }
 }
 
-/// Logits of one token: `head(LN(x)·(1 + scale) + shift)`; `xn` needs `C` floats.
-pub fn head_logits(t: &Transformer<'_>, c: usize, eps: f32, head_ada: &[f32], x: &[f32], xn: &mut [f32], logits: &mut [f32], lin: &mut LinearScratch<'_>, par: &dyn Parallel) {
+/// Tokens per head chunk: bounds the logits buffer to `HEAD_CHUNK × V` floats per CFG row.
+pub const HEAD_CHUNK: usize = 64;
+
+/// Logits of `m` tokens: `head(LN(x)·(1 + scale) + shift)`; `xn` needs `m·C` floats, `logits`
+/// `m·V`.
+#[allow(clippy::too_many_arguments)]
+pub fn head_logits(
+    t: &Transformer<'_>,
+    c: usize,
+    eps: f32,
+    head_ada: &[f32],
+    x: &[f32],
+    m: usize,
+    xn: &mut [f32],
+    logits: &mut [f32],
+    lin: &mut LinearScratch<'_>,
+    par: &dyn Parallel,
+) {
     let (scale, shift) = head_ada.split_at(c);
-    modulate(x, xn, 1, c, eps, scale, shift);
-    linear(xn, 1, &t.head, logits, lin, par);
+    modulate(x, xn, m, c, eps, scale, shift);
+    linear(xn, m, &t.head, logits, lin, par);
 }

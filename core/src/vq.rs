@@ -105,7 +105,18 @@ pub fn contribution_scratch_len(cvae: usize, pn: usize, p: usize) -> usize {
 /// `out = Phi_k(bicubic(h, P))` (the upsample is skipped when `pn == P`), where `h` is the
 /// `cvae × pn × pn` embedding map of a scale's tokens: the scale's contribution to `f_hat`.
 #[allow(clippy::too_many_arguments)]
-pub fn scale_contribution(q: &Quantizer<'_>, quant_resi: f32, phi_k: usize, cvae: usize, h: &[f32], pn: usize, p: usize, out: &mut [f32], scratch: &mut [f32], par: &dyn Parallel) {
+pub fn scale_contribution(
+    q: &Quantizer<'_>,
+    quant_resi: f32,
+    phi_k: usize,
+    cvae: usize,
+    h: &[f32],
+    pn: usize,
+    p: usize,
+    out: &mut [f32],
+    scratch: &mut [f32],
+    par: &dyn Parallel,
+) {
     let (tmp, up) = scratch.split_at_mut(cvae * pn * p);
     let up = &mut up[..cvae * p * p];
     let out = &mut out[..cvae * p * p];
@@ -202,7 +213,26 @@ mod resize_tests {
 
     #[test]
     fn bicubic_resize_keeps_a_constant_map() {
-        for (n, m) in [(1usize, 8usize), (1, 16), (2, 16), (3, 16), (5, 13), (6, 8), (13, 16), (16, 5), (8, 8)] {
+        // Upsampling to 8 or 16 (every schedule's pn -> P) has dyadic ratios: the f32 tap weights
+        // sum to 1 up to rounding that stays within 1e-6. Other ratios (5 -> 13, 16 -> 5) compute
+        // their weights, as PyTorch does, with a sum off by up to 7.2e-7 per pass, so two passes
+        // are held to 2e-6.
+        for (n, m) in [
+            (1usize, 8usize),
+            (1, 16),
+            (2, 16),
+            (3, 16),
+            (4, 8),
+            (5, 16),
+            (6, 8),
+            (10, 16),
+            (13, 16),
+            (8, 8),
+            (5, 13),
+            (16, 5),
+            (8, 13),
+        ] {
+            let tol = if m.is_power_of_two() { 1e-6 } else { 2e-6 };
             for value in [0.7f32, -0.3, 1.0] {
                 let c = 2;
                 let x = vec![value; c * n * n];
@@ -210,7 +240,7 @@ mod resize_tests {
                 let mut y = vec![f32::NAN; c * m * m];
                 bicubic_resize(&x, c, n, m, &mut tmp, &mut y);
                 for v in &y {
-                    assert!((v - value).abs() <= 1e-6, "{n}->{m}: {v} vs {value}");
+                    assert!((v - value).abs() <= tol, "{n}->{m}: {v} vs {value}");
                 }
             }
         }
@@ -268,7 +298,11 @@ mod resize_tests {
                         sum += if (r + c) % 2 == 0 { 1 } else { -1 };
                     }
                 }
-                assert_eq!(y[m * m + oy * m + ox], sum as f32 / cells, "checker ({oy},{ox})");
+                assert_eq!(
+                    y[m * m + oy * m + ox],
+                    sum as f32 / cells,
+                    "checker ({oy},{ox})"
+                );
             }
         }
         // Hand-checked corners: rows/cols 0..2 -> 50.5; rows 4..7, cols 14..16 -> 514.5.

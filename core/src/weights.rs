@@ -270,7 +270,12 @@ impl<'a, S: TensorSource<'a>> Walker<'_, S> {
         } else {
             None
         };
-        Ok(Linear { w, b, out_dim, in_dim })
+        Ok(Linear {
+            w,
+            b,
+            out_dim,
+            in_dim,
+        })
     }
 
     fn conv(&mut self, p: &str, cout: usize, cin: usize, k: usize) -> Result<Conv<'a>> {
@@ -336,11 +341,14 @@ impl<'a> Weights<'a> {
 
         // Transformer.
         let pos_start = w.src.float(format_args!("pos_start"), &[1, 1, c])?;
-        let pos_1lc = w.src.float(format_args!("pos_1LC"), &[1, v.seq_len as usize, c])?;
-        let word_embed = w.linear("word_embed", c, cv, true)?;
-        let class_emb = w
+        let pos_1lc = w
             .src
-            .float(format_args!("class_emb.weight"), &[v.num_classes as usize + 1, c])?;
+            .float(format_args!("pos_1LC"), &[1, v.seq_len as usize, c])?;
+        let word_embed = w.linear("word_embed", c, cv, true)?;
+        let class_emb = w.src.float(
+            format_args!("class_emb.weight"),
+            &[v.num_classes as usize + 1, c],
+        )?;
         let lvl_embed = w.src.float(format_args!("lvl_embed.weight"), &[sn, c])?;
         let shared_ada_lin = if v.shared_aln {
             Some(w.linear("shared_ada_lin.1", 6 * c, c, true)?)
@@ -350,21 +358,29 @@ impl<'a> Weights<'a> {
         let mut blocks = Vec::new();
         for i in 0..v.depth as usize {
             let ada_gss = if v.shared_aln {
-                Some(w.src.float(format_args!("blocks.{i}.ada_gss"), &[1, 1, 6, c])?)
+                Some(
+                    w.src
+                        .float(format_args!("blocks.{i}.ada_gss"), &[1, 1, 6, c])?,
+                )
             } else {
                 None
             };
             let scale_mul = if v.attn_l2_norm {
-                Some(
-                    w.src
-                        .float(format_args!("blocks.{i}.attn.scale_mul_1H11"), &[1, h, 1, 1])?,
-                )
+                Some(w.src.float(
+                    format_args!("blocks.{i}.attn.scale_mul_1H11"),
+                    &[1, h, 1, 1],
+                )?)
             } else {
                 None
             };
             let q_bias = w.src.float(format_args!("blocks.{i}.attn.q_bias"), &[c])?;
             let v_bias = w.src.float(format_args!("blocks.{i}.attn.v_bias"), &[c])?;
-            let mat_qkv = w.linear(&prefix(format_args!("blocks.{i}.attn.mat_qkv"))?, 3 * c, c, false)?;
+            let mat_qkv = w.linear(
+                &prefix(format_args!("blocks.{i}.attn.mat_qkv"))?,
+                3 * c,
+                c,
+                false,
+            )?;
             let proj = w.linear(&prefix(format_args!("blocks.{i}.attn.proj"))?, c, c, true)?;
             let fc1 = w.linear(&prefix(format_args!("blocks.{i}.ffn.fc1"))?, f, c, true)?;
             let fc2 = w.linear(&prefix(format_args!("blocks.{i}.ffn.fc2"))?, c, f, true)?;
@@ -406,12 +422,18 @@ impl<'a> Weights<'a> {
         };
 
         // Quantizer.
-        let embedding = w
-            .src
-            .float(format_args!("quantize.embedding.weight"), &[cfg.vae.vocab_size as usize, cv])?;
+        let embedding = w.src.float(
+            format_args!("quantize.embedding.weight"),
+            &[cfg.vae.vocab_size as usize, cv],
+        )?;
         let mut phi = Vec::new();
         for k in 0..cfg.vae.num_phi as usize {
-            let conv = w.conv(&prefix(format_args!("quantize.quant_resi.qresi_ls.{k}"))?, cv, cv, 3)?;
+            let conv = w.conv(
+                &prefix(format_args!("quantize.quant_resi.qresi_ls.{k}"))?,
+                cv,
+                cv,
+                3,
+            )?;
             // f_hat and everything feeding it stays float (VAR_SPEC.md §14).
             if !matches!(conv.w, Weight::F32(_)) {
                 return Err(Error::BadConfig("Phi convolutions must be stored as f32"));
@@ -436,11 +458,18 @@ impl<'a> Weights<'a> {
                 upsample: None,
             };
             for j in 0..cfg.vae.num_res_blocks as usize + 1 {
-                let b = w.res_block(&prefix(format_args!("decoder.up.{lvl}.block.{j}"))?, block_in, block_out)?;
+                let b = w.res_block(
+                    &prefix(format_args!("decoder.up.{lvl}.block.{j}"))?,
+                    block_in,
+                    block_out,
+                )?;
                 push(&mut level.blocks, b)?;
                 block_in = block_out;
                 if lvl == nl - 1 && cfg.vae.using_sa {
-                    let a = w.attn_block(&prefix(format_args!("decoder.up.{lvl}.attn.{j}"))?, block_in)?;
+                    let a = w.attn_block(
+                        &prefix(format_args!("decoder.up.{lvl}.attn.{j}"))?,
+                        block_in,
+                    )?;
                     push(&mut level.attns, a)?;
                 }
             }
@@ -481,11 +510,18 @@ impl<'a> Weights<'a> {
                     downsample: None,
                 };
                 for j in 0..cfg.vae.num_res_blocks as usize {
-                    let b = w.res_block(&prefix(format_args!("encoder.down.{lvl}.block.{j}"))?, block_in, block_out)?;
+                    let b = w.res_block(
+                        &prefix(format_args!("encoder.down.{lvl}.block.{j}"))?,
+                        block_in,
+                        block_out,
+                    )?;
                     push(&mut level.blocks, b)?;
                     block_in = block_out;
                     if lvl == nl - 1 && cfg.vae.using_sa {
-                        let a = w.attn_block(&prefix(format_args!("encoder.down.{lvl}.attn.{j}"))?, block_in)?;
+                        let a = w.attn_block(
+                            &prefix(format_args!("encoder.down.{lvl}.attn.{j}"))?,
+                            block_in,
+                        )?;
                         push(&mut level.attns, a)?;
                     }
                 }

@@ -9,7 +9,8 @@ use srdd_core::parallel::Parallel;
 use srdd_core::{Model, Schedule};
 
 /// The built-in default model (int8), embedded at compile time, 64-byte aligned.
-pub static DEFAULT_MODEL: &Aligned<[u8]> = &Aligned(*include_bytes!("../../models/default-int8.srdd"));
+pub static DEFAULT_MODEL: &Aligned<[u8]> =
+    &Aligned(*include_bytes!("../../models/default-int8.srdd"));
 
 /// Aligns `include_bytes!` data: `repr(C, align)` keeps the field at offset 0.
 #[repr(C, align(64))]
@@ -33,10 +34,12 @@ impl ModelBytes {
     }
 }
 
-/// One sampled image: `side × side` RGB bytes.
+/// An RGB8 image.
 pub struct Image {
-    /// Side in pixels.
-    pub side: usize,
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
     /// Row-major RGB8.
     pub rgb: Vec<u8>,
 }
@@ -48,7 +51,13 @@ pub fn to_rgb8(v: f32) -> u8 {
 
 /// Samples one image; `on_step` is called after each scale.
 /// `par` runs the kernels (e.g. [`srdd_core::parallel::StdThreads`]); results do not depend on it.
-pub fn sample_one(model: &Model<'_>, opts: SampleOptions, sched: &Schedule, par: &dyn Parallel, on_step: &mut dyn FnMut()) -> srdd_core::Result<Image> {
+pub fn sample_one(
+    model: &Model<'_>,
+    opts: SampleOptions,
+    sched: &Schedule,
+    par: &dyn Parallel,
+    on_step: &mut dyn FnMut(),
+) -> srdd_core::Result<Image> {
     let plan = Plan::new(&model.config, &opts, sched)?;
     let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
     let mut gen = Generator::with_parallel(model, opts, sched.clone(), arena.as_bytes_mut(), par)?;
@@ -67,7 +76,11 @@ pub fn sample_one(model: &Model<'_>, opts: SampleOptions, sched: &Schedule, par:
             *o = to_rgb8(*v);
         }
     })?;
-    Ok(Image { side, rgb })
+    Ok(Image {
+        width: side,
+        height: side,
+        rgb,
+    })
 }
 
 /// Lays images out in a near-square grid with `gap` white pixels between them.
@@ -75,7 +88,7 @@ pub fn grid(images: &[Image], gap: usize) -> Image {
     let n = images.len().max(1);
     let cols = (n as f64).sqrt().ceil() as usize;
     let rows = n.div_ceil(cols);
-    let s = images.first().map_or(1, |i| i.side);
+    let s = images.first().map_or(1, |i| i.width);
     let w = cols * s + (cols - 1) * gap;
     let h = rows * s + (rows - 1) * gap;
     let mut rgb = vec![255u8; w * h * 3];
@@ -86,27 +99,18 @@ pub fn grid(images: &[Image], gap: usize) -> Image {
             rgb[dst..dst + s * 3].copy_from_slice(&im.rgb[y * s * 3..(y + 1) * s * 3]);
         }
     }
-    // Grids are rectangular: report the width as `side` only when square.
-    Image { side: w.max(h), rgb: pad_square(rgb, w, h) }
-}
-
-fn pad_square(rgb: Vec<u8>, w: usize, h: usize) -> Vec<u8> {
-    if w == h {
-        return rgb;
+    Image {
+        width: w,
+        height: h,
+        rgb,
     }
-    let s = w.max(h);
-    let mut out = vec![255u8; s * s * 3];
-    for y in 0..h {
-        out[y * s * 3..y * s * 3 + w * 3].copy_from_slice(&rgb[y * w * 3..(y + 1) * w * 3]);
-    }
-    out
 }
 
 /// Encodes RGB8 as PNG bytes.
 pub fn png_bytes(img: &Image) -> Result<Vec<u8>, png::EncodingError> {
     let mut out = Vec::new();
     {
-        let mut enc = png::Encoder::new(&mut out, img.side as u32, img.side as u32);
+        let mut enc = png::Encoder::new(&mut out, img.width as u32, img.height as u32);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
         let mut w = enc.write_header()?;

@@ -13,7 +13,11 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 
 #[derive(Parser)]
-#[command(name = "srdd", version, about = "Sample images with an SRDD / VAR model (.srdd)")]
+#[command(
+    name = "srdd",
+    version,
+    about = "Sample images with an SRDD / VAR model (.srdd)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -75,7 +79,9 @@ enum Cmd {
 
 fn load(path: &Option<PathBuf>) -> Result<ModelBytes, String> {
     match path {
-        Some(p) => AlignedBytes::read(p).map(ModelBytes::Owned).map_err(|e| format!("{}: {e}", p.display())),
+        Some(p) => AlignedBytes::read(p)
+            .map(ModelBytes::Owned)
+            .map_err(|e| format!("{}: {e}", p.display())),
         None => Ok(ModelBytes::Default),
     }
 }
@@ -84,13 +90,29 @@ fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
         Cmd::Info { file } => {
             let bytes = load(&file)?;
-            let name = file.as_ref().map_or("<built-in>".to_string(), |p| p.display().to_string());
+            let name = file
+                .as_ref()
+                .map_or("<built-in>".to_string(), |p| p.display().to_string());
             let m = Model::from_bytes(bytes.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
             let c = &m.config;
             println!("{name}: {} bytes", bytes.as_bytes().len());
-            println!("image {0}x{0}, {1} classes, vocabulary {2}, weights {3:?}, attention {4:?}", c.image_side(), c.var.num_classes, c.vae.vocab_size, c.weights, c.attention);
-            println!("transformer depth {} width {} heads {}", c.var.depth, c.var.embed_dim, c.var.num_heads);
-            println!("patch_nums {:?} phi {:?}", c.patch_nums.as_slice(), c.phi_index.as_slice());
+            println!(
+                "image {0}x{0}, {1} classes, vocabulary {2}, weights {3:?}, attention {4:?}",
+                c.image_side(),
+                c.var.num_classes,
+                c.vae.vocab_size,
+                c.weights,
+                c.attention
+            );
+            println!(
+                "transformer depth {} width {} heads {}",
+                c.var.depth, c.var.embed_dim, c.var.num_heads
+            );
+            println!(
+                "patch_nums {:?} phi {:?}",
+                c.patch_nums.as_slice(),
+                c.phi_index.as_slice()
+            );
             if let Some(n) = m.meta("class_names") {
                 println!("classes: {n}");
             }
@@ -119,10 +141,16 @@ fn run(cli: Cli) -> Result<(), String> {
             output,
         } => {
             let bytes = load(&model)?;
-            let name = model.as_ref().map_or("<built-in>".to_string(), |p| p.display().to_string());
+            let name = model
+                .as_ref()
+                .map_or("<built-in>".to_string(), |p| p.display().to_string());
             let m = Model::from_bytes(bytes.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
             let label = m.class_index(&class).ok_or_else(|| {
-                format!("unknown class {class:?} (use a number 0..{} or one of: {})", m.config.var.num_classes, m.meta("class_names").unwrap_or("<no names stored>"))
+                format!(
+                    "unknown class {class:?} (use a number 0..{} or one of: {})",
+                    m.config.var.num_classes,
+                    m.meta("class_names").unwrap_or("<no names stored>")
+                )
             })?;
             if count == 0 || count > 4096 {
                 return Err("--count must be in 1..=4096".into());
@@ -134,7 +162,11 @@ fn run(cli: Cli) -> Result<(), String> {
             let opts = SampleOptions {
                 label,
                 cfg,
-                guidance: if cfg == 0.0 { Guidance::Off } else { Guidance::Linear },
+                guidance: if cfg == 0.0 {
+                    Guidance::Off
+                } else {
+                    Guidance::Linear
+                },
                 top_k: top_k.unwrap_or(900.min(m.config.vae.vocab_size)),
                 top_p,
                 temperature,
@@ -150,16 +182,24 @@ fn run(cli: Cli) -> Result<(), String> {
             let steps = sched.len() as u64 * count as u64;
             let bar = if std::io::stderr().is_terminal() {
                 let b = ProgressBar::new(steps);
-                b.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} scales {elapsed_precise} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{bar:40} {pos}/{len} scales {elapsed_precise} eta {eta}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
                 b
             } else {
                 ProgressBar::hidden()
             };
-            let cores = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+            let cores = threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+                .max(1);
             // Images in parallel when there are enough of them, else threads inside each image.
             let threads = cores.min(count);
             let inner = srdd_core::parallel::StdThreads((cores / threads).max(1));
-            let results: Mutex<Vec<Option<Result<srdd::Image, srdd_core::Error>>>> = Mutex::new((0..count).map(|_| None).collect());
+            let results: Mutex<Vec<Option<Result<srdd::Image, srdd_core::Error>>>> =
+                Mutex::new((0..count).map(|_| None).collect());
             let next = Mutex::new(0usize);
             std::thread::scope(|s| {
                 for _ in 0..threads {
@@ -188,10 +228,19 @@ fn run(cli: Cli) -> Result<(), String> {
                     None => return Err("internal: an image was not produced".into()),
                 }
             }
-            let img = if images.len() == 1 { images.pop().unwrap() } else { grid(&images, 2) };
+            let img = if images.len() == 1 {
+                images.pop().unwrap()
+            } else {
+                grid(&images, 2)
+            };
             let png = png_bytes(&img).map_err(|e| e.to_string())?;
             write_atomic(&output, &png).map_err(|e| format!("{}: {e}", output.display()))?;
-            eprintln!("wrote {} ({}x{}, class {label}, seed {seed})", output.display(), img.side, img.side);
+            eprintln!(
+                "wrote {} ({}x{}, class {label}, seed {seed})",
+                output.display(),
+                img.width,
+                img.height
+            );
             Ok(())
         }
     }

@@ -1,3 +1,4 @@
+#![allow(clippy::needless_range_loop)]
 //! Greedy sample with an `.srdd` model and compare against a reference written by
 //! `tools/scripts/official_reference.py sample` (keys `idx_{si}`, `fhat_{si}`, `image`).
 //! Prints per-scale token agreement, f_hat and image error, and wall times.
@@ -54,15 +55,30 @@ fn main() {
         top_p: 0.0,
         temperature: 1.0,
         seed: 0,
-        attention: if a[5] == "causal" { Attention::Causal } else { Attention::Markov },
+        attention: if a[5] == "causal" {
+            Attention::Causal
+        } else {
+            Attention::Markov
+        },
     };
     let sched = Schedule::full(&model.config);
     let plan = Plan::new(&model.config, &opts, &sched).unwrap();
     let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
-    let threads = std::env::var("SRDD_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let threads = std::env::var("SRDD_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     let par = srdd_core::parallel::StdThreads(threads);
-    let mut gen = Generator::with_parallel(&model, opts, sched.clone(), arena.as_bytes_mut(), &par).unwrap();
-    let mut cap = Cap { forced: None, guided: vec![], tokens: vec![], fhat: vec![], t: Instant::now(), times: vec![] };
+    let mut gen =
+        Generator::with_parallel(&model, opts, sched.clone(), arena.as_bytes_mut(), &par).unwrap();
+    let mut cap = Cap {
+        forced: None,
+        guided: vec![],
+        tokens: vec![],
+        fhat: vec![],
+        t: Instant::now(),
+        times: vec![],
+    };
     gen.run(&mut cap).unwrap();
     let t_var = cap.t.elapsed().as_secs_f64();
     let side = model.config.image_side();
@@ -77,28 +93,86 @@ fn main() {
     })
     .unwrap();
     let t_dec = t1.elapsed().as_secs_f64();
-    let f32s = |k: &str| -> Vec<f32> { st.tensor(k).unwrap().data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect() };
-    let i64s = |k: &str| -> Vec<i64> { st.tensor(k).unwrap().data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect() };
-    println!("arena {} bytes ({:.1} MiB), load+validate {:.2} s", plan.arena_bytes(), plan.arena_bytes() as f64 / 1048576.0, load);
+    let f32s = |k: &str| -> Vec<f32> {
+        st.tensor(k)
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let i64s = |k: &str| -> Vec<i64> {
+        st.tensor(k)
+            .unwrap()
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    println!(
+        "arena {} bytes ({:.1} MiB), load+validate {:.2} s",
+        plan.arena_bytes(),
+        plan.arena_bytes() as f64 / 1048576.0,
+        load
+    );
     for k in 0..sched.len() {
         let want = i64s(&format!("idx_{k}"));
-        let bad = cap.tokens[k].iter().zip(&want).filter(|(a, b)| **a as i64 != **b).count();
+        let bad = cap.tokens[k]
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| **a as i64 != **b)
+            .count();
         let fw = f32s(&format!("fhat_{k}"));
-        let md = cap.fhat[k].iter().zip(&fw).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        println!("scale {k}: {bad}/{} tokens differ, f_hat max|d| {md:.2e}, t={:.2}s", want.len(), cap.times[k]);
+        let md = cap.fhat[k]
+            .iter()
+            .zip(&fw)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        println!(
+            "scale {k}: {bad}/{} tokens differ, f_hat max|d| {md:.2e}, t={:.2}s",
+            want.len(),
+            cap.times[k]
+        );
     }
     let iw = f32s("image");
-    let md = img.iter().zip(&iw).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    let mse: f64 = img.iter().zip(&iw).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>() / img.len() as f64;
+    let md = img
+        .iter()
+        .zip(&iw)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let mse: f64 = img
+        .iter()
+        .zip(&iw)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum::<f64>()
+        / img.len() as f64;
     println!("image max|d| {md:.2e}, psnr {:.1} dB", -10.0 * mse.log10());
-    println!("transformer {t_var:.2} s, decoder {t_dec:.2} s, total {:.2} s", t_var + t_dec);
+    println!(
+        "transformer {t_var:.2} s, decoder {t_dec:.2} s, total {:.2} s",
+        t_var + t_dec
+    );
     if std::env::var_os("SRDD_FORCED").is_none() {
         return;
     }
     // Forced run: the reference's tokens are fed; compare guided logits and greedy choices.
-    let want: Vec<Vec<u32>> = (0..sched.len()).map(|k| i64s(&format!("idx_{k}")).iter().map(|&x| x as u32).collect()).collect();
-    let mut gen = Generator::with_parallel(&model, opts, sched.clone(), arena.as_bytes_mut(), &par).unwrap();
-    let mut cap = Cap { forced: Some(want.clone()), guided: vec![], tokens: vec![], fhat: vec![], t: Instant::now(), times: vec![] };
+    let want: Vec<Vec<u32>> = (0..sched.len())
+        .map(|k| {
+            i64s(&format!("idx_{k}"))
+                .iter()
+                .map(|&x| x as u32)
+                .collect()
+        })
+        .collect();
+    let mut gen =
+        Generator::with_parallel(&model, opts, sched.clone(), arena.as_bytes_mut(), &par).unwrap();
+    let mut cap = Cap {
+        forced: Some(want.clone()),
+        guided: vec![],
+        tokens: vec![],
+        fhat: vec![],
+        t: Instant::now(),
+        times: vec![],
+    };
     gen.run(&mut cap).unwrap();
     let v = model.config.vae.vocab_size as usize;
     let (mut agree, mut total) = (0, 0);
@@ -119,7 +193,14 @@ fn main() {
         }
         agree += a;
         total += want[k].len();
-        println!("forced scale {k}: greedy agrees {a}/{}, logit err max {md:.3} rms {:.4}", want[k].len(), (sq / lg.len() as f64).sqrt());
+        println!(
+            "forced scale {k}: greedy agrees {a}/{}, logit err max {md:.3} rms {:.4}",
+            want[k].len(),
+            (sq / lg.len() as f64).sqrt()
+        );
     }
-    println!("forced: greedy agrees {agree}/{total} ({:.1}%)", 100.0 * agree as f64 / total as f64);
+    println!(
+        "forced: greedy agrees {agree}/{total} ({:.1}%)",
+        100.0 * agree as f64 / total as f64
+    );
 }

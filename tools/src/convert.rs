@@ -3,8 +3,13 @@
 //! write the file (layout in [`srdd_core::format`]).
 
 use crate::checkpoint::{DType, StateDict};
-use srdd_core::config::{official_phi_index, Attention, ModelConfig, VaeConfig, VarConfig, WeightFormat, MAX_SCALES};
-use srdd_core::format::{align_up, checksum64, Header, TensorDType, TensorEntry, FORMAT_VERSION, MAGIC, PREFIX_LEN, TENSOR_ALIGN};
+use srdd_core::config::{
+    official_phi_index, Attention, ModelConfig, VaeConfig, VarConfig, WeightFormat, MAX_SCALES,
+};
+use srdd_core::format::{
+    align_up, file_checksum, Header, TensorDType, TensorEntry, FORMAT_VERSION, MAGIC, PREFIX_LEN,
+    TENSOR_ALIGN,
+};
 use srdd_core::weights::{TensorSource, Weight};
 use srdd_core::Weights;
 use std::collections::{BTreeMap, BTreeSet};
@@ -128,7 +133,11 @@ fn phi_naming(vae: &StateDict) -> (PhiNaming, usize) {
 }
 
 /// Infers every hyper-parameter from key names and shapes.
-pub fn infer_config(var: &StateDict, vae: &StateDict, opts: &PackOptions) -> Result<ModelConfig, ConvertError> {
+pub fn infer_config(
+    var: &StateDict,
+    vae: &StateDict,
+    opts: &PackOptions,
+) -> Result<ModelConfig, ConvertError> {
     let infer = |s: &str| ConvertError::Infer(s.to_string());
     let we = need(var, "word_embed.weight")?;
     let (c, cvae) = (we[0], we[1]);
@@ -136,19 +145,29 @@ pub fn infer_config(var: &StateDict, vae: &StateDict, opts: &PackOptions) -> Res
     if depth == 0 {
         return Err(infer("no `blocks.N.` keys in the VAR checkpoint"));
     }
-    let attn_l2_norm = var.get("blocks.0.attn.scale_mul_1H11").is_some();
-    let heads = if attn_l2_norm {
-        need(var, "blocks.0.attn.scale_mul_1H11")?[1]
-    } else {
-        (c / 64).max(1)
+    // L2-normalised attention if any block has the learned scale; the others must have it too
+    // (a missing one is then reported by name).
+    let scale_key = (0..depth)
+        .map(|i| format!("blocks.{i}.attn.scale_mul_1H11"))
+        .find(|k| var.get(k).is_some());
+    let attn_l2_norm = scale_key.is_some();
+    let heads = match &scale_key {
+        Some(k) => *need(var, k)?
+            .get(1)
+            .ok_or_else(|| infer("scale_mul_1H11 must be (1, H, 1, 1)"))?,
+        None => (c / 64).max(1),
     };
     let ffn = need(var, "blocks.0.ffn.fc1.weight")?[0];
     let classes = need(var, "class_emb.weight")?[0];
     if classes < 2 {
-        return Err(infer("class_emb needs at least one class plus the null class"));
+        return Err(infer(
+            "class_emb needs at least one class plus the null class",
+        ));
     }
     let pos = need(var, "pos_1LC")?;
-    let seq_len = *pos.get(1).ok_or_else(|| infer("pos_1LC must be (1, L, C)"))?;
+    let seq_len = *pos
+        .get(1)
+        .ok_or_else(|| infer("pos_1LC must be (1, L, C)"))?;
     let sn = need(var, "lvl_embed.weight")?[0];
     let vocab = need(var, "head.weight")?[0];
     let cb = need(vae, "quantize.embedding.weight")?;
@@ -170,7 +189,9 @@ pub fn infer_config(var: &StateDict, vae: &StateDict, opts: &PackOptions) -> Res
     let mut ch_mult = heapless::Vec::new();
     for w in &widths {
         if w % ch != 0 {
-            return Err(infer("decoder level widths are not multiples of the level-0 width"));
+            return Err(infer(
+                "decoder level widths are not multiples of the level-0 width",
+            ));
         }
         ch_mult
             .push((w / ch) as u32)
@@ -180,10 +201,16 @@ pub fn infer_config(var: &StateDict, vae: &StateDict, opts: &PackOptions) -> Res
     if dec_blocks < 2 {
         return Err(infer("decoder levels need at least two ResBlocks"));
     }
-    let using_sa = vae.get(&format!("decoder.up.{}.attn.0.norm.weight", levels - 1)).is_some();
+    let using_sa = vae
+        .get(&format!("decoder.up.{}.attn.0.norm.weight", levels - 1))
+        .is_some();
     let using_mid_sa = vae.get("decoder.mid.attn_1.norm.weight").is_some();
     let (_, num_phi) = phi_naming(vae);
-    let has_encoder = opts.encoder && vae.get("encoder.conv_in.weight").is_some();
+    // Any encoder key means the encoder is meant to be there (missing pieces are then reported).
+    let has_encoder = opts.encoder
+        && vae
+            .keys()
+            .any(|k| k.starts_with("encoder.") || k.starts_with("quant_conv."));
 
     let patch_nums: Vec<u16> = match &opts.patch_nums {
         Some(p) => p.clone(),
@@ -251,7 +278,11 @@ pub struct CatalogEntry {
 struct Recorder(Vec<CatalogEntry>);
 
 impl TensorSource<'static> for Recorder {
-    fn float(&mut self, name: fmt::Arguments<'_>, shape: &[usize]) -> srdd_core::Result<&'static [f32]> {
+    fn float(
+        &mut self,
+        name: fmt::Arguments<'_>,
+        shape: &[usize],
+    ) -> srdd_core::Result<&'static [f32]> {
         self.0.push(CatalogEntry {
             name: name.to_string(),
             shape: shape.to_vec(),
@@ -259,7 +290,11 @@ impl TensorSource<'static> for Recorder {
         });
         Ok(&[])
     }
-    fn weight(&mut self, name: fmt::Arguments<'_>, shape: &[usize]) -> srdd_core::Result<Weight<'static>> {
+    fn weight(
+        &mut self,
+        name: fmt::Arguments<'_>,
+        shape: &[usize],
+    ) -> srdd_core::Result<Weight<'static>> {
         self.0.push(CatalogEntry {
             name: name.to_string(),
             shape: shape.to_vec(),
@@ -277,16 +312,25 @@ pub fn catalog(cfg: &ModelConfig) -> Result<Vec<CatalogEntry>, ConvertError> {
 }
 
 fn is_vae_key(name: &str) -> bool {
-    ["encoder.", "decoder.", "quantize.", "quant_conv.", "post_quant_conv."]
-        .iter()
-        .any(|p| name.starts_with(p))
+    [
+        "encoder.",
+        "decoder.",
+        "quantize.",
+        "quant_conv.",
+        "post_quant_conv.",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
 }
 
 /// Official key holding canonical tensor `name`.
 fn official_key(name: &str, naming: PhiNaming) -> String {
     if let Some(rest) = name.strip_prefix("quantize.quant_resi.qresi_ls.") {
         return match naming {
-            PhiNaming::Shared => format!("quantize.quant_resi.qresi.{}", rest.split_once('.').map_or("", |x| x.1)),
+            PhiNaming::Shared => format!(
+                "quantize.quant_resi.qresi.{}",
+                rest.split_once('.').map_or("", |x| x.1)
+            ),
             PhiNaming::NonShared => format!("quantize.quant_resi.{rest}"),
             _ => name.to_string(),
         };
@@ -322,7 +366,10 @@ pub fn quantize_rows(values: &[f32], rows: usize) -> (Vec<i8>, Vec<f32>) {
         let s = amax / 127.0;
         scales.push(s);
         let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-        q.extend(row.iter().map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8));
+        q.extend(
+            row.iter()
+                .map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8),
+        );
     }
     (q, scales)
 }
@@ -371,7 +418,11 @@ pub fn pack(var: &StateDict, vae: &StateDict, opts: &PackOptions) -> Result<Vec<
         }
         let values = t.to_f32()?;
         let phi = e.name.starts_with("quantize.quant_resi.");
-        let fmt = if e.is_weight && !phi { cfg.weights } else { WeightFormat::F32 };
+        let fmt = if e.is_weight && !phi {
+            cfg.weights
+        } else {
+            WeightFormat::F32
+        };
         packed.push(match fmt {
             WeightFormat::F32 => Packed {
                 name: e.name.clone(),
@@ -393,7 +444,11 @@ pub fn pack(var: &StateDict, vae: &StateDict, opts: &PackOptions) -> Result<Vec<
             WeightFormat::Int8 => {
                 // Conv weights go to [cout, kh, cin, kw]: one kernel row = one contiguous vector
                 // (the layout the int8 conv kernel dots against unfolded input rows).
-                let values = if e.shape.len() == 4 { conv_to_row_major_kernel(&values, &e.shape) } else { values };
+                let values = if e.shape.len() == 4 {
+                    conv_to_row_major_kernel(&values, &e.shape)
+                } else {
+                    values
+                };
                 let (q, s) = quantize_rows(&values, e.shape[0]);
                 Packed {
                     name: e.name.clone(),
@@ -413,12 +468,18 @@ pub fn pack(var: &StateDict, vae: &StateDict, opts: &PackOptions) -> Result<Vec<
         for (k, t) in sd.iter() {
             if used.contains(&(is_vae, k.to_string())) || droppable(k) {
                 if k.ends_with(".attn.zero_k_bias") && t.to_f32()?.iter().any(|v| *v != 0.0) {
-                    return Err(ConvertError::Value(k.to_string(), "the k bias must be zero".into()));
+                    return Err(ConvertError::Value(
+                        k.to_string(),
+                        "the k bias must be zero".into(),
+                    ));
                 }
                 continue;
             }
             // The encoder is known; it is left out on purpose without --encoder.
-            if is_vae && !cfg.vae.has_encoder && (k.starts_with("encoder.") || k.starts_with("quant_conv.")) {
+            if is_vae
+                && !cfg.vae.has_encoder
+                && (k.starts_with("encoder.") || k.starts_with("quant_conv."))
+            {
                 continue;
             }
             unexpected.push(format!("{}{k}", if is_vae { "vae:" } else { "var:" }));
@@ -431,7 +492,10 @@ pub fn pack(var: &StateDict, vae: &StateDict, opts: &PackOptions) -> Result<Vec<
     let mut meta = format!("converter=srdd-tools {}\n", env!("CARGO_PKG_VERSION"));
     for (k, v) in &opts.metadata {
         if k.contains('=') || k.contains('\n') || v.contains('\n') {
-            return Err(ConvertError::Value(k.clone(), "metadata keys/values must be single-line, keys without '='".into()));
+            return Err(ConvertError::Value(
+                k.clone(),
+                "metadata keys/values must be single-line, keys without '='".into(),
+            ));
         }
         meta.push_str(&format!("{k}={v}\n"));
     }
@@ -492,8 +556,9 @@ fn write_file(cfg: &ModelConfig, packed: &[Packed], metadata: &str) -> Vec<u8> {
             out[o..o + s.len()].copy_from_slice(s);
         }
     }
-    out[data_start + meta_offset..data_start + meta_offset + metadata.len()].copy_from_slice(metadata.as_bytes());
-    let sum = checksum64(&out[PREFIX_LEN..]);
+    out[data_start + meta_offset..data_start + meta_offset + metadata.len()]
+        .copy_from_slice(metadata.as_bytes());
+    let sum = file_checksum(&out);
     out[24..32].copy_from_slice(&sum.to_le_bytes());
     out
 }

@@ -19,14 +19,20 @@ pub fn arena_table(model: &Model<'_>) -> Vec<(String, usize)> {
             o.guidance = g;
             if let Ok(p) = Plan::new(cfg, &o, &full) {
                 rows.push((format!("sample {an} {gn}"), p.arena_bytes()));
-                rows.push((format!("  persistent (of which KV cache {})", p.kv_cache_bytes), p.persistent_bytes));
+                rows.push((
+                    format!("  persistent (of which KV cache {})", p.kv_cache_bytes),
+                    p.persistent_bytes,
+                ));
                 rows.push(("  per-scale step scratch".to_string(), p.step_bytes));
                 rows.push(("  decoder scratch".to_string(), p.decode_bytes));
             }
         }
     }
     if cfg.vae.has_encoder {
-        rows.push(("tokenize (encode + quantize)".into(), tokenize::tokenize_bytes(model, &full)));
+        rows.push((
+            "tokenize (encode + quantize)".into(),
+            tokenize::tokenize_bytes(model, &full),
+        ));
     }
     rows.push(("decode only".into(), vae::decoder_scratch_bytes(cfg)));
     rows
@@ -39,7 +45,8 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
     let mut entries = Vec::new();
     let mut table = file.table;
     for _ in 0..file.header.tensor_count {
-        let (e, rest) = postcard::take_from_bytes::<TensorEntry<'_>>(table).map_err(|_| srdd_core::Error::BadHeader)?;
+        let (e, rest) = postcard::take_from_bytes::<TensorEntry<'_>>(table)
+            .map_err(|_| srdd_core::Error::BadHeader)?;
         table = rest;
         entries.push(e);
     }
@@ -61,23 +68,50 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
     let mut s = String::new();
     let v = &cfg.var;
     let q = &cfg.vae;
-    let _ = writeln!(s, "file: {} bytes, format v{}", bytes.len(), srdd_core::format::FORMAT_VERSION);
-    let _ = writeln!(s, "weights: {:?}   default attention: {:?}", cfg.weights, cfg.attention);
+    let _ = writeln!(
+        s,
+        "file: {} bytes, format v{}",
+        bytes.len(),
+        srdd_core::format::FORMAT_VERSION
+    );
+    let _ = writeln!(
+        s,
+        "weights: {:?}   default attention: {:?}",
+        cfg.weights, cfg.attention
+    );
     let _ = writeln!(
         s,
         "VAR: depth {} width {} heads {} ffn {} classes {} (+null) shared_aln {} l2_attn {} L {}",
-        v.depth, v.embed_dim, v.num_heads, v.ffn_hidden, v.num_classes, v.shared_aln, v.attn_l2_norm, v.seq_len
+        v.depth,
+        v.embed_dim,
+        v.num_heads,
+        v.ffn_hidden,
+        v.num_classes,
+        v.shared_aln,
+        v.attn_l2_norm,
+        v.seq_len
     );
     let _ = writeln!(
         s,
         "VQVAE: V {} Cvae {} ch {} ch_mult {:?} res_blocks {} sa {} mid_sa {} phi {} (ratio {}) encoder {}",
         q.vocab_size, q.cvae, q.ch, q.ch_mult.as_slice(), q.num_res_blocks, q.using_sa, q.using_mid_sa, q.num_phi, q.quant_resi, q.has_encoder
     );
-    let _ = writeln!(s, "image {}x{} px, latent {}x{}", cfg.image_side(), cfg.image_side(), cfg.latent_side(), cfg.latent_side());
+    let _ = writeln!(
+        s,
+        "image {}x{} px, latent {}x{}",
+        cfg.image_side(),
+        cfg.image_side(),
+        cfg.latent_side(),
+        cfg.latent_side()
+    );
     let _ = writeln!(s, "patch_nums {:?}", cfg.patch_nums.as_slice());
     let _ = writeln!(s, "phi_index  {:?}", cfg.phi_index.as_slice());
     let _ = writeln!(s, "\ntensors ({}):", entries.len());
-    let _ = writeln!(s, "  {:<48} {:>5} {:>22} {:>12} {:>12}", "name", "dtype", "shape", "offset", "bytes");
+    let _ = writeln!(
+        s,
+        "  {:<48} {:>5} {:>22} {:>12} {:>12}",
+        "name", "dtype", "shape", "offset", "bytes"
+    );
     for e in &entries {
         let _ = writeln!(
             s,
@@ -91,7 +125,13 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
     }
     let _ = writeln!(s, "\narena bytes per operation (exact):");
     for (k, b) in &arena {
-        let _ = writeln!(s, "  {:<44} {:>14} ({:.2} MiB)", k, b, *b as f64 / 1048576.0);
+        let _ = writeln!(
+            s,
+            "  {:<44} {:>14} ({:.2} MiB)",
+            k,
+            b,
+            *b as f64 / 1048576.0
+        );
     }
     Ok(s)
 }

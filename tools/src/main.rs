@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "srdd-tools", version, about = "Convert, inspect and verify srdd models")]
+#[command(
+    name = "srdd-tools",
+    version,
+    about = "Convert, inspect and verify srdd models"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -100,8 +104,10 @@ fn run(cli: Cli) -> Result<bool, String> {
             output,
         } => {
             let t0 = Instant::now();
-            let var_sd = read_state_dict(&var, Role::Var).map_err(|e| format!("{}: {e}", var.display()))?;
-            let vae_sd = read_state_dict(&vae, Role::Vae).map_err(|e| format!("{}: {e}", vae.display()))?;
+            let var_sd =
+                read_state_dict(&var, Role::Var).map_err(|e| format!("{}: {e}", var.display()))?;
+            let vae_sd =
+                read_state_dict(&vae, Role::Vae).map_err(|e| format!("{}: {e}", vae.display()))?;
             let opts = PackOptions {
                 weights: weights.into(),
                 patch_nums,
@@ -110,7 +116,9 @@ fn run(cli: Cli) -> Result<bool, String> {
                     Attn::Causal => Attention::Causal,
                 },
                 encoder: !no_encoder,
-                metadata: class_names.map(|c| vec![("class_names".to_string(), c)]).unwrap_or_default(),
+                metadata: class_names
+                    .map(|c| vec![("class_names".to_string(), c)])
+                    .unwrap_or_default(),
                 ..PackOptions::default()
             };
             let bytes = pack(&var_sd, &vae_sd, &opts).map_err(|e| e.to_string())?;
@@ -118,21 +126,35 @@ fn run(cli: Cli) -> Result<bool, String> {
             let tmp = output.with_extension("srdd.partial");
             std::fs::write(&tmp, &bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
             std::fs::rename(&tmp, &output).map_err(|e| format!("{}: {e}", output.display()))?;
-            eprintln!("wrote {} ({} bytes) in {:.2} s", output.display(), bytes.len(), t0.elapsed().as_secs_f64());
+            eprintln!(
+                "wrote {} ({} bytes) in {:.2} s",
+                output.display(),
+                bytes.len(),
+                t0.elapsed().as_secs_f64()
+            );
             Ok(true)
         }
         Cmd::Inspect { file, json } => {
-            let bytes = AlignedBytes::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-            let s = srdd_tools::inspect::report(bytes.as_bytes(), json).map_err(|e| format!("{}: {e}", file.display()))?;
+            let bytes =
+                AlignedBytes::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let s = srdd_tools::inspect::report(bytes.as_bytes(), json)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
             println!("{s}");
             Ok(true)
         }
         Cmd::Parity { fixture, weights } => {
-            let rows = srdd_tools::parity::run_fixture(&fixture, weights.into()).map_err(|e| format!("{}: {e}", fixture.display()))?;
+            let rows = srdd_tools::parity::run_fixture(&fixture, weights.into())
+                .map_err(|e| format!("{}: {e}", fixture.display()))?;
             let (mut p, mut f) = (0, 0);
             println!("{:<24} {:<6} {:<40} metric", "case", "result", "tolerance");
             for r in &rows {
-                println!("{:<24} {:<6} {:<40} {}", r.id, if r.pass { "pass" } else { "FAIL" }, r.tolerance, r.metric);
+                println!(
+                    "{:<24} {:<6} {:<40} {}",
+                    r.id,
+                    if r.pass { "pass" } else { "FAIL" },
+                    r.tolerance,
+                    r.metric
+                );
                 if r.pass {
                     p += 1
                 } else {

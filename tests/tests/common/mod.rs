@@ -1,0 +1,161 @@
+//! Shared helpers of the integration tests: fixture discovery, manifest access, packing (cached
+//! per test binary) and a small sampling driver.
+#![allow(dead_code)]
+
+use srdd_core::aligned::AlignedBytes;
+use srdd_core::generate::{Generator, Plan, SampleOptions, StepHook};
+use srdd_core::{Model, Schedule, WeightFormat};
+use srdd_tools::checkpoint::{read_state_dict, Role, StateDict};
+use srdd_tools::convert::{pack, PackOptions};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// `tests/fixtures`.
+pub fn fixtures_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// Every fixture directory (one with a `manifest.json`), sorted by name.
+pub fn fixture_dirs() -> Vec<PathBuf> {
+    let root = fixtures_root();
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", root.display()))
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    assert!(!dirs.is_empty(), "no fixtures under {}", root.display());
+    for d in &dirs {
+        assert!(
+            d.join("manifest.json").is_file(),
+            "fixture directory {} has no manifest.json",
+            d.display()
+        );
+    }
+    dirs
+}
+
+/// The fixture directory called `name`.
+pub fn fixture(name: &str) -> PathBuf {
+    let d = fixtures_root().join(name);
+    assert!(d.join("manifest.json").is_file(), "missing fixture {name}");
+    d
+}
+
+/// The parsed `manifest.json` of a fixture.
+pub fn manifest(dir: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(dir.join("manifest.json")).expect("read manifest.json");
+    serde_json::from_slice(&bytes).expect("parse manifest.json")
+}
+
+/// `config.patch_nums` of a fixture's manifest.
+pub fn patch_nums(dir: &Path) -> Vec<u16> {
+    manifest(dir)["config"]["patch_nums"]
+        .as_array()
+        .expect("config.patch_nums")
+        .iter()
+        .map(|v| v.as_u64().expect("patch size") as u16)
+        .collect()
+}
+
+/// Pack options of a fixture (as the parity runner builds them).
+pub fn pack_options(dir: &Path, weights: WeightFormat) -> PackOptions {
+    let m = manifest(dir);
+    let vq = &m["config"]["vqvae"];
+    PackOptions {
+        weights,
+        patch_nums: Some(patch_nums(dir)),
+        encoder: true,
+        quant_resi: vq["quant_resi"].as_f64().unwrap_or(0.5) as f32,
+        gn_groups: vq["groupnorm_groups"].as_u64().unwrap_or(32) as u32,
+        ..PackOptions::default()
+    }
+}
+
+/// The VAR and VQVAE state dicts of a fixture (from the `.safetensors` files).
+pub fn state_dicts(dir: &Path) -> (StateDict, StateDict) {
+    let var =
+        read_state_dict(&dir.join("var.safetensors"), Role::Var).expect("read var.safetensors");
+    let vae =
+        read_state_dict(&dir.join("vae.safetensors"), Role::Vae).expect("read vae.safetensors");
+    (var, vae)
+}
+
+/// The packed `.srdd` bytes of a fixture in `weights`, 64-byte aligned; cached per test binary.
+pub fn packed(dir: &Path, weights: WeightFormat) -> Arc<AlignedBytes> {
+    type Cache = Mutex<HashMap<(PathBuf, String), Arc<OnceLock<Arc<AlignedBytes>>>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cell = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry((dir.to_path_buf(), format!("{weights:?}")))
+        .or_default()
+        .clone();
+    cell.get_or_init(|| {
+        let (var, vae) = state_dicts(dir);
+        let bytes = pack(&var, &vae, &pack_options(dir, weights)).expect("pack fixture");
+        Arc::new(AlignedBytes::new(&bytes))
+    })
+    .clone()
+}
+
+/// What a full run produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunOut {
+    /// Tokens of every step.
+    pub tokens: Vec<Vec<u32>>,
+    /// Conditional logits of every token, step by step.
+    pub logits: Vec<Vec<f32>>,
+    /// Final `f_hat`.
+    pub f_hat: Vec<f32>,
+    /// Decoded image rows, concatenated.
+    pub image: Vec<f32>,
+}
+
+/// Records tokens and conditional logits.
+#[derive(Default)]
+pub struct Recorder {
+    pub tokens: Vec<Vec<u32>>,
+    pub logits: Vec<Vec<f32>>,
+}
+
+impl StepHook for Recorder {
+    fn logits(&mut self, k: usize, _t: usize, cond: &[f32]) {
+        if self.logits.len() <= k {
+            self.logits.resize(k + 1, Vec::new());
+        }
+        self.logits[k].extend_from_slice(cond);
+    }
+    fn scale_done(&mut self, _k: usize, tokens: &[u32], _f_hat: &[f32]) {
+        self.tokens.push(tokens.to_vec());
+    }
+}
+
+/// Plans, samples every step and decodes, with an arena of exactly `Plan::arena_bytes()`.
+pub fn run_full(
+    model: &Model<'_>,
+    opts: SampleOptions,
+    sched: &Schedule,
+) -> srdd_core::Result<RunOut> {
+    let plan = Plan::new(&model.config, &opts, sched)?;
+    let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
+    let mut gen = Generator::new(model, opts, sched.clone(), arena.as_bytes_mut())?;
+    let mut rec = Recorder::default();
+    gen.run(&mut rec)?;
+    let f_hat = gen.f_hat().to_vec();
+    let mut image = Vec::new();
+    gen.decode(&mut |_y, row| image.extend_from_slice(row))?;
+    Ok(RunOut {
+        tokens: rec.tokens,
+        logits: rec.logits,
+        f_hat,
+        image,
+    })
+}
+
+/// Bit patterns of a float slice (for bit-exact comparisons that treat NaN as equal to itself).
+pub fn bits(x: &[f32]) -> Vec<u32> {
+    x.iter().map(|v| v.to_bits()).collect()
+}

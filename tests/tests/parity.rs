@@ -1,0 +1,240 @@
+//! Golden parity: every fixture under `tests/fixtures/` (discovered at run time) is packed and run
+//! through `srdd_tools::parity::run_fixture` in f32, int8 and f16.
+//!
+//! f32 rows must pass the manifest's tolerances, int8 rows the documented `INT8_BOUNDS`; f16 is
+//! not bounded yet, so it only has to run every case without an error and produce finite
+//! teacher-forcing logits.
+
+mod common;
+
+use srdd_core::WeightFormat;
+use srdd_tools::parity::{run_fixture, Row};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+fn table(rows: &[Row]) -> String {
+    rows.iter()
+        .map(|r| {
+            format!(
+                "  {:<22} {:<4} {} [{}]",
+                r.id,
+                if r.pass { "pass" } else { "FAIL" },
+                r.metric,
+                r.tolerance
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The rows of `run_fixture` for one fixture and format, computed once per test binary.
+fn cached_rows(dir: &Path, weights: WeightFormat) -> Result<Vec<Row>, String> {
+    type Cell = Arc<OnceLock<Result<Vec<Row>, String>>>;
+    static CACHE: OnceLock<Mutex<HashMap<(PathBuf, String), Cell>>> = OnceLock::new();
+    let cell = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry((dir.to_path_buf(), format!("{weights:?}")))
+        .or_default()
+        .clone();
+    cell.get_or_init(|| rows_of(dir, weights)).clone()
+}
+
+/// Runs one fixture and checks the rows cover the pack check plus every manifest case, in order.
+fn rows_of(dir: &Path, weights: WeightFormat) -> Result<Vec<Row>, String> {
+    let rows = run_fixture(dir, weights)
+        .map_err(|e| format!("{}: run_fixture failed: {e}", dir.display()))?;
+    println!("{} ({weights:?}):\n{}", dir.display(), table(&rows));
+    let m = common::manifest(dir);
+    let mut want = vec!["pack".to_string()];
+    want.extend(
+        m["cases"]
+            .as_array()
+            .expect("manifest cases")
+            .iter()
+            .map(|c| c["id"].as_str().expect("case id").to_string()),
+    );
+    let got: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    if got != want {
+        return Err(format!(
+            "{} ({weights:?}): rows {got:?} do not match the pack check plus the manifest cases {want:?}",
+            dir.display()
+        ));
+    }
+    Ok(rows)
+}
+
+/// Runs every fixture (one thread each) and returns the failures, one message per fixture.
+fn for_every_fixture(weights: WeightFormat, check: fn(&Path, &[Row]) -> Vec<String>) {
+    let dirs: Vec<PathBuf> = common::fixture_dirs();
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = dirs
+            .iter()
+            .map(|d| {
+                s.spawn(move || match cached_rows(d, weights) {
+                    Ok(rows) => {
+                        let bad = check(d, &rows);
+                        if bad.is_empty() {
+                            None
+                        } else {
+                            Some(format!(
+                                "{} ({weights:?}):\n{}\nrows:\n{}",
+                                d.display(),
+                                bad.join("\n"),
+                                table(&rows)
+                            ))
+                        }
+                    }
+                    Err(e) => Some(e),
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Some("fixture thread panicked".into()))
+            })
+            .collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "parity failures:\n{}",
+        failures.join("\n\n")
+    );
+}
+
+fn all_pass(_dir: &Path, rows: &[Row]) -> Vec<String> {
+    rows.iter()
+        .filter(|r| !r.pass)
+        .map(|r| {
+            format!(
+                "  case {} failed: {} (tolerance {})",
+                r.id, r.metric, r.tolerance
+            )
+        })
+        .collect()
+}
+
+/// A number following `key ` in a metric string.
+fn metric_value(metric: &str, key: &str) -> Option<f64> {
+    let rest = metric.split(&format!("{key} ")).nth(1)?;
+    rest.split([' ', ';', '%']).next()?.parse().ok()
+}
+
+fn f16_runs(dir: &Path, rows: &[Row]) -> Vec<String> {
+    let m = common::manifest(dir);
+    let kinds: Vec<String> = m["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .map(|c| c["kind"].as_str().unwrap_or("").to_string())
+        .collect();
+    let mut bad = Vec::new();
+    // rows[0] is the pack check, then one row per case.
+    if !rows[0].pass {
+        bad.push(format!(
+            "  pth and safetensors pack differently: {}",
+            rows[0].metric
+        ));
+    }
+    for (r, kind) in rows[1..].iter().zip(&kinds) {
+        if r.metric.contains("error") {
+            bad.push(format!("  case {} did not run: {}", r.id, r.metric));
+            continue;
+        }
+        if kind == "teacher_forced" {
+            // Non-finite logits show up as NaN KL / error statistics.
+            for key in ["kld", "max", "rms"] {
+                match metric_value(&r.metric, key) {
+                    Some(v) if v.is_finite() => {}
+                    other => bad.push(format!(
+                        "  case {}: teacher-forced {key} is {other:?}",
+                        r.id
+                    )),
+                }
+            }
+            if r.metric.contains("NaN") {
+                bad.push(format!("  case {}: NaN in {}", r.id, r.metric));
+            }
+        }
+    }
+    bad
+}
+
+#[test]
+fn every_fixture_passes_in_f32() {
+    for_every_fixture(WeightFormat::F32, all_pass);
+}
+
+#[test]
+fn every_fixture_meets_the_int8_bounds() {
+    for_every_fixture(WeightFormat::Int8, all_pass);
+}
+
+/// A regression guard well inside `INT8_BOUNDS`: int8 teacher forcing measures a mean KL of
+/// about 0.0007 nats on these fixtures, while an engine that silently ran the Markov mask for
+/// the causal cases still passes the documented bound (KL 0.010–0.018, top-1 ≥ 89%). Holding
+/// int8 to 0.005 nats and 95% top-1 keeps such a mistake visible.
+fn int8_teacher_forcing_is_tight(dir: &Path, rows: &[Row]) -> Vec<String> {
+    let kinds: Vec<String> = common::manifest(dir)["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .map(|c| c["kind"].as_str().unwrap_or("").to_string())
+        .collect();
+    let mut bad = Vec::new();
+    for (r, kind) in rows[1..].iter().zip(&kinds) {
+        if kind != "teacher_forced" {
+            continue;
+        }
+        let kld = metric_value(&r.metric, "kld").unwrap_or(f64::NAN);
+        let top1 = metric_value(&r.metric, "top1").unwrap_or(f64::NAN);
+        if !(kld <= 0.005 && top1 >= 95.0) {
+            bad.push(format!(
+                "  case {}: kld {kld} (guard 0.005), top1 {top1}% (guard 95%)",
+                r.id
+            ));
+        }
+    }
+    bad
+}
+
+#[test]
+fn int8_teacher_forcing_stays_far_inside_the_bounds() {
+    for_every_fixture(WeightFormat::Int8, int8_teacher_forcing_is_tight);
+}
+
+#[test]
+fn every_fixture_runs_in_f16() {
+    for_every_fixture(WeightFormat::F16, f16_runs);
+}
+
+#[test]
+fn the_known_fixtures_are_discovered() {
+    let names: Vec<String> = common::fixture_dirs()
+        .iter()
+        .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for want in ["tiny-official-schedule", "tiny-six-scales"] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "fixture {want} not found in {names:?}"
+        );
+    }
+}
+
+#[test]
+fn metric_parsing_finds_numbers() {
+    let m = "logits_causal: psnr 89.8 dB; top1 100.0% kld 0.0000 logit err max 0.003 rms 0.0008";
+    assert_eq!(metric_value(m, "kld"), Some(0.0));
+    assert_eq!(metric_value(m, "max"), Some(0.003));
+    assert_eq!(metric_value(m, "rms"), Some(0.0008));
+    assert_eq!(metric_value(m, "top1"), Some(100.0));
+    assert_eq!(metric_value(m, "psnr"), Some(89.8));
+    assert!(metric_value("top1 10.0% kld NaN logit", "kld")
+        .unwrap()
+        .is_nan());
+}
