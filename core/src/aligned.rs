@@ -20,9 +20,14 @@ impl AlignedBytes {
         }
     }
 
-    /// Reads a file into aligned storage.
+    /// Reads a file straight into aligned storage (no intermediate copy).
     pub fn read(path: &std::path::Path) -> std::io::Result<Self> {
-        Ok(Self::new(&std::fs::read(path)?))
+        use std::io::Read;
+        let mut f = std::fs::File::open(path)?;
+        let len = f.metadata()?.len() as usize;
+        let mut out = Self::zeroed(len);
+        f.read_exact(out.as_bytes_mut())?;
+        Ok(out)
     }
 
     /// Zeroed aligned storage of `len` bytes (an arena).

@@ -214,6 +214,113 @@ fn linear_f32_outputs(
     }
 }
 
+/// 4 × 2 int8 dot products at once (exact i32, so identical to [`dot_i8`] by construction):
+/// AVX2 sign-extends 16 values to i16 and pair-sums with `vpmaddwd`.
+#[inline]
+fn dot_i8_block(x: [&[i8]; 4], w: [&[i8]; 2], n: usize) -> [[i32; 2]; 4] {
+    for s in x.iter() {
+        assert!(s.len() >= n);
+    }
+    for s in w.iter() {
+        assert!(s.len() >= n);
+    }
+    let mut out = [[0i32; 2]; 4];
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    let done = 0;
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    // SAFETY: every 16-byte load starts at i < full ≤ n ≤ the slice's length (asserted).
+    let done = unsafe {
+        use core::arch::x86_64::*;
+        let full = n / 16 * 16;
+        let mut a = [[_mm256_setzero_si256(); 2]; 4];
+        let mut i = 0;
+        while i < full {
+            let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(w[0].as_ptr().add(i) as *const __m128i));
+            let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(w[1].as_ptr().add(i) as *const __m128i));
+            for t in 0..4 {
+                let xv =
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128(x[t].as_ptr().add(i) as *const __m128i));
+                a[t][0] = _mm256_add_epi32(a[t][0], _mm256_madd_epi16(xv, w0));
+                a[t][1] = _mm256_add_epi32(a[t][1], _mm256_madd_epi16(xv, w1));
+            }
+            i += 16;
+        }
+        for t in 0..4 {
+            for o in 0..2 {
+                let mut lanes = [0i32; 8];
+                _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, a[t][o]);
+                out[t][o] = lanes.iter().sum();
+            }
+        }
+        full
+    };
+    for t in 0..4 {
+        for o in 0..2 {
+            out[t][o] += dot_i8(&x[t][done..n], &w[o][done..n]);
+        }
+    }
+    out
+}
+
+/// Output columns `o0..o1` of an int8 Linear on pre-quantized activations `qx` (scales `sx`).
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn linear_i8_outputs(
+    qx: &[i8],
+    sx: &[f32],
+    n: usize,
+    din: usize,
+    dout: usize,
+    w: &[i8],
+    scales: &[f32],
+    b: Option<&[f32]>,
+    o0: usize,
+    o1: usize,
+    y: &SharedMut<'_, f32>,
+) {
+    let xr = |t: usize| &qx[t * din..(t + 1) * din];
+    let wr = |o: usize| &w[o * din..(o + 1) * din];
+    let o_even = o0 + (o1 - o0) / 2 * 2;
+    for t0 in (0..n).step_by(TOKEN_BLOCK) {
+        let t1 = (t0 + TOKEN_BLOCK).min(n);
+        let t4 = t0 + (t1 - t0) / 4 * 4;
+        for o in (o0..o_even).step_by(2) {
+            let bo: [f32; 2] = match b {
+                Some(b) => [b[o], b[o + 1]],
+                None => [0.0; 2],
+            };
+            let so = [scales[o], scales[o + 1]];
+            for t in (t0..t4).step_by(4) {
+                let r = dot_i8_block(
+                    [xr(t), xr(t + 1), xr(t + 2), xr(t + 3)],
+                    [wr(o), wr(o + 1)],
+                    din,
+                );
+                for (dt, row) in r.iter().enumerate() {
+                    for (dq, acc) in row.iter().enumerate() {
+                        // SAFETY: output columns o0..o1 belong to the calling task only.
+                        unsafe {
+                            y.set(
+                                (t + dt) * dout + o + dq,
+                                *acc as f32 * (sx[t + dt] * so[dq]) + bo[dq],
+                            )
+                        };
+                    }
+                }
+            }
+        }
+        for o in o0..o1 {
+            let bo = b.map_or(0.0, |b| b[o]);
+            let ts = if o < o_even { t4 } else { t0 };
+            for t in ts..t1 {
+                let acc = dot_i8(xr(t), wr(o));
+                // SAFETY: as above.
+                unsafe { y.set(t * dout + o, acc as f32 * (sx[t] * scales[o]) + bo) };
+            }
+        }
+    }
+}
+
 /// `y[t] = x[t] Wᵀ + b` for `n` rows; x is `n × in_dim`, y is `n × out_dim`, both row-major.
 /// int8 weights use int8 activations quantized per row and i32 accumulation. Output channels are
 /// split across `par`'s tasks; every value is computed exactly as the sequential loop would.
@@ -258,18 +365,7 @@ pub fn linear(
             let (qx, sx) = (&*qx, &*sx);
             par.run(tasks, &|i| {
                 let (o0, o1) = split(dout, par.width() * 4, 16, i);
-                for t0 in (0..n).step_by(TOKEN_BLOCK) {
-                    let t1 = (t0 + TOKEN_BLOCK).min(n);
-                    for o in o0..o1 {
-                        let row = &w[o * din..(o + 1) * din];
-                        let so = scales[o];
-                        for t in t0..t1 {
-                            let acc = dot_i8(&qx[t * din..(t + 1) * din], row);
-                            // SAFETY: output column o belongs to this task only.
-                            unsafe { y.set(t * dout + o, acc as f32 * (sx[t] * so) + bias(o)) };
-                        }
-                    }
-                }
+                linear_i8_outputs(qx, sx, n, din, dout, w, scales, l.b, o0, o1, &y);
             });
         }
     }
@@ -849,22 +945,54 @@ pub fn conv2d(
             let (unfold, rs) = (&*unfold, &*rs);
             par.run(tasks, &|task| {
                 let (c0, c1) = split(cout, par.width() * 2, 1, task);
-                for co in c0..c1 {
-                    // SAFETY: output plane co belongs to this task only.
-                    let plane = unsafe { y.slice(co * plane_len, plane_len) };
+                let wrow = |co: usize, ky: usize| &wq[(co * k + ky) * kk..(co * k + ky + 1) * kk];
+                let mut co = c0;
+                while co < c1 {
+                    // Two output channels at a time share every unfolded patch row they read.
+                    let pair = co + 1 < c1;
                     for oy in 0..ho {
-                        let yrow = &mut plane[oy * wo..(oy + 1) * wo];
-                        yrow.iter_mut().for_each(|v| *v = c.b[co]);
+                        for cc in co..co + if pair { 2 } else { 1 } {
+                            // SAFETY: output plane cc belongs to this task only.
+                            let yrow = unsafe { y.slice(cc * plane_len + oy * wo, wo) };
+                            yrow.iter_mut().for_each(|v| *v = c.b[cc]);
+                        }
                         for ky in 0..k {
                             let Some(iy) = iy_of(oy, ky) else { continue };
-                            let sc = rs[iy] * scales[co];
-                            let wrow = &wq[(co * k + ky) * kk..(co * k + ky + 1) * kk];
                             let urow = &unfold[iy * wo * kk..(iy + 1) * wo * kk];
-                            for (ox, o) in yrow.iter_mut().enumerate() {
-                                *o += dot_i8(&urow[ox * kk..(ox + 1) * kk], wrow) as f32 * sc;
+                            let u = |ox: usize| &urow[ox * kk..(ox + 1) * kk];
+                            let sc0 = rs[iy] * scales[co];
+                            // SAFETY: output planes co (and co + 1) belong to this task only.
+                            let y0 = unsafe { y.slice(co * plane_len + oy * wo, wo) };
+                            if pair {
+                                let sc1 = rs[iy] * scales[co + 1];
+                                // SAFETY: as above.
+                                let y1 = unsafe { y.slice((co + 1) * plane_len + oy * wo, wo) };
+                                let (w0, w1) = (wrow(co, ky), wrow(co + 1, ky));
+                                let ox4 = wo / 4 * 4;
+                                for ox in (0..ox4).step_by(4) {
+                                    let r = dot_i8_block(
+                                        [u(ox), u(ox + 1), u(ox + 2), u(ox + 3)],
+                                        [w0, w1],
+                                        kk,
+                                    );
+                                    for j in 0..4 {
+                                        y0[ox + j] += r[j][0] as f32 * sc0;
+                                        y1[ox + j] += r[j][1] as f32 * sc1;
+                                    }
+                                }
+                                for ox in ox4..wo {
+                                    y0[ox] += dot_i8(u(ox), w0) as f32 * sc0;
+                                    y1[ox] += dot_i8(u(ox), w1) as f32 * sc1;
+                                }
+                            } else {
+                                let w0 = wrow(co, ky);
+                                for ox in 0..wo {
+                                    y0[ox] += dot_i8(u(ox), w0) as f32 * sc0;
+                                }
                             }
                         }
                     }
+                    co += if pair { 2 } else { 1 };
                 }
             });
         }
