@@ -102,6 +102,9 @@ pub struct ModelConfig {
     pub vae: VaeConfig,
     /// Side length of each scale of the training schedule, coarse to fine.
     pub patch_nums: Vec<u16, MAX_SCALES>,
+    /// Level of each scale of `patch_nums`: its `lvl_embed` row (and, through `patch_nums`, its
+    /// `pos_1LC` slice). The identity for official models; stored so that nothing is implied.
+    pub level_index: Vec<u8, MAX_SCALES>,
     /// Phi convolution used by each scale of `patch_nums` (official tick rule, stored as data).
     pub phi_index: Vec<u8, MAX_SCALES>,
     /// Default attention policy of the file.
@@ -215,6 +218,12 @@ impl ModelConfig {
         bad(
             self.phi_index.len() != self.patch_nums.len(),
             "phi_index length differs from patch_nums",
+        )?;
+        // `lvl_embed` has one row per scale of the training schedule, in order.
+        bad(
+            self.level_index.len() != self.patch_nums.len()
+                || self.level_index.iter().enumerate().any(|(k, &l)| l as usize != k),
+            "level_index must list the scales of patch_nums in order",
         )?;
         let max_phi = q.num_phi.max(1) as u8;
         bad(

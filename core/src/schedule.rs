@@ -24,13 +24,9 @@ pub struct Schedule {
 impl Schedule {
     /// The model's own schedule, with the Phi table stored in the file.
     pub fn full(cfg: &ModelConfig) -> Schedule {
-        let mut level = Vec::new();
-        for i in 0..cfg.num_scales() {
-            let _ = level.push(i as u8);
-        }
         Schedule {
             pn: cfg.patch_nums.clone(),
-            level,
+            level: cfg.level_index.clone(),
             phi: cfg.phi_index.clone(),
         }
     }

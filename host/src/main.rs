@@ -145,6 +145,14 @@ fn run(cli: Cli) -> Result<(), String> {
                 .as_ref()
                 .map_or("<built-in>".to_string(), |p| p.display().to_string());
             let m = Model::from_bytes(bytes.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
+            if let Ok(n) = class.parse::<u32>() {
+                if n >= m.config.var.num_classes {
+                    return Err(format!(
+                        "class {n} out of range: the model has classes 0..{} (use `--class null` for the unconditional class)",
+                        m.config.var.num_classes - 1
+                    ));
+                }
+            }
             let label = m.class_index(&class).ok_or_else(|| {
                 format!(
                     "unknown class {class:?} (use a number 0..{} or one of: {})",

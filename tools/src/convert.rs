@@ -256,6 +256,7 @@ pub fn infer_config(
             has_encoder,
         },
         patch_nums: heapless::Vec::from_slice(&patch_nums).map_err(|_| infer("too many scales"))?,
+        level_index: (0..sn).map(|si| si as u8).collect(),
         phi_index,
         attention: opts.attention,
         weights: opts.weights,

@@ -104,8 +104,9 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
         cfg.latent_side(),
         cfg.latent_side()
     );
-    let _ = writeln!(s, "patch_nums {:?}", cfg.patch_nums.as_slice());
-    let _ = writeln!(s, "phi_index  {:?}", cfg.phi_index.as_slice());
+    let _ = writeln!(s, "patch_nums  {:?}", cfg.patch_nums.as_slice());
+    let _ = writeln!(s, "level_index {:?}", cfg.level_index.as_slice());
+    let _ = writeln!(s, "phi_index   {:?}", cfg.phi_index.as_slice());
     let _ = writeln!(s, "\ntensors ({}):", entries.len());
     let _ = writeln!(
         s,
