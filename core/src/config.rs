@@ -222,7 +222,11 @@ impl ModelConfig {
         // `lvl_embed` has one row per scale of the training schedule, in order.
         bad(
             self.level_index.len() != self.patch_nums.len()
-                || self.level_index.iter().enumerate().any(|(k, &l)| l as usize != k),
+                || self
+                    .level_index
+                    .iter()
+                    .enumerate()
+                    .any(|(k, &l)| l as usize != k),
             "level_index must list the scales of patch_nums in order",
         )?;
         let max_phi = q.num_phi.max(1) as u8;

@@ -39,6 +39,12 @@ pub struct VaeSizes {
     pub max_row: usize,
 }
 
+/// Maps a decoder value in [−1, 1] to an 8-bit channel: `round(((v + 1) / 2) · 255)`, the same
+/// on every target (used by the host PNG writer and the firmware checksum).
+pub fn to_rgb8(v: f32) -> u8 {
+    libm::roundf(((v.clamp(-1.0, 1.0) + 1.0) * 0.5) * 255.0) as u8
+}
+
 fn sizes(cfg: &ModelConfig) -> VaeSizes {
     let nl = cfg.num_levels();
     let p = cfg.latent_side();

@@ -44,10 +44,7 @@ pub struct Image {
     pub rgb: Vec<u8>,
 }
 
-/// Maps a decoder row in [−1, 1] to RGB8 as the official `(x + 1)/2` then ×255, rounded.
-pub fn to_rgb8(v: f32) -> u8 {
-    (((v.clamp(-1.0, 1.0) + 1.0) * 0.5) * 255.0).round() as u8
-}
+pub use srdd_core::vae::to_rgb8;
 
 /// Samples one image; `on_step` is called after each scale.
 /// `par` runs the kernels (e.g. [`srdd_core::parallel::StdThreads`]); results do not depend on it.

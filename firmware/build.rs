@@ -1,0 +1,10 @@
+//! Puts memory.x where cortex-m-rt's link.x finds it, and rebuilds when the model changes.
+use std::{env, fs, path::PathBuf};
+
+fn main() {
+    let out = PathBuf::from(env::var_os("OUT_DIR").unwrap());
+    fs::write(out.join("memory.x"), include_bytes!("memory.x")).unwrap();
+    println!("cargo:rustc-link-search={}", out.display());
+    println!("cargo:rerun-if-changed=memory.x");
+    println!("cargo:rerun-if-changed=../models/default-int8.srdd");
+}

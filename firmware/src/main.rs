@@ -1,0 +1,89 @@
+//! Samples one image with the embedded default model (int8) on a Cortex-M4 under QEMU, in a
+//! `static` arena, and prints the RGB8 image's checksum (FNV-1a-64) over semihosting. The host
+//! test `tests/tests/firmware.rs` computes the same checksum with the host int8 path.
+#![no_std]
+#![no_main]
+
+use cortex_m_rt::entry;
+use cortex_m_semihosting::{debug, hprintln};
+use srdd_core::generate::{Generator, Plan, SampleOptions, StepHook};
+use srdd_core::{Model, Schedule};
+
+/// `include_bytes!` has no alignment; `repr(C, align)` keeps the bytes at offset 0, 64-aligned.
+#[repr(C, align(64))]
+struct Aligned<T: ?Sized>(T);
+
+static MODEL: &Aligned<[u8]> = &Aligned(*include_bytes!("../../models/default-int8.srdd"));
+
+/// Arena capacity; the plan's exact need is checked before any work.
+const ARENA_CAP: usize = 1536 * 1024;
+#[repr(C, align(64))]
+struct Arena([u8; ARENA_CAP]);
+static mut ARENA: Arena = Arena([0; ARENA_CAP]);
+
+/// The options the host test uses too.
+const CLASS: u32 = 3;
+const SEED: u64 = 0;
+
+struct Progress;
+impl StepHook for Progress {
+    fn scale_done(&mut self, k: usize, _tokens: &[u32], _f_hat: &[f32]) {
+        hprintln!("scale {} done", k);
+    }
+}
+
+fn fnv1a(h: &mut u64, bytes: &[u8]) {
+    for b in bytes {
+        *h = (*h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+}
+
+fn run() -> Result<u64, srdd_core::Error> {
+    let model = Model::from_bytes(&MODEL.0)?;
+    let mut opts = SampleOptions::new(CLASS);
+    opts.seed = SEED;
+    opts.top_k = opts.top_k.min(model.config.vae.vocab_size);
+    let sched = Schedule::full(&model.config);
+    let need = Plan::new(&model.config, &opts, &sched)?.arena_bytes();
+    hprintln!(
+        "model {} bytes, arena {} bytes (capacity {})",
+        MODEL.0.len(),
+        need,
+        ARENA_CAP
+    );
+    // SAFETY: the only reference to ARENA, taken once in the single-threaded entry.
+    let arena = unsafe { &mut *core::ptr::addr_of_mut!(ARENA) };
+    let mut gen = Generator::new(&model, opts, sched, &mut arena.0[..need.min(ARENA_CAP)])?;
+    gen.run(&mut Progress)?;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut row8 = [0u8; 3 * 256];
+    gen.decode(&mut |_, row| {
+        for (o, v) in row8.iter_mut().zip(row) {
+            *o = srdd_core::vae::to_rgb8(*v);
+        }
+        fnv1a(&mut h, &row8[..row.len()]);
+    })?;
+    Ok(h)
+}
+
+#[entry]
+fn main() -> ! {
+    match run() {
+        Ok(h) => {
+            hprintln!("checksum=0x{:016x}", h);
+            debug::exit(debug::EXIT_SUCCESS);
+        }
+        Err(e) => {
+            hprintln!("error: {}", e);
+            debug::exit(debug::EXIT_FAILURE);
+        }
+    }
+    loop {}
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    hprintln!("PANIC: {}", info);
+    debug::exit(debug::EXIT_FAILURE);
+    loop {}
+}
