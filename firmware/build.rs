@@ -1,10 +1,40 @@
-//! Puts memory.x where cortex-m-rt's link.x finds it, and rebuilds when the model changes.
+//! Puts memory.x where cortex-m-rt's link.x finds it, and computes the exact arena of the
+//! embedded model for the firmware's options at build time: `$OUT_DIR/arena.rs` holds
+//! `const ARENA_BYTES: usize`, so the `static` arena is exactly as large as the plan needs.
+use srdd_core::aligned::AlignedBytes;
+use srdd_core::generate::{Plan, SampleOptions};
+use srdd_core::{Model, Schedule};
 use std::{env, fs, path::PathBuf};
+
+/// Must match `CLASS`/`SEED`-independent options in `src/main.rs` (the plan depends on the
+/// model, the guidance rows, the attention policy and the schedule, not on class or seed).
+fn options(model: &Model<'_>) -> SampleOptions {
+    let mut o = SampleOptions::new(0);
+    o.top_k = o.top_k.min(model.config.vae.vocab_size);
+    o
+}
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").unwrap());
     fs::write(out.join("memory.x"), include_bytes!("memory.x")).unwrap();
     println!("cargo:rustc-link-search={}", out.display());
     println!("cargo:rerun-if-changed=memory.x");
-    println!("cargo:rerun-if-changed=../models/default-int8.srdd");
+    let model_path = PathBuf::from("../models/default-int8.srdd");
+    println!("cargo:rerun-if-changed={}", model_path.display());
+    let bytes = AlignedBytes::read(&model_path).expect("read the embedded model");
+    let model = Model::from_bytes(bytes.as_bytes()).expect("the embedded model is valid");
+    let plan = Plan::new(
+        &model.config,
+        &options(&model),
+        &Schedule::full(&model.config),
+    )
+    .expect("plan");
+    fs::write(
+        out.join("arena.rs"),
+        format!(
+            "/// Exact arena bytes of one CFG sample with the embedded model (computed by build.rs).\npub const ARENA_BYTES: usize = {};\n",
+            plan.arena_bytes()
+        ),
+    )
+    .unwrap();
 }

@@ -15,11 +15,11 @@ struct Aligned<T: ?Sized>(T);
 
 static MODEL: &Aligned<[u8]> = &Aligned(*include_bytes!("../../models/default-int8.srdd"));
 
-/// Arena capacity; the plan's exact need is checked before any work.
-const ARENA_CAP: usize = 1536 * 1024;
+// `ARENA_BYTES`: the plan's exact size, computed from the model file by build.rs.
+include!(concat!(env!("OUT_DIR"), "/arena.rs"));
 #[repr(C, align(64))]
-struct Arena([u8; ARENA_CAP]);
-static mut ARENA: Arena = Arena([0; ARENA_CAP]);
+struct Arena([u8; ARENA_BYTES]);
+static mut ARENA: Arena = Arena([0; ARENA_BYTES]);
 
 /// The options the host test uses too.
 const CLASS: u32 = 3;
@@ -46,14 +46,15 @@ fn run() -> Result<u64, srdd_core::Error> {
     let sched = Schedule::full(&model.config);
     let need = Plan::new(&model.config, &opts, &sched)?.arena_bytes();
     hprintln!(
-        "model {} bytes, arena {} bytes (capacity {})",
+        "model {} bytes, arena {} bytes (static {})",
         MODEL.0.len(),
         need,
-        ARENA_CAP
+        ARENA_BYTES
     );
     // SAFETY: the only reference to ARENA, taken once in the single-threaded entry.
     let arena = unsafe { &mut *core::ptr::addr_of_mut!(ARENA) };
-    let mut gen = Generator::new(&model, opts, sched, &mut arena.0[..need.min(ARENA_CAP)])?;
+    // Exactly the static arena: the generator checks it against the plan before any work.
+    let mut gen = Generator::new(&model, opts, sched, &mut arena.0[..])?;
     gen.run(&mut Progress)?;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut row8 = [0u8; 3 * 256];
