@@ -149,6 +149,19 @@ pub struct Plan {
     pub step_bytes: usize,
     /// Scratch of the decoder (reuses the step scratch).
     pub decode_bytes: usize,
+    /// Every buffer: (name, bytes, lifetime), in arena order.
+    pub buffers: heapless::Vec<(&'static str, usize, Lifetime), 32>,
+}
+
+/// When a planned buffer is live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifetime {
+    /// From `Generator::new` to the end of the run.
+    Run,
+    /// During one scale step (the region is reused by the next step and by the decoder).
+    Step,
+    /// During decoding (overlays the step scratch).
+    Decode,
 }
 
 impl Plan {
@@ -157,7 +170,20 @@ impl Plan {
         sched.validate(cfg)?;
         opts.validate(cfg)?;
         let s = Sizes::new(cfg, opts, sched);
+        let mut buffers = heapless::Vec::new();
+        for (name, b) in s.persistent_buffers() {
+            let _ = buffers.push((name, b, Lifetime::Run));
+        }
+        for (name, b) in s.step_buffers() {
+            let _ = buffers.push((name, b, Lifetime::Step));
+        }
+        let _ = buffers.push((
+            "VQVAE decoder scratch",
+            vae::decoder_scratch_bytes(cfg),
+            Lifetime::Decode,
+        ));
         Ok(Plan {
+            buffers,
             rows: s.rows,
             max_tokens: s.n,
             max_keys: s.keys,
@@ -214,7 +240,8 @@ impl Sizes {
     fn kv_len(&self) -> usize {
         self.depth * self.rows * self.cache * self.c
     }
-    fn persistent_bytes(&self) -> usize {
+    /// Buffers that live for the whole run, in allocation order (name, bytes).
+    fn persistent_buffers(&self) -> [(&'static str, usize); 8] {
         let Sizes {
             rows,
             n,
@@ -224,23 +251,31 @@ impl Sizes {
             depth,
             ..
         } = *self;
-        bytes_of::<f32>(cv * p * p)
-            + bytes_of::<f32>(rows * depth * 6 * c)
-            + bytes_of::<f32>(rows * 2 * c)
-            + bytes_of::<f32>(rows * n * c)
-            + 2 * bytes_of::<f32>(self.kv_len())
-            + bytes_of::<u32>(n)
-            + bytes_of::<f32>(cv * n)
+        [
+            ("f_hat", bytes_of::<f32>(cv * p * p)),
+            (
+                "AdaLN vectors (rows x depth x 6C)",
+                bytes_of::<f32>(rows * depth * 6 * c),
+            ),
+            (
+                "head scale/shift (rows x 2C)",
+                bytes_of::<f32>(rows * 2 * c),
+            ),
+            (
+                "hidden states (rows x tokens x C)",
+                bytes_of::<f32>(rows * n * c),
+            ),
+            ("KV cache keys", bytes_of::<f32>(self.kv_len())),
+            ("KV cache values", bytes_of::<f32>(self.kv_len())),
+            ("step tokens", bytes_of::<u32>(n)),
+            ("next input area(f_hat)", bytes_of::<f32>(cv * n)),
+        ]
     }
-    fn lin_len(&self) -> (usize, usize) {
-        let Sizes { n, c, f, cv, .. } = *self;
-        let (fa, qa) = linear_scratch_len(n, c);
-        let (fb, qb) = linear_scratch_len(FFN_CHUNK, f);
-        let (fc, qc) = linear_scratch_len(n, cv);
-        let q = if self.int8 { qa.max(qb).max(qc) } else { 0 };
-        (fa.max(fb).max(fc), q)
+    fn persistent_bytes(&self) -> usize {
+        self.persistent_buffers().iter().map(|b| b.1).sum()
     }
-    fn step_bytes(&self) -> usize {
+    /// Scratch of one scale step, in allocation order (name, bytes).
+    fn step_buffers(&self) -> [(&'static str, usize); 15] {
         let Sizes {
             n,
             keys,
@@ -252,21 +287,42 @@ impl Sizes {
             ..
         } = *self;
         let (lf, lq) = self.lin_len();
-        bytes_of::<f32>(n * c) // xn
-            + bytes_of::<f32>(n * 3 * c) // qkv
-            + bytes_of::<f32>(n * c) // tmp
-            + bytes_of::<f32>(FFN_CHUNK * f) // ffn
-            + bytes_of::<f32>(keys) // scores
-            + bytes_of::<f32>(lf)
-            + bytes_of::<i8>(lq)
-            + bytes_of::<f32>(7 * c) // ada tmp
-            + bytes_of::<f32>(n * cv) // word-embed input
-            + 2 * bytes_of::<f32>(HEAD_CHUNK.min(n) * v) // cond, uncond logits
-            + bytes_of::<f32>(v) // sampling scratch
-            + bytes_of::<f32>(HEAD_CHUNK.min(n) * c) // head LN
-            + bytes_of::<f32>(cv * n) // h
-            + bytes_of::<f32>(cv * p * p) // contribution
-            + bytes_of::<f32>(contribution_scratch_len(cv, n.isqrt(), p))
+        let hc = HEAD_CHUNK.min(n);
+        [
+            (
+                "modulated LN / attention out (tokens x C)",
+                bytes_of::<f32>(n * c),
+            ),
+            ("q, k, v (tokens x 3C)", bytes_of::<f32>(n * 3 * c)),
+            ("branch output (tokens x C)", bytes_of::<f32>(n * c)),
+            ("FFN hidden (chunk x F)", bytes_of::<f32>(FFN_CHUNK * f)),
+            ("attention scores (keys)", bytes_of::<f32>(keys)),
+            ("activation scales", bytes_of::<f32>(lf)),
+            ("int8 activations", bytes_of::<i8>(lq)),
+            ("AdaLN condition tmp (7C)", bytes_of::<f32>(7 * c)),
+            ("word-embed input (tokens x Cvae)", bytes_of::<f32>(n * cv)),
+            ("cond logits (chunk x V)", bytes_of::<f32>(hc * v)),
+            ("uncond logits (chunk x V)", bytes_of::<f32>(hc * v)),
+            ("sampling scratch (V)", bytes_of::<f32>(v)),
+            ("head LN (chunk x C)", bytes_of::<f32>(hc * c)),
+            ("codebook map h (Cvae x tokens)", bytes_of::<f32>(cv * n)),
+            (
+                "f_hat contribution + resize scratch",
+                bytes_of::<f32>(cv * p * p)
+                    + bytes_of::<f32>(contribution_scratch_len(cv, n.isqrt(), p)),
+            ),
+        ]
+    }
+    fn step_bytes(&self) -> usize {
+        self.step_buffers().iter().map(|b| b.1).sum()
+    }
+    fn lin_len(&self) -> (usize, usize) {
+        let Sizes { n, c, f, cv, .. } = *self;
+        let (fa, qa) = linear_scratch_len(n, c);
+        let (fb, qb) = linear_scratch_len(FFN_CHUNK, f);
+        let (fc, qc) = linear_scratch_len(n, cv);
+        let q = if self.int8 { qa.max(qb).max(qc) } else { 0 };
+        (fa.max(fb).max(fc), q)
     }
 }
 

@@ -16,8 +16,13 @@ fn core_links_and_runs_without_std() {
         .status()
         .expect("cargo runs");
     assert!(build.success(), "the no_std binary failed to build or link");
-    let out = Command::new(dir.join("target/release/srdd-nostd-check")).output().expect("runs");
+    let out = Command::new(dir.join("target/release/srdd-nostd-check"))
+        .output()
+        .expect("runs");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "exit {:?}: {text}", out.status.code());
-    assert!(text.contains("srdd-core linked without std: model ok"), "{text}");
+    assert!(
+        text.contains("srdd-core linked without std: model ok"),
+        "{text}"
+    );
 }

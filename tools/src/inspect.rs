@@ -134,5 +134,28 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
             *b as f64 / 1048576.0
         );
     }
+    let mut o = SampleOptions::new(0);
+    o.top_k = o.top_k.min(cfg.vae.vocab_size);
+    if let Ok(plan) = Plan::new(cfg, &o, &Schedule::full(cfg)) {
+        let _ = writeln!(
+            s,
+            "\narena layout of one sample (markov, CFG), in arena order:"
+        );
+        let _ = writeln!(s, "  {:<46} {:>12}  lives", "buffer", "bytes");
+        for (name, b, life) in &plan.buffers {
+            let lives = match life {
+                srdd_core::generate::Lifetime::Run => "whole run",
+                srdd_core::generate::Lifetime::Step => "one scale (then reused)",
+                srdd_core::generate::Lifetime::Decode => "decoding (overlays the step scratch)",
+            };
+            let _ = writeln!(s, "  {:<46} {:>12}  {}", name, b, lives);
+        }
+        let _ = writeln!(
+            s,
+            "  {:<46} {:>12}  = persistent + max(step, decode)",
+            "total",
+            plan.arena_bytes()
+        );
+    }
     Ok(s)
 }
