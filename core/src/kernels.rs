@@ -435,14 +435,14 @@ pub fn group_norm(
 /// `x · sigmoid(x)`.
 #[inline]
 pub fn silu(x: f32) -> f32 {
-    x / (1.0 + libm::expf(-x))
+    x / (1.0 + crate::math::exp(-x))
 }
 
 /// Tanh-approximated GELU: `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
 #[inline]
 pub fn gelu_tanh(x: f32) -> f32 {
     const K: f32 = 0.797_884_6; // sqrt(2/pi)
-    0.5 * x * (1.0 + libm::tanhf(K * (x + 0.044715 * x * x * x)))
+    0.5 * x * (1.0 + crate::math::tanh(K * (x + 0.044715 * x * x * x)))
 }
 
 /// In-place softmax of one row.
@@ -450,7 +450,7 @@ pub fn softmax(x: &mut [f32]) {
     let m = x.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
     let mut s = 0f32;
     for v in x.iter_mut() {
-        *v = libm::expf(*v - m);
+        *v = crate::math::exp(*v - m);
         s += *v;
     }
     let inv = 1.0 / s;

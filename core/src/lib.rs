@@ -30,6 +30,7 @@ pub mod error;
 pub mod format;
 pub mod generate;
 pub mod kernels;
+pub mod math;
 pub mod parallel;
 pub mod sample;
 pub mod schedule;

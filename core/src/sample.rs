@@ -79,7 +79,7 @@ pub fn sample_token(
         let m = scratch[0];
         let mut total = 0f32;
         for l in scratch.iter() {
-            total += libm::expf(*l - m);
+            total += crate::math::exp(*l - m);
         }
         let mut above = 0f32;
         let mut tau = m;
@@ -88,7 +88,7 @@ pub fn sample_token(
                 break;
             }
             tau = *l;
-            above += libm::expf(*l - m);
+            above += crate::math::exp(*l - m);
         }
         logits.iter_mut().for_each(|l| {
             if *l < tau {
@@ -100,13 +100,13 @@ pub fn sample_token(
     let m = logits.iter().fold(f32::NEG_INFINITY, |m, l| m.max(*l));
     let mut total = 0f32;
     for l in logits.iter() {
-        total += libm::expf(*l - m);
+        total += crate::math::exp(*l - m);
     }
     let target = u * total;
     let mut run = 0f32;
     let mut last_kept = 0u32;
     for (i, l) in logits.iter().enumerate() {
-        let p = libm::expf(*l - m);
+        let p = crate::math::exp(*l - m);
         if p > 0.0 {
             last_kept = i as u32;
             run += p;

@@ -97,7 +97,7 @@ fn l2_normalize(v: &mut [f32], mul: f32) {
     for x in v.iter() {
         s += x * x;
     }
-    let n = libm::sqrtf(s).max(1e-12);
+    let n = crate::math::sqrt(s).max(1e-12);
     for x in v.iter_mut() {
         *x = *x / n * mul;
     }
@@ -140,7 +140,7 @@ pub fn block_forward(
         if let Some(sm) = b.scale_mul {
             for h in 0..heads {
                 // exp(min(s_h, ln 100)): the per-head temperature is at most 100.
-                let mul = libm::expf(sm[h].min(libm::logf(100.0)));
+                let mul = crate::math::exp(sm[h].min(libm::logf(100.0)));
                 l2_normalize(&mut row[h * hd..(h + 1) * hd], mul);
                 l2_normalize(&mut row[c + h * hd..c + (h + 1) * hd], 1.0);
             }
@@ -150,7 +150,7 @@ pub fn block_forward(
     let logit_scale = if b.scale_mul.is_some() {
         1.0
     } else {
-        0.25 / libm::sqrtf(hd as f32)
+        0.25 / crate::math::sqrt(hd as f32)
     };
     // Keys/values: this scale's own (Markov) or the cache (causal).
     let (keys, vals, kstride, nkeys): (&[f32], &[f32], usize, usize) = match kv {
