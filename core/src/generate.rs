@@ -693,6 +693,14 @@ impl<'m, 'a> Generator<'m, 'a> {
             *f += *d;
         }
         hook.scale_done(k, &self.tokens[..n], self.f_hat);
+        #[cfg(feature = "defmt")]
+        defmt::info!(
+            "srdd: scale {}/{} done ({}x{} tokens)",
+            k + 1,
+            steps,
+            pn,
+            pn
+        );
         if k + 1 < steps {
             let pn2 = self.sched.pn[k + 1] as usize;
             area_resize(self.f_hat, cv, p, pn2, self.next_in);
