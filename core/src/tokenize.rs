@@ -16,7 +16,7 @@ pub fn tokenize_bytes(model: &Model<'_>, sched: &Schedule) -> usize {
     let cv = cfg.vae.cvae as usize;
     let p = cfg.latent_side();
     let n = sched.max_tokens();
-    let own = bytes_of::<f32>(cv * p * p) * 3
+    let own = bytes_of::<f32>(cv * p * p) * 2
         + bytes_of::<f32>(cv * n) * 2
         + bytes_of::<f32>(cv)
         + bytes_of::<f32>(contribution_scratch_len(cv, n.isqrt(), p));
@@ -79,6 +79,7 @@ pub fn quantize_f(
     f_hat: &mut [f32],
     par: &dyn Parallel,
 ) -> Result<()> {
+    sched.validate(&model.config)?;
     let cfg = &model.config;
     let cv = cfg.vae.cvae as usize;
     let p = cfg.latent_side();
@@ -86,7 +87,6 @@ pub fn quantize_f(
     let mut ar = Arena::new(arena)?;
     let rest = ar.take::<f32>(cv * p * p)?;
     let contrib = ar.take::<f32>(cv * p * p)?;
-    let _spare = ar.take::<f32>(cv * p * p)?;
     let z = ar.take::<f32>(cv * n)?;
     let h = ar.take::<f32>(cv * n)?;
     let zv = ar.take::<f32>(cv)?;
@@ -131,6 +131,16 @@ pub fn quantize_f(
     Ok(())
 }
 
+/// Exact arena bytes of [`fhat_from_tokens`] on `sched`.
+pub fn fhat_from_tokens_bytes(model: &Model<'_>, sched: &Schedule) -> usize {
+    let cv = model.config.vae.cvae as usize;
+    let p = model.config.latent_side();
+    let n = sched.max_tokens();
+    bytes_of::<f32>(cv * p * p)
+        + bytes_of::<f32>(cv * n)
+        + bytes_of::<f32>(contribution_scratch_len(cv, n.isqrt(), p))
+}
+
 /// Rebuilds `f_hat` from the tokens of every step (concatenated row-major).
 pub fn fhat_from_tokens(
     model: &Model<'_>,
@@ -140,6 +150,7 @@ pub fn fhat_from_tokens(
     f_hat: &mut [f32],
     par: &dyn Parallel,
 ) -> Result<()> {
+    sched.validate(&model.config)?;
     let cfg = &model.config;
     let cv = cfg.vae.cvae as usize;
     let p = cfg.latent_side();
@@ -154,6 +165,13 @@ pub fn fhat_from_tokens(
     }
     if let Some(&t) = tokens.iter().find(|&&t| t >= v) {
         return Err(Error::TokenOutOfRange { token: t, vocab: v });
+    }
+    let needed = fhat_from_tokens_bytes(model, sched);
+    if arena.len() < needed {
+        return Err(Error::ArenaTooSmall {
+            needed,
+            given: arena.len(),
+        });
     }
     let mut ar = Arena::new(arena)?;
     let contrib = ar.take::<f32>(cv * p * p)?;
