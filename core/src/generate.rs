@@ -18,7 +18,7 @@ use crate::parallel::{Parallel, Sequential};
 use crate::sample::{sample_token, Rng};
 use crate::schedule::Schedule;
 use crate::var::{ada_vectors, block_forward, head_logits, Kv, StepScratch, FFN_CHUNK, HEAD_CHUNK};
-use crate::vq::{area_resize, contribution_scratch_len, embed_tokens, scale_contribution};
+use crate::vq::{area_resize, contribution_scratch_len, scale_contribution};
 use crate::{vae, Model};
 
 /// How classifier-free guidance weights each scale.
@@ -676,15 +676,15 @@ impl<'m, 'a> Generator<'m, 'a> {
         }
 
         // 4. f_hat += Phi(bicubic(codebook[idx], P)); next input = area(f_hat, pn_next).
-        embed_tokens(&w.quant, cv, &self.tokens[..n], pn, b.h);
         scale_contribution(
             &w.quant,
             cfg.vae.quant_resi,
             self.sched.phi[k] as usize,
             cv,
-            b.h,
+            &self.tokens[..n],
             pn,
             p,
+            b.h,
             b.contrib,
             b.cscratch,
             self.par,

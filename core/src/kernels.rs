@@ -161,59 +161,6 @@ pub fn linear_scratch_len(n: usize, in_dim: usize) -> (usize, usize) {
 /// stream past it.
 const TOKEN_BLOCK: usize = 64;
 
-/// Output columns `o0..o1` of an f32 Linear: 4 tokens × 2 outputs register blocks, then the
-/// ragged edges; every value bit-identical to `dot(x[t], w[o]) + b[o]`.
-#[allow(clippy::too_many_arguments)]
-#[inline(never)]
-fn linear_f32_outputs(
-    x: &[f32],
-    n: usize,
-    din: usize,
-    dout: usize,
-    w: &[f32],
-    b: Option<&[f32]>,
-    o0: usize,
-    o1: usize,
-    y: &SharedMut<'_, f32>,
-) {
-    let xr = |t: usize| &x[t * din..(t + 1) * din];
-    let wr = |o: usize| &w[o * din..(o + 1) * din];
-    let o_even = o0 + (o1 - o0) / 2 * 2;
-    for t0 in (0..n).step_by(TOKEN_BLOCK) {
-        let t1 = (t0 + TOKEN_BLOCK).min(n);
-        let t4 = t0 + (t1 - t0) / 4 * 4;
-        for o in (o0..o_even).step_by(2) {
-            // Bias hoisted out of the token loop: keeps the hot loop free of panic paths, which
-            // measurably changes how LLVM compiles the register block.
-            let bo: [f32; 2] = match b {
-                Some(b) => [b[o], b[o + 1]],
-                None => [0.0; 2],
-            };
-            for t in (t0..t4).step_by(4) {
-                let r = dot_block(
-                    [xr(t), xr(t + 1), xr(t + 2), xr(t + 3)],
-                    [wr(o), wr(o + 1)],
-                    din,
-                );
-                for (dt, row) in r.iter().enumerate() {
-                    for (dq, v) in row.iter().enumerate() {
-                        // SAFETY: output columns o0..o1 belong to the calling task only.
-                        unsafe { y.set((t + dt) * dout + o + dq, *v + bo[dq]) };
-                    }
-                }
-            }
-        }
-        for o in o0..o1 {
-            let bo = b.map_or(0.0, |b| b[o]);
-            let ts = if o < o_even { t4 } else { t0 };
-            for t in ts..t1 {
-                // SAFETY: as above.
-                unsafe { y.set(t * dout + o, dot(xr(t), wr(o)) + bo) };
-            }
-        }
-    }
-}
-
 /// 4 × 2 int8 dot products at once (exact i32, so identical to [`dot_i8`] by construction):
 /// AVX2 sign-extends 16 values to i16 and pair-sums with `vpmaddwd`.
 #[inline]
@@ -262,36 +209,37 @@ fn dot_i8_block(x: [&[i8]; 4], w: [&[i8]; 2], n: usize) -> [[i32; 2]; 4] {
     out
 }
 
-/// Output columns `o0..o1` of an int8 Linear on pre-quantized activations `qx` (scales `sx`).
+/// Output columns `o0..o1` of a Linear for `n` token rows: 4 tokens × 2 output rows go through
+/// the register block `block`, the ragged edges through `single`; `out(t, per_o(o), acc)` turns
+/// an accumulator into the output value, with the per-output parameters (bias, scale) fetched
+/// once per output row, outside the token loop (bounds checks in that loop measurably slow the
+/// block down). The same loop serves f32 (`dot_block`/`dot`) and int8 (`dot_i8_block`/`dot_i8`)
+/// weights; every value equals `out(t, per_o(o), single(x[t], w[o]))`.
 #[allow(clippy::too_many_arguments)]
-#[inline(never)]
-fn linear_i8_outputs(
-    qx: &[i8],
-    sx: &[f32],
+#[inline(always)]
+fn blocked_outputs<T, A: Copy, P: Copy>(
+    x: &[T],
     n: usize,
     din: usize,
     dout: usize,
-    w: &[i8],
-    scales: &[f32],
-    b: Option<&[f32]>,
-    o0: usize,
-    o1: usize,
+    w: &[T],
+    (o0, o1): (usize, usize),
     y: &SharedMut<'_, f32>,
+    block: impl Fn([&[T]; 4], [&[T]; 2], usize) -> [[A; 2]; 4],
+    single: impl Fn(&[T], &[T]) -> A,
+    per_o: impl Fn(usize) -> P,
+    out: impl Fn(usize, P, A) -> f32,
 ) {
-    let xr = |t: usize| &qx[t * din..(t + 1) * din];
+    let xr = |t: usize| &x[t * din..(t + 1) * din];
     let wr = |o: usize| &w[o * din..(o + 1) * din];
     let o_even = o0 + (o1 - o0) / 2 * 2;
     for t0 in (0..n).step_by(TOKEN_BLOCK) {
         let t1 = (t0 + TOKEN_BLOCK).min(n);
         let t4 = t0 + (t1 - t0) / 4 * 4;
         for o in (o0..o_even).step_by(2) {
-            let bo: [f32; 2] = match b {
-                Some(b) => [b[o], b[o + 1]],
-                None => [0.0; 2],
-            };
-            let so = [scales[o], scales[o + 1]];
+            let po = [per_o(o), per_o(o + 1)];
             for t in (t0..t4).step_by(4) {
-                let r = dot_i8_block(
+                let r = block(
                     [xr(t), xr(t + 1), xr(t + 2), xr(t + 3)],
                     [wr(o), wr(o + 1)],
                     din,
@@ -299,23 +247,17 @@ fn linear_i8_outputs(
                 for (dt, row) in r.iter().enumerate() {
                     for (dq, acc) in row.iter().enumerate() {
                         // SAFETY: output columns o0..o1 belong to the calling task only.
-                        unsafe {
-                            y.set(
-                                (t + dt) * dout + o + dq,
-                                *acc as f32 * (sx[t + dt] * so[dq]) + bo[dq],
-                            )
-                        };
+                        unsafe { y.set((t + dt) * dout + o + dq, out(t + dt, po[dq], *acc)) };
                     }
                 }
             }
         }
         for o in o0..o1 {
-            let bo = b.map_or(0.0, |b| b[o]);
             let ts = if o < o_even { t4 } else { t0 };
+            let po = per_o(o);
             for t in ts..t1 {
-                let acc = dot_i8(xr(t), wr(o));
                 // SAFETY: as above.
-                unsafe { y.set(t * dout + o, acc as f32 * (sx[t] * scales[o]) + bo) };
+                unsafe { y.set(t * dout + o, out(t, po, single(xr(t), wr(o)))) };
             }
         }
     }
@@ -340,7 +282,19 @@ pub fn linear(
     match l.w {
         Weight::F32(w) => par.run(tasks, &|i| {
             let (o0, o1) = split(dout, par.width() * 4, 16, i);
-            linear_f32_outputs(x, n, din, dout, w, l.b, o0, o1, &y);
+            blocked_outputs(
+                x,
+                n,
+                din,
+                dout,
+                w,
+                (o0, o1),
+                &y,
+                dot_block,
+                dot,
+                bias,
+                |_, b, v| v + b,
+            );
         }),
         Weight::F16(w) => par.run(tasks, &|i| {
             let (o0, o1) = split(dout, par.width() * 4, 16, i);
@@ -365,7 +319,19 @@ pub fn linear(
             let (qx, sx) = (&*qx, &*sx);
             par.run(tasks, &|i| {
                 let (o0, o1) = split(dout, par.width() * 4, 16, i);
-                linear_i8_outputs(qx, sx, n, din, dout, w, scales, l.b, o0, o1, &y);
+                blocked_outputs(
+                    qx,
+                    n,
+                    din,
+                    dout,
+                    w,
+                    (o0, o1),
+                    &y,
+                    dot_i8_block,
+                    dot_i8,
+                    |o| (scales[o], bias(o)),
+                    |t, (so, b), acc| acc as f32 * (sx[t] * so) + b,
+                );
             });
         }
     }

@@ -5,9 +5,7 @@ use crate::arena::{bytes_of, Arena};
 use crate::error::{Error, Result};
 use crate::parallel::Parallel;
 use crate::schedule::Schedule;
-use crate::vq::{
-    area_resize, contribution_scratch_len, embed_tokens, nearest_code, scale_contribution,
-};
+use crate::vq::{area_resize, contribution_scratch_len, nearest_code, scale_contribution};
 use crate::{vae, Model};
 
 /// Exact arena bytes of [`tokenize`] (which also encodes) on `sched`.
@@ -21,6 +19,53 @@ pub fn tokenize_bytes(model: &Model<'_>, sched: &Schedule) -> usize {
         + bytes_of::<f32>(cv)
         + bytes_of::<f32>(contribution_scratch_len(cv, n.isqrt(), p));
     own.max(vae::encoder_scratch_bytes(cfg) + bytes_of::<f32>(cv * p * p))
+}
+
+/// Exact arena bytes of [`fhat_from_tokens`] on `sched`.
+pub fn fhat_from_tokens_bytes(model: &Model<'_>, sched: &Schedule) -> usize {
+    let cv = model.config.vae.cvae as usize;
+    let p = model.config.latent_side();
+    let n = sched.max_tokens();
+    bytes_of::<f32>(cv * p * p)
+        + bytes_of::<f32>(cv * n)
+        + bytes_of::<f32>(contribution_scratch_len(cv, n.isqrt(), p))
+}
+
+/// Checks the schedule, the arena size, the token buffer and every `Cvae × P × P` map.
+fn check(
+    model: &Model<'_>,
+    sched: &Schedule,
+    arena: usize,
+    needed: usize,
+    tokens: usize,
+    maps: &[(&'static str, usize)],
+) -> Result<()> {
+    let cfg = &model.config;
+    sched.validate(cfg)?;
+    if arena < needed {
+        return Err(Error::ArenaTooSmall {
+            needed,
+            given: arena,
+        });
+    }
+    if tokens != sched.total_tokens() {
+        return Err(Error::BadLength {
+            what: "tokens",
+            expected: sched.total_tokens(),
+            found: tokens,
+        });
+    }
+    let map = cfg.vae.cvae as usize * cfg.latent_side() * cfg.latent_side();
+    for &(what, len) in maps {
+        if len != map {
+            return Err(Error::BadLength {
+                what,
+                expected: map,
+                found: len,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Encodes `image` (`3 × H × W` in [−1, 1]) and quantizes it on `sched`: writes the tokens of
@@ -37,35 +82,24 @@ pub fn tokenize(
     f_hat: &mut [f32],
     par: &dyn Parallel,
 ) -> Result<()> {
-    let cfg = &model.config;
     let enc = model.weights.encoder.as_ref().ok_or(Error::NoEncoder)?;
-    sched.validate(cfg)?;
-    let needed = tokenize_bytes(model, sched);
-    if arena.len() < needed {
-        return Err(Error::ArenaTooSmall {
-            needed,
-            given: arena.len(),
-        });
-    }
-    if tokens.len() != sched.total_tokens() {
-        return Err(Error::BadLength {
-            what: "tokens",
-            expected: sched.total_tokens(),
-            found: tokens.len(),
-        });
-    }
-    let cv = cfg.vae.cvae as usize;
-    let p = cfg.latent_side();
-    for (what, len) in [("f_hat", f_hat.len()), ("f", f_out.len())] {
-        if len != cv * p * p {
-            return Err(Error::BadLength {
-                what,
-                expected: cv * p * p,
-                found: len,
-            });
-        }
-    }
-    vae::encode(enc, cfg, image, &mut Arena::new(arena)?, f_out, par)?;
+    let maps = [("f_hat", f_hat.len()), ("f", f_out.len())];
+    check(
+        model,
+        sched,
+        arena.len(),
+        tokenize_bytes(model, sched),
+        tokens.len(),
+        &maps,
+    )?;
+    vae::encode(
+        enc,
+        &model.config,
+        image,
+        &mut Arena::new(arena)?,
+        f_out,
+        par,
+    )?;
     quantize_f(model, sched, f_out, arena, tokens, f_hat, par)
 }
 
@@ -79,7 +113,15 @@ pub fn quantize_f(
     f_hat: &mut [f32],
     par: &dyn Parallel,
 ) -> Result<()> {
-    sched.validate(&model.config)?;
+    let maps = [("f_hat", f_hat.len()), ("f", f.len())];
+    check(
+        model,
+        sched,
+        arena.len(),
+        tokenize_bytes(model, sched),
+        tokens.len(),
+        &maps,
+    )?;
     let cfg = &model.config;
     let cv = cfg.vae.cvae as usize;
     let p = cfg.latent_side();
@@ -91,7 +133,7 @@ pub fn quantize_f(
     let h = ar.take::<f32>(cv * n)?;
     let zv = ar.take::<f32>(cv)?;
     let cs = ar.take::<f32>(contribution_scratch_len(cv, n.isqrt(), p))?;
-    rest.copy_from_slice(&f[..cv * p * p]);
+    rest.copy_from_slice(f);
     f_hat.iter_mut().for_each(|v| *v = 0.0);
     let q = &model.weights.quant;
     let mut off = 0;
@@ -109,15 +151,17 @@ pub fn quantize_f(
             }
             tokens[off + pos] = nearest_code(q.embedding, cv, zv);
         }
-        embed_tokens(q, cv, &tokens[off..off + m], pn, h);
+        let phi = sched.phi[k] as usize;
+        let step = &tokens[off..off + m];
         scale_contribution(
             q,
             cfg.vae.quant_resi,
-            sched.phi[k] as usize,
+            phi,
             cv,
-            h,
+            step,
             pn,
             p,
+            h,
             contrib,
             cs,
             par,
@@ -131,16 +175,6 @@ pub fn quantize_f(
     Ok(())
 }
 
-/// Exact arena bytes of [`fhat_from_tokens`] on `sched`.
-pub fn fhat_from_tokens_bytes(model: &Model<'_>, sched: &Schedule) -> usize {
-    let cv = model.config.vae.cvae as usize;
-    let p = model.config.latent_side();
-    let n = sched.max_tokens();
-    bytes_of::<f32>(cv * p * p)
-        + bytes_of::<f32>(cv * n)
-        + bytes_of::<f32>(contribution_scratch_len(cv, n.isqrt(), p))
-}
-
 /// Rebuilds `f_hat` from the tokens of every step (concatenated row-major).
 pub fn fhat_from_tokens(
     model: &Model<'_>,
@@ -150,46 +184,42 @@ pub fn fhat_from_tokens(
     f_hat: &mut [f32],
     par: &dyn Parallel,
 ) -> Result<()> {
-    sched.validate(&model.config)?;
+    let needed = fhat_from_tokens_bytes(model, sched);
+    check(
+        model,
+        sched,
+        arena.len(),
+        needed,
+        tokens.len(),
+        &[("f_hat", f_hat.len())],
+    )?;
     let cfg = &model.config;
-    let cv = cfg.vae.cvae as usize;
-    let p = cfg.latent_side();
-    let n = sched.max_tokens();
     let v = cfg.vae.vocab_size;
-    if tokens.len() != sched.total_tokens() {
-        return Err(Error::BadLength {
-            what: "tokens",
-            expected: sched.total_tokens(),
-            found: tokens.len(),
-        });
-    }
     if let Some(&t) = tokens.iter().find(|&&t| t >= v) {
         return Err(Error::TokenOutOfRange { token: t, vocab: v });
     }
-    let needed = fhat_from_tokens_bytes(model, sched);
-    if arena.len() < needed {
-        return Err(Error::ArenaTooSmall {
-            needed,
-            given: arena.len(),
-        });
-    }
+    let cv = cfg.vae.cvae as usize;
+    let p = cfg.latent_side();
+    let n = sched.max_tokens();
     let mut ar = Arena::new(arena)?;
     let contrib = ar.take::<f32>(cv * p * p)?;
     let h = ar.take::<f32>(cv * n)?;
     let cs = ar.take::<f32>(contribution_scratch_len(cv, n.isqrt(), p))?;
     f_hat.iter_mut().for_each(|x| *x = 0.0);
+    let q = &model.weights.quant;
     let mut off = 0;
     for k in 0..sched.len() {
         let pn = sched.pn[k] as usize;
-        embed_tokens(&model.weights.quant, cv, &tokens[off..off + pn * pn], pn, h);
+        let (phi, step) = (sched.phi[k] as usize, &tokens[off..off + pn * pn]);
         scale_contribution(
-            &model.weights.quant,
+            q,
             cfg.vae.quant_resi,
-            sched.phi[k] as usize,
+            phi,
             cv,
-            h,
+            step,
             pn,
             p,
+            h,
             contrib,
             cs,
             par,

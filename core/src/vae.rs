@@ -135,21 +135,18 @@ fn take_bufs<'s, 'p>(
 }
 
 impl Bufs<'_, '_> {
-    fn conv(&mut self, which_in: u8, conv: &Conv<'_>, side: usize, which_out: u8) {
-        let (x, y): (&[f32], &mut [f32]) = match (which_in, which_out) {
-            (b'a', b'c') => (&*self.a, &mut *self.c),
-            (b'b', b'c') => (&*self.b, &mut *self.c),
-            (b'a', b'b') => (&*self.a, &mut *self.b),
-            _ => unreachable!("internal buffer routing"),
-        };
+    /// Same-size conv of `a` (or of `b` when `from_b`) into `c`.
+    fn conv_to_c(&mut self, from_b: bool, conv: &Conv<'_>, side: usize) {
+        let x: &[f32] = if from_b { self.b } else { self.a };
+        let pad = Pad::same(conv.k / 2);
         conv2d(
             x,
             side,
             side,
             conv,
             1,
-            Pad::same(conv.k / 2),
-            y,
+            pad,
+            self.c,
             self.cs.as_mut(),
             self.par,
         );
@@ -172,7 +169,7 @@ impl Bufs<'_, '_> {
             &rb.norm1,
             true,
         );
-        self.conv(b'b', &rb.conv1, side, b'c');
+        self.conv_to_c(true, &rb.conv1, side);
         group_norm(
             &self.c[..cout * hw],
             self.b,
@@ -183,9 +180,20 @@ impl Bufs<'_, '_> {
             &rb.norm2,
             true,
         );
-        self.conv(b'b', &rb.conv2, side, b'c');
+        self.conv_to_c(true, &rb.conv2, side);
         if let Some(nin) = &rb.nin_shortcut {
-            self.conv(b'a', nin, side, b'b');
+            let (a, b) = (&*self.a, &mut *self.b);
+            conv2d(
+                a,
+                side,
+                side,
+                nin,
+                1,
+                Pad::same(0),
+                b,
+                self.cs.as_mut(),
+                self.par,
+            );
             for (o, s) in self.c[..cout * hw].iter_mut().zip(self.b.iter()) {
                 *o += *s;
             }
@@ -299,7 +307,7 @@ pub fn decode(
         par,
     );
     bf.rotate();
-    bf.conv(b'a', &d.conv_in, p, b'c');
+    bf.conv_to_c(false, &d.conv_in, p);
     bf.rotate();
     bf.mid(&d.mid, p);
     let mut side = p;
@@ -321,7 +329,7 @@ pub fn decode(
                 }
             }
             side = s2;
-            bf.conv(b'b', up, side, b'c');
+            bf.conv_to_c(true, up, side);
             bf.rotate();
         }
     }
@@ -337,7 +345,7 @@ pub fn decode(
         &d.norm_out,
         true,
     );
-    bf.conv(b'b', &d.conv_out, side, b'c');
+    bf.conv_to_c(true, &d.conv_out, side);
     for y in 0..side {
         for x in 0..side {
             for ch in 0..3 {
@@ -423,7 +431,7 @@ pub fn encode(
         &e.norm_out,
         true,
     );
-    bf.conv(b'b', &e.conv_out, side, b'c');
+    bf.conv_to_c(true, &e.conv_out, side);
     conv2d(
         bf.c,
         side,

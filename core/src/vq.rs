@@ -102,21 +102,23 @@ pub fn contribution_scratch_len(cvae: usize, pn: usize, p: usize) -> usize {
     cvae * pn * p + cvae * p * p
 }
 
-/// `out = Phi_k(bicubic(h, P))` (the upsample is skipped when `pn == P`), where `h` is the
-/// `cvae × pn × pn` embedding map of a scale's tokens: the scale's contribution to `f_hat`.
+/// A scale's contribution to `f_hat`: `out = Phi_k(bicubic(codebook[tokens], P))` (the upsample
+/// is skipped when `pn == P`). `h` receives the `cvae × pn × pn` embedding map of the tokens.
 #[allow(clippy::too_many_arguments)]
 pub fn scale_contribution(
     q: &Quantizer<'_>,
     quant_resi: f32,
     phi_k: usize,
     cvae: usize,
-    h: &[f32],
+    tokens: &[u32],
     pn: usize,
     p: usize,
+    h: &mut [f32],
     out: &mut [f32],
     scratch: &mut [f32],
     par: &dyn Parallel,
 ) {
+    embed_tokens(q, cvae, tokens, pn, h);
     let (tmp, up) = scratch.split_at_mut(cvae * pn * p);
     let up = &mut up[..cvae * p * p];
     let out = &mut out[..cvae * p * p];

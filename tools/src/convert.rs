@@ -2,7 +2,7 @@
 //! official names to the canonical tensor order of [`srdd_core::Weights::build`], quantize, and
 //! write the file (layout in [`srdd_core::format`]).
 
-use crate::checkpoint::{DType, StateDict};
+use crate::checkpoint::StateDict;
 use srdd_core::config::{
     official_phi_index, Attention, ModelConfig, VaeConfig, VarConfig, WeightFormat, MAX_SCALES,
 };
@@ -12,7 +12,7 @@ use srdd_core::format::{
 };
 use srdd_core::weights::{TensorSource, Weight};
 use srdd_core::Weights;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 
 /// The official 256 px schedule.
@@ -489,7 +489,6 @@ pub fn pack(var: &StateDict, vae: &StateDict, opts: &PackOptions) -> Result<Vec<
     if !unexpected.is_empty() {
         return Err(ConvertError::UnexpectedKeys(unexpected));
     }
-    let _ = DType::F32;
     let mut meta = format!("converter=srdd-tools {}\n", env!("CARGO_PKG_VERSION"));
     for (k, v) in &opts.metadata {
         if k.contains('=') || k.contains('\n') || v.contains('\n') {
@@ -562,22 +561,4 @@ fn write_file(cfg: &ModelConfig, packed: &[Packed], metadata: &str) -> Vec<u8> {
     let sum = file_checksum(&out);
     out[24..32].copy_from_slice(&sum.to_le_bytes());
     out
-}
-
-/// Summary statistics for `inspect`.
-pub fn tensor_bytes_by_kind(cat: &[CatalogEntry]) -> BTreeMap<&'static str, usize> {
-    let mut m = BTreeMap::new();
-    for e in cat {
-        let part = if e.name.starts_with("encoder.") || e.name.starts_with("quant_conv") {
-            "encoder"
-        } else if e.name.starts_with("decoder.") || e.name.starts_with("post_quant") {
-            "decoder"
-        } else if e.name.starts_with("quantize.") {
-            "quantizer"
-        } else {
-            "transformer"
-        };
-        *m.entry(part).or_insert(0) += e.shape.iter().product::<usize>();
-    }
-    m
 }
