@@ -32,13 +32,42 @@ pub struct EditHook<'a> {
     pub resized: &'a mut [f32],
     /// `max_tokens` flags: the force mask of the last step (readable after each step).
     pub force: &'a mut [bool],
-    /// Offset of the next step's tokens in `source`.
-    pub offset: usize,
+    offset: usize,
+    step: Option<(usize, usize)>,
+}
+
+impl<'a> EditHook<'a> {
+    /// A hook forcing `source` tokens where `keep` (`P × P`) says so; `resized` and `force` need
+    /// `max_tokens` entries each.
+    pub fn new(
+        keep: &'a [f32],
+        p: usize,
+        source: &'a [u32],
+        resized: &'a mut [f32],
+        force: &'a mut [bool],
+    ) -> Self {
+        EditHook {
+            keep,
+            p,
+            source,
+            resized,
+            force,
+            offset: 0,
+            step: None,
+        }
+    }
 }
 
 impl StepHook for EditHook<'_> {
-    fn force(&mut self, _k: usize, pn: usize, tokens: &mut [u32]) {
+    fn force(&mut self, k: usize, pn: usize, tokens: &mut [u32]) {
         let m = pn * pn;
+        // Refinement passes call again with the same step: the source offset moves only when
+        // the step changes.
+        match self.step {
+            Some((prev, prev_m)) if prev != k => self.offset += prev_m,
+            _ => {}
+        }
+        self.step = Some((k, m));
         force_mask(self.keep, self.p, pn, self.resized, self.force);
         for (i, t) in tokens.iter_mut().enumerate().take(m) {
             if self.force[i] {
@@ -47,6 +76,5 @@ impl StepHook for EditHook<'_> {
                 }
             }
         }
-        self.offset += m;
     }
 }

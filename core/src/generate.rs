@@ -11,17 +11,19 @@
 //! ```
 
 use crate::arena::{bytes_of, Arena};
+use crate::config::MAX_SCALES;
 use crate::config::{Attention, ModelConfig, WeightFormat};
 use crate::error::{Error, Result};
 use crate::kernels::{linear, linear_scratch_len, LinearScratch};
 use crate::parallel::{Parallel, Sequential};
+use crate::resample::{token_stats, ResamplePolicy, TokenStats};
 use crate::sample::{sample_token, Rng};
 use crate::schedule::Schedule;
-use crate::var::{ada_vectors, block_forward, head_logits, Kv, StepScratch, FFN_CHUNK, HEAD_CHUNK};
+use crate::var::{ada_vectors, block_forward, head_logits, Kv, StepScratch, DEFAULT_CHUNK};
 use crate::vq::{area_resize, contribution_scratch_len, scale_contribution};
 use crate::{vae, Model};
 
-/// How classifier-free guidance weights each scale.
+/// How classifier-free guidance weights each scale (a [`StepTable`] gives any other table).
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Guidance {
@@ -29,6 +31,43 @@ pub enum Guidance {
     Off,
     /// Official ramp: `t = cfg · k / (steps − 1)`.
     Linear,
+    /// `t = cfg` at every step.
+    Constant,
+}
+
+/// Sampling settings of one step: one row of the sampling plan.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepSettings {
+    /// Guidance weight `t`: logits `(1 + t)·cond − t·uncond`.
+    pub guidance: f32,
+    /// Logit temperature.
+    pub temperature: f32,
+    /// Keep the `top_k` largest logits (0: all).
+    pub top_k: u32,
+    /// Nucleus mass (0: off).
+    pub top_p: f32,
+    /// Refinement passes after the step's first draw (ignored on the first step, whose input is
+    /// the class token, not `f_hat`).
+    pub refine: u8,
+}
+
+/// An explicit per-step table of settings (one row per schedule step).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepTable {
+    /// Rows; only the first `len` are used.
+    pub rows: [StepSettings; MAX_SCALES],
+    /// Number of rows (must equal the schedule's steps).
+    pub len: usize,
+}
+
+impl StepTable {
+    /// A table of `len` rows, each `row`.
+    pub fn filled(row: StepSettings, len: usize) -> StepTable {
+        StepTable {
+            rows: [row; MAX_SCALES],
+            len: len.min(MAX_SCALES),
+        }
+    }
 }
 
 /// Options of one sampling run.
@@ -50,11 +89,19 @@ pub struct SampleOptions {
     pub seed: u64,
     /// Attention policy.
     pub attention: Attention,
+    /// Refinement passes on every step after the first.
+    pub refine: u8,
+    /// Per-step settings; when present they replace `cfg`/`guidance`/`top_k`/`top_p`/
+    /// `temperature`/`refine` step by step.
+    pub table: Option<StepTable>,
+    /// Tokens per FFN / head chunk (0: [`DEFAULT_CHUNK`]). Results do not depend on it; smaller
+    /// chunks need fewer arena bytes.
+    pub chunk: u16,
 }
 
 impl SampleOptions {
     /// The official defaults for `label`: cfg 1.5 on the linear ramp, top-k 900, top-p 0.96,
-    /// Markovian attention.
+    /// Markovian attention, no refinement.
     pub fn new(label: u32) -> Self {
         SampleOptions {
             label,
@@ -65,6 +112,9 @@ impl SampleOptions {
             temperature: 1.0,
             seed: 0,
             attention: Attention::Markov,
+            refine: 0,
+            table: None,
+            chunk: 0,
         }
     }
 
@@ -79,29 +129,56 @@ impl SampleOptions {
         if !(self.cfg.is_finite() && (0.0..=1000.0).contains(&self.cfg)) {
             return Err(Error::BadOption("cfg must be a finite value in [0, 1000]"));
         }
-        if self.top_k > cfg.vae.vocab_size {
-            return Err(Error::BadOption("top-k exceeds the vocabulary size"));
-        }
-        if !(self.top_p.is_finite() && (0.0..=1.0).contains(&self.top_p)) {
-            return Err(Error::BadOption("top-p must be in [0, 1]"));
-        }
-        if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return Err(Error::BadOption("temperature must be finite and > 0"));
+        let row = StepSettings {
+            guidance: 0.0,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            refine: self.refine,
+        };
+        check_row(&row, cfg)?;
+        if let Some(t) = &self.table {
+            if t.len == 0 || t.len > MAX_SCALES {
+                return Err(Error::BadOption("the step table is empty or too long"));
+            }
+            for r in &t.rows[..t.len] {
+                if !(r.guidance.is_finite() && (-1000.0..=1000.0).contains(&r.guidance)) {
+                    return Err(Error::BadOption(
+                        "a guidance weight must be a finite value in [-1000, 1000]",
+                    ));
+                }
+                check_row(r, cfg)?;
+            }
         }
         Ok(())
     }
 
     fn rows(&self) -> usize {
-        match self.guidance {
-            Guidance::Off => 1,
-            Guidance::Linear => 2,
+        let table_guides = self
+            .table
+            .is_some_and(|t| t.rows[..t.len].iter().any(|r| r.guidance != 0.0));
+        match (self.guidance, table_guides) {
+            (Guidance::Off, false) => 1,
+            _ => 2,
+        }
+    }
+
+    fn chunk_tokens(&self) -> usize {
+        if self.chunk == 0 {
+            DEFAULT_CHUNK
+        } else {
+            self.chunk as usize
         }
     }
 
     /// Guidance weight `t` of step `k` of `steps`.
     pub fn guidance_at(&self, k: usize, steps: usize) -> f64 {
+        if let Some(t) = &self.table {
+            return t.rows.get(k).map_or(0.0, |r| r.guidance as f64);
+        }
         match self.guidance {
             Guidance::Off => 0.0,
+            Guidance::Constant => self.cfg as f64,
             Guidance::Linear => {
                 let ratio = if steps > 1 {
                     k as f64 / (steps - 1) as f64
@@ -112,7 +189,52 @@ impl SampleOptions {
             }
         }
     }
+
+    /// The settings of step `k` of `steps`: the table's row, or the global values.
+    pub fn settings(&self, k: usize, steps: usize) -> StepSettings {
+        let mut s = match &self.table {
+            Some(t) => t.rows[k.min(MAX_SCALES - 1)],
+            None => StepSettings {
+                guidance: 0.0,
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                refine: self.refine,
+            },
+        };
+        s.guidance = self.guidance_at(k, steps) as f32;
+        if k == 0 {
+            s.refine = 0;
+        }
+        s
+    }
+
+    fn any_refine(&self) -> bool {
+        match &self.table {
+            Some(t) => t.rows[1.min(t.len)..t.len].iter().any(|r| r.refine > 0),
+            None => self.refine > 0,
+        }
+    }
 }
+
+fn check_row(r: &StepSettings, cfg: &ModelConfig) -> Result<()> {
+    if r.top_k > cfg.vae.vocab_size {
+        return Err(Error::BadOption("top-k exceeds the vocabulary size"));
+    }
+    if !(r.top_p.is_finite() && (0.0..=1.0).contains(&r.top_p)) {
+        return Err(Error::BadOption("top-p must be in [0, 1]"));
+    }
+    if !(r.temperature.is_finite() && r.temperature > 0.0) {
+        return Err(Error::BadOption("temperature must be finite and > 0"));
+    }
+    if r.refine > MAX_REFINE {
+        return Err(Error::BadOption("at most 16 refinement passes per step"));
+    }
+    Ok(())
+}
+
+/// Most refinement passes one step may ask for.
+pub const MAX_REFINE: u8 = 16;
 
 /// Observes and steers the loop; every method has a no-op default.
 pub trait StepHook {
@@ -169,6 +291,11 @@ impl Plan {
     pub fn new(cfg: &ModelConfig, opts: &SampleOptions, sched: &Schedule) -> Result<Plan> {
         sched.validate(cfg)?;
         opts.validate(cfg)?;
+        if opts.table.is_some_and(|t| t.len != sched.len()) {
+            return Err(Error::BadOption(
+                "the step table's length differs from the schedule's",
+            ));
+        }
         let s = Sizes::new(cfg, opts, sched);
         let mut buffers = heapless::Vec::new();
         for (name, b) in s.persistent_buffers() {
@@ -214,6 +341,8 @@ struct Sizes {
     p: usize,
     depth: usize,
     int8: bool,
+    chunk: usize,
+    refine: bool,
 }
 
 impl Sizes {
@@ -235,13 +364,15 @@ impl Sizes {
             p: cfg.latent_side(),
             depth: cfg.var.depth as usize,
             int8: cfg.weights == WeightFormat::Int8,
+            chunk: opts.chunk_tokens().min(n).max(1),
+            refine: opts.any_refine(),
         }
     }
     fn kv_len(&self) -> usize {
         self.depth * self.rows * self.cache * self.c
     }
     /// Buffers that live for the whole run, in allocation order (name, bytes).
-    fn persistent_buffers(&self) -> [(&'static str, usize); 8] {
+    fn persistent_buffers(&self) -> [(&'static str, usize); 7] {
         let Sizes {
             rows,
             n,
@@ -261,10 +392,6 @@ impl Sizes {
                 "head scale/shift (rows x 2C)",
                 bytes_of::<f32>(rows * 2 * c),
             ),
-            (
-                "hidden states (rows x tokens x C)",
-                bytes_of::<f32>(rows * n * c),
-            ),
             ("KV cache keys", bytes_of::<f32>(self.kv_len())),
             ("KV cache values", bytes_of::<f32>(self.kv_len())),
             ("step tokens", bytes_of::<u32>(n)),
@@ -275,8 +402,9 @@ impl Sizes {
         self.persistent_buffers().iter().map(|b| b.1).sum()
     }
     /// Scratch of one scale step, in allocation order (name, bytes).
-    fn step_buffers(&self) -> [(&'static str, usize); 15] {
+    fn step_buffers(&self) -> [(&'static str, usize); 19] {
         let Sizes {
+            rows,
             n,
             keys,
             c,
@@ -284,18 +412,24 @@ impl Sizes {
             v,
             cv,
             p,
+            chunk: hc,
+            refine,
             ..
         } = *self;
         let (lf, lq) = self.lin_len();
-        let hc = HEAD_CHUNK.min(n);
+        let r = |b: usize| if refine { b } else { 0 };
         [
+            (
+                "hidden states (rows x tokens x C)",
+                bytes_of::<f32>(rows * n * c),
+            ),
             (
                 "modulated LN / attention out (tokens x C)",
                 bytes_of::<f32>(n * c),
             ),
             ("q, k, v (tokens x 3C)", bytes_of::<f32>(n * 3 * c)),
             ("branch output (tokens x C)", bytes_of::<f32>(n * c)),
-            ("FFN hidden (chunk x F)", bytes_of::<f32>(FFN_CHUNK * f)),
+            ("FFN hidden (chunk x F)", bytes_of::<f32>(hc * f)),
             ("attention scores (keys)", bytes_of::<f32>(keys)),
             ("activation scales", bytes_of::<f32>(lf)),
             ("int8 activations", bytes_of::<i8>(lq)),
@@ -311,6 +445,12 @@ impl Sizes {
                 bytes_of::<f32>(cv * p * p)
                     + bytes_of::<f32>(contribution_scratch_len(cv, n.isqrt(), p)),
             ),
+            ("refinement: draft f_hat", r(bytes_of::<f32>(cv * p * p))),
+            (
+                "refinement: token features (tokens x 2)",
+                r(bytes_of::<TokenStats>(n)),
+            ),
+            ("refinement: resample flags", r(bytes_of::<u8>(n))),
         ]
     }
     fn step_bytes(&self) -> usize {
@@ -319,7 +459,7 @@ impl Sizes {
     fn lin_len(&self) -> (usize, usize) {
         let Sizes { n, c, f, cv, .. } = *self;
         let (fa, qa) = linear_scratch_len(n, c);
-        let (fb, qb) = linear_scratch_len(FFN_CHUNK, f);
+        let (fb, qb) = linear_scratch_len(self.chunk, f);
         let (fc, qc) = linear_scratch_len(n, cv);
         let q = if self.int8 { qa.max(qb).max(qc) } else { 0 };
         (fa.max(fb).max(fc), q)
@@ -327,6 +467,7 @@ impl Sizes {
 }
 
 struct StepBufs<'s> {
+    hidden: &'s mut [f32],
     st: StepScratch<'s>,
     ada_tmp: &'s mut [f32],
     win: &'s mut [f32],
@@ -337,10 +478,14 @@ struct StepBufs<'s> {
     h: &'s mut [f32],
     contrib: &'s mut [f32],
     cscratch: &'s mut [f32],
+    draft: &'s mut [f32],
+    stats: &'s mut [TokenStats],
+    resample: &'s mut [bool],
 }
 
 fn take_step<'s>(s: &Sizes, ar: &mut Arena<'s>) -> Result<StepBufs<'s>> {
     let Sizes {
+        rows,
         n,
         keys,
         c,
@@ -348,15 +493,20 @@ fn take_step<'s>(s: &Sizes, ar: &mut Arena<'s>) -> Result<StepBufs<'s>> {
         v,
         cv,
         p,
+        chunk,
+        refine,
         ..
     } = *s;
     let (lf, lq) = s.lin_len();
+    let r = |len: usize| if refine { len } else { 0 };
     Ok(StepBufs {
+        hidden: ar.take(rows * n * c)?,
         st: StepScratch {
             xn: ar.take(n * c)?,
             qkv: ar.take(n * 3 * c)?,
             tmp: ar.take(n * c)?,
-            ffn: ar.take(FFN_CHUNK * f)?,
+            ffn: ar.take(chunk * f)?,
+            chunk,
             scores: ar.take(keys)?,
             lin: LinearScratch {
                 f: ar.take(lf)?,
@@ -365,13 +515,23 @@ fn take_step<'s>(s: &Sizes, ar: &mut Arena<'s>) -> Result<StepBufs<'s>> {
         },
         ada_tmp: ar.take(7 * c)?,
         win: ar.take(n * cv)?,
-        logit_c: ar.take(HEAD_CHUNK.min(n) * v)?,
-        logit_u: ar.take(HEAD_CHUNK.min(n) * v)?,
+        logit_c: ar.take(chunk * v)?,
+        logit_u: ar.take(chunk * v)?,
         samp: ar.take(v)?,
-        head_xn: ar.take(HEAD_CHUNK.min(n) * c)?,
+        head_xn: ar.take(chunk * c)?,
         h: ar.take(cv * n)?,
         contrib: ar.take(cv * p * p)?,
         cscratch: ar.take(contribution_scratch_len(cv, n.isqrt(), p))?,
+        draft: ar.take(r(cv * p * p))?,
+        stats: ar.take(r(n))?,
+        resample: {
+            let flags = ar.take::<u8>(r(n))?;
+            flags.iter_mut().for_each(|f| *f = 0);
+            // SAFETY: every byte is 0, a valid `bool`; the slice keeps the arena borrow.
+            unsafe {
+                core::slice::from_raw_parts_mut(flags.as_mut_ptr().cast::<bool>(), flags.len())
+            }
+        },
     })
 }
 
@@ -382,17 +542,21 @@ pub struct Generator<'m, 'a> {
     opts: SampleOptions,
     sched: Schedule,
     sizes: Sizes,
-    rng: Rng,
     k: usize,
+    st: State<'a>,
+    scratch: &'a mut [u8],
+}
+
+/// The buffers that live for the whole run.
+struct State<'a> {
+    rng: Rng,
     f_hat: &'a mut [f32],
     ada: &'a mut [f32],
     head_ada: &'a mut [f32],
-    hidden: &'a mut [f32],
     kv_k: &'a mut [f32],
     kv_v: &'a mut [f32],
     tokens: &'a mut [u32],
     next_in: &'a mut [f32],
-    scratch: &'a mut [u8],
 }
 
 impl<'m, 'a> Generator<'m, 'a> {
@@ -437,7 +601,6 @@ impl<'m, 'a> Generator<'m, 'a> {
         f_hat.iter_mut().for_each(|v| *v = 0.0);
         let ada = ar.take::<f32>(rows * depth * 6 * c)?;
         let head_ada = ar.take::<f32>(rows * 2 * c)?;
-        let hidden = ar.take::<f32>(rows * n * c)?;
         let kv_k = ar.take::<f32>(s.kv_len())?;
         let kv_v = ar.take::<f32>(s.kv_len())?;
         let tokens = ar.take::<u32>(n)?;
@@ -449,16 +612,17 @@ impl<'m, 'a> Generator<'m, 'a> {
             opts,
             sched,
             sizes: s,
-            rng: Rng::new(opts.seed),
             k: 0,
-            f_hat,
-            ada,
-            head_ada,
-            hidden,
-            kv_k,
-            kv_v,
-            tokens,
-            next_in,
+            st: State {
+                rng: Rng::new(opts.seed),
+                f_hat,
+                ada,
+                head_ada,
+                kv_k,
+                kv_v,
+                tokens,
+                next_in,
+            },
             scratch,
         };
         g.init_ada()?;
@@ -481,8 +645,8 @@ impl<'m, 'a> Generator<'m, 'a> {
                 &self.model.weights.var,
                 c,
                 label,
-                &mut self.ada[r * s.depth * 6 * c..(r + 1) * s.depth * 6 * c],
-                &mut self.head_ada[r * 2 * c..(r + 1) * 2 * c],
+                &mut self.st.ada[r * s.depth * 6 * c..(r + 1) * s.depth * 6 * c],
+                &mut self.st.head_ada[r * 2 * c..(r + 1) * 2 * c],
                 b.ada_tmp,
                 &mut b.st.lin,
                 self.par,
@@ -508,36 +672,211 @@ impl<'m, 'a> Generator<'m, 'a> {
 
     /// The accumulated latent (`Cvae × P × P`).
     pub fn f_hat(&self) -> &[f32] {
-        self.f_hat
+        self.st.f_hat
     }
 
-    /// Runs the next scale.
+    /// Runs the next scale; refinement passes (if any) draw again the least confident quarter of
+    /// the tokens ([`crate::resample::FixedFraction`] 0.25).
     pub fn step(&mut self, hook: &mut dyn StepHook) -> Result<()> {
+        self.step_with(hook, &mut crate::resample::FixedFraction { fraction: 0.25 })
+    }
+
+    /// Runs the next scale, choosing the tokens each refinement pass draws again with `policy`.
+    pub fn step_with(
+        &mut self,
+        hook: &mut dyn StepHook,
+        policy: &mut dyn ResamplePolicy,
+    ) -> Result<()> {
         if self.finished() {
             return Err(Error::WrongState("all scales already sampled"));
         }
         let cfg = &self.model.config;
         let w = &self.model.weights;
-        let t = &w.var;
+        let Sizes { cv, p, v, .. } = self.sizes;
+        let k = self.k;
+        let steps = self.sched.len();
+        let pn = self.sched.pn[k] as usize;
+        let n = pn * pn;
+        let settings = self.opts.settings(k, steps);
+        let refine = settings.refine as usize;
+        let st = &mut self.st;
+        let ctx = Ctx {
+            model: self.model,
+            par: self.par,
+            opts: &self.opts,
+            sched: &self.sched,
+            sizes: &self.sizes,
+            settings,
+            k,
+        };
+
+        let mut ar = Arena::new(&mut *self.scratch)?;
+        let mut b = take_step(&self.sizes, &mut ar)?;
+
+        // 1-3. Input from f_hat, blocks, head, guidance; every token drawn.
+        ctx.forward_and_sample(st, &mut b, false, refine > 0, hook);
+        hook.force(k, pn, &mut st.tokens[..n]);
+        check_tokens(&st.tokens[..n], v)?;
+
+        // Refinement: re-run this scale from the draft f_hat (f_hat plus the drafted tokens) and
+        // draw again the tokens the policy picks; the rest are kept.
+        for pass in 1..=refine {
+            scale_contribution(
+                &w.quant,
+                cfg.vae.quant_resi,
+                self.sched.phi[k] as usize,
+                cv,
+                &st.tokens[..n],
+                pn,
+                p,
+                b.h,
+                b.contrib,
+                b.cscratch,
+                self.par,
+            );
+            for ((d, f), c) in b
+                .draft
+                .iter_mut()
+                .zip(st.f_hat.iter())
+                .zip(b.contrib.iter())
+            {
+                *d = *f + *c;
+            }
+            policy.select(k, steps, pass, &b.stats[..n], &mut b.resample[..n]);
+            if !b.resample[..n].iter().any(|r| *r) {
+                continue;
+            }
+            area_resize(b.draft, cv, p, pn, st.next_in);
+            ctx.forward_and_sample(st, &mut b, true, true, hook);
+            hook.force(k, pn, &mut st.tokens[..n]);
+            check_tokens(&st.tokens[..n], v)?;
+        }
+
+        // 4. f_hat += Phi(bicubic(codebook[idx], P)); next input = area(f_hat, pn_next).
+        scale_contribution(
+            &w.quant,
+            cfg.vae.quant_resi,
+            self.sched.phi[k] as usize,
+            cv,
+            &st.tokens[..n],
+            pn,
+            p,
+            b.h,
+            b.contrib,
+            b.cscratch,
+            self.par,
+        );
+        for (f, d) in st.f_hat.iter_mut().zip(b.contrib.iter()) {
+            *f += *d;
+        }
+        hook.scale_done(k, &st.tokens[..n], st.f_hat);
+        #[cfg(feature = "defmt")]
+        defmt::info!(
+            "srdd: scale {}/{} done ({}x{} tokens)",
+            k + 1,
+            steps,
+            pn,
+            pn
+        );
+        if k + 1 < steps {
+            let pn2 = self.sched.pn[k + 1] as usize;
+            area_resize(st.f_hat, cv, p, pn2, st.next_in);
+        }
+        self.k += 1;
+        Ok(())
+    }
+
+    /// Runs every remaining scale.
+    pub fn run(&mut self, hook: &mut dyn StepHook) -> Result<()> {
+        while !self.finished() {
+            self.step(hook)?;
+        }
+        Ok(())
+    }
+
+    /// Runs every remaining scale with `policy` choosing what refinement passes draw again.
+    pub fn run_with(
+        &mut self,
+        hook: &mut dyn StepHook,
+        policy: &mut dyn ResamplePolicy,
+    ) -> Result<()> {
+        while !self.finished() {
+            self.step_with(hook, policy)?;
+        }
+        Ok(())
+    }
+
+    /// Decodes the finished `f_hat`, handing each image row (interleaved RGB in [−1, 1]) to `sink`.
+    pub fn decode(&mut self, sink: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
+        if !self.finished() {
+            return Err(Error::WrongState("decode before the last scale"));
+        }
+        let mut ar = Arena::new(&mut *self.scratch)?;
+        vae::decode(
+            &self.model.weights.decoder,
+            &self.model.config,
+            self.st.f_hat,
+            &mut ar,
+            true,
+            self.par,
+            sink,
+        )
+    }
+}
+
+fn check_tokens(tokens: &[u32], v: usize) -> Result<()> {
+    match tokens.iter().find(|&&x| x as usize >= v) {
+        Some(&bad) => Err(Error::TokenOutOfRange {
+            token: bad,
+            vocab: v as u32,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// What one forward pass over a scale reads.
+struct Ctx<'x> {
+    model: &'x Model<'x>,
+    par: &'x dyn Parallel,
+    opts: &'x SampleOptions,
+    sched: &'x Schedule,
+    sizes: &'x Sizes,
+    settings: StepSettings,
+    k: usize,
+}
+
+impl Ctx<'_> {
+    /// Builds step `k`'s input (the class token at step 0, else `word_embed(next_in)`), runs the
+    /// blocks and the head, mixes guidance and draws tokens: every token, or with `only_flagged`
+    /// those with `b.resample` set. With `stats`, records each drawn token's features.
+    fn forward_and_sample(
+        &self,
+        st: &mut State<'_>,
+        b: &mut StepBufs<'_>,
+        only_flagged: bool,
+        stats: bool,
+        hook: &mut dyn StepHook,
+    ) {
+        let cfg = &self.model.config;
+        let t = &self.model.weights.var;
         let Sizes {
             rows,
             n: nmax,
             c,
             v,
             cv,
-            p,
             depth,
+            chunk,
             ..
-        } = self.sizes;
+        } = *self.sizes;
         let k = self.k;
-        let steps = self.sched.len();
         let pn = self.sched.pn[k] as usize;
         let n = pn * pn;
         let level = self.sched.level[k] as usize;
         let pos0 = cfg.scale_begin(level);
         let heads = cfg.var.num_heads as usize;
         let eps = cfg.var.norm_eps;
-        let tg = self.opts.guidance_at(k, steps);
+        let tg = self.settings.guidance as f64;
         let causal = self.opts.attention == Attention::Causal;
         let run_rows = if rows == 2 && (causal || tg != 0.0) {
             2
@@ -545,11 +884,9 @@ impl<'m, 'a> Generator<'m, 'a> {
             1
         };
         let cache_begin: usize = (0..k).map(|j| self.sched.tokens(j)).sum();
-
-        let mut ar = Arena::new(&mut *self.scratch)?;
-        let mut b = take_step(&self.sizes, &mut ar)?;
         let lvl_pos =
             |tok: usize, i: usize| t.lvl_embed[level * c + i] + t.pos_1lc[(pos0 + tok) * c + i];
+        let hidden = &mut *b.hidden;
 
         // 1. Input tokens.
         if k == 0 {
@@ -560,7 +897,7 @@ impl<'m, 'a> Generator<'m, 'a> {
                 } else {
                     null
                 };
-                let x = &mut self.hidden[r * nmax * c..];
+                let x = &mut hidden[r * nmax * c..];
                 for tok in 0..n {
                     for i in 0..c {
                         x[tok * c + i] =
@@ -571,38 +908,31 @@ impl<'m, 'a> Generator<'m, 'a> {
         } else {
             for tok in 0..n {
                 for ch in 0..cv {
-                    b.win[tok * cv + ch] = self.next_in[ch * n + tok];
+                    b.win[tok * cv + ch] = st.next_in[ch * n + tok];
                 }
             }
-            linear(
-                b.win,
-                n,
-                &t.word_embed,
-                self.hidden,
-                &mut b.st.lin,
-                self.par,
-            );
+            linear(b.win, n, &t.word_embed, hidden, &mut b.st.lin, self.par);
             for tok in 0..n {
                 for i in 0..c {
-                    self.hidden[tok * c + i] += lvl_pos(tok, i);
+                    hidden[tok * c + i] += lvl_pos(tok, i);
                 }
             }
             for r in 1..run_rows {
-                self.hidden.copy_within(0..n * c, r * nmax * c);
+                hidden.copy_within(0..n * c, r * nmax * c);
             }
         }
 
         // 2. Blocks.
         for r in 0..run_rows {
-            let x = &mut self.hidden[r * nmax * c..r * nmax * c + n * c];
+            let x = &mut hidden[r * nmax * c..r * nmax * c + n * c];
             for (bi, blk) in t.blocks.iter().enumerate() {
-                let ada = &self.ada[(r * depth + bi) * 6 * c..(r * depth + bi + 1) * 6 * c];
+                let ada = &st.ada[(r * depth + bi) * 6 * c..(r * depth + bi + 1) * 6 * c];
                 let kv = if causal {
                     let len = self.sizes.cache * c;
                     let off = (bi * rows + r) * len;
                     Kv::Causal {
-                        k: &mut self.kv_k[off..off + len],
-                        v: &mut self.kv_v[off..off + len],
+                        k: &mut st.kv_k[off..off + len],
+                        v: &mut st.kv_v[off..off + len],
                         begin: cache_begin,
                     }
                 } else {
@@ -615,15 +945,16 @@ impl<'m, 'a> Generator<'m, 'a> {
         // 3. Head, guidance, sampling.
         let c1 = (1.0 + tg) as f32;
         let t32 = tg as f32;
+        let s = &self.settings;
         let mut t0 = 0;
         while t0 < n {
-            let m = HEAD_CHUNK.min(n - t0);
-            let xc = &self.hidden[t0 * c..(t0 + m) * c];
+            let m = chunk.min(n - t0);
+            let xc = &hidden[t0 * c..(t0 + m) * c];
             head_logits(
                 t,
                 c,
                 eps,
-                &self.head_ada[..2 * c],
+                &st.head_ada[..2 * c],
                 xc,
                 m,
                 b.head_xn,
@@ -632,12 +963,12 @@ impl<'m, 'a> Generator<'m, 'a> {
                 self.par,
             );
             if run_rows == 2 {
-                let xu = &self.hidden[(nmax + t0) * c..(nmax + t0 + m) * c];
+                let xu = &hidden[(nmax + t0) * c..(nmax + t0 + m) * c];
                 head_logits(
                     t,
                     c,
                     eps,
-                    &self.head_ada[2 * c..4 * c],
+                    &st.head_ada[2 * c..4 * c],
                     xu,
                     m,
                     b.head_xn,
@@ -656,81 +987,16 @@ impl<'m, 'a> Generator<'m, 'a> {
                     }
                 }
                 hook.guided_logits(k, tok, lc);
-                self.tokens[tok] = sample_token(
-                    lc,
-                    self.opts.top_k,
-                    self.opts.top_p,
-                    self.opts.temperature,
-                    &mut self.rng,
-                    b.samp,
-                );
+                if only_flagged && !b.resample[tok] {
+                    continue;
+                }
+                st.tokens[tok] =
+                    sample_token(lc, s.top_k, s.top_p, s.temperature, &mut st.rng, b.samp);
+                if stats {
+                    b.stats[tok] = token_stats(lc, st.tokens[tok]);
+                }
             }
             t0 += m;
         }
-        hook.force(k, pn, &mut self.tokens[..n]);
-        if let Some(&bad) = self.tokens[..n].iter().find(|&&x| x as usize >= v) {
-            return Err(Error::TokenOutOfRange {
-                token: bad,
-                vocab: v as u32,
-            });
-        }
-
-        // 4. f_hat += Phi(bicubic(codebook[idx], P)); next input = area(f_hat, pn_next).
-        scale_contribution(
-            &w.quant,
-            cfg.vae.quant_resi,
-            self.sched.phi[k] as usize,
-            cv,
-            &self.tokens[..n],
-            pn,
-            p,
-            b.h,
-            b.contrib,
-            b.cscratch,
-            self.par,
-        );
-        for (f, d) in self.f_hat.iter_mut().zip(b.contrib.iter()) {
-            *f += *d;
-        }
-        hook.scale_done(k, &self.tokens[..n], self.f_hat);
-        #[cfg(feature = "defmt")]
-        defmt::info!(
-            "srdd: scale {}/{} done ({}x{} tokens)",
-            k + 1,
-            steps,
-            pn,
-            pn
-        );
-        if k + 1 < steps {
-            let pn2 = self.sched.pn[k + 1] as usize;
-            area_resize(self.f_hat, cv, p, pn2, self.next_in);
-        }
-        self.k += 1;
-        Ok(())
-    }
-
-    /// Runs every remaining scale.
-    pub fn run(&mut self, hook: &mut dyn StepHook) -> Result<()> {
-        while !self.finished() {
-            self.step(hook)?;
-        }
-        Ok(())
-    }
-
-    /// Decodes the finished `f_hat`, handing each image row (interleaved RGB in [−1, 1]) to `sink`.
-    pub fn decode(&mut self, sink: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
-        if !self.finished() {
-            return Err(Error::WrongState("decode before the last scale"));
-        }
-        let mut ar = Arena::new(&mut *self.scratch)?;
-        vae::decode(
-            &self.model.weights.decoder,
-            &self.model.config,
-            self.f_hat,
-            &mut ar,
-            true,
-            self.par,
-            sink,
-        )
     }
 }

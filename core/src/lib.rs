@@ -9,7 +9,7 @@
 //!
 //! Pipeline rooms: [`format`] (the `.srdd` file), [`weights`] (zero-copy views), [`kernels`],
 //! [`var`] (transformer), [`vq`] (quantizer bookkeeping), [`vae`] (decoder/encoder), [`sample`],
-//! [`schedule`], [`generate`] (the per-image loop) and [`tokenize`] (image → tokens).
+//! [`schedule`], [`resample`] (refinement policies), [`generate`] (the per-image loop) and [`tokenize`] (image → tokens).
 //!
 //! References: Tian et al., *Visual Autoregressive Modeling* (NeurIPS 2024, FoundationVision/VAR);
 //! Kumar et al., *Scale-Wise VAR is Secretly Discrete Diffusion* (arXiv 2509.22636).
@@ -32,6 +32,7 @@ pub mod generate;
 pub mod kernels;
 pub mod math;
 pub mod parallel;
+pub mod resample;
 pub mod sample;
 pub mod schedule;
 pub mod tokenize;
@@ -42,7 +43,9 @@ pub mod weights;
 
 pub use config::{Attention, ModelConfig, WeightFormat};
 pub use error::{Error, Result};
-pub use generate::{Generator, Guidance, NoHook, Plan, SampleOptions, StepHook};
+pub use generate::{
+    Generator, Guidance, NoHook, Plan, SampleOptions, StepHook, StepSettings, StepTable,
+};
 pub use schedule::Schedule;
 pub use weights::Weights;
 

@@ -10,8 +10,10 @@ use crate::kernels::{gelu_tanh, layer_norm, linear, silu, softmax, LinearScratch
 use crate::parallel::Parallel;
 use crate::weights::{AdaLn, Block, Transformer};
 
-/// Tokens per FFN chunk: bounds the hidden activation to `FFN_CHUNK × F` floats.
-pub const FFN_CHUNK: usize = 64;
+/// Default tokens per FFN / head chunk: bounds the FFN hidden activation to `chunk × F` floats
+/// and the logits to `chunk × V` per CFG row. Any chunk gives identical results (every kernel
+/// works per token); smaller chunks trade speed for arena bytes.
+pub const DEFAULT_CHUNK: usize = 64;
 
 /// Scratch of one scale step of one row.
 pub struct StepScratch<'s> {
@@ -21,8 +23,10 @@ pub struct StepScratch<'s> {
     pub qkv: &'s mut [f32],
     /// Branch output, `n × C`.
     pub tmp: &'s mut [f32],
-    /// FFN hidden, `FFN_CHUNK × F`.
+    /// FFN hidden, `chunk × F`.
     pub ffn: &'s mut [f32],
+    /// Tokens per FFN chunk.
+    pub chunk: usize,
     /// Attention scores of one query, `keys` floats.
     pub scores: &'s mut [f32],
     /// Linear-kernel scratch.
@@ -196,7 +200,7 @@ pub fn block_forward(
     let f = b.fc1.out_dim;
     let mut t0 = 0;
     while t0 < n {
-        let m = FFN_CHUNK.min(n - t0);
+        let m = s.chunk.min(n - t0);
         linear(&s.xn[t0 * c..], m, &b.fc1, s.ffn, &mut s.lin, par);
         s.ffn[..m * f].iter_mut().for_each(|v| *v = gelu_tanh(*v));
         linear(s.ffn, m, &b.fc2, &mut s.tmp[t0 * c..], &mut s.lin, par);
@@ -208,9 +212,6 @@ pub fn block_forward(
         }
     }
 }
-
-/// Tokens per head chunk: bounds the logits buffer to `HEAD_CHUNK × V` floats per CFG row.
-pub const HEAD_CHUNK: usize = 64;
 
 /// Logits of `m` tokens: `head(LN(x)·(1 + scale) + shift)`; `xn` needs `m·C` floats, `logits`
 /// `m·V`.

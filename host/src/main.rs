@@ -184,6 +184,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     Some(Attn::Markov) => Attention::Markov,
                     None => m.config.attention,
                 },
+                ..SampleOptions::new(label)
             };
             // Validate everything (and the arena plan) before any work.
             Plan::new(&m.config, &opts, &sched).map_err(|e| e.to_string())?;

@@ -30,6 +30,7 @@ fn guided(label: u32, attention: Attention, seed: u64) -> SampleOptions {
         temperature: 1.0,
         seed,
         attention,
+        ..SampleOptions::new(label)
     }
 }
 
@@ -785,6 +786,7 @@ fn unguided(top_k: u32, top_p: f32, temperature: f32) -> SampleOptions {
         temperature,
         seed: 0,
         attention: Attention::Markov,
+        ..SampleOptions::new(3)
     }
 }
 

@@ -60,6 +60,7 @@ fn main() {
         } else {
             Attention::Markov
         },
+        ..SampleOptions::new(0)
     };
     let sched = Schedule::full(&model.config);
     let plan = Plan::new(&model.config, &opts, &sched).unwrap();

@@ -508,6 +508,7 @@ fn run_case(
                 temperature: 1.0,
                 seed: case["seed"].as_u64().unwrap_or(0),
                 attention,
+                ..SampleOptions::new(label)
             };
             if !teacher && case["cfg_schedule"].as_str().unwrap_or("linear") != "linear" {
                 return Err(ParityError::Manifest("unsupported cfg_schedule".into()));
@@ -554,14 +555,8 @@ fn run_case(
                 let n = sched.max_tokens();
                 let mut resized = vec![0f32; n];
                 let mut force = vec![false; n];
-                let mut hook = EditHook {
-                    keep: &keep,
-                    p: cfg.latent_side(),
-                    source: &source,
-                    resized: &mut resized,
-                    force: &mut force,
-                    offset: 0,
-                };
+                let mut hook =
+                    EditHook::new(&keep, cfg.latent_side(), &source, &mut resized, &mut force);
                 for k in 0..steps {
                     struct Both<'x, 'y>(&'x mut EditHook<'y>, &'x mut Capture);
                     impl StepHook for Both<'_, '_> {

@@ -1,0 +1,310 @@
+//! The sampling plan (issue #5): per-step settings tables, guidance schedules, token chunks,
+//! refinement passes with resampling policies, and editing with refinement.
+
+mod common;
+
+use common::{bits, run_full, RunOut};
+use srdd_core::aligned::AlignedBytes;
+use srdd_core::edit::EditHook;
+use srdd_core::generate::{
+    Generator, Guidance, Plan, SampleOptions, StepHook, StepSettings, StepTable,
+};
+use srdd_core::parallel::Sequential;
+use srdd_core::resample::{ConfidenceThreshold, FixedFraction, KeepAll, ResamplePolicy};
+use srdd_core::tokenize::{tokenize, tokenize_bytes};
+use srdd_core::{Attention, Error, Model, Schedule, WeightFormat};
+
+const SIX: &str = "tiny-six-scales";
+const OFFICIAL: &str = "tiny-official-schedule";
+
+fn with_model<R>(fixture: &str, w: WeightFormat, f: impl FnOnce(&Model<'_>) -> R) -> R {
+    let b = common::packed(&common::fixture(fixture), w);
+    let model = Model::from_bytes(b.as_bytes()).expect("load packed fixture");
+    f(&model)
+}
+
+fn opts(label: u32, attention: Attention) -> SampleOptions {
+    SampleOptions {
+        top_k: 50,
+        seed: 7,
+        attention,
+        ..SampleOptions::new(label)
+    }
+}
+
+/// Runs with `policy` choosing what refinement passes draw again; exactly `Plan` bytes.
+fn run_policy(
+    model: &Model<'_>,
+    o: SampleOptions,
+    sched: &Schedule,
+    policy: &mut dyn ResamplePolicy,
+    hook: &mut dyn StepHook,
+) -> srdd_core::Result<RunOut> {
+    let plan = Plan::new(&model.config, &o, sched)?;
+    let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
+    let mut gen = Generator::new(model, o, sched.clone(), arena.as_bytes_mut())?;
+    struct Both<'a, 'b>(&'a mut dyn StepHook, &'b mut Vec<Vec<u32>>);
+    impl StepHook for Both<'_, '_> {
+        fn force(&mut self, k: usize, pn: usize, t: &mut [u32]) {
+            self.0.force(k, pn, t)
+        }
+        fn scale_done(&mut self, k: usize, t: &[u32], f: &[f32]) {
+            self.1.push(t.to_vec());
+            self.0.scale_done(k, t, f)
+        }
+    }
+    let mut tokens = Vec::new();
+    gen.run_with(&mut Both(hook, &mut tokens), policy)?;
+    let f_hat = gen.f_hat().to_vec();
+    let mut image = Vec::new();
+    gen.decode(&mut |_y, row| image.extend_from_slice(row))?;
+    Ok(RunOut {
+        tokens,
+        logits: Vec::new(),
+        f_hat,
+        image,
+    })
+}
+
+struct NoOp;
+impl StepHook for NoOp {}
+
+#[test]
+fn token_chunks_do_not_change_results() {
+    for fixture in [SIX, OFFICIAL] {
+        for w in [WeightFormat::F32, WeightFormat::Int8] {
+            with_model(fixture, w, |model| {
+                let sched = Schedule::full(&model.config);
+                for attention in [Attention::Markov, Attention::Causal] {
+                    let base = run_full(model, opts(2, attention), &sched).unwrap();
+                    for chunk in [1u16, 7, 16] {
+                        let o = SampleOptions {
+                            chunk,
+                            ..opts(2, attention)
+                        };
+                        let got = run_full(model, o, &sched).unwrap();
+                        let what = format!("{fixture} {w:?} {attention:?} chunk {chunk}");
+                        assert_eq!(got.tokens, base.tokens, "{what}");
+                        assert_eq!(bits(&got.logits.concat()), bits(&base.logits.concat()));
+                        assert_eq!(bits(&got.image), bits(&base.image), "{what}");
+                        // Smaller chunks need fewer bytes.
+                        let small = Plan::new(&model.config, &o, &sched).unwrap().step_bytes;
+                        let big = Plan::new(&model.config, &opts(2, attention), &sched)
+                            .unwrap()
+                            .step_bytes;
+                        assert!(small < big, "{what}: {small} >= {big}");
+                    }
+                }
+            });
+        }
+    }
+}
+
+#[test]
+fn step_tables_reproduce_the_global_settings() {
+    with_model(OFFICIAL, WeightFormat::F32, |model| {
+        let sched = Schedule::full(&model.config);
+        let steps = sched.len();
+        let base = opts(1, Attention::Markov);
+        let reference = run_full(model, base, &sched).unwrap();
+        let mut t = StepTable::filled(
+            StepSettings {
+                guidance: 0.0,
+                temperature: base.temperature,
+                top_k: base.top_k,
+                top_p: base.top_p,
+                refine: 0,
+            },
+            steps,
+        );
+        for k in 0..steps {
+            t.rows[k].guidance = base.cfg * k as f32 / (steps - 1) as f32;
+        }
+        let tabled = SampleOptions {
+            table: Some(t),
+            ..base
+        };
+        let got = run_full(model, tabled, &sched).unwrap();
+        assert_eq!(got.tokens, reference.tokens);
+        assert_eq!(bits(&got.image), bits(&reference.image));
+        // Constant guidance equals a constant table.
+        let constant = SampleOptions {
+            guidance: Guidance::Constant,
+            ..base
+        };
+        for k in 0..steps {
+            t.rows[k].guidance = base.cfg;
+        }
+        let a = run_full(model, constant, &sched).unwrap();
+        let b = run_full(
+            model,
+            SampleOptions {
+                table: Some(t),
+                ..base
+            },
+            &sched,
+        )
+        .unwrap();
+        assert_eq!(a.tokens, b.tokens);
+        assert_ne!(
+            a.tokens, reference.tokens,
+            "constant guidance changes the draw"
+        );
+        // A per-step temperature row takes effect only on its step.
+        let mut hot = t;
+        hot.rows[steps - 1].temperature = 5.0;
+        let c = run_full(
+            model,
+            SampleOptions {
+                table: Some(hot),
+                ..base
+            },
+            &sched,
+        )
+        .unwrap();
+        assert_eq!(c.tokens[..steps - 1], b.tokens[..steps - 1]);
+        assert_ne!(c.tokens[steps - 1], b.tokens[steps - 1]);
+        // Wrong tables are typed errors.
+        let mut short = t;
+        short.len = steps - 1;
+        let err = Plan::new(
+            &model.config,
+            &SampleOptions {
+                table: Some(short),
+                ..base
+            },
+            &sched,
+        );
+        assert!(matches!(err, Err(Error::BadOption(_))), "{err:?}");
+        let mut bad = t;
+        bad.rows[2].top_p = 2.0;
+        let err = Plan::new(
+            &model.config,
+            &SampleOptions {
+                table: Some(bad),
+                ..base
+            },
+            &sched,
+        );
+        assert!(matches!(err, Err(Error::BadOption(_))), "{err:?}");
+        let err = Plan::new(&model.config, &SampleOptions { refine: 17, ..base }, &sched);
+        assert!(matches!(err, Err(Error::BadOption(_))), "{err:?}");
+    });
+}
+
+#[test]
+fn refinement_with_keep_all_is_a_no_op() {
+    for fixture in [SIX, OFFICIAL] {
+        for w in [WeightFormat::F32, WeightFormat::Int8] {
+            with_model(fixture, w, |model| {
+                let sched = Schedule::full(&model.config);
+                let base = opts(3, Attention::Markov);
+                let reference = run_full(model, base, &sched).unwrap();
+                let refined = SampleOptions { refine: 3, ..base };
+                let got = run_policy(model, refined, &sched, &mut KeepAll, &mut NoOp).unwrap();
+                assert_eq!(got.tokens, reference.tokens, "{fixture} {w:?}");
+                assert_eq!(bits(&got.image), bits(&reference.image), "{fixture} {w:?}");
+            });
+        }
+    }
+}
+
+#[test]
+fn refinement_resamples_within_the_plan() {
+    with_model(OFFICIAL, WeightFormat::Int8, |model| {
+        let sched = Schedule::full(&model.config);
+        let base = opts(3, Attention::Markov);
+        let reference = run_full(model, base, &sched).unwrap();
+        let refined = SampleOptions { refine: 2, ..base };
+        // Exactly the planned bytes suffice (run_policy), one byte less is a typed error.
+        let a = run_policy(
+            model,
+            refined,
+            &sched,
+            &mut FixedFraction { fraction: 0.5 },
+            &mut NoOp,
+        )
+        .unwrap();
+        assert_eq!(
+            a.tokens[0], reference.tokens[0],
+            "the first step is never refined"
+        );
+        assert_ne!(a.tokens, reference.tokens, "refinement redraws tokens");
+        let b = run_policy(
+            model,
+            refined,
+            &sched,
+            &mut FixedFraction { fraction: 0.5 },
+            &mut NoOp,
+        )
+        .unwrap();
+        assert_eq!(a.tokens, b.tokens, "deterministic per seed");
+        let c = run_policy(
+            model,
+            refined,
+            &sched,
+            &mut ConfidenceThreshold { threshold: 0.3 },
+            &mut NoOp,
+        )
+        .unwrap();
+        assert!(c.image.iter().all(|v| v.is_finite()));
+        let plan = Plan::new(&model.config, &refined, &sched).unwrap();
+        let plain = Plan::new(&model.config, &base, &sched).unwrap();
+        assert!(plan.arena_bytes() > plain.arena_bytes());
+        let mut arena = AlignedBytes::zeroed(plan.arena_bytes() - 1);
+        assert!(matches!(
+            Generator::new(model, refined, sched.clone(), arena.as_bytes_mut()),
+            Err(Error::ArenaTooSmall { .. })
+        ));
+    });
+}
+
+#[test]
+fn forcing_every_token_reproduces_the_reconstruction_even_with_refinement() {
+    for w in [WeightFormat::F32, WeightFormat::Int8] {
+        with_model(SIX, w, |model| {
+            let cfg = &model.config;
+            let sched = Schedule::full(cfg);
+            let side = cfg.image_side();
+            let image: Vec<f32> = (0..3 * side * side)
+                .map(|i| ((i as f32 * 0.37).sin() * 0.8).clamp(-1.0, 1.0))
+                .collect();
+            let (cv, p) = (cfg.vae.cvae as usize, cfg.latent_side());
+            let mut ta = AlignedBytes::zeroed(tokenize_bytes(model, &sched));
+            let mut toks = vec![0u32; sched.total_tokens()];
+            let mut f = vec![0f32; cv * p * p];
+            let mut f_hat = vec![0f32; cv * p * p];
+            tokenize(
+                model,
+                &sched,
+                &image,
+                ta.as_bytes_mut(),
+                &mut toks,
+                &mut f,
+                &mut f_hat,
+                &Sequential,
+            )
+            .unwrap();
+            let keep = vec![1f32; p * p];
+            let n = sched.max_tokens();
+            for refine in [0u8, 2] {
+                let (mut resized, mut force) = (vec![0f32; n], vec![false; n]);
+                let mut hook = EditHook::new(&keep, p, &toks, &mut resized, &mut force);
+                let o = SampleOptions {
+                    refine,
+                    ..opts(0, Attention::Markov)
+                };
+                let got = run_policy(
+                    model,
+                    o,
+                    &sched,
+                    &mut FixedFraction { fraction: 1.0 },
+                    &mut hook,
+                )
+                .unwrap();
+                assert_eq!(got.tokens.concat(), toks, "{w:?} refine {refine}");
+                assert_eq!(bits(&got.f_hat), bits(&f_hat), "{w:?} refine {refine}");
+            }
+        });
+    }
+}

@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Train the emoji32 SRDD (Markovian VAR) transformer on tokens of the frozen trained VQVAE.
+
+Tokens of all train images and their horizontal flips are pre-computed with the VQVAE (held-out images unflipped
+for evaluation). Teacher-forcing inputs are the official idxBl_to_var_input (Phi, bicubic up, area down; VAR_SPEC
+3.5); forward is the official VAR.forward (label -> null class with probability cond_drop_rate, SOS = class_emb +
+pos_start, + lvl_embed + pos_1LC) with the MARKOVIAN block-diagonal attention mask (VAR_SPEC 11.4); loss = mean
+token cross-entropy over all L tokens (5.8). AdamW (no weight decay on biases, 1-D params, pos/lvl embeddings and
+scale_mul, as the official filter), linear warmup, cosine decay, grad clipping.
+
+Writes <out_dir>/var.pth (plain torch.save of the official-format OrderedDict state_dict; the stored
+attn_bias_for_masking buffer is the official block-causal one) and logs to tools/train/logs/train_var.log.
+
+Usage: python tools/train/train_var.py [--device cpu|cuda] [--epochs N] [--vae /work/scratch/emoji/vae.pth]
+"""
+import argparse
+import math
+import os
+import sys
+import time
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import check_format  # noqa: E402
+from common import HERE, Logger, cosine_lr, load_config, load_data, to_tensor_images  # noqa: E402
+from eval_tokens import build_vae, build_var, split_tokens, token_ce, tokenize, var_inputs  # noqa: E402
+
+NOWD = ("pos_1LC", "pos_start", "lvl_embed", "scale_mul", "ada_gss")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--npz", default=None)
+    ap.add_argument("--vae", default=None)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--log", default=os.path.join(HERE, "logs", "train_var.log"))
+    args = ap.parse_args()
+    cfg = load_config(args.config)
+    tc = cfg["var"]["train"]
+    epochs = args.epochs or tc["epochs"]
+    bs = args.batch_size or tc["batch_size"]
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(tc["seed"])
+    dev = torch.device(args.device)
+    log = Logger(args.log)
+    d = load_data(args.npz or cfg["data"]["npz"])
+    pn = tuple(cfg["vqvae"]["patch_nums"])
+    num_classes = len(d["class_names"])
+    log(f"var config {cfg['var']} | num_classes {num_classes} ({list(d['class_names'])}) | epochs {epochs} bs {bs} "
+        f"device {args.device}")
+    vae = build_vae(cfg)
+    vae_path = args.vae or os.path.join(cfg["out_dir"], "vae.pth")
+    vae.load_state_dict(torch.load(vae_path, weights_only=True))
+    vae.to(dev).eval()
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    X = to_tensor_images(d["images"]).to(dev)
+    y = torch.from_numpy(d["labels"]).to(dev)
+    tr = torch.from_numpy(d["split"] == 0).to(dev)
+    t0 = time.time()
+    Xtr = X[tr]
+    if tc["hflip_tokens"]:
+        Xtr = torch.cat([Xtr, Xtr.flip(3)])
+        ytr = torch.cat([y[tr], y[tr]])
+    else:
+        ytr = y[tr]
+    tok_tr = tokenize(vae, Xtr)
+    tok_ho = tokenize(vae, X[~tr])
+    y_ho = y[~tr]
+    vin_tr = var_inputs(vae, tok_tr, pn)
+    vin_ho = var_inputs(vae, tok_ho, pn)
+    log(f"tokenized {tok_tr.shape[0]} train sequences (incl. flips) and {tok_ho.shape[0]} held-out in {time.time() - t0:.1f}s; "
+        f"L={tok_tr.shape[1]}")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out or os.path.join(cfg["out_dir"], "var.pth"))), exist_ok=True)
+    torch.save({"tok_tr": tok_tr.cpu(), "y_tr": ytr.cpu(), "tok_ho": tok_ho.cpu(), "y_ho": y_ho.cpu()},
+               os.path.join(os.path.dirname(args.out or os.path.join(cfg["out_dir"], "var.pth")), "tokens.pt"))
+
+    var = build_var(cfg, num_classes).to(dev)
+    n_par = sum(p.numel() for p in var.parameters())
+    log(f"VAR params {n_par:,}")
+    decay, no_decay = [], []
+    for n, p in var.named_parameters():
+        (no_decay if (p.ndim < 2 or any(k in n for k in NOWD)) else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=tc["lr"], betas=tuple(tc["betas"]))
+    mask = var.attn_mask(cfg["var"]["attention_train"]).to(dev)
+    N = tok_tr.shape[0]
+    steps_per_epoch = N // bs
+    total = epochs * steps_per_epoch
+    step = 0
+    t0 = time.time()
+    best = (1e9, None)
+    for ep in range(epochs):
+        var.train()
+        perm = torch.randperm(N, device=dev)
+        s = 0.0
+        for it in range(steps_per_epoch):
+            b = perm[it * bs:(it + 1) * bs]
+            lr = cosine_lr(step, total, tc["lr"], tc["warmup_steps"], tc["lr_min_ratio"])
+            for gr in opt.param_groups:
+                gr["lr"] = lr
+            logits = var(ytr[b], vin_tr[b], mask)
+            loss = F.cross_entropy(logits.reshape(-1, var.V), tok_tr[b].reshape(-1),
+                                   label_smoothing=tc.get("label_smoothing", 0.0))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(var.parameters(), tc["grad_clip"])
+            opt.step()
+            s += loss.item()
+            step += 1
+        msg = f"ep {ep + 1:4d}/{epochs} step {step} lr {lr:.2e} train CE {s / steps_per_epoch:.4f}"
+        if (ep + 1) % max(1, epochs // 15) == 0 or ep == epochs - 1 or ep == 0:
+            ce, per, acc = token_ce(var, vin_ho, tok_ho, y_ho, "markov")
+            msg += f" | held-out CE {ce:.4f} acc {acc:.3f} per scale {[round(v, 3) for v in per]}"
+        log(msg + f" ({time.time() - t0:.0f}s)")
+    t_train = time.time() - t0
+    for att in ("markov", "causal"):
+        ce, per, acc = token_ce(var, vin_ho, tok_ho, y_ho, att)
+        log(f"FINAL held-out CE [{att}] {ce:.4f} (ppl {math.exp(ce):.1f}) acc {acc:.3f} per scale {[round(v, 4) for v in per]}")
+    sub = torch.randperm(N, device=dev)[:1024]
+    ce, per, acc = token_ce(var, vin_tr[sub], tok_tr[sub], ytr[sub], "markov")
+    log(f"FINAL train (1024 seq) CE [markov] {ce:.4f} acc {acc:.3f} per scale {[round(v, 4) for v in per]}")
+    log(f"train wall time {t_train:.0f}s ({args.device}, {args.threads} threads)")
+    var = var.cpu().eval()
+    sd = var.state_dict()
+    c = cfg["var"]
+    n, order = check_format.check_var(sd, c["depth"], c["embed_dim"], c["num_heads"], cfg["vqvae"]["V"],
+                                      cfg["vqvae"]["Cvae"], num_classes, pn)
+    sd = OrderedDict((k, sd[k].detach().clone().contiguous()) for k in order)
+    out = args.out or os.path.join(cfg["out_dir"], "var.pth")
+    torch.save(sd, out)
+    log(f"wrote {out} ({os.path.getsize(out):,} B, {n} entries, official keys/shapes/dtypes/buffers checked)")
+
+
+if __name__ == "__main__":
+    main()
