@@ -6,6 +6,7 @@
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::generate::{Generator, Plan, SampleOptions, StepHook};
 use srdd_core::parallel::Parallel;
+use srdd_core::resample::ResamplePolicy;
 use srdd_core::{Model, Schedule};
 
 /// The built-in default model (int8), embedded at compile time, 64-byte aligned.
@@ -46,12 +47,113 @@ pub struct Image {
 
 pub use srdd_core::vae::to_rgb8;
 
+pub mod zero_shot;
+
+/// Errors of the host conveniences: one line each, naming what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The engine refused (bad options, arena, tokens…).
+    #[error("{0}")]
+    Core(#[from] srdd_core::Error),
+    /// A file could not be read or written.
+    #[error("{path}: {err}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What happened.
+        err: std::io::Error,
+    },
+    /// A PNG that does not decode.
+    #[error("{path}: not a readable PNG image ({err})")]
+    Png {
+        /// The file.
+        path: String,
+        /// The decoder's message.
+        err: String,
+    },
+    /// An image or mask of the wrong size.
+    #[error("{what} is {width}x{height}, expected {expected}x{expected}")]
+    ImageSize {
+        /// Which input.
+        what: &'static str,
+        /// Expected side.
+        expected: usize,
+        /// Given width.
+        width: usize,
+        /// Given height.
+        height: usize,
+    },
+    /// The model file has no encoder (pack it without `--no-encoder`).
+    #[error("this model has no encoder; zero-shot tasks need one (pack without --no-encoder)")]
+    NoEncoder,
+    /// An option out of range.
+    #[error("{0}")]
+    Option(String),
+}
+
+/// Reads a PNG (gray, gray+alpha, RGB, RGBA or palette; 8 or 16 bit) as RGB8, compositing
+/// transparency over white.
+pub fn read_png_rgb(path: &std::path::Path) -> Result<Image, HostError> {
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|err| HostError::Io {
+        path: name.clone(),
+        err,
+    })?;
+    let bad = |err: String| HostError::Png {
+        path: name.clone(),
+        err,
+    };
+    let mut dec = png::Decoder::new(std::io::BufReader::new(file));
+    dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = dec.read_info().map_err(|e| bad(e.to_string()))?;
+    let (w, h) = (reader.info().width as usize, reader.info().height as usize);
+    if w == 0 || h == 0 || w > 16384 || h > 16384 {
+        return Err(bad(format!("unsupported size {w}x{h}")));
+    }
+    let mut buf = vec![0u8; reader.output_buffer_size()];
+    let frame = reader
+        .next_frame(&mut buf)
+        .map_err(|e| bad(e.to_string()))?;
+    let data = &buf[..frame.buffer_size()];
+    let over_white =
+        |v: u8, a: u8| -> u8 { ((v as u32 * a as u32 + 255 * (255 - a as u32) + 127) / 255) as u8 };
+    let mut rgb = Vec::with_capacity(w * h * 3);
+    match frame.color_type {
+        png::ColorType::Rgb => rgb.extend_from_slice(data),
+        png::ColorType::Rgba => {
+            for p in data.chunks_exact(4) {
+                rgb.extend((0..3).map(|c| over_white(p[c], p[3])));
+            }
+        }
+        png::ColorType::Grayscale => {
+            for v in data {
+                rgb.extend([*v; 3]);
+            }
+        }
+        png::ColorType::GrayscaleAlpha => {
+            for p in data.chunks_exact(2) {
+                rgb.extend([over_white(p[0], p[1]); 3]);
+            }
+        }
+        png::ColorType::Indexed => return Err(bad("palette not expanded".into())),
+    }
+    if rgb.len() != w * h * 3 {
+        return Err(bad("truncated pixel data".into()));
+    }
+    Ok(Image {
+        width: w,
+        height: h,
+        rgb,
+    })
+}
+
 /// Samples one image; `on_step` is called after each scale.
 /// `par` runs the kernels (e.g. [`srdd_core::parallel::StdThreads`]); results do not depend on it.
 pub fn sample_one(
     model: &Model<'_>,
     opts: SampleOptions,
     sched: &Schedule,
+    policy: &mut dyn ResamplePolicy,
     par: &dyn Parallel,
     on_step: &mut dyn FnMut(),
 ) -> srdd_core::Result<Image> {
@@ -65,7 +167,7 @@ pub fn sample_one(
         }
     }
     let mut tick = Tick(on_step);
-    gen.run(&mut tick)?;
+    gen.run_with(&mut tick, policy)?;
     let side = model.config.image_side();
     let mut rgb = vec![0u8; side * side * 3];
     gen.decode(&mut |y, row| {

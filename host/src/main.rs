@@ -1,14 +1,20 @@
 //! `srdd`: sample SRDD / VAR images from a `.srdd` model (the built-in default when `--model` is
-//! not given).
+//! not given), and run the zero-shot tasks: reconstruct, edit (inpaint / outpaint), upscale.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use srdd::{grid, png_bytes, sample_one, write_atomic, ModelBytes};
+use srdd::zero_shot::{
+    box_mask, downscale_box, keep_mask, psnr, read_mask, reconstruct, sample_forced, tokens_of,
+    upscale,
+};
+use srdd::{grid, png_bytes, read_png_rgb, sample_one, write_atomic, Image, ModelBytes};
 use srdd_core::aligned::AlignedBytes;
-use srdd_core::generate::{Guidance, Plan, SampleOptions};
+use srdd_core::generate::{Guidance, Plan, SampleOptions, StepSettings, StepTable};
+use srdd_core::parallel::StdThreads;
+use srdd_core::resample::{ConfidenceThreshold, FixedFraction, KeepAll, Learned, ResamplePolicy};
 use srdd_core::{Attention, Model, Schedule};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
 
@@ -16,7 +22,7 @@ use std::sync::Mutex;
 #[command(
     name = "srdd",
     version,
-    about = "Sample images with an SRDD / VAR model (.srdd)"
+    about = "Sample images with an SRDD / VAR model (.srdd), and edit, reconstruct or upscale images"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -29,43 +35,119 @@ enum Attn {
     Causal,
 }
 
+/// Options every sampling command shares.
+#[derive(Args, Clone)]
+struct Sampling {
+    /// Model file (default: the built-in model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// RNG seed (of the first image; image i uses seed + i).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Classifier-free guidance strength (0 disables guidance).
+    #[arg(long, default_value_t = 1.5)]
+    cfg: f32,
+    /// Guidance per step: `linear` (official ramp cfg·k/(steps−1)), `constant` (cfg at every
+    /// step), or a comma list of per-step weights t.
+    #[arg(long, default_value = "linear")]
+    cfg_schedule: String,
+    /// Keep the K most likely tokens (0: all; default min(900, vocabulary)); one value, or a
+    /// comma list with one value per step.
+    #[arg(long, value_delimiter = ',')]
+    top_k: Vec<u32>,
+    /// Nucleus mass (0: off); one value or one per step.
+    #[arg(long, value_delimiter = ',', default_value = "0.96")]
+    top_p: Vec<f32>,
+    /// Logit temperature; one value or one per step.
+    #[arg(long, value_delimiter = ',', default_value = "1.0")]
+    temperature: Vec<f32>,
+    /// Refinement passes per step (the first step is never refined); one value or one per step.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    refine: Vec<u8>,
+    /// Which tokens a refinement pass draws again: `fraction:F` (the least confident F of the
+    /// tokens), `threshold:P` (confidence below P), `learned` (the scorer stored in the model),
+    /// or `keep` (none).
+    #[arg(long, default_value = "fraction:0.25")]
+    resample: String,
+    /// Attention policy: markov (SRDD, no KV cache) or causal (official VAR).
+    #[arg(long, value_enum)]
+    attention: Option<Attn>,
+    /// Scale schedule: `full`, `distilled-6` (1,3,5,8,13,16), or patch sizes like 1,2,4,8.
+    #[arg(long, default_value = "full")]
+    schedule: String,
+    /// Tokens per FFN / head chunk (smaller: fewer arena bytes, same results).
+    #[arg(long, default_value_t = 0)]
+    chunk: u16,
+    /// Worker threads (default: available cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Sample K images of one class and write a PNG (a grid when K > 1).
     Sample {
-        /// Model file (default: the built-in model).
-        #[arg(long)]
-        model: Option<PathBuf>,
         /// Class: a number, a class name stored in the model, or `null`.
         #[arg(long)]
         class: String,
-        /// RNG seed of the first image; image i uses seed + i.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
         /// Number of images.
         #[arg(long, default_value_t = 1)]
         count: usize,
-        /// Classifier-free guidance strength (official linear ramp; 0 disables guidance).
-        #[arg(long, default_value_t = 1.5)]
-        cfg: f32,
-        /// Keep the K most likely tokens (0: all; default min(900, vocabulary)).
+        #[command(flatten)]
+        s: Sampling,
+        /// Output PNG.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Encode an image to tokens and decode it again; prints the PSNR.
+    Reconstruct {
+        /// Input PNG of the model's size.
+        image: PathBuf,
+        /// Model file (default: the built-in model).
         #[arg(long)]
-        top_k: Option<u32>,
-        /// Nucleus mass (0: off).
-        #[arg(long, default_value_t = 0.96)]
-        top_p: f32,
-        /// Logit temperature.
-        #[arg(long, default_value_t = 1.0)]
-        temperature: f32,
-        /// Attention policy: markov (SRDD, no KV cache) or causal (official VAR).
-        #[arg(long, value_enum)]
-        attention: Option<Attn>,
-        /// Scale schedule as patch sizes, e.g. 1,3,5,8,13,16 (default: the model's).
-        #[arg(long, value_delimiter = ',')]
-        schedule: Option<Vec<u16>>,
-        /// Worker threads (default: available cores).
+        model: Option<PathBuf>,
+        /// Scale schedule (see `sample --help`).
+        #[arg(long, default_value = "full")]
+        schedule: String,
+        /// Output PNG.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Inpaint or outpaint: regenerate the masked region, keep the rest (official rule: the
+    /// source tokens are forced where the keep mask, resized to each step, is above 0.5).
+    Edit {
+        /// Input PNG of the model's size.
+        image: PathBuf,
+        /// Mask PNG of the same size: white = generate, black = keep.
+        #[arg(long, conflicts_with = "r#box")]
+        mask: Option<PathBuf>,
+        /// Generate inside the pixel box x0,y0,x1,y1 (instead of a mask file).
+        #[arg(long = "box", value_delimiter = ',')]
+        r#box: Option<Vec<usize>>,
+        /// Swap generate and keep (outpainting with a box).
         #[arg(long)]
-        threads: Option<usize>,
+        invert: bool,
+        /// Class to steer the generated region (default: the null class).
+        #[arg(long, default_value = "null")]
+        class: String,
+        #[command(flatten)]
+        s: Sampling,
+        /// Output PNG.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Super-resolution: a low-resolution PNG fixes the coarse steps, the rest are sampled.
+    Upscale {
+        /// Low-resolution input PNG (square, side dividing the model's).
+        image: PathBuf,
+        /// Steps fixed by the input (default: those whose patch size the input determines).
+        #[arg(long)]
+        keep_steps: Option<usize>,
+        /// Class to steer the details (default: the null class).
+        #[arg(long, default_value = "null")]
+        class: String,
+        #[command(flatten)]
+        s: Sampling,
         /// Output PNG.
         #[arg(short, long)]
         output: PathBuf,
@@ -86,23 +168,264 @@ fn load(path: &Option<PathBuf>) -> Result<ModelBytes, String> {
     }
 }
 
+fn model_name(path: &Option<PathBuf>) -> String {
+    path.as_ref()
+        .map_or("<built-in>".to_string(), |p| p.display().to_string())
+}
+
+/// A resampling policy choice (each image gets its own instance).
+#[derive(Clone, Copy)]
+enum PolicyChoice {
+    Keep,
+    Fraction(f32),
+    Threshold(f32),
+    Learned(Learned),
+}
+
+impl PolicyChoice {
+    fn parse(s: &str, m: &Model<'_>) -> Result<Self, String> {
+        let bad = || format!("--resample {s}: expected keep, fraction:F, threshold:P or learned");
+        let num = |v: &str| -> Result<f32, String> {
+            let x: f32 = v.parse().map_err(|_| bad())?;
+            if (0.0..=1.0).contains(&x) {
+                Ok(x)
+            } else {
+                Err(format!("--resample {s}: the value must be in [0, 1]"))
+            }
+        };
+        match s.split_once(':') {
+            None if s == "keep" => Ok(PolicyChoice::Keep),
+            None if s == "learned" => {
+                let text = m.meta("resample_policy").ok_or(
+                    "--resample learned: this model stores no learned policy (resample_policy)",
+                )?;
+                let v: Vec<f32> = text
+                    .split(',')
+                    .map(|x| x.trim().parse::<f32>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| "the model's resample_policy is not 4 numbers")?;
+                if v.len() != 4 || v.iter().any(|x| !x.is_finite()) {
+                    return Err("the model's resample_policy is not 4 finite numbers".into());
+                }
+                Ok(PolicyChoice::Learned(Learned {
+                    w: [v[0], v[1], v[2]],
+                    bias: v[3],
+                }))
+            }
+            Some(("fraction", v)) => Ok(PolicyChoice::Fraction(num(v)?)),
+            Some(("threshold", v)) => Ok(PolicyChoice::Threshold(num(v)?)),
+            _ => Err(bad()),
+        }
+    }
+
+    fn instance(&self) -> Box<dyn ResamplePolicy> {
+        match *self {
+            PolicyChoice::Keep => Box::new(KeepAll),
+            PolicyChoice::Fraction(fraction) => Box::new(FixedFraction { fraction }),
+            PolicyChoice::Threshold(threshold) => Box::new(ConfidenceThreshold { threshold }),
+            PolicyChoice::Learned(l) => Box::new(l),
+        }
+    }
+}
+
+fn parse_schedule(s: &str, m: &Model<'_>) -> Result<Schedule, String> {
+    let pns: Vec<u16> = match s {
+        "full" => return Ok(Schedule::full(&m.config)),
+        "distilled-6" => vec![1, 3, 5, 8, 13, 16],
+        list => list
+            .split(',')
+            .map(|x| x.trim().parse::<u16>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| {
+                format!("--schedule {s}: expected full, distilled-6 or patch sizes like 1,2,4,8")
+            })?,
+    };
+    Schedule::subset(&m.config, &pns).map_err(|e| {
+        format!(
+            "--schedule {s}: {e} (the model's patch sizes: {:?})",
+            m.config.patch_nums.as_slice()
+        )
+    })
+}
+
+/// One value for every step, or exactly one per step.
+fn per_step<T: Copy>(name: &str, v: &[T], steps: usize) -> Result<Option<Vec<T>>, String> {
+    match v.len() {
+        0 | 1 => Ok(None),
+        n if n == steps => Ok(Some(v.to_vec())),
+        n => Err(format!(
+            "--{name}: {n} values for {steps} steps (give one value, or one per step)"
+        )),
+    }
+}
+
+/// Options, schedule and policy of a sampling command, validated against the model and planned.
+fn build(
+    s: &Sampling,
+    m: &Model<'_>,
+    label: u32,
+) -> Result<(SampleOptions, Schedule, PolicyChoice), String> {
+    let sched = parse_schedule(&s.schedule, m)?;
+    let steps = sched.len();
+    let top_k_default = 900.min(m.config.vae.vocab_size);
+    let mut o = SampleOptions {
+        label,
+        cfg: s.cfg,
+        top_k: s.top_k.first().copied().unwrap_or(top_k_default),
+        top_p: s.top_p.first().copied().unwrap_or(0.96),
+        temperature: s.temperature.first().copied().unwrap_or(1.0),
+        refine: s.refine.first().copied().unwrap_or(0),
+        seed: s.seed,
+        chunk: s.chunk,
+        attention: match s.attention {
+            Some(Attn::Causal) => Attention::Causal,
+            Some(Attn::Markov) => Attention::Markov,
+            None => m.config.attention,
+        },
+        ..SampleOptions::new(label)
+    };
+    let guidance_list: Option<Vec<f32>> = match s.cfg_schedule.as_str() {
+        "linear" => {
+            o.guidance = if s.cfg == 0.0 {
+                Guidance::Off
+            } else {
+                Guidance::Linear
+            };
+            None
+        }
+        "constant" => {
+            o.guidance = if s.cfg == 0.0 {
+                Guidance::Off
+            } else {
+                Guidance::Constant
+            };
+            None
+        }
+        list => {
+            let v: Vec<f32> = list
+                .split(',')
+                .map(|x| x.trim().parse::<f32>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| {
+                    format!("--cfg-schedule {list}: expected linear, constant or numbers")
+                })?;
+            if v.len() != steps {
+                return Err(format!(
+                    "--cfg-schedule: {} weights for {steps} steps",
+                    v.len()
+                ));
+            }
+            Some(v)
+        }
+    };
+    let top_k = per_step("top-k", &s.top_k, steps)?;
+    let top_p = per_step("top-p", &s.top_p, steps)?;
+    let temperature = per_step("temperature", &s.temperature, steps)?;
+    let refine = per_step("refine", &s.refine, steps)?;
+    if guidance_list.is_some()
+        || top_k.is_some()
+        || top_p.is_some()
+        || temperature.is_some()
+        || refine.is_some()
+    {
+        let mut t = StepTable::filled(
+            StepSettings {
+                guidance: 0.0,
+                temperature: o.temperature,
+                top_k: o.top_k,
+                top_p: o.top_p,
+                refine: o.refine,
+            },
+            steps,
+        );
+        for k in 0..steps {
+            let r = &mut t.rows[k];
+            r.guidance = match &guidance_list {
+                Some(g) => g[k],
+                None => o.guidance_at(k, steps) as f32,
+            };
+            if let Some(v) = &top_k {
+                r.top_k = v[k];
+            }
+            if let Some(v) = &top_p {
+                r.top_p = v[k];
+            }
+            if let Some(v) = &temperature {
+                r.temperature = v[k];
+            }
+            if let Some(v) = &refine {
+                r.refine = v[k];
+            }
+        }
+        o.table = Some(t);
+    }
+    let policy = PolicyChoice::parse(&s.resample, m)?;
+    // Validate everything (and the arena plan) before any work.
+    Plan::new(&m.config, &o, &sched).map_err(|e| e.to_string())?;
+    Ok((o, sched, policy))
+}
+
+fn label_of(m: &Model<'_>, class: &str) -> Result<u32, String> {
+    if let Ok(n) = class.parse::<u32>() {
+        if n > m.config.var.num_classes {
+            return Err(format!(
+                "class {n} is out of range: the model has classes 0..{} (and {} = null)",
+                m.config.var.num_classes - 1,
+                m.config.var.num_classes
+            ));
+        }
+    }
+    m.class_index(class).ok_or_else(|| {
+        format!(
+            "unknown class {class:?}; classes: {}",
+            m.meta("class_names").unwrap_or("<no names stored>")
+        )
+    })
+}
+
+fn progress(steps: u64) -> ProgressBar {
+    if std::io::stderr().is_terminal() {
+        let b = ProgressBar::new(steps);
+        b.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} scales {elapsed_precise} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    }
+}
+
+fn cores(threads: Option<usize>) -> usize {
+    threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1)
+}
+
+fn save(img: &Image, output: &Path) -> Result<(), String> {
+    let png = png_bytes(img).map_err(|e| e.to_string())?;
+    write_atomic(output, &png).map_err(|e| format!("{}: {e}", output.display()))
+}
+
+fn load_model<'b>(bytes: &'b ModelBytes, path: &Option<PathBuf>) -> Result<Model<'b>, String> {
+    Model::from_bytes(bytes.as_bytes()).map_err(|e| format!("{}: {e}", model_name(path)))
+}
+
 fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
         Cmd::Info { file } => {
             let bytes = load(&file)?;
-            let name = file
-                .as_ref()
-                .map_or("<built-in>".to_string(), |p| p.display().to_string());
-            let m = Model::from_bytes(bytes.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
+            let m = load_model(&bytes, &file)?;
             let c = &m.config;
-            println!("{name}: {} bytes", bytes.as_bytes().len());
+            println!("{}: {} bytes", model_name(&file), bytes.as_bytes().len());
             println!(
-                "image {0}x{0}, {1} classes, vocabulary {2}, weights {3:?}, attention {4:?}",
+                "image {0}x{0}, {1} classes, vocabulary {2}, weights {3:?}, attention {4:?}, encoder {5}",
                 c.image_side(),
                 c.var.num_classes,
                 c.vae.vocab_size,
                 c.weights,
-                c.attention
+                c.attention,
+                if m.weights.encoder.is_some() { "yes" } else { "no" }
             );
             println!(
                 "transformer depth {} width {} heads {}",
@@ -116,6 +439,9 @@ fn run(cli: Cli) -> Result<(), String> {
             if let Some(n) = m.meta("class_names") {
                 println!("classes: {n}");
             }
+            if let Some(n) = m.meta("resample_policy") {
+                println!("learned resample policy: {n}");
+            }
             for (att, an) in [(Attention::Markov, "markov"), (Attention::Causal, "causal")] {
                 let mut o = SampleOptions::new(0);
                 o.attention = att;
@@ -127,92 +453,29 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::Sample {
-            model,
             class,
-            seed,
             count,
-            cfg,
-            top_k,
-            top_p,
-            temperature,
-            attention,
-            schedule,
-            threads,
+            s,
             output,
         } => {
-            let bytes = load(&model)?;
-            let name = model
-                .as_ref()
-                .map_or("<built-in>".to_string(), |p| p.display().to_string());
-            let m = Model::from_bytes(bytes.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
-            if let Ok(n) = class.parse::<u32>() {
-                if n >= m.config.var.num_classes {
-                    return Err(format!(
-                        "class {n} out of range: the model has classes 0..{} (use `--class null` for the unconditional class)",
-                        m.config.var.num_classes - 1
-                    ));
-                }
-            }
-            let label = m.class_index(&class).ok_or_else(|| {
-                format!(
-                    "unknown class {class:?} (use a number 0..{} or one of: {})",
-                    m.config.var.num_classes,
-                    m.meta("class_names").unwrap_or("<no names stored>")
-                )
-            })?;
+            let bytes = load(&s.model)?;
+            let m = load_model(&bytes, &s.model)?;
+            let label = label_of(&m, &class)?;
             if count == 0 || count > 4096 {
                 return Err("--count must be in 1..=4096".into());
             }
-            let sched = match &schedule {
-                Some(s) => Schedule::subset(&m.config, s).map_err(|e| e.to_string())?,
-                None => Schedule::full(&m.config),
-            };
-            let opts = SampleOptions {
-                label,
-                cfg,
-                guidance: if cfg == 0.0 {
-                    Guidance::Off
-                } else {
-                    Guidance::Linear
-                },
-                top_k: top_k.unwrap_or(900.min(m.config.vae.vocab_size)),
-                top_p,
-                temperature,
-                seed,
-                attention: match attention {
-                    Some(Attn::Causal) => Attention::Causal,
-                    Some(Attn::Markov) => Attention::Markov,
-                    None => m.config.attention,
-                },
-                ..SampleOptions::new(label)
-            };
-            // Validate everything (and the arena plan) before any work.
-            Plan::new(&m.config, &opts, &sched).map_err(|e| e.to_string())?;
-            let steps = sched.len() as u64 * count as u64;
-            let bar = if std::io::stderr().is_terminal() {
-                let b = ProgressBar::new(steps);
-                b.set_style(
-                    ProgressStyle::with_template(
-                        "{bar:40} {pos}/{len} scales {elapsed_precise} eta {eta}",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-                );
-                b
-            } else {
-                ProgressBar::hidden()
-            };
-            let cores = threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-                .max(1);
+            let (opts, sched, policy) = build(&s, &m, label)?;
+            let bar = progress(sched.len() as u64 * count as u64);
+            let cores = cores(s.threads);
             // Images in parallel when there are enough of them, else threads inside each image.
             let threads = cores.min(count);
-            let inner = srdd_core::parallel::StdThreads((cores / threads).max(1));
-            let results: Mutex<Vec<Option<Result<srdd::Image, srdd_core::Error>>>> =
+            let inner = StdThreads((cores / threads).max(1));
+            let results: Mutex<Vec<Option<Result<Image, srdd_core::Error>>>> =
                 Mutex::new((0..count).map(|_| None).collect());
             let next = Mutex::new(0usize);
-            std::thread::scope(|s| {
+            std::thread::scope(|sc| {
                 for _ in 0..threads {
-                    s.spawn(|| loop {
+                    sc.spawn(|| loop {
                         let i = {
                             let mut n = next.lock().unwrap();
                             if *n >= count {
@@ -222,8 +485,9 @@ fn run(cli: Cli) -> Result<(), String> {
                             *n - 1
                         };
                         let mut o = opts;
-                        o.seed = seed.wrapping_add(i as u64);
-                        let r = sample_one(&m, o, &sched, &inner, &mut || bar.inc(1));
+                        o.seed = s.seed.wrapping_add(i as u64);
+                        let mut p = policy.instance();
+                        let r = sample_one(&m, o, &sched, &mut *p, &inner, &mut || bar.inc(1));
                         results.lock().unwrap()[i] = Some(r);
                     });
                 }
@@ -242,13 +506,125 @@ fn run(cli: Cli) -> Result<(), String> {
             } else {
                 grid(&images, 2)
             };
-            let png = png_bytes(&img).map_err(|e| e.to_string())?;
-            write_atomic(&output, &png).map_err(|e| format!("{}: {e}", output.display()))?;
+            save(&img, &output)?;
             eprintln!(
-                "wrote {} ({}x{}, class {label}, seed {seed})",
+                "wrote {} ({}x{}, class {label}, seed {})",
                 output.display(),
                 img.width,
-                img.height
+                img.height,
+                s.seed
+            );
+            Ok(())
+        }
+        Cmd::Reconstruct {
+            image,
+            model,
+            schedule,
+            output,
+        } => {
+            let bytes = load(&model)?;
+            let m = load_model(&bytes, &model)?;
+            let sched = parse_schedule(&schedule, &m)?;
+            let src = read_png_rgb(&image).map_err(|e| e.to_string())?;
+            let par = StdThreads(cores(None));
+            let out = reconstruct(&m, &sched, &src, &par).map_err(|e| e.to_string())?;
+            save(&out, &output)?;
+            println!(
+                "wrote {}: PSNR {:.2} dB against {}",
+                output.display(),
+                psnr(&src, &out, None),
+                image.display()
+            );
+            Ok(())
+        }
+        Cmd::Edit {
+            image,
+            mask,
+            r#box,
+            invert,
+            class,
+            s,
+            output,
+        } => {
+            let bytes = load(&s.model)?;
+            let m = load_model(&bytes, &s.model)?;
+            let label = label_of(&m, &class)?;
+            let (opts, sched, policy) = build(&s, &m, label)?;
+            let side = m.config.image_side();
+            let src = read_png_rgb(&image).map_err(|e| e.to_string())?;
+            let mut generate = match (&mask, &r#box) {
+                (Some(p), None) => read_mask(p, side).map_err(|e| e.to_string())?,
+                (None, Some(b)) => {
+                    let b: [usize; 4] = b.as_slice().try_into().map_err(|_| "--box x0,y0,x1,y1")?;
+                    if b[0] >= b[2] || b[1] >= b[3] || b[2] > side || b[3] > side {
+                        return Err(format!(
+                            "--box {b:?}: need x0 < x1 <= {side} and y0 < y1 <= {side}"
+                        ));
+                    }
+                    box_mask(side, b, false)
+                }
+                _ => return Err("give --mask FILE or --box x0,y0,x1,y1".into()),
+            };
+            if invert {
+                generate.iter_mut().for_each(|g| *g = !*g);
+            }
+            let p = m.config.latent_side();
+            let par = StdThreads(cores(s.threads));
+            let toks = tokens_of(&m, &sched, &src, &par).map_err(|e| e.to_string())?;
+            let keep = keep_mask(&generate, side, p);
+            let bar = progress(sched.len() as u64);
+            let mut pol = policy.instance();
+            let out = sample_forced(&m, opts, &sched, &toks, &keep, &mut *pol, &par, &mut || {
+                bar.inc(1)
+            })
+            .map_err(|e| e.to_string())?;
+            bar.finish_and_clear();
+            save(&out, &output)?;
+            let kept: Vec<bool> = generate.iter().map(|g| !g).collect();
+            println!(
+                "wrote {}: {} of {} pixels generated; PSNR of the kept region {:.2} dB",
+                output.display(),
+                generate.iter().filter(|g| **g).count(),
+                generate.len(),
+                psnr(&src, &out, Some(&kept))
+            );
+            Ok(())
+        }
+        Cmd::Upscale {
+            image,
+            keep_steps,
+            class,
+            s,
+            output,
+        } => {
+            let bytes = load(&s.model)?;
+            let m = load_model(&bytes, &s.model)?;
+            let label = label_of(&m, &class)?;
+            let (opts, sched, policy) = build(&s, &m, label)?;
+            let src = read_png_rgb(&image).map_err(|e| e.to_string())?;
+            let par = StdThreads(cores(s.threads));
+            let bar = progress(sched.len() as u64);
+            let mut pol = policy.instance();
+            let (out, kept) = upscale(
+                &m,
+                opts,
+                &sched,
+                &src,
+                keep_steps,
+                &mut *pol,
+                &par,
+                &mut || bar.inc(1),
+            )
+            .map_err(|e| e.to_string())?;
+            bar.finish_and_clear();
+            save(&out, &output)?;
+            println!(
+                "wrote {path} ({w}x{w} from {lw}x{lw}; {kept} of {steps} steps fixed by the input); PSNR of the output downscaled to the input {db:.2} dB",
+                path = output.display(),
+                w = out.width,
+                lw = src.width,
+                steps = sched.len(),
+                db = psnr(&src, &downscale_box(&out, src.width), None)
             );
             Ok(())
         }

@@ -68,6 +68,13 @@ enum Cmd {
         /// Class names in label order, comma-separated (lets `srdd sample --class NAME` work).
         #[arg(long)]
         class_names: Option<String>,
+        /// Learned resampling policy `w_confidence,w_entropy,w_step,bias` (as printed by
+        /// tools/train/train_policy.py); `srdd … --resample learned` uses it.
+        #[arg(long)]
+        resample_policy: Option<String>,
+        /// Extra metadata lines `key=value` (repeatable).
+        #[arg(long)]
+        meta: Vec<String>,
         /// Output file.
         #[arg(short, long)]
         output: PathBuf,
@@ -101,6 +108,8 @@ fn run(cli: Cli) -> Result<bool, String> {
             attention,
             no_encoder,
             class_names,
+            resample_policy,
+            meta,
             output,
         } => {
             let t0 = Instant::now();
@@ -116,9 +125,30 @@ fn run(cli: Cli) -> Result<bool, String> {
                     Attn::Causal => Attention::Causal,
                 },
                 encoder: !no_encoder,
-                metadata: class_names
-                    .map(|c| vec![("class_names".to_string(), c)])
-                    .unwrap_or_default(),
+                metadata: {
+                    let mut md: Vec<(String, String)> = Vec::new();
+                    if let Some(c) = class_names {
+                        md.push(("class_names".into(), c));
+                    }
+                    if let Some(r) = resample_policy {
+                        let ok = r.split(',').count() == 4
+                            && r.split(',')
+                                .all(|x| x.trim().parse::<f32>().is_ok_and(f32::is_finite));
+                        if !ok {
+                            return Err(format!(
+                                "--resample-policy {r}: expected 4 comma-separated numbers"
+                            ));
+                        }
+                        md.push(("resample_policy".into(), r));
+                    }
+                    for kv in meta {
+                        let (k, v) = kv
+                            .split_once('=')
+                            .ok_or_else(|| format!("--meta {kv}: expected key=value"))?;
+                        md.push((k.to_string(), v.to_string()));
+                    }
+                    md
+                },
                 ..PackOptions::default()
             };
             let bytes = pack(&var_sd, &vae_sd, &opts).map_err(|e| e.to_string())?;

@@ -1,0 +1,344 @@
+//! Zero-shot tasks on a model with an encoder (`VAR_SPEC.md` §10): reconstruction, inpainting /
+//! outpainting with a keep mask, class-conditional editing and super-resolution.
+//!
+//! Every task is: image → encoder → multi-scale tokens → (sampling with some tokens forced) →
+//! decoder. Inpainting forces the source tokens where the keep mask, resized to each step, is
+//! above 0.5 (the official rule); super-resolution forces every token of the coarse steps that a
+//! low-resolution input determines, and samples the rest.
+
+use crate::{read_png_rgb, to_rgb8, HostError, Image};
+use srdd_core::aligned::AlignedBytes;
+use srdd_core::edit::EditHook;
+use srdd_core::generate::{Generator, Plan, SampleOptions, StepHook};
+use srdd_core::parallel::Parallel;
+use srdd_core::resample::ResamplePolicy;
+use srdd_core::tokenize::{fhat_from_tokens, fhat_from_tokens_bytes, tokenize, tokenize_bytes};
+use srdd_core::{vae, Model, Schedule};
+
+/// An image as the model's input: `3 × H × W`, values in [−1, 1].
+pub fn to_model_input(img: &Image) -> Vec<f32> {
+    let (w, h) = (img.width, img.height);
+    let mut x = vec![0f32; 3 * w * h];
+    for y in 0..h {
+        for xx in 0..w {
+            for c in 0..3 {
+                x[(c * h + y) * w + xx] = img.rgb[(y * w + xx) * 3 + c] as f32 / 127.5 - 1.0;
+            }
+        }
+    }
+    x
+}
+
+/// PSNR in dB between two RGB8 images of the same size (over `mask` pixels when given).
+pub fn psnr(a: &Image, b: &Image, mask: Option<&[bool]>) -> f64 {
+    let mut se = 0f64;
+    let mut n = 0usize;
+    for (i, (x, y)) in a.rgb.iter().zip(&b.rgb).enumerate() {
+        if mask.is_some_and(|m| !m[i / 3]) {
+            continue;
+        }
+        let d = *x as f64 - *y as f64;
+        se += d * d;
+        n += 1;
+    }
+    if n == 0 {
+        return f64::NAN;
+    }
+    let mse = se / n as f64;
+    if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (255.0 * 255.0 / mse).log10()
+    }
+}
+
+fn check_model(model: &Model<'_>) -> Result<(), HostError> {
+    if model.weights.encoder.is_none() {
+        return Err(HostError::NoEncoder);
+    }
+    Ok(())
+}
+
+fn check_size(what: &'static str, img: &Image, side: usize) -> Result<(), HostError> {
+    if img.width != side || img.height != side {
+        return Err(HostError::ImageSize {
+            what,
+            expected: side,
+            width: img.width,
+            height: img.height,
+        });
+    }
+    Ok(())
+}
+
+/// The multi-scale tokens of `img` (the model's size) on `sched`.
+pub fn tokens_of(
+    model: &Model<'_>,
+    sched: &Schedule,
+    img: &Image,
+    par: &dyn Parallel,
+) -> Result<Vec<u32>, HostError> {
+    check_model(model)?;
+    let cfg = &model.config;
+    check_size("image", img, cfg.image_side())?;
+    let (cv, p) = (cfg.vae.cvae as usize, cfg.latent_side());
+    let mut arena = AlignedBytes::zeroed(tokenize_bytes(model, sched));
+    let mut toks = vec![0u32; sched.total_tokens()];
+    let (mut f, mut f_hat) = (vec![0f32; cv * p * p], vec![0f32; cv * p * p]);
+    tokenize(
+        model,
+        sched,
+        &to_model_input(img),
+        arena.as_bytes_mut(),
+        &mut toks,
+        &mut f,
+        &mut f_hat,
+        par,
+    )?;
+    Ok(toks)
+}
+
+fn decode_fhat(model: &Model<'_>, f_hat: &[f32], par: &dyn Parallel) -> Result<Image, HostError> {
+    let cfg = &model.config;
+    let side = cfg.image_side();
+    let mut arena = AlignedBytes::zeroed(vae::decoder_scratch_bytes(cfg));
+    let mut rgb = vec![0u8; side * side * 3];
+    let mut ar = srdd_core::arena::Arena::new(arena.as_bytes_mut())?;
+    vae::decode(
+        &model.weights.decoder,
+        cfg,
+        f_hat,
+        &mut ar,
+        true,
+        par,
+        &mut |y, row| {
+            for (o, v) in rgb[y * side * 3..(y + 1) * side * 3].iter_mut().zip(row) {
+                *o = to_rgb8(*v);
+            }
+        },
+    )?;
+    Ok(Image {
+        width: side,
+        height: side,
+        rgb,
+    })
+}
+
+/// Encode → tokens → `f_hat` → decode.
+pub fn reconstruct(
+    model: &Model<'_>,
+    sched: &Schedule,
+    img: &Image,
+    par: &dyn Parallel,
+) -> Result<Image, HostError> {
+    let toks = tokens_of(model, sched, img, par)?;
+    let cfg = &model.config;
+    let (cv, p) = (cfg.vae.cvae as usize, cfg.latent_side());
+    let mut arena = AlignedBytes::zeroed(fhat_from_tokens_bytes(model, sched));
+    let mut f_hat = vec![0f32; cv * p * p];
+    fhat_from_tokens(model, sched, &toks, arena.as_bytes_mut(), &mut f_hat, par)?;
+    decode_fhat(model, &f_hat, par)
+}
+
+/// Samples with `source` tokens forced where `keep` (`P × P`, 1 = keep) says so, at every step.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_forced(
+    model: &Model<'_>,
+    opts: SampleOptions,
+    sched: &Schedule,
+    source: &[u32],
+    keep: &[f32],
+    policy: &mut dyn ResamplePolicy,
+    par: &dyn Parallel,
+    on_step: &mut dyn FnMut(),
+) -> Result<Image, HostError> {
+    let cfg = &model.config;
+    let p = cfg.latent_side();
+    let plan = Plan::new(cfg, &opts, sched)?;
+    let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
+    let mut gen = Generator::with_parallel(model, opts, sched.clone(), arena.as_bytes_mut(), par)?;
+    let n = sched.max_tokens();
+    let (mut resized, mut force) = (vec![0f32; n], vec![false; n]);
+    struct Tick<'h, 'f>(EditHook<'h>, &'f mut dyn FnMut());
+    impl StepHook for Tick<'_, '_> {
+        fn force(&mut self, k: usize, pn: usize, t: &mut [u32]) {
+            self.0.force(k, pn, t)
+        }
+        fn scale_done(&mut self, _k: usize, _t: &[u32], _f: &[f32]) {
+            (self.1)()
+        }
+    }
+    let mut hook = Tick(
+        EditHook::new(keep, p, source, &mut resized, &mut force),
+        on_step,
+    );
+    gen.run_with(&mut hook, policy)?;
+    let side = cfg.image_side();
+    let mut rgb = vec![0u8; side * side * 3];
+    gen.decode(&mut |y, row| {
+        for (o, v) in rgb[y * side * 3..(y + 1) * side * 3].iter_mut().zip(row) {
+            *o = to_rgb8(*v);
+        }
+    })?;
+    Ok(Image {
+        width: side,
+        height: side,
+        rgb,
+    })
+}
+
+/// Reads an edit mask PNG of the image's size: white (luma ≥ 128) marks pixels to generate,
+/// black pixels to keep. Returns the per-pixel "generate" flags.
+pub fn read_mask(path: &std::path::Path, side: usize) -> Result<Vec<bool>, HostError> {
+    let m = read_png_rgb(path)?;
+    check_size("mask", &m, side)?;
+    Ok(m.rgb
+        .chunks_exact(3)
+        .map(|p| (p[0] as u32 * 299 + p[1] as u32 * 587 + p[2] as u32 * 114) >= 128 * 1000)
+        .collect())
+}
+
+/// The latent keep mask (`P × P`, fraction of kept pixels per latent cell) of pixel flags
+/// (`true` = generate).
+pub fn keep_mask(generate: &[bool], side: usize, p: usize) -> Vec<f32> {
+    let f = side / p;
+    let mut keep = vec![0f32; p * p];
+    for y in 0..side {
+        for x in 0..side {
+            if !generate[y * side + x] {
+                keep[(y / f) * p + x / f] += 1.0;
+            }
+        }
+    }
+    keep.iter_mut().for_each(|v| *v /= (f * f) as f32);
+    keep
+}
+
+/// A pixel mask that generates inside the box `[x0, x1) × [y0, y1)` (or outside when `outside`).
+pub fn box_mask(side: usize, b: [usize; 4], outside: bool) -> Vec<bool> {
+    let [x0, y0, x1, y1] = b;
+    (0..side * side)
+        .map(|i| {
+            let (y, x) = (i / side, i % side);
+            let inside = x >= x0 && x < x1 && y >= y0 && y < y1;
+            inside != outside
+        })
+        .collect()
+}
+
+/// Bilinear (align_corners = false) resize of an RGB8 image to `side × side`.
+pub fn resize_bilinear(img: &Image, side: usize) -> Image {
+    let (w, h) = (img.width, img.height);
+    let mut rgb = vec![0u8; side * side * 3];
+    let src = |n_in: usize, o: usize| -> (usize, usize, f32) {
+        let s = ((o as f32 + 0.5) * n_in as f32 / side as f32 - 0.5).max(0.0);
+        let i0 = (s.floor() as usize).min(n_in - 1);
+        let i1 = (i0 + 1).min(n_in - 1);
+        (i0, i1, s - i0 as f32)
+    };
+    for y in 0..side {
+        let (y0, y1, fy) = src(h, y);
+        for x in 0..side {
+            let (x0, x1, fx) = src(w, x);
+            for c in 0..3 {
+                let g = |yy: usize, xx: usize| img.rgb[(yy * w + xx) * 3 + c] as f32;
+                let v = (g(y0, x0) * (1.0 - fx) + g(y0, x1) * fx) * (1.0 - fy)
+                    + (g(y1, x0) * (1.0 - fx) + g(y1, x1) * fx) * fy;
+                rgb[(y * side + x) * 3 + c] = v.round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    Image {
+        width: side,
+        height: side,
+        rgb,
+    }
+}
+
+/// Box-filter downscale of a square RGB8 image by an integer factor.
+pub fn downscale_box(img: &Image, side: usize) -> Image {
+    let f = img.width / side;
+    let mut rgb = vec![0u8; side * side * 3];
+    for y in 0..side {
+        for x in 0..side {
+            for c in 0..3 {
+                let mut s = 0u32;
+                for dy in 0..f {
+                    for dx in 0..f {
+                        s += img.rgb[((y * f + dy) * img.width + x * f + dx) * 3 + c] as u32;
+                    }
+                }
+                rgb[(y * side + x) * 3 + c] = ((s as f32) / (f * f) as f32).round() as u8;
+            }
+        }
+    }
+    Image {
+        width: side,
+        height: side,
+        rgb,
+    }
+}
+
+/// Steps of `sched` a low-resolution input of side `low` (model side `side`) determines: those
+/// whose patch size is at most `P · low / side`.
+pub fn forced_steps(sched: &Schedule, p: usize, low: usize, side: usize) -> usize {
+    let limit = p * low / side;
+    sched
+        .pn
+        .iter()
+        .filter(|&&pn| (pn as usize) <= limit)
+        .count()
+}
+
+/// Super-resolution: the low-resolution `img` (square, side dividing the model's and smaller)
+/// fixes the first `keep_steps` steps' tokens (by default the steps it determines); the rest are
+/// sampled.
+#[allow(clippy::too_many_arguments)]
+pub fn upscale(
+    model: &Model<'_>,
+    opts: SampleOptions,
+    sched: &Schedule,
+    img: &Image,
+    keep_steps: Option<usize>,
+    policy: &mut dyn ResamplePolicy,
+    par: &dyn Parallel,
+    on_step: &mut dyn FnMut(),
+) -> Result<(Image, usize), HostError> {
+    check_model(model)?;
+    let cfg = &model.config;
+    let side = cfg.image_side();
+    if img.width != img.height || img.width >= side || !side.is_multiple_of(img.width) {
+        return Err(HostError::ImageSize {
+            what: "low-resolution image (square, smaller than the model's side and dividing it)",
+            expected: side / 2,
+            width: img.width,
+            height: img.height,
+        });
+    }
+    let p = cfg.latent_side();
+    let keep_steps = keep_steps.unwrap_or_else(|| forced_steps(sched, p, img.width, side));
+    if keep_steps == 0 || keep_steps > sched.len() {
+        return Err(HostError::Option(format!(
+            "the low-resolution input fixes {keep_steps} of {} steps; use --keep-steps 1..={}",
+            sched.len(),
+            sched.len()
+        )));
+    }
+    let up = resize_bilinear(img, side);
+    let toks = tokens_of(model, sched, &up, par)?;
+    // Keep everything on the coarse steps: force by step count through a keep mask of ones and
+    // a source that ends after the forced steps (EditHook leaves tokens beyond it alone).
+    let forced: usize = (0..keep_steps).map(|k| sched.tokens(k)).sum();
+    let keep = vec![1f32; p * p];
+    let out = sample_forced(
+        model,
+        opts,
+        sched,
+        &toks[..forced],
+        &keep,
+        policy,
+        par,
+        on_step,
+    )?;
+    Ok((out, keep_steps))
+}
