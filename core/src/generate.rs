@@ -402,7 +402,7 @@ impl Sizes {
         self.persistent_buffers().iter().map(|b| b.1).sum()
     }
     /// Scratch of one scale step, in allocation order (name, bytes).
-    fn step_buffers(&self) -> [(&'static str, usize); 19] {
+    fn step_buffers(&self) -> [(&'static str, usize); 21] {
         let Sizes {
             rows,
             n,
@@ -424,12 +424,14 @@ impl Sizes {
                 bytes_of::<f32>(rows * n * c),
             ),
             (
-                "modulated LN / attention out (tokens x C)",
-                bytes_of::<f32>(n * c),
+                "keys, values of this scale (tokens x 2C, markov)",
+                bytes_of::<f32>(self.kv_scale_len()),
             ),
-            ("q, k, v (tokens x 3C)", bytes_of::<f32>(n * 3 * c)),
-            ("branch output (tokens x C)", bytes_of::<f32>(n * c)),
-            ("FFN hidden (chunk x F)", bytes_of::<f32>(hc * f)),
+            ("modulated LN (chunk x C)", bytes_of::<f32>(hc * c)),
+            ("queries (chunk x C)", bytes_of::<f32>(hc * c)),
+            ("attention out (chunk x C)", bytes_of::<f32>(hc * c)),
+            ("branch output (chunk x C)", bytes_of::<f32>(hc * c)),
+            ("FFN hidden (chunk x F)", bytes_of::<f32>(hc * f.max(2 * c))),
             ("attention scores (keys)", bytes_of::<f32>(keys)),
             ("activation scales", bytes_of::<f32>(lf)),
             ("int8 activations", bytes_of::<i8>(lq)),
@@ -457,12 +459,20 @@ impl Sizes {
         self.step_buffers().iter().map(|b| b.1).sum()
     }
     fn lin_len(&self) -> (usize, usize) {
-        let Sizes { n, c, f, cv, .. } = *self;
-        let (fa, qa) = linear_scratch_len(n, c);
-        let (fb, qb) = linear_scratch_len(self.chunk, f);
+        let Sizes {
+            n, c, f, cv, chunk, ..
+        } = *self;
+        let (fa, qa) = linear_scratch_len(chunk, c.max(f));
         let (fc, qc) = linear_scratch_len(n, cv);
-        let q = if self.int8 { qa.max(qb).max(qc) } else { 0 };
-        (fa.max(fb).max(fc), q)
+        let q = if self.int8 { qa.max(qc) } else { 0 };
+        (fa.max(fc).max(1), q)
+    }
+    fn kv_scale_len(&self) -> usize {
+        if self.cache > 0 {
+            0
+        } else {
+            self.n * 2 * self.c
+        }
     }
 }
 
@@ -502,10 +512,12 @@ fn take_step<'s>(s: &Sizes, ar: &mut Arena<'s>) -> Result<StepBufs<'s>> {
     Ok(StepBufs {
         hidden: ar.take(rows * n * c)?,
         st: StepScratch {
-            xn: ar.take(n * c)?,
-            qkv: ar.take(n * 3 * c)?,
-            tmp: ar.take(n * c)?,
-            ffn: ar.take(chunk * f)?,
+            kv: ar.take(s.kv_scale_len())?,
+            xn: ar.take(chunk * c)?,
+            q: ar.take(chunk * c)?,
+            att: ar.take(chunk * c)?,
+            tmp: ar.take(chunk * c)?,
+            ffn: ar.take(chunk * f.max(2 * c))?,
             chunk,
             scores: ar.take(keys)?,
             lin: LinearScratch {

@@ -15,17 +15,22 @@ use crate::weights::{AdaLn, Block, Transformer};
 /// works per token); smaller chunks trade speed for arena bytes.
 pub const DEFAULT_CHUNK: usize = 64;
 
-/// Scratch of one scale step of one row.
+/// Scratch of one scale step of one row. Only this scale's keys and values (Markov) span all
+/// tokens; everything else is one chunk of tokens at a time.
 pub struct StepScratch<'s> {
-    /// Modulated LayerNorm output / attention output, `n × C`.
+    /// Keys and values of this scale, `n × 2C` (Markov; empty for causal, which uses the cache).
+    pub kv: &'s mut [f32],
+    /// Modulated LayerNorm of a chunk, `chunk × C`.
     pub xn: &'s mut [f32],
-    /// q, k, v of this scale, `n × 3C`.
-    pub qkv: &'s mut [f32],
-    /// Branch output, `n × C`.
+    /// Queries of a chunk, `chunk × C`.
+    pub q: &'s mut [f32],
+    /// Attention output of a chunk, `chunk × C`.
+    pub att: &'s mut [f32],
+    /// Branch output of a chunk, `chunk × C`.
     pub tmp: &'s mut [f32],
-    /// FFN hidden, `chunk × F`.
+    /// FFN hidden of a chunk, `chunk × F`.
     pub ffn: &'s mut [f32],
-    /// Tokens per FFN chunk.
+    /// Tokens per chunk.
     pub chunk: usize,
     /// Attention scores of one query, `keys` floats.
     pub scores: &'s mut [f32],
@@ -109,6 +114,10 @@ fn l2_normalize(v: &mut [f32], mul: f32) {
 
 /// One AdaLN self-attention block over `n` tokens `x` (`n × C`, updated in place).
 /// `ada` is this block's `6C` vector for this row: γ1, γ2, scale1, scale2, shift1, shift2.
+///
+/// Works in token chunks: first every token's key and value (from the block's input), then per
+/// chunk its queries, attention, projection and residual, then per chunk the FFN. Every kernel
+/// works per token, so the result does not depend on the chunk size.
 #[allow(clippy::too_many_arguments)]
 pub fn block_forward(
     b: &Block<'_>,
@@ -128,86 +137,126 @@ pub fn block_forward(
     let (scale1, rest) = rest.split_at(c);
     let (scale2, rest) = rest.split_at(c);
     let (shift1, shift2) = rest.split_at(c);
+    let StepScratch {
+        kv: kv_buf,
+        xn,
+        q,
+        att,
+        tmp,
+        ffn,
+        chunk,
+        scores,
+        lin,
+    } = s;
+    let ch = *chunk;
+    let q_rows = b.mat_qkv.rows(0, c);
+    let kv_rows = b.mat_qkv.rows(c, 3 * c);
+    let (mut cache, begin) = match kv {
+        Kv::Markov => (None, 0),
+        Kv::Causal { k, v, begin } => (Some((k, v)), begin),
+    };
 
-    // Attention branch.
-    modulate(x, s.xn, n, c, eps, scale1, shift1);
-    linear(s.xn, n, &b.mat_qkv, s.qkv, &mut s.lin, par);
-    let c3 = 3 * c;
-    for t in 0..n {
-        let row = &mut s.qkv[t * c3..(t + 1) * c3];
-        for (i, v) in row[..c].iter_mut().enumerate() {
-            *v += b.q_bias[i];
-        }
-        for (i, v) in row[2 * c..].iter_mut().enumerate() {
-            *v += b.v_bias[i];
-        }
-        if let Some(sm) = b.scale_mul {
-            for h in 0..heads {
-                // exp(min(s_h, ln 100)): the per-head temperature is at most 100.
-                let mul = crate::math::exp(sm[h].min(libm::logf(100.0)));
-                l2_normalize(&mut row[h * hd..(h + 1) * hd], mul);
-                l2_normalize(&mut row[c + h * hd..c + (h + 1) * hd], 1.0);
+    // 1. Keys (L2-normalised) and values of every token, from the block's input.
+    let mut t0 = 0;
+    while t0 < n {
+        let m = ch.min(n - t0);
+        modulate(&x[t0 * c..], xn, m, c, eps, scale1, shift1);
+        let out: &mut [f32] = match cache {
+            None => &mut kv_buf[t0 * 2 * c..(t0 + m) * 2 * c],
+            Some(_) => &mut ffn[..m * 2 * c],
+        };
+        linear(xn, m, &kv_rows, out, lin, par);
+        for row in out.chunks_exact_mut(2 * c) {
+            for (v, bias) in row[c..].iter_mut().zip(b.v_bias) {
+                *v += *bias;
+            }
+            if b.scale_mul.is_some() {
+                for h in 0..heads {
+                    l2_normalize(&mut row[h * hd..(h + 1) * hd], 1.0);
+                }
             }
         }
+        if let Some((k, v)) = &mut cache {
+            for (j, row) in out.chunks_exact(2 * c).enumerate() {
+                let at = (begin + t0 + j) * c;
+                k[at..at + c].copy_from_slice(&row[..c]);
+                v[at..at + c].copy_from_slice(&row[c..]);
+            }
+        }
+        t0 += m;
     }
+    // Keys/values: this scale's own (Markov) or the cache up to this scale (causal).
+    let (keys, vals, kstride, nkeys): (&[f32], &[f32], usize, usize) = match &cache {
+        None => (&kv_buf[..], &kv_buf[c..], 2 * c, n),
+        Some((k, v)) => (&k[..], &v[..], c, begin + n),
+    };
     // Without L2 normalisation the official code scales logits by 0.25/sqrt(head_dim).
     let logit_scale = if b.scale_mul.is_some() {
         1.0
     } else {
         0.25 / crate::math::sqrt(hd as f32)
     };
-    // Keys/values: this scale's own (Markov) or the cache (causal).
-    let (keys, vals, kstride, nkeys): (&[f32], &[f32], usize, usize) = match kv {
-        Kv::Markov => (&s.qkv[c..], &s.qkv[2 * c..], c3, n),
-        Kv::Causal { k, v, begin } => {
-            for t in 0..n {
-                k[(begin + t) * c..(begin + t + 1) * c]
-                    .copy_from_slice(&s.qkv[t * c3 + c..t * c3 + 2 * c]);
-                v[(begin + t) * c..(begin + t + 1) * c]
-                    .copy_from_slice(&s.qkv[t * c3 + 2 * c..t * c3 + 3 * c]);
+
+    // 2. Per chunk: queries, attention, projection, residual.
+    let scores = &mut scores[..nkeys];
+    let mut t0 = 0;
+    while t0 < n {
+        let m = ch.min(n - t0);
+        modulate(&x[t0 * c..], xn, m, c, eps, scale1, shift1);
+        linear(xn, m, &q_rows, q, lin, par);
+        for row in q[..m * c].chunks_exact_mut(c) {
+            for (v, bias) in row.iter_mut().zip(b.q_bias) {
+                *v += *bias;
             }
-            (&*k, &*v, c, begin + n)
-        }
-    };
-    let scores = &mut s.scores[..nkeys];
-    for t in 0..n {
-        for h in 0..heads {
-            let q = &s.qkv[t * c3 + h * hd..t * c3 + (h + 1) * hd];
-            for (j, sc) in scores.iter_mut().enumerate() {
-                let k = &keys[j * kstride + h * hd..j * kstride + (h + 1) * hd];
-                *sc = crate::kernels::dot(q, k) * logit_scale;
-            }
-            softmax(scores);
-            let out = &mut s.xn[t * c + h * hd..t * c + (h + 1) * hd];
-            out.iter_mut().for_each(|o| *o = 0.0);
-            for (j, p) in scores.iter().enumerate() {
-                let v = &vals[j * kstride + h * hd..j * kstride + (h + 1) * hd];
-                for (o, vv) in out.iter_mut().zip(v) {
-                    *o += *p * *vv;
+            if let Some(sm) = b.scale_mul {
+                for h in 0..heads {
+                    // exp(min(s_h, ln 100)): the per-head temperature is at most 100.
+                    let mul = crate::math::exp(sm[h].min(libm::logf(100.0)));
+                    l2_normalize(&mut row[h * hd..(h + 1) * hd], mul);
                 }
             }
         }
-    }
-    linear(s.xn, n, &b.proj, s.tmp, &mut s.lin, par);
-    for (xr, tr) in x[..n * c].chunks_exact_mut(c).zip(s.tmp.chunks_exact(c)) {
-        for ((xv, tv), g) in xr.iter_mut().zip(tr).zip(gamma1) {
-            *xv += *tv * *g;
+        for t in 0..m {
+            for h in 0..heads {
+                let qh = &q[t * c + h * hd..t * c + (h + 1) * hd];
+                for (j, sc) in scores.iter_mut().enumerate() {
+                    let k = &keys[j * kstride + h * hd..j * kstride + (h + 1) * hd];
+                    *sc = crate::kernels::dot(qh, k) * logit_scale;
+                }
+                softmax(scores);
+                let out = &mut att[t * c + h * hd..t * c + (h + 1) * hd];
+                out.iter_mut().for_each(|o| *o = 0.0);
+                for (j, p) in scores.iter().enumerate() {
+                    let v = &vals[j * kstride + h * hd..j * kstride + (h + 1) * hd];
+                    for (o, vv) in out.iter_mut().zip(v) {
+                        *o += *p * *vv;
+                    }
+                }
+            }
         }
+        linear(att, m, &b.proj, tmp, lin, par);
+        residual(&mut x[t0 * c..(t0 + m) * c], tmp, gamma1, c);
+        t0 += m;
     }
 
-    // FFN branch, in token chunks.
-    modulate(x, s.xn, n, c, eps, scale2, shift2);
+    // 3. Per chunk: FFN and residual.
     let f = b.fc1.out_dim;
     let mut t0 = 0;
     while t0 < n {
-        let m = s.chunk.min(n - t0);
-        linear(&s.xn[t0 * c..], m, &b.fc1, s.ffn, &mut s.lin, par);
-        s.ffn[..m * f].iter_mut().for_each(|v| *v = gelu_tanh(*v));
-        linear(s.ffn, m, &b.fc2, &mut s.tmp[t0 * c..], &mut s.lin, par);
+        let m = ch.min(n - t0);
+        modulate(&x[t0 * c..], xn, m, c, eps, scale2, shift2);
+        linear(xn, m, &b.fc1, ffn, lin, par);
+        ffn[..m * f].iter_mut().for_each(|v| *v = gelu_tanh(*v));
+        linear(ffn, m, &b.fc2, tmp, lin, par);
+        residual(&mut x[t0 * c..(t0 + m) * c], tmp, gamma2, c);
         t0 += m;
     }
-    for (xr, tr) in x[..n * c].chunks_exact_mut(c).zip(s.tmp.chunks_exact(c)) {
-        for ((xv, tv), g) in xr.iter_mut().zip(tr).zip(gamma2) {
+}
+
+/// `x += branch · γ`, row by row.
+fn residual(x: &mut [f32], branch: &[f32], gamma: &[f32], c: usize) {
+    for (xr, tr) in x.chunks_exact_mut(c).zip(branch.chunks_exact(c)) {
+        for ((xv, tv), g) in xr.iter_mut().zip(tr).zip(gamma) {
             *xv += *tv * *g;
         }
     }

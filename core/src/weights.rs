@@ -50,6 +50,27 @@ pub struct Linear<'a> {
     pub in_dim: usize,
 }
 
+impl<'a> Linear<'a> {
+    /// The Linear of output rows `o0..o1` (a view: each output is computed exactly as in the
+    /// whole Linear). Panics if the range is out of bounds (callers pass model-validated sizes).
+    pub fn rows(&self, o0: usize, o1: usize) -> Linear<'a> {
+        let d = self.in_dim;
+        Linear {
+            w: match self.w {
+                Weight::F32(w) => Weight::F32(&w[o0 * d..o1 * d]),
+                Weight::F16(w) => Weight::F16(&w[o0 * d..o1 * d]),
+                Weight::I8 { q, scales } => Weight::I8 {
+                    q: &q[o0 * d..o1 * d],
+                    scales: &scales[o0..o1],
+                },
+            },
+            b: self.b.map(|b| &b[o0..o1]),
+            out_dim: o1 - o0,
+            in_dim: d,
+        }
+    }
+}
+
 /// A square-kernel 2-D convolution with bias.
 #[derive(Clone, Copy, Debug)]
 pub struct Conv<'a> {

@@ -38,6 +38,11 @@ def main():
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--time-budget", type=float, default=0.0,
+                    help="seconds; if > 0, the epoch count is set from the first epoch's duration (logged, so the run "
+                         "can be repeated with --epochs N)")
+    ap.add_argument("--max-epochs", type=int, default=100000)
+    ap.add_argument("--keep-best", action="store_true", help="keep the evaluated epoch with the lowest held-out CE")
     ap.add_argument("--npz", default=None)
     ap.add_argument("--vae", default=None)
     ap.add_argument("--out", default=None)
@@ -97,8 +102,9 @@ def main():
     total = epochs * steps_per_epoch
     step = 0
     t0 = time.time()
-    best = (1e9, None)
-    for ep in range(epochs):
+    best = (1e9, None, None)
+    ep = 0
+    while ep < epochs:
         var.train()
         perm = torch.randperm(N, device=dev)
         s = 0.0
@@ -120,8 +126,18 @@ def main():
         if (ep + 1) % max(1, epochs // 15) == 0 or ep == epochs - 1 or ep == 0:
             ce, per, acc = token_ce(var, vin_ho, tok_ho, y_ho, "markov")
             msg += f" | held-out CE {ce:.4f} acc {acc:.3f} per scale {[round(v, 3) for v in per]}"
+            if args.keep_best and ce < best[0]:
+                best = (ce, ep + 1, {k: v.detach().clone() for k, v in var.state_dict().items()})
         log(msg + f" ({time.time() - t0:.0f}s)")
+        if ep == 0 and args.time_budget > 0:
+            epochs = max(2, min(args.max_epochs, int(args.time_budget / (time.time() - t0))))
+            total = epochs * steps_per_epoch
+            log(f"time budget {args.time_budget:.0f}s, first epoch {time.time() - t0:.2f}s -> epochs set to {epochs}")
+        ep += 1
     t_train = time.time() - t0
+    if args.keep_best and best[2] is not None:
+        var.load_state_dict(best[2])
+        log(f"keeping the checkpoint of epoch {best[1]} (best held-out markov CE {best[0]:.4f} among the evaluated epochs)")
     for att in ("markov", "causal"):
         ce, per, acc = token_ce(var, vin_ho, tok_ho, y_ho, att)
         log(f"FINAL held-out CE [{att}] {ce:.4f} (ppl {math.exp(ce):.1f}) acc {acc:.3f} per scale {[round(v, 4) for v in per]}")

@@ -58,6 +58,10 @@ def main():
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--time-budget", type=float, default=0.0,
+                    help="seconds; if > 0, the epoch count is set from the first epoch's duration (logged, so the run "
+                         "can be repeated with --epochs N)")
+    ap.add_argument("--max-epochs", type=int, default=100000)
     ap.add_argument("--npz", default=None)
     ap.add_argument("--out", default=None)
     ap.add_argument("--log", default=os.path.join(HERE, "logs", "train_vqvae.log"))
@@ -97,7 +101,8 @@ def main():
     window = torch.zeros(q.vocab_size, device=dev)
     step = 0
     t0 = time.time()
-    for ep in range(epochs):
+    ep = 0
+    while ep < epochs:
         perm = torch.randperm(Xtr.shape[0]).to(dev)
         s_rec = s_vq = 0.0
         n_restart = 0
@@ -144,6 +149,11 @@ def main():
             p, mse, used, per_scale = evaluate(vae, Xho)[:4]
             msg += f" | held-out PSNR {p:.2f} dB, codes used {used}/{q.vocab_size} per scale {per_scale}"
         log(msg + f" ({time.time() - t0:.0f}s)")
+        if ep == 0 and args.time_budget > 0:
+            epochs = max(2, min(args.max_epochs, int(args.time_budget / (time.time() - t0))))
+            total = epochs * steps_per_epoch
+            log(f"time budget {args.time_budget:.0f}s, first epoch {time.time() - t0:.2f}s -> epochs set to {epochs}")
+        ep += 1
     t_train = time.time() - t0
     p_ho, mse_ho, used_ho, ps_ho, _ = evaluate(vae, Xho)
     p_tr, mse_tr, used_tr, ps_tr, _ = evaluate(vae, Xtr)
