@@ -153,7 +153,7 @@ impl SampleOptions {
         Ok(())
     }
 
-    fn rows(&self) -> usize {
+    pub(crate) fn rows(&self) -> usize {
         let table_guides = self
             .table
             .is_some_and(|t| t.rows[..t.len].iter().any(|r| r.guidance != 0.0));

@@ -30,6 +30,7 @@ pub mod error;
 pub mod format;
 pub mod generate;
 pub mod kernels;
+pub mod macs;
 pub mod math;
 pub mod parallel;
 pub mod resample;

@@ -129,10 +129,13 @@ def main():
             if args.keep_best and ce < best[0]:
                 best = (ce, ep + 1, {k: v.detach().clone() for k, v in var.state_dict().items()})
         log(msg + f" ({time.time() - t0:.0f}s)")
-        if ep == 0 and args.time_budget > 0:
-            epochs = max(2, min(args.max_epochs, int(args.time_budget / (time.time() - t0))))
+        if ep == 0:
+            t_ep1 = time.time()
+        if ep == 1 and args.time_budget > 0:
+            t_ep = time.time() - t_ep1  # second epoch (no warm-up / evaluation cost)
+            epochs = max(2, min(args.max_epochs, 2 + int((args.time_budget - (time.time() - t0)) / (1.1 * t_ep))))
             total = epochs * steps_per_epoch
-            log(f"time budget {args.time_budget:.0f}s, first epoch {time.time() - t0:.2f}s -> epochs set to {epochs}")
+            log(f"time budget {args.time_budget:.0f}s, epoch {t_ep:.2f}s -> epochs set to {epochs} (repeat with --epochs {epochs})")
         ep += 1
     t_train = time.time() - t0
     if args.keep_best and best[2] is not None:

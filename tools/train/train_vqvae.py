@@ -149,10 +149,13 @@ def main():
             p, mse, used, per_scale = evaluate(vae, Xho)[:4]
             msg += f" | held-out PSNR {p:.2f} dB, codes used {used}/{q.vocab_size} per scale {per_scale}"
         log(msg + f" ({time.time() - t0:.0f}s)")
-        if ep == 0 and args.time_budget > 0:
-            epochs = max(2, min(args.max_epochs, int(args.time_budget / (time.time() - t0))))
+        if ep == 0:
+            t_ep1 = time.time()
+        if ep == 1 and args.time_budget > 0:
+            t_ep = time.time() - t_ep1  # second epoch (no warm-up / evaluation cost)
+            epochs = max(2, min(args.max_epochs, 2 + int((args.time_budget - (time.time() - t0)) / (1.1 * t_ep))))
             total = epochs * steps_per_epoch
-            log(f"time budget {args.time_budget:.0f}s, first epoch {time.time() - t0:.2f}s -> epochs set to {epochs}")
+            log(f"time budget {args.time_budget:.0f}s, epoch {t_ep:.2f}s -> epochs set to {epochs} (repeat with --epochs {epochs})")
         ep += 1
     t_train = time.time() - t0
     p_ho, mse_ho, used_ho, ps_ho, _ = evaluate(vae, Xho)
