@@ -179,7 +179,7 @@ impl Plan {
         }
         let _ = buffers.push((
             "VQVAE decoder scratch",
-            vae::decoder_scratch_bytes(cfg),
+            vae::decoder_scratch_bytes(cfg, 0),
             Lifetime::Decode,
         ));
         Ok(Plan {
@@ -191,7 +191,7 @@ impl Plan {
             persistent_bytes: s.persistent_bytes(),
             kv_cache_bytes: 2 * bytes_of::<f32>(s.kv_len()),
             step_bytes: s.step_bytes(),
-            decode_bytes: vae::decoder_scratch_bytes(cfg),
+            decode_bytes: vae::decoder_scratch_bytes(cfg, 0),
         })
     }
 
@@ -729,6 +729,7 @@ impl<'m, 'a> Generator<'m, 'a> {
             self.f_hat,
             &mut ar,
             true,
+            0,
             self.par,
             sink,
         )

@@ -126,7 +126,7 @@ fn decoder_scratch_is_tight() {
                 let f_hat: Vec<f32> = (0..cfg.vae.cvae as usize * p * p)
                     .map(|i| (i as f32 * 0.37).sin())
                     .collect();
-                let n = vae::decoder_scratch_bytes(cfg);
+                let n = vae::decoder_scratch_bytes(cfg, 0);
                 let mut buf = AlignedBytes::zeroed(n);
                 let mut ar = Arena::new(buf.as_bytes_mut()).unwrap();
                 vae::decode(
@@ -135,6 +135,7 @@ fn decoder_scratch_is_tight() {
                     &f_hat,
                     &mut ar,
                     true,
+                    0,
                     &Sequential,
                     &mut |_, _| {},
                 )
@@ -147,6 +148,7 @@ fn decoder_scratch_is_tight() {
                     &f_hat,
                     &mut ar,
                     true,
+                    0,
                     &Sequential,
                     &mut |_, _| {},
                 );

@@ -34,7 +34,7 @@ pub fn arena_table(model: &Model<'_>) -> Vec<(String, usize)> {
             tokenize::tokenize_bytes(model, &full),
         ));
     }
-    rows.push(("decode only".into(), vae::decoder_scratch_bytes(cfg)));
+    rows.push(("decode only".into(), vae::decoder_scratch_bytes(cfg, 0)));
     rows
 }
 
