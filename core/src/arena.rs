@@ -63,4 +63,14 @@ impl<'a> Arena<'a> {
             needed: self.needed,
         }
     }
+
+    /// A sub-arena over the remaining bytes for one phase: what it takes is given back when it
+    /// is dropped, so a later phase reuses the same bytes. Its byte count continues this arena's,
+    /// so an `ArenaTooSmall` inside it reports the total needed up to that point.
+    pub fn scoped(&mut self) -> Arena<'_> {
+        Arena {
+            buf: &mut *self.buf,
+            needed: self.needed,
+        }
+    }
 }

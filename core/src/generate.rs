@@ -97,6 +97,10 @@ pub struct SampleOptions {
     /// Tokens per FFN / head chunk (0: [`DEFAULT_CHUNK`]). Results do not depend on it; smaller
     /// chunks need fewer arena bytes.
     pub chunk: u16,
+    /// Decode in bands of this many image rows (0: the whole image at once). Results do not
+    /// depend on it; bands need far fewer arena bytes and take longer (one pass per banded
+    /// GroupNorm).
+    pub band_rows: u16,
 }
 
 impl SampleOptions {
@@ -115,6 +119,17 @@ impl SampleOptions {
             refine: 0,
             table: None,
             chunk: 0,
+            band_rows: 0,
+        }
+    }
+
+    /// [`SampleOptions::new`] with the smallest arena: one-token chunks and a decoder that
+    /// works one image row at a time (same results, slower; what the firmware uses).
+    pub fn low_memory(label: u32) -> Self {
+        SampleOptions {
+            chunk: 1,
+            band_rows: 1,
+            ..SampleOptions::new(label)
         }
     }
 
@@ -137,6 +152,9 @@ impl SampleOptions {
             refine: self.refine,
         };
         check_row(&row, cfg)?;
+        if self.band_rows as usize > cfg.image_side() {
+            return Err(Error::BadOption("band rows exceed the image height"));
+        }
         if let Some(t) = &self.table {
             if t.len == 0 || t.len > MAX_SCALES {
                 return Err(Error::BadOption("the step table is empty or too long"));
@@ -306,7 +324,7 @@ impl Plan {
         }
         let _ = buffers.push((
             "VQVAE decoder scratch",
-            vae::decoder_scratch_bytes(cfg),
+            vae::decoder_scratch_bytes(cfg, opts.band_rows as usize),
             Lifetime::Decode,
         ));
         Ok(Plan {
@@ -318,7 +336,7 @@ impl Plan {
             persistent_bytes: s.persistent_bytes(),
             kv_cache_bytes: 2 * bytes_of::<f32>(s.kv_len()),
             step_bytes: s.step_bytes(),
-            decode_bytes: vae::decoder_scratch_bytes(cfg),
+            decode_bytes: vae::decoder_scratch_bytes(cfg, opts.band_rows as usize),
         })
     }
 
@@ -830,6 +848,7 @@ impl<'m, 'a> Generator<'m, 'a> {
             self.st.f_hat,
             &mut ar,
             true,
+            self.opts.band_rows as usize,
             self.par,
             sink,
         )

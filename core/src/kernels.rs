@@ -359,7 +359,52 @@ pub fn layer_norm(x: &[f32], y: &mut [f32], c: usize, eps: f32) {
     }
 }
 
-/// GroupNorm (with affine) of a `c × hw` map into `y`, optionally followed by SiLU.
+/// Adds the values of `x` and their squares to `sum` and `sumsq` (f64, in order): GroupNorm's
+/// per-channel statistics. A channel fed in consecutive pieces (image rows, in order) gives the
+/// same bits as the whole plane at once, which is what makes the row-band decoder exact.
+#[inline]
+pub fn gn_accumulate(x: &[f32], sum: &mut f64, sumsq: &mut f64) {
+    let (mut s, mut q) = (*sum, *sumsq);
+    for v in x {
+        let v = *v as f64;
+        s += v;
+        q += v * v;
+    }
+    *sum = s;
+    *sumsq = q;
+}
+
+/// Mean and `1/sqrt(var + eps)` of one GroupNorm group from the sums of its channels (each from
+/// [`gn_accumulate`], added in channel order) over `count` values: one pass, variance
+/// `sumsq/count − mean²` in f64, clamped at 0.
+pub fn gn_group_stats(sum: f64, sumsq: f64, count: usize, eps: f32) -> (f64, f64) {
+    let n = count as f64;
+    let mean = sum / n;
+    let var = (sumsq / n - mean * mean).max(0.0);
+    (mean, 1.0 / libm::sqrt(var + eps as f64))
+}
+
+/// Per-channel `(scale, shift)` of GroupNorm with affine weight `w` and bias `b`:
+/// `y = x · scale + shift`.
+#[inline]
+pub fn gn_channel_affine(mean: f64, rstd: f64, w: f32, b: f32) -> (f32, f32) {
+    let scale = (rstd * w as f64) as f32;
+    let shift = (b as f64 - mean * rstd * w as f64) as f32;
+    (scale, shift)
+}
+
+/// `y = x · scale + shift`, optionally followed by SiLU (the application step of GroupNorm).
+#[inline]
+pub fn gn_apply(x: &[f32], y: &mut [f32], scale: f32, shift: f32, silu_after: bool) {
+    for (o, v) in y.iter_mut().zip(x) {
+        let t = *v * scale + shift;
+        *o = if silu_after { silu(t) } else { t };
+    }
+}
+
+/// GroupNorm (with affine) of a `c × hw` map into `y`, optionally followed by SiLU. Statistics:
+/// per channel [`gn_accumulate`] over the plane, channels of a group summed in order,
+/// [`gn_group_stats`], [`gn_channel_affine`].
 pub fn group_norm(
     x: &[f32],
     y: &mut [f32],
@@ -372,28 +417,23 @@ pub fn group_norm(
 ) {
     let cg = c / groups;
     for g in 0..groups {
-        let xs = &x[g * cg * hw..(g + 1) * cg * hw];
-        let mut s = 0f64;
-        for v in xs {
-            s += *v as f64;
-        }
-        let cnt = (cg * hw) as f64;
-        let mean = s / cnt;
-        let mut q = 0f64;
-        for v in xs {
-            let d = *v as f64 - mean;
-            q += d * d;
-        }
-        let rstd = 1.0 / libm::sqrt(q / cnt + eps as f64);
+        let (mut s, mut q) = (0f64, 0f64);
         for ci in g * cg..(g + 1) * cg {
-            let scale = (rstd * n.w[ci] as f64) as f32;
-            let shift = (n.b[ci] as f64 - mean * rstd * n.w[ci] as f64) as f32;
-            let ys = &mut y[ci * hw..(ci + 1) * hw];
-            let xs = &x[ci * hw..(ci + 1) * hw];
-            for (o, v) in ys.iter_mut().zip(xs) {
-                let t = *v * scale + shift;
-                *o = if silu_after { silu(t) } else { t };
-            }
+            let (mut cs, mut cq) = (0f64, 0f64);
+            gn_accumulate(&x[ci * hw..(ci + 1) * hw], &mut cs, &mut cq);
+            s += cs;
+            q += cq;
+        }
+        let (mean, rstd) = gn_group_stats(s, q, cg * hw, eps);
+        for ci in g * cg..(g + 1) * cg {
+            let (scale, shift) = gn_channel_affine(mean, rstd, n.w[ci], n.b[ci]);
+            gn_apply(
+                &x[ci * hw..(ci + 1) * hw],
+                &mut y[ci * hw..(ci + 1) * hw],
+                scale,
+                shift,
+                silu_after,
+            );
         }
     }
 }

@@ -40,7 +40,7 @@ fn fnv1a(h: &mut u64, bytes: &[u8]) {
 
 fn run() -> Result<u64, srdd_core::Error> {
     let model = Model::from_bytes(&MODEL.0)?;
-    let mut opts = SampleOptions::new(CLASS);
+    let mut opts = SampleOptions::low_memory(CLASS);
     opts.seed = SEED;
     opts.top_k = opts.top_k.min(model.config.vae.vocab_size);
     let sched = Schedule::full(&model.config);

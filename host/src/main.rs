@@ -78,6 +78,9 @@ struct Sampling {
     /// Tokens per FFN / head chunk (smaller: fewer arena bytes, same results).
     #[arg(long, default_value_t = 0)]
     chunk: u16,
+    /// Decode in bands of this many image rows (0: whole image; smaller arena, same image).
+    #[arg(long, default_value_t = 0)]
+    band_rows: u16,
     /// Worker threads (default: available cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -277,6 +280,7 @@ fn build(
         refine: s.refine.first().copied().unwrap_or(0),
         seed: s.seed,
         chunk: s.chunk,
+        band_rows: s.band_rows,
         attention: match s.attention {
             Some(Attn::Causal) => Attention::Causal,
             Some(Attn::Markov) => Attention::Markov,

@@ -101,7 +101,7 @@ pub fn tokens_of(
 fn decode_fhat(model: &Model<'_>, f_hat: &[f32], par: &dyn Parallel) -> Result<Image, HostError> {
     let cfg = &model.config;
     let side = cfg.image_side();
-    let mut arena = AlignedBytes::zeroed(vae::decoder_scratch_bytes(cfg));
+    let mut arena = AlignedBytes::zeroed(vae::decoder_scratch_bytes(cfg, 0));
     let mut rgb = vec![0u8; side * side * 3];
     let mut ar = srdd_core::arena::Arena::new(arena.as_bytes_mut())?;
     vae::decode(
@@ -110,6 +110,7 @@ fn decode_fhat(model: &Model<'_>, f_hat: &[f32], par: &dyn Parallel) -> Result<I
         f_hat,
         &mut ar,
         true,
+        0,
         par,
         &mut |y, row| {
             for (o, v) in rgb[y * side * 3..(y + 1) * side * 3].iter_mut().zip(row) {

@@ -127,7 +127,7 @@ fn decoder_scratch_is_tight() {
                 let f_hat: Vec<f32> = (0..cfg.vae.cvae as usize * p * p)
                     .map(|i| (i as f32 * 0.37).sin())
                     .collect();
-                let n = vae::decoder_scratch_bytes(cfg);
+                let n = vae::decoder_scratch_bytes(cfg, 0);
                 let mut buf = AlignedBytes::zeroed(n);
                 let mut ar = Arena::new(buf.as_bytes_mut()).unwrap();
                 vae::decode(
@@ -136,6 +136,7 @@ fn decoder_scratch_is_tight() {
                     &f_hat,
                     &mut ar,
                     true,
+                    0,
                     &Sequential,
                     &mut |_, _| {},
                 )
@@ -148,6 +149,7 @@ fn decoder_scratch_is_tight() {
                     &f_hat,
                     &mut ar,
                     true,
+                    0,
                     &Sequential,
                     &mut |_, _| {},
                 );

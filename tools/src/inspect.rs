@@ -28,13 +28,28 @@ pub fn arena_table(model: &Model<'_>) -> Vec<(String, usize)> {
             }
         }
     }
+    // The edge configuration: one-token chunks, one-row decoder bands (identical results).
+    for (att, an) in [(Attention::Markov, "markov"), (Attention::Causal, "causal")] {
+        let mut o = SampleOptions::low_memory(0);
+        o.attention = att;
+        o.top_k = o.top_k.min(cfg.vae.vocab_size);
+        if let Ok(p) = Plan::new(cfg, &o, &full) {
+            rows.push((
+                format!("sample {an} cfg, low-memory (chunk 1, band 1)"),
+                p.arena_bytes(),
+            ));
+            rows.push(("  persistent".to_string(), p.persistent_bytes));
+            rows.push(("  per-scale step scratch".to_string(), p.step_bytes));
+            rows.push(("  banded decoder scratch".to_string(), p.decode_bytes));
+        }
+    }
     if cfg.vae.has_encoder {
         rows.push((
             "tokenize (encode + quantize)".into(),
             tokenize::tokenize_bytes(model, &full),
         ));
     }
-    rows.push(("decode only".into(), vae::decoder_scratch_bytes(cfg)));
+    rows.push(("decode only".into(), vae::decoder_scratch_bytes(cfg, 0)));
     rows
 }
 

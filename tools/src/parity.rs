@@ -397,7 +397,7 @@ fn arena(n: usize) -> AlignedBytes {
 
 fn decode_image(model: &Model<'_>, f_hat: &[f32], clamp: bool) -> Result<Vec<f32>, ParityError> {
     let side = model.config.image_side();
-    let mut ab = arena(vae::decoder_scratch_bytes(&model.config));
+    let mut ab = arena(vae::decoder_scratch_bytes(&model.config, 0));
     let mut ar = srdd_core::arena::Arena::new(ab.as_bytes_mut())?;
     let mut img = vec![0f32; 3 * side * side];
     vae::decode(
@@ -406,6 +406,7 @@ fn decode_image(model: &Model<'_>, f_hat: &[f32], clamp: bool) -> Result<Vec<f32
         f_hat,
         &mut ar,
         clamp,
+        0,
         &Sequential,
         &mut |y, row| {
             for x in 0..side {
