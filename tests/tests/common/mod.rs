@@ -73,13 +73,19 @@ pub fn pack_options(dir: &Path, weights: WeightFormat) -> PackOptions {
     }
 }
 
-/// The VAR and VQVAE state dicts of a fixture (from the `.safetensors` files).
+/// The VAR and VQVAE state dicts of a fixture (the `.safetensors` files, or the `.pth` files when
+/// a fixture ships only those).
 pub fn state_dicts(dir: &Path) -> (StateDict, StateDict) {
-    let var =
-        read_state_dict(&dir.join("var.safetensors"), Role::Var).expect("read var.safetensors");
-    let vae =
-        read_state_dict(&dir.join("vae.safetensors"), Role::Vae).expect("read vae.safetensors");
-    (var, vae)
+    let read = |stem: &str, role: Role| {
+        let st = dir.join(format!("{stem}.safetensors"));
+        let p = if st.is_file() {
+            st
+        } else {
+            dir.join(format!("{stem}.pth"))
+        };
+        read_state_dict(&p, role).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+    };
+    (read("var", Role::Var), read("vae", Role::Vae))
 }
 
 /// The packed `.srdd` bytes of a fixture in `weights`, 64-byte aligned; cached per test binary.
