@@ -10,7 +10,8 @@
 //!
 //! ```text
 //! cargo run --release -p srdd --example tradeoff -- --out /tmp/sweep --per-class 20 \
-//!     [--model models/emoji32-f32.srdd] [--inpaint /work/scratch/emoji/heldout]
+//!     [--model models/emoji32-f32.srdd] [--inpaint /work/scratch/emoji/heldout] [--only full,…]
+//!     [--cfg 3]
 //! ```
 
 use srdd::zero_shot::{box_mask, keep_mask, psnr, sample_forced, tokens_of};
@@ -105,6 +106,10 @@ fn main() {
                 });
             }
         }
+    }
+    if let Some(only) = get("--only") {
+        let keep: Vec<&str> = only.split(',').collect();
+        configs.retain(|c| keep.contains(&c.name.as_str()));
     }
     std::fs::create_dir_all(&out).unwrap();
     let par = StdThreads(1);

@@ -44,19 +44,21 @@ struct Sampling {
     /// RNG seed (of the first image; image i uses seed + i).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Classifier-free guidance strength (0 disables guidance).
-    #[arg(long, default_value_t = 1.5)]
-    cfg: f32,
+    /// Classifier-free guidance strength (0 disables guidance; default: the model's
+    /// `default_cfg`, else the official 1.5).
+    #[arg(long)]
+    cfg: Option<f32>,
     /// Guidance per step: `linear` (official ramp cfg·k/(steps−1)), `constant` (cfg at every
     /// step), or a comma list of per-step weights t.
     #[arg(long, default_value = "linear")]
     cfg_schedule: String,
-    /// Keep the K most likely tokens (0: all; default min(900, vocabulary)); one value, or a
-    /// comma list with one value per step.
+    /// Keep the K most likely tokens (0: all; default: the model's `default_top_k`, else
+    /// min(900, vocabulary)); one value, or a comma list with one value per step.
     #[arg(long, value_delimiter = ',')]
     top_k: Vec<u32>,
-    /// Nucleus mass (0: off); one value or one per step.
-    #[arg(long, value_delimiter = ',', default_value = "0.96")]
+    /// Nucleus mass (0: off; default: the model's `default_top_p`, else 0.96); one value or one
+    /// per step.
+    #[arg(long, value_delimiter = ',')]
     top_p: Vec<f32>,
     /// Logit temperature; one value or one per step.
     #[arg(long, value_delimiter = ',', default_value = "1.0")]
@@ -270,12 +272,22 @@ fn build(
 ) -> Result<(SampleOptions, Schedule, PolicyChoice), String> {
     let sched = parse_schedule(&s.schedule, m)?;
     let steps = sched.len();
-    let top_k_default = 900.min(m.config.vae.vocab_size);
+    // Defaults: the sampling settings the model's author stored, else the official ones.
+    let meta = |k: &str| m.meta(k).and_then(|v| v.trim().parse::<f64>().ok());
+    let top_k_default =
+        meta("default_top_k").map_or(900.min(m.config.vae.vocab_size), |v| v as u32);
+    let cfg_scale = s
+        .cfg
+        .unwrap_or_else(|| meta("default_cfg").map_or(1.5, |v| v as f32));
     let mut o = SampleOptions {
         label,
-        cfg: s.cfg,
+        cfg: cfg_scale,
         top_k: s.top_k.first().copied().unwrap_or(top_k_default),
-        top_p: s.top_p.first().copied().unwrap_or(0.96),
+        top_p: s
+            .top_p
+            .first()
+            .copied()
+            .unwrap_or_else(|| meta("default_top_p").map_or(0.96, |v| v as f32)),
         temperature: s.temperature.first().copied().unwrap_or(1.0),
         refine: s.refine.first().copied().unwrap_or(0),
         seed: s.seed,
@@ -290,7 +302,7 @@ fn build(
     };
     let guidance_list: Option<Vec<f32>> = match s.cfg_schedule.as_str() {
         "linear" => {
-            o.guidance = if s.cfg == 0.0 {
+            o.guidance = if cfg_scale == 0.0 {
                 Guidance::Off
             } else {
                 Guidance::Linear
@@ -298,7 +310,7 @@ fn build(
             None
         }
         "constant" => {
-            o.guidance = if s.cfg == 0.0 {
+            o.guidance = if cfg_scale == 0.0 {
                 Guidance::Off
             } else {
                 Guidance::Constant
@@ -445,6 +457,11 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             if let Some(n) = m.meta("resample_policy") {
                 println!("learned resample policy: {n}");
+            }
+            for k in ["default_cfg", "default_top_k", "default_top_p"] {
+                if let Some(v) = m.meta(k) {
+                    println!("{k}: {v}");
+                }
             }
             for (att, an) in [(Attention::Markov, "markov"), (Attention::Causal, "causal")] {
                 let mut o = SampleOptions::new(0);

@@ -167,7 +167,16 @@ fn zero_shot_commands_work_on_the_builtin_model() {
     // inside it is regenerated; a class steers it.
     let ed = tmp("zs-edit.png");
     let msg = stdout_of(
-        &["edit", s, "--box", "8,8,24,24", "--class", "animals", "--seed", "1"],
+        &[
+            "edit",
+            s,
+            "--box",
+            "8,8,24,24",
+            "--class",
+            "animals",
+            "--seed",
+            "1",
+        ],
         &ed,
     );
     assert!(msg.contains("256 of 1024 pixels generated"), "{msg}");
@@ -186,7 +195,11 @@ fn zero_shot_commands_work_on_the_builtin_model() {
     assert!(msg.contains("768 of 1024 pixels generated"), "{msg}");
     let boxed = tmp("zs-out-box.png");
     stdout_of(&["edit", s, "--box", "8,8,24,24", "--invert"], &boxed);
-    assert_eq!(read_rgb(&out), read_rgb(&boxed), "mask file == inverted box");
+    assert_eq!(
+        read_rgb(&out),
+        read_rgb(&boxed),
+        "mask file == inverted box"
+    );
     // Upscale a 16x16 version back to 32x32.
     let full = read_rgb(&src);
     let mut low = vec![0u8; 16 * 16 * 3];
@@ -265,13 +278,22 @@ fn zero_shot_bad_inputs_are_one_line_errors() {
     fails_with(&["edit", s], "--mask FILE or --box");
     fails_with(&["upscale", s], "low-resolution image");
     fails_with(&["upscale", sm, "--keep-steps", "99"], "--keep-steps");
-    fails_with(&["sample", "--class", "1", "--resample", "magic"], "--resample");
+    fails_with(
+        &["sample", "--class", "1", "--resample", "magic"],
+        "--resample",
+    );
     fails_with(
         &["sample", "--class", "1", "--resample", "fraction:2"],
         "[0, 1]",
     );
     fails_with(&["sample", "--class", "1", "--top-k", "1,2"], "values for");
-    fails_with(&["sample", "--class", "1", "--cfg-schedule", "1,2"], "weights for");
+    fails_with(
+        &["sample", "--class", "1", "--cfg-schedule", "1,2"],
+        "weights for",
+    );
     fails_with(&["sample", "--class", "1", "--refine", "99"], "refinement");
-    fails_with(&["sample", "--class", "1", "--band-rows", "33"], "band rows");
+    fails_with(
+        &["sample", "--class", "1", "--band-rows", "33"],
+        "band rows",
+    );
 }

@@ -42,6 +42,9 @@ def main():
                     help="seconds; if > 0, the epoch count is set from the first epoch's duration (logged, so the run "
                          "can be repeated with --epochs N)")
     ap.add_argument("--max-epochs", type=int, default=100000)
+    ap.add_argument("--drop-path", type=float, default=None, help="override var.drop_path_rate")
+    ap.add_argument("--weight-decay", type=float, default=None, help="override var.train.weight_decay")
+    ap.add_argument("--lr", type=float, default=None, help="override var.train.lr")
     ap.add_argument("--keep-best", action="store_true", help="keep the evaluated epoch with the lowest held-out CE")
     ap.add_argument("--npz", default=None)
     ap.add_argument("--vae", default=None)
@@ -50,6 +53,12 @@ def main():
     args = ap.parse_args()
     cfg = load_config(args.config)
     tc = cfg["var"]["train"]
+    if args.drop_path is not None:
+        cfg["var"]["drop_path_rate"] = args.drop_path
+    if args.weight_decay is not None:
+        tc["weight_decay"] = args.weight_decay
+    if args.lr is not None:
+        tc["lr"] = args.lr
     epochs = args.epochs or tc["epochs"]
     bs = args.batch_size or tc["batch_size"]
     torch.set_num_threads(args.threads)
