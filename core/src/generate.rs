@@ -2,7 +2,9 @@
 //! run the blocks, mix CFG logits, sample, and accumulate the scale into `f_hat`; finally decode.
 //!
 //! ```text
-//! Generator::new   AdaLN vectors for the cond (and null) row, f_hat = 0
+//! Generator::new   f_hat = 0
+//! step() × steps   AdaLN vectors for the cond (and null) row (recomputed per step: a few
+//!                  kB of arena saved for ~0.1 % more work)
 //! step() × steps   input = SOS | word_embed(area(f_hat, pn)) + lvl_pos
 //!                  → blocks (markov: this scale only | causal: + KV cache)
 //!                  → head → (1+t)·cond − t·uncond → sample → hook.force
@@ -281,7 +283,7 @@ pub struct Plan {
     pub max_keys: usize,
     /// Tokens held by the KV cache (causal) or 0.
     pub cache_tokens: usize,
-    /// Bytes that live for the whole run (f_hat, AdaLN vectors, hidden states, KV cache…).
+    /// Bytes that live for the whole run (f_hat, tokens, next input, KV cache…).
     pub persistent_bytes: usize,
     /// Of which the KV cache.
     pub kv_cache_bytes: usize,
@@ -390,26 +392,10 @@ impl Sizes {
         self.depth * self.rows * self.cache * self.c
     }
     /// Buffers that live for the whole run, in allocation order (name, bytes).
-    fn persistent_buffers(&self) -> [(&'static str, usize); 7] {
-        let Sizes {
-            rows,
-            n,
-            c,
-            cv,
-            p,
-            depth,
-            ..
-        } = *self;
+    fn persistent_buffers(&self) -> [(&'static str, usize); 5] {
+        let Sizes { n, cv, p, .. } = *self;
         [
             ("f_hat", bytes_of::<f32>(cv * p * p)),
-            (
-                "AdaLN vectors (rows x depth x 6C)",
-                bytes_of::<f32>(rows * depth * 6 * c),
-            ),
-            (
-                "head scale/shift (rows x 2C)",
-                bytes_of::<f32>(rows * 2 * c),
-            ),
             ("KV cache keys", bytes_of::<f32>(self.kv_len())),
             ("KV cache values", bytes_of::<f32>(self.kv_len())),
             ("step tokens", bytes_of::<u32>(n)),
@@ -420,7 +406,7 @@ impl Sizes {
         self.persistent_buffers().iter().map(|b| b.1).sum()
     }
     /// Scratch of one scale step, in allocation order (name, bytes).
-    fn step_buffers(&self) -> [(&'static str, usize); 21] {
+    fn step_buffers(&self) -> [(&'static str, usize); 23] {
         let Sizes {
             rows,
             n,
@@ -430,6 +416,7 @@ impl Sizes {
             v,
             cv,
             p,
+            depth,
             chunk: hc,
             refine,
             ..
@@ -437,6 +424,14 @@ impl Sizes {
         let (lf, lq) = self.lin_len();
         let r = |b: usize| if refine { b } else { 0 };
         [
+            (
+                "AdaLN vectors (rows x depth x 6C)",
+                bytes_of::<f32>(rows * depth * 6 * c),
+            ),
+            (
+                "head scale/shift (rows x 2C)",
+                bytes_of::<f32>(rows * 2 * c),
+            ),
             (
                 "hidden states (rows x tokens x C)",
                 bytes_of::<f32>(rows * n * c),
@@ -495,6 +490,8 @@ impl Sizes {
 }
 
 struct StepBufs<'s> {
+    ada: &'s mut [f32],
+    head_ada: &'s mut [f32],
     hidden: &'s mut [f32],
     st: StepScratch<'s>,
     ada_tmp: &'s mut [f32],
@@ -528,6 +525,8 @@ fn take_step<'s>(s: &Sizes, ar: &mut Arena<'s>) -> Result<StepBufs<'s>> {
     let (lf, lq) = s.lin_len();
     let r = |len: usize| if refine { len } else { 0 };
     Ok(StepBufs {
+        ada: ar.take(rows * s.depth * 6 * c)?,
+        head_ada: ar.take(rows * 2 * c)?,
         hidden: ar.take(rows * n * c)?,
         st: StepScratch {
             kv: ar.take(s.kv_scale_len())?,
@@ -581,8 +580,6 @@ pub struct Generator<'m, 'a> {
 struct State<'a> {
     rng: Rng,
     f_hat: &'a mut [f32],
-    ada: &'a mut [f32],
-    head_ada: &'a mut [f32],
     kv_k: &'a mut [f32],
     kv_v: &'a mut [f32],
     tokens: &'a mut [u32],
@@ -590,7 +587,7 @@ struct State<'a> {
 }
 
 impl<'m, 'a> Generator<'m, 'a> {
-    /// Checks options, schedule and arena size, then computes the AdaLN vectors (single thread).
+    /// Checks options, schedule and arena size.
     pub fn new(
         model: &'m Model<'m>,
         opts: SampleOptions,
@@ -618,25 +615,15 @@ impl<'m, 'a> Generator<'m, 'a> {
         }
         let s = Sizes::new(cfg, &opts, &sched);
         let mut ar = Arena::new(arena)?;
-        let Sizes {
-            rows,
-            n,
-            c,
-            cv,
-            p,
-            depth,
-            ..
-        } = s;
+        let Sizes { n, cv, p, .. } = s;
         let f_hat = ar.take::<f32>(cv * p * p)?;
         f_hat.iter_mut().for_each(|v| *v = 0.0);
-        let ada = ar.take::<f32>(rows * depth * 6 * c)?;
-        let head_ada = ar.take::<f32>(rows * 2 * c)?;
         let kv_k = ar.take::<f32>(s.kv_len())?;
         let kv_v = ar.take::<f32>(s.kv_len())?;
         let tokens = ar.take::<u32>(n)?;
         let next_in = ar.take::<f32>(cv * n)?;
         let scratch = ar.take::<u8>(ar.remaining())?;
-        let mut g = Generator {
+        Ok(Generator {
             model,
             par,
             opts,
@@ -646,43 +633,13 @@ impl<'m, 'a> Generator<'m, 'a> {
             st: State {
                 rng: Rng::new(opts.seed),
                 f_hat,
-                ada,
-                head_ada,
                 kv_k,
                 kv_v,
                 tokens,
                 next_in,
             },
             scratch,
-        };
-        g.init_ada()?;
-        Ok(g)
-    }
-
-    fn init_ada(&mut self) -> Result<()> {
-        let s = &self.sizes;
-        let c = s.c;
-        let mut ar = Arena::new(&mut *self.scratch)?;
-        let mut b = take_step(s, &mut ar)?;
-        let null = self.model.config.var.num_classes as usize;
-        for r in 0..s.rows {
-            let label = if r == 0 {
-                self.opts.label as usize
-            } else {
-                null
-            };
-            ada_vectors(
-                &self.model.weights.var,
-                c,
-                label,
-                &mut self.st.ada[r * s.depth * 6 * c..(r + 1) * s.depth * 6 * c],
-                &mut self.st.head_ada[r * 2 * c..(r + 1) * 2 * c],
-                b.ada_tmp,
-                &mut b.st.lin,
-                self.par,
-            );
-        }
-        Ok(())
+        })
     }
 
     /// The schedule being run.
@@ -742,6 +699,7 @@ impl<'m, 'a> Generator<'m, 'a> {
 
         let mut ar = Arena::new(&mut *self.scratch)?;
         let mut b = take_step(&self.sizes, &mut ar)?;
+        ctx.ada_vectors(&mut b);
 
         // 1-3. Input from f_hat, blocks, head, guidance; every token drawn.
         ctx.forward_and_sample(st, &mut b, false, refine > 0, hook);
@@ -877,6 +835,29 @@ struct Ctx<'x> {
 }
 
 impl Ctx<'_> {
+    /// The AdaLN vectors of every block and the head's scale/shift, for each CFG row.
+    fn ada_vectors(&self, b: &mut StepBufs<'_>) {
+        let Sizes { rows, c, depth, .. } = *self.sizes;
+        let null = self.model.config.var.num_classes as usize;
+        for r in 0..rows {
+            let label = if r == 0 {
+                self.opts.label as usize
+            } else {
+                null
+            };
+            ada_vectors(
+                &self.model.weights.var,
+                c,
+                label,
+                &mut b.ada[r * depth * 6 * c..(r + 1) * depth * 6 * c],
+                &mut b.head_ada[r * 2 * c..(r + 1) * 2 * c],
+                b.ada_tmp,
+                &mut b.st.lin,
+                self.par,
+            );
+        }
+    }
+
     /// Builds step `k`'s input (the class token at step 0, else `word_embed(next_in)`), runs the
     /// blocks and the head, mixes guidance and draws tokens: every token, or with `only_flagged`
     /// those with `b.resample` set. With `stats`, records each drawn token's features.
@@ -957,7 +938,7 @@ impl Ctx<'_> {
         for r in 0..run_rows {
             let x = &mut hidden[r * nmax * c..r * nmax * c + n * c];
             for (bi, blk) in t.blocks.iter().enumerate() {
-                let ada = &st.ada[(r * depth + bi) * 6 * c..(r * depth + bi + 1) * 6 * c];
+                let ada = &b.ada[(r * depth + bi) * 6 * c..(r * depth + bi + 1) * 6 * c];
                 let kv = if causal {
                     let len = self.sizes.cache * c;
                     let off = (bi * rows + r) * len;
@@ -985,7 +966,7 @@ impl Ctx<'_> {
                 t,
                 c,
                 eps,
-                &st.head_ada[..2 * c],
+                &b.head_ada[..2 * c],
                 xc,
                 m,
                 b.head_xn,
@@ -999,7 +980,7 @@ impl Ctx<'_> {
                     t,
                     c,
                     eps,
-                    &st.head_ada[2 * c..4 * c],
+                    &b.head_ada[2 * c..4 * c],
                     xu,
                     m,
                     b.head_xn,

@@ -9,8 +9,11 @@ come from teacher forcing on the training images: with the ground-truth input of
 token is drawn from each position's distribution; label = drawn != ground-truth token. The first
 scale is skipped (the engine never refines it).
 
-A refinement pass then draws again every token whose score w . features + b > 0 (estimated
-probability of being wrong above 1/2). The four numbers are printed and written to --out, to be
+Most drawn tokens disagree with the single data token (the residual codes are multi-modal), so
+"probability of being wrong above 1/2" would select nearly everything. The fitted scorer is used as a
+ranking instead: its bias is shifted so that a score > 0 selects the --budget fraction (default 25 %)
+of training tokens most likely to be wrong. A refinement pass then draws again every token whose score
+w . features + b > 0. The four numbers are printed and written to --out, to be
 stored in the model with `srdd-tools pack --resample-policy w_conf,w_ent,w_step,b`.
 
     /work/venv-torch/bin/python tools/train/train_policy.py --vae V.pth --var VAR.pth \
@@ -36,6 +39,7 @@ def main():
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--max-images", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--budget", type=float, default=0.25)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "logs", "resample_policy.txt"))
     ap.add_argument("--log", default=os.path.join(os.path.dirname(__file__), "logs", "train_policy.log"))
     a = ap.parse_args()
@@ -111,7 +115,19 @@ def main():
         for k in range(1, steps):
             m = X[:, 2] == k / (steps - 1)
             log(f"  step {k} (pn {pns[k]}): wrong {Y[m].mean().item():.3f}, selected {pred[m].float().mean().item():.3f}")
-    line = ",".join(f"{v:.6g}" for v in [*w.tolist(), b.item()])
+        # Shift the bias: score > 0 selects the `budget` fraction most likely to be wrong.
+        q = torch.quantile(s[torch.randperm(len(s), generator=g)[:200000]], 1 - a.budget).item()
+        bias = b.item() - q
+        s2 = X @ w + bias
+        sel = s2 > 0
+        log(f"ranking with a {a.budget:.0%} budget: bias {bias:.4f}; selects {sel.float().mean().item():.3f}; "
+            f"precision {Y[sel].mean().item():.3f} vs base rate {Y.mean().item():.3f}; "
+            f"of the unselected {Y[~sel].mean().item():.3f} are wrong")
+        for k in range(1, steps):
+            m = X[:, 2] == k / (steps - 1)
+            log(f"  step {k} (pn {pns[k]}): selected {sel[m].float().mean().item():.3f}, "
+                f"precision {Y[m & sel].mean().item() if (m & sel).any() else float('nan'):.3f}")
+    line = ",".join(f"{v:.6g}" for v in [*w.tolist(), bias])
     log(f"policy (w_confidence, w_entropy, w_step, bias) = {line}")
     with open(a.out, "w") as f:
         f.write(line + "\n")

@@ -59,6 +59,8 @@ def main():
         tc["weight_decay"] = args.weight_decay
     if args.lr is not None:
         tc["lr"] = args.lr
+    if tc.get("keep_best"):
+        args.keep_best = True
     epochs = args.epochs or tc["epochs"]
     bs = args.batch_size or tc["batch_size"]
     torch.set_num_threads(args.threads)
