@@ -60,12 +60,21 @@ fn main() {
     };
     let out = PathBuf::from(get("--out").expect("--out DIR"));
     let per_class: u64 = get("--per-class").map_or(10, |v| v.parse().unwrap());
-    let cfg_scale: f32 = get("--cfg").map_or(3.0, |v| v.parse().unwrap());
     let bytes = match get("--model") {
         Some(p) => ModelBytes::Owned(AlignedBytes::read(std::path::Path::new(&p)).expect("model")),
         None => ModelBytes::Default,
     };
     let m = Model::from_bytes(bytes.as_bytes()).expect("valid model");
+    // Sampling settings: flags, else the model's stored defaults, else cfg 3 / top-k 40 / top-p 0.
+    let meta = |k: &str| m.meta(k).and_then(|v| v.parse::<f32>().ok());
+    let cfg_scale: f32 =
+        get("--cfg").map_or(meta("default_cfg").unwrap_or(3.0), |v| v.parse().unwrap());
+    let top_k: u32 = get("--top-k").map_or(meta("default_top_k").unwrap_or(40.0) as u32, |v| {
+        v.parse().unwrap()
+    });
+    let top_p: f32 =
+        get("--top-p").map_or(meta("default_top_p").unwrap_or(0.0), |v| v.parse().unwrap());
+    eprintln!("sampling: cfg {cfg_scale} (linear ramp), top-k {top_k}, top-p {top_p}");
     let cfg = &m.config;
     let full: Vec<u16> = cfg.patch_nums.to_vec();
     let learned = m.meta("resample_policy").is_some();
@@ -121,8 +130,8 @@ fn main() {
         std::fs::create_dir_all(&dir).unwrap();
         let base = SampleOptions {
             cfg: cfg_scale,
-            top_k: 0,
-            top_p: 0.0,
+            top_k,
+            top_p,
             refine: c.refine,
             ..SampleOptions::new(0)
         };
@@ -201,8 +210,8 @@ fn main() {
                 let o = SampleOptions {
                     label,
                     cfg: cfg_scale,
-                    top_k: 0,
-                    top_p: 0.0,
+                    top_k,
+                    top_p,
                     attention,
                     seed: i as u64,
                     ..SampleOptions::new(label)
