@@ -47,3 +47,9 @@ def psnr_01(a, b):
     """a, b in [-1,1]; PSNR of the [0,1] images, averaged per image."""
     mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) * 0.5).square().flatten(1).mean(1)
     return (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean().item(), mse.mean().item()
+
+
+def default_classifier(cfg):
+    """The committed classifier (tools/train/emoji32-classifier.pt), else the training output."""
+    committed = os.path.join(HERE, "emoji32-classifier.pt")
+    return committed if os.path.exists(committed) else os.path.join(cfg["out_dir"], "classifier.pt")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import load_config, load_data, to_tensor_images  # noqa: E402
+from common import default_classifier, load_config, load_data, to_tensor_images  # noqa: E402
 from train_classifier import load_classifier  # noqa: E402
 
 
@@ -76,7 +76,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
-    m, ck = load_classifier(args.classifier or os.path.join(cfg["out_dir"], "classifier.pt"))
+    m, ck = load_classifier(args.classifier or default_classifier(cfg))
     names = ck["class_names"]
     d = load_data(args.npz or cfg["data"]["npz"])
     ho = d["split"] == 1

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import load_config, load_data  # noqa: E402
+from common import default_classifier, load_config, load_data  # noqa: E402
 from evaluate import feats_and_pred, frechet, load_generated  # noqa: E402
 from train_classifier import load_classifier  # noqa: E402
 
@@ -45,7 +45,7 @@ def main():
         print(f"wrote {int(ho.sum())} held-out images to {a.export_heldout}")
         if not a.sweep:
             return
-    m, ck = load_classifier(a.classifier or os.path.join(cfg["out_dir"], "classifier.pt"))
+    m, ck = load_classifier(a.classifier or default_classifier(cfg))
     names = ck["class_names"]
     f_ho, p_ho = feats_and_pred(m, d["images"][ho])
     acc_real = float(np.mean(p_ho == d["labels"][ho]))
