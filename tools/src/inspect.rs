@@ -149,12 +149,23 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
             *b as f64 / 1048576.0
         );
     }
-    let mut o = SampleOptions::new(0);
-    o.top_k = o.top_k.min(cfg.vae.vocab_size);
-    if let Ok(plan) = Plan::new(cfg, &o, &Schedule::full(cfg)) {
+    for (o, what) in [
+        (SampleOptions::new(0), "default configuration"),
+        (
+            SampleOptions::low_memory(0),
+            "low-memory configuration: chunk 1, decoder bands of 1 row",
+        ),
+    ] {
+        let o = SampleOptions {
+            top_k: o.top_k.min(cfg.vae.vocab_size),
+            ..o
+        };
+        let Ok(plan) = Plan::new(cfg, &o, &Schedule::full(cfg)) else {
+            continue;
+        };
         let _ = writeln!(
             s,
-            "\narena layout of one sample (markov, CFG), in arena order:"
+            "\narena layout of one sample (markov, CFG, {what}), in arena order:"
         );
         let _ = writeln!(s, "  {:<46} {:>12}  lives", "buffer", "bytes");
         for (name, b, life) in &plan.buffers {
