@@ -1,5 +1,5 @@
 //! End-to-end: one CFG image (sampling + decoding) with the packed parity fixture models, f32 and
-//! int8, Markov and causal attention. Model files come from `SRDD_BENCH_MODELS` (a directory with
+//! int8, Markov and causal attention, and Markov in the low-memory configuration. Model files come from `SRDD_BENCH_MODELS` (a directory with
 //! `*.srdd` files); by default the built-in default model `models/default-int8.srdd`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -35,8 +35,17 @@ fn bench_sample(c: &mut Criterion) {
         let bytes = AlignedBytes::read(&path).expect("model file");
         let model = Model::from_bytes(bytes.as_bytes()).expect("valid model");
         let name = path.file_stem().unwrap().to_string_lossy().to_string();
-        for (att, an) in [(Attention::Markov, "markov"), (Attention::Causal, "causal")] {
-            let mut opts = SampleOptions::new(1);
+        for (att, low, an) in [
+            (Attention::Markov, false, "markov"),
+            (Attention::Causal, false, "causal"),
+            (Attention::Markov, true, "markov-low-memory"),
+        ] {
+            // Low memory: one-token chunks and a one-row banded decoder (identical results).
+            let mut opts = if low {
+                SampleOptions::low_memory(1)
+            } else {
+                SampleOptions::new(1)
+            };
             opts.top_k = opts.top_k.min(model.config.vae.vocab_size);
             opts.attention = att;
             let sched = Schedule::full(&model.config);
