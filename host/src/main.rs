@@ -471,6 +471,14 @@ fn run(cli: Cli) -> Result<(), String> {
                     println!("arena for one CFG sample ({an}): {} bytes", p.arena_bytes());
                 }
             }
+            let mut o = SampleOptions::low_memory(0);
+            o.top_k = o.top_k.min(c.vae.vocab_size);
+            if let Ok(p) = Plan::new(c, &o, &Schedule::full(c)) {
+                println!(
+                    "arena for one CFG sample (markov, --chunk 1 --band-rows 1): {} bytes",
+                    p.arena_bytes()
+                );
+            }
             Ok(())
         }
         Cmd::Sample {
