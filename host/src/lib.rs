@@ -226,3 +226,112 @@ pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(
+        path: &std::path::Path,
+        w: u32,
+        h: u32,
+        ct: png::ColorType,
+        bd: png::BitDepth,
+        data: &[u8],
+        palette: Option<&[u8]>,
+    ) {
+        let f = std::fs::File::create(path).unwrap();
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(f), w, h);
+        enc.set_color(ct);
+        enc.set_depth(bd);
+        if let Some(p) = palette {
+            enc.set_palette(p.to_vec());
+        }
+        enc.write_header().unwrap().write_image_data(data).unwrap();
+    }
+
+    #[test]
+    fn png_reader_handles_every_color_type() {
+        let dir = std::env::temp_dir().join(format!("srdd-png-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("x.png");
+        // RGBA: half-transparent red over white.
+        write(
+            &p,
+            1,
+            1,
+            png::ColorType::Rgba,
+            png::BitDepth::Eight,
+            &[255, 0, 0, 128],
+            None,
+        );
+        assert_eq!(read_png_rgb(&p).unwrap().rgb, vec![255, 127, 127]);
+        // Gray 8 and gray+alpha.
+        write(
+            &p,
+            2,
+            1,
+            png::ColorType::Grayscale,
+            png::BitDepth::Eight,
+            &[0, 200],
+            None,
+        );
+        assert_eq!(read_png_rgb(&p).unwrap().rgb, vec![0, 0, 0, 200, 200, 200]);
+        write(
+            &p,
+            1,
+            1,
+            png::ColorType::GrayscaleAlpha,
+            png::BitDepth::Eight,
+            &[0, 0],
+            None,
+        );
+        assert_eq!(read_png_rgb(&p).unwrap().rgb, vec![255, 255, 255]);
+        // 16-bit RGB is stripped to 8 bits.
+        write(
+            &p,
+            1,
+            1,
+            png::ColorType::Rgb,
+            png::BitDepth::Sixteen,
+            &[1, 2, 3, 4, 5, 6],
+            None,
+        );
+        assert_eq!(read_png_rgb(&p).unwrap().rgb, vec![1, 3, 5]);
+        // Palette is expanded.
+        write(
+            &p,
+            2,
+            1,
+            png::ColorType::Indexed,
+            png::BitDepth::Eight,
+            &[1, 0],
+            Some(&[9, 8, 7, 1, 2, 3]),
+        );
+        assert_eq!(read_png_rgb(&p).unwrap().rgb, vec![1, 2, 3, 9, 8, 7]);
+        // Garbage and truncation are typed errors.
+        std::fs::write(&p, b"\x89PNG\r\n\x1a\nnope").unwrap();
+        assert!(matches!(read_png_rgb(&p), Err(HostError::Png { .. })));
+        write(
+            &p,
+            4,
+            4,
+            png::ColorType::Rgb,
+            png::BitDepth::Eight,
+            &[7; 48],
+            None,
+        );
+        let full = std::fs::read(&p).unwrap();
+        for cut in [8, 20, 33, full.len() - 13] {
+            std::fs::write(&p, &full[..cut]).unwrap();
+            assert!(
+                matches!(read_png_rgb(&p), Err(HostError::Png { .. })),
+                "cut {cut}"
+            );
+        }
+        assert!(matches!(
+            read_png_rgb(&dir.join("missing.png")),
+            Err(HostError::Io { .. })
+        ));
+    }
+}
