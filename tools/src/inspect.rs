@@ -77,6 +77,7 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
                 "offset": e.offset, "bytes": e.len, "scales_offset": e.scales_offset,
             })).collect::<Vec<_>>(),
             "arena_bytes": arena.iter().map(|(k, v)| json!({"operation": k, "bytes": v})).collect::<Vec<_>>(),
+            "metadata": model.metadata.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>(),
         });
         return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
     }
@@ -89,6 +90,9 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
         bytes.len(),
         srdd_core::format::FORMAT_VERSION
     );
+    for line in model.metadata.lines() {
+        let _ = writeln!(s, "meta: {line}");
+    }
     let _ = writeln!(
         s,
         "weights: {:?}   default attention: {:?}",
