@@ -200,6 +200,17 @@ fn zero_shot_commands_work_on_the_builtin_model() {
         read_rgb(&boxed),
         "mask file == inverted box"
     );
+    // Keeping every pixel forces every token: the edit is exactly the reconstruction.
+    let black = tmp("zs-black.png");
+    write_png(&black, 32, 32, &[0u8; 32 * 32 * 3]);
+    let kept = tmp("zs-kept.png");
+    let msg = stdout_of(&["edit", s, "--mask", black.to_str().unwrap()], &kept);
+    assert!(msg.contains("0 of 1024 pixels generated"), "{msg}");
+    assert_eq!(
+        read_rgb(&kept),
+        read_rgb(&rec),
+        "forcing every token == reconstruct"
+    );
     // Upscale a 16x16 version back to 32x32.
     let full = read_rgb(&src);
     let mut low = vec![0u8; 16 * 16 * 3];
