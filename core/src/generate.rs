@@ -3,9 +3,9 @@
 //!
 //! ```text
 //! Generator::new   f_hat = 0
-//! step() × steps   AdaLN vectors for the cond (and null) row (recomputed per step: a few
-//!                  kB of arena saved for ~0.1 % more work)
-//! step() × steps   input = SOS | word_embed(area(f_hat, pn)) + lvl_pos
+//! step() × steps   AdaLN vectors for the cond (and null) row (per step, not per image: their
+//!                  arena is reused by the step; ~1 % of a small model's MACs, see `macs`)
+//!                  input = SOS | word_embed(area(f_hat, pn)) + lvl_pos
 //!                  → blocks (markov: this scale only | causal: + KV cache)
 //!                  → head → (1+t)·cond − t·uncond → sample → hook.force
 //!                  → f_hat += Phi(bicubic(codebook[idx], P))
@@ -677,8 +677,6 @@ impl<'m, 'a> Generator<'m, 'a> {
         if self.finished() {
             return Err(Error::WrongState("all scales already sampled"));
         }
-        let cfg = &self.model.config;
-        let w = &self.model.weights;
         let Sizes { cv, p, v, .. } = self.sizes;
         let k = self.k;
         let steps = self.sched.len();
@@ -709,19 +707,11 @@ impl<'m, 'a> Generator<'m, 'a> {
         // Refinement: re-run this scale from the draft f_hat (f_hat plus the drafted tokens) and
         // draw again the tokens the policy picks; the rest are kept.
         for pass in 1..=refine {
-            scale_contribution(
-                &w.quant,
-                cfg.vae.quant_resi,
-                self.sched.phi[k] as usize,
-                cv,
-                &st.tokens[..n],
-                pn,
-                p,
-                b.h,
-                b.contrib,
-                b.cscratch,
-                self.par,
-            );
+            policy.select(k, steps, pass, &b.stats[..n], &mut b.resample[..n]);
+            if !b.resample[..n].iter().any(|r| *r) {
+                continue;
+            }
+            ctx.contribution(&st.tokens[..n], &mut b);
             for ((d, f), c) in b
                 .draft
                 .iter_mut()
@@ -730,10 +720,6 @@ impl<'m, 'a> Generator<'m, 'a> {
             {
                 *d = *f + *c;
             }
-            policy.select(k, steps, pass, &b.stats[..n], &mut b.resample[..n]);
-            if !b.resample[..n].iter().any(|r| *r) {
-                continue;
-            }
             area_resize(b.draft, cv, p, pn, st.next_in);
             ctx.forward_and_sample(st, &mut b, true, true, hook);
             hook.force(k, pn, &mut st.tokens[..n]);
@@ -741,19 +727,7 @@ impl<'m, 'a> Generator<'m, 'a> {
         }
 
         // 4. f_hat += Phi(bicubic(codebook[idx], P)); next input = area(f_hat, pn_next).
-        scale_contribution(
-            &w.quant,
-            cfg.vae.quant_resi,
-            self.sched.phi[k] as usize,
-            cv,
-            &st.tokens[..n],
-            pn,
-            p,
-            b.h,
-            b.contrib,
-            b.cscratch,
-            self.par,
-        );
+        ctx.contribution(&st.tokens[..n], &mut b);
         for (f, d) in st.f_hat.iter_mut().zip(b.contrib.iter()) {
             *f += *d;
         }
@@ -835,6 +809,25 @@ struct Ctx<'x> {
 }
 
 impl Ctx<'_> {
+    /// `b.contrib = Phi(bicubic(codebook[tokens], P))` of this step.
+    fn contribution(&self, tokens: &[u32], b: &mut StepBufs<'_>) {
+        let Sizes { cv, p, .. } = *self.sizes;
+        let pn = self.sched.pn[self.k] as usize;
+        scale_contribution(
+            &self.model.weights.quant,
+            self.model.config.vae.quant_resi,
+            self.sched.phi[self.k] as usize,
+            cv,
+            tokens,
+            pn,
+            p,
+            b.h,
+            b.contrib,
+            b.cscratch,
+            self.par,
+        );
+    }
+
     /// The AdaLN vectors of every block and the head's scale/shift, for each CFG row.
     fn ada_vectors(&self, b: &mut StepBufs<'_>) {
         let Sizes { rows, c, depth, .. } = *self.sizes;

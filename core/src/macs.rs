@@ -13,7 +13,8 @@ use crate::Model;
 /// MACs of one image.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Macs {
-    /// Transformer (embeddings, blocks, head), over both CFG rows and every refinement pass.
+    /// Transformer (AdaLN vectors, embeddings, blocks, head), over both CFG rows and every
+    /// refinement pass.
     pub transformer: u64,
     /// VQVAE decoder (including `post_quant_conv`).
     pub decoder: u64,
@@ -54,7 +55,10 @@ pub fn sample_macs(model: &Model<'_>, opts: &SampleOptions, sched: &Schedule) ->
         let block = n * c * 3 * c + 2 * n * keys * c + n * c * c + 2 * n * c * f;
         let head = n * c * v;
         let pass = embed + rows * (depth * block + head);
-        t += pass * (1 + s.refine as u64);
+        // AdaLN vectors (every block's 6C and the head's 2C) for each planned CFG row, once per
+        // step (they live in the step scratch).
+        let ada = opts.rows() as u64 * (depth * c * 6 * c + c * 2 * c);
+        t += ada + pass * (1 + s.refine as u64);
         seen += n;
     }
     Macs {

@@ -197,7 +197,8 @@ pub fn block_forward(
         0.25 / crate::math::sqrt(hd as f32)
     };
 
-    // 2. Per chunk: queries, attention, projection, residual.
+    // 2. Per chunk: queries (the LayerNorm is recomputed rather than kept for all tokens:
+    //    O(n·C) work instead of n × C floats of arena), attention, projection, residual.
     let scores = &mut scores[..nkeys];
     let mut t0 = 0;
     while t0 < n {

@@ -15,12 +15,12 @@
 //! ```
 
 use srdd::zero_shot::{box_mask, keep_mask, psnr, sample_forced, tokens_of};
-use srdd::{png_bytes, read_png_rgb, sample_one, Image, ModelBytes};
+use srdd::{png_bytes, read_png_rgb, sample_one, Image, ModelBytes, ResampleChoice};
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::generate::SampleOptions;
 use srdd_core::macs::sample_macs;
 use srdd_core::parallel::StdThreads;
-use srdd_core::resample::{FixedFraction, KeepAll, Learned, ResamplePolicy};
+use srdd_core::resample::{KeepAll, ResamplePolicy};
 use srdd_core::{Attention, Model, Schedule};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -32,23 +32,14 @@ struct Config {
     policy: &'static str,
 }
 
+/// The CLI's policy for a configuration's short name.
 fn policy(name: &str, m: &Model<'_>) -> Box<dyn ResamplePolicy> {
-    match name {
-        "fraction" => Box::new(FixedFraction { fraction: 0.25 }),
-        "learned" => {
-            let v: Vec<f32> = m
-                .meta("resample_policy")
-                .expect("the model stores no resample_policy")
-                .split(',')
-                .map(|x| x.trim().parse().unwrap())
-                .collect();
-            Box::new(Learned {
-                w: [v[0], v[1], v[2]],
-                bias: v[3],
-            })
-        }
-        _ => Box::new(KeepAll),
-    }
+    let cli = match name {
+        "fraction" => "fraction:0.25",
+        "learned" => "learned",
+        _ => "keep",
+    };
+    ResampleChoice::parse(cli, m).expect("policy").instance()
 }
 
 fn main() {

@@ -6,7 +6,7 @@
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::generate::{Generator, Plan, SampleOptions, StepHook};
 use srdd_core::parallel::Parallel;
-use srdd_core::resample::ResamplePolicy;
+use srdd_core::resample::{ConfidenceThreshold, FixedFraction, KeepAll, Learned, ResamplePolicy};
 use srdd_core::{Model, Schedule};
 
 /// The built-in default model (int8), embedded at compile time, 64-byte aligned.
@@ -48,6 +48,68 @@ pub struct Image {
 pub use srdd_core::vae::to_rgb8;
 
 pub mod zero_shot;
+
+/// A resampling policy as the CLI names it (`keep`, `fraction:F`, `threshold:P`, `learned`);
+/// each image gets its own instance.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ResampleChoice {
+    /// `keep`.
+    Keep,
+    /// `fraction:F`.
+    Fraction(f32),
+    /// `threshold:P`.
+    Threshold(f32),
+    /// `learned` (the scorer stored in the model's `resample_policy`).
+    Learned(Learned),
+}
+
+impl ResampleChoice {
+    /// Parses the CLI form; `learned` reads the model's metadata.
+    pub fn parse(s: &str, m: &Model<'_>) -> Result<Self, String> {
+        let bad = || format!("--resample {s}: expected keep, fraction:F, threshold:P or learned");
+        let num = |v: &str| -> Result<f32, String> {
+            let x: f32 = v.parse().map_err(|_| bad())?;
+            if (0.0..=1.0).contains(&x) {
+                Ok(x)
+            } else {
+                Err(format!("--resample {s}: the value must be in [0, 1]"))
+            }
+        };
+        match s.split_once(':') {
+            None if s == "keep" => Ok(ResampleChoice::Keep),
+            None if s == "learned" => {
+                let text = m.meta("resample_policy").ok_or(
+                    "--resample learned: this model stores no learned policy (resample_policy)",
+                )?;
+                let v: Vec<f32> = text
+                    .split(',')
+                    .map(|x| x.trim().parse::<f32>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| "the model's resample_policy is not 4 numbers")?;
+                if v.len() != 4 || v.iter().any(|x| !x.is_finite()) {
+                    return Err("the model's resample_policy is not 4 finite numbers".into());
+                }
+                Ok(ResampleChoice::Learned(Learned {
+                    w: [v[0], v[1], v[2]],
+                    bias: v[3],
+                }))
+            }
+            Some(("fraction", v)) => Ok(ResampleChoice::Fraction(num(v)?)),
+            Some(("threshold", v)) => Ok(ResampleChoice::Threshold(num(v)?)),
+            _ => Err(bad()),
+        }
+    }
+
+    /// A fresh policy object.
+    pub fn instance(&self) -> Box<dyn ResamplePolicy> {
+        match *self {
+            ResampleChoice::Keep => Box::new(KeepAll),
+            ResampleChoice::Fraction(fraction) => Box::new(FixedFraction { fraction }),
+            ResampleChoice::Threshold(threshold) => Box::new(ConfidenceThreshold { threshold }),
+            ResampleChoice::Learned(l) => Box::new(l),
+        }
+    }
+}
 
 /// Errors of the host conveniences: one line each, naming what was wrong.
 #[derive(Debug, thiserror::Error)]
@@ -147,30 +209,13 @@ pub fn read_png_rgb(path: &std::path::Path) -> Result<Image, HostError> {
     })
 }
 
-/// Samples one image; `on_step` is called after each scale.
-/// `par` runs the kernels (e.g. [`srdd_core::parallel::StdThreads`]); results do not depend on it.
-pub fn sample_one(
-    model: &Model<'_>,
-    opts: SampleOptions,
-    sched: &Schedule,
-    policy: &mut dyn ResamplePolicy,
-    par: &dyn Parallel,
-    on_step: &mut dyn FnMut(),
-) -> srdd_core::Result<Image> {
-    let plan = Plan::new(&model.config, &opts, sched)?;
-    let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
-    let mut gen = Generator::with_parallel(model, opts, sched.clone(), arena.as_bytes_mut(), par)?;
-    struct Tick<'f>(&'f mut dyn FnMut());
-    impl StepHook for Tick<'_> {
-        fn scale_done(&mut self, _k: usize, _t: &[u32], _f: &[f32]) {
-            (self.0)()
-        }
-    }
-    let mut tick = Tick(on_step);
-    gen.run_with(&mut tick, policy)?;
-    let side = model.config.image_side();
+/// Collects the decoder's rows (interleaved RGB in [−1, 1]) into an RGB8 `side × side` image.
+pub fn rgb_image<E>(
+    side: usize,
+    decode: impl FnOnce(&mut dyn FnMut(usize, &[f32])) -> Result<(), E>,
+) -> Result<Image, E> {
     let mut rgb = vec![0u8; side * side * 3];
-    gen.decode(&mut |y, row| {
+    decode(&mut |y, row| {
         for (o, v) in rgb[y * side * 3..(y + 1) * side * 3].iter_mut().zip(row) {
             *o = to_rgb8(*v);
         }
@@ -180,6 +225,45 @@ pub fn sample_one(
         height: side,
         rgb,
     })
+}
+
+/// Samples one image in an arena of exactly the planned size: `hook` observes and steers the
+/// steps, `policy` picks what refinement passes draw again, `par` runs the kernels (results do
+/// not depend on it).
+pub fn sample_image(
+    model: &Model<'_>,
+    opts: SampleOptions,
+    sched: &Schedule,
+    hook: &mut dyn StepHook,
+    policy: &mut dyn ResamplePolicy,
+    par: &dyn Parallel,
+) -> srdd_core::Result<Image> {
+    let plan = Plan::new(&model.config, &opts, sched)?;
+    let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
+    let mut gen = Generator::with_parallel(model, opts, sched.clone(), arena.as_bytes_mut(), par)?;
+    gen.run_with(hook, policy)?;
+    rgb_image(model.config.image_side(), |sink| gen.decode(sink))
+}
+
+/// Calls a closure after each scale (progress bars).
+pub struct Tick<'f>(pub &'f mut dyn FnMut());
+
+impl StepHook for Tick<'_> {
+    fn scale_done(&mut self, _k: usize, _t: &[u32], _f: &[f32]) {
+        (self.0)()
+    }
+}
+
+/// Samples one image; `on_step` is called after each scale.
+pub fn sample_one(
+    model: &Model<'_>,
+    opts: SampleOptions,
+    sched: &Schedule,
+    policy: &mut dyn ResamplePolicy,
+    par: &dyn Parallel,
+    on_step: &mut dyn FnMut(),
+) -> srdd_core::Result<Image> {
+    sample_image(model, opts, sched, &mut Tick(on_step), policy, par)
 }
 
 /// Lays images out in a near-square grid with `gap` white pixels between them.

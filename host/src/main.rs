@@ -7,11 +7,12 @@ use srdd::zero_shot::{
     box_mask, downscale_box, keep_mask, psnr, read_mask, reconstruct, sample_forced, tokens_of,
     upscale,
 };
-use srdd::{grid, png_bytes, read_png_rgb, sample_one, write_atomic, Image, ModelBytes};
+use srdd::{
+    grid, png_bytes, read_png_rgb, sample_one, write_atomic, Image, ModelBytes, ResampleChoice,
+};
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::generate::{Guidance, Plan, SampleOptions, StepSettings, StepTable};
 use srdd_core::parallel::StdThreads;
-use srdd_core::resample::{ConfidenceThreshold, FixedFraction, KeepAll, Learned, ResamplePolicy};
 use srdd_core::{Attention, Model, Schedule};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -178,61 +179,6 @@ fn model_name(path: &Option<PathBuf>) -> String {
         .map_or("<built-in>".to_string(), |p| p.display().to_string())
 }
 
-/// A resampling policy choice (each image gets its own instance).
-#[derive(Clone, Copy)]
-enum PolicyChoice {
-    Keep,
-    Fraction(f32),
-    Threshold(f32),
-    Learned(Learned),
-}
-
-impl PolicyChoice {
-    fn parse(s: &str, m: &Model<'_>) -> Result<Self, String> {
-        let bad = || format!("--resample {s}: expected keep, fraction:F, threshold:P or learned");
-        let num = |v: &str| -> Result<f32, String> {
-            let x: f32 = v.parse().map_err(|_| bad())?;
-            if (0.0..=1.0).contains(&x) {
-                Ok(x)
-            } else {
-                Err(format!("--resample {s}: the value must be in [0, 1]"))
-            }
-        };
-        match s.split_once(':') {
-            None if s == "keep" => Ok(PolicyChoice::Keep),
-            None if s == "learned" => {
-                let text = m.meta("resample_policy").ok_or(
-                    "--resample learned: this model stores no learned policy (resample_policy)",
-                )?;
-                let v: Vec<f32> = text
-                    .split(',')
-                    .map(|x| x.trim().parse::<f32>())
-                    .collect::<Result<_, _>>()
-                    .map_err(|_| "the model's resample_policy is not 4 numbers")?;
-                if v.len() != 4 || v.iter().any(|x| !x.is_finite()) {
-                    return Err("the model's resample_policy is not 4 finite numbers".into());
-                }
-                Ok(PolicyChoice::Learned(Learned {
-                    w: [v[0], v[1], v[2]],
-                    bias: v[3],
-                }))
-            }
-            Some(("fraction", v)) => Ok(PolicyChoice::Fraction(num(v)?)),
-            Some(("threshold", v)) => Ok(PolicyChoice::Threshold(num(v)?)),
-            _ => Err(bad()),
-        }
-    }
-
-    fn instance(&self) -> Box<dyn ResamplePolicy> {
-        match *self {
-            PolicyChoice::Keep => Box::new(KeepAll),
-            PolicyChoice::Fraction(fraction) => Box::new(FixedFraction { fraction }),
-            PolicyChoice::Threshold(threshold) => Box::new(ConfidenceThreshold { threshold }),
-            PolicyChoice::Learned(l) => Box::new(l),
-        }
-    }
-}
-
 fn parse_schedule(s: &str, m: &Model<'_>) -> Result<Schedule, String> {
     let pns: Vec<u16> = match s {
         "full" => return Ok(Schedule::full(&m.config)),
@@ -264,12 +210,14 @@ fn per_step<T: Copy>(name: &str, v: &[T], steps: usize) -> Result<Option<Vec<T>>
     }
 }
 
-/// Options, schedule and policy of a sampling command, validated against the model and planned.
+/// Options (for `class`), schedule and policy of a sampling command, validated against the model
+/// and planned.
 fn build(
     s: &Sampling,
     m: &Model<'_>,
-    label: u32,
-) -> Result<(SampleOptions, Schedule, PolicyChoice), String> {
+    class: &str,
+) -> Result<(SampleOptions, Schedule, ResampleChoice), String> {
+    let label = label_of(m, class)?;
     let sched = parse_schedule(&s.schedule, m)?;
     let steps = sched.len();
     // Defaults: the sampling settings the model's author stored, else the official ones.
@@ -375,7 +323,7 @@ fn build(
         }
         o.table = Some(t);
     }
-    let policy = PolicyChoice::parse(&s.resample, m)?;
+    let policy = ResampleChoice::parse(&s.resample, m)?;
     // Validate everything (and the arena plan) before any work.
     Plan::new(&m.config, &o, &sched).map_err(|e| e.to_string())?;
     Ok((o, sched, policy))
@@ -489,11 +437,11 @@ fn run(cli: Cli) -> Result<(), String> {
         } => {
             let bytes = load(&s.model)?;
             let m = load_model(&bytes, &s.model)?;
-            let label = label_of(&m, &class)?;
             if count == 0 || count > 4096 {
                 return Err("--count must be in 1..=4096".into());
             }
-            let (opts, sched, policy) = build(&s, &m, label)?;
+            let (opts, sched, policy) = build(&s, &m, &class)?;
+            let label = opts.label;
             let bar = progress(sched.len() as u64 * count as u64);
             let cores = cores(s.threads);
             // Images in parallel when there are enough of them, else threads inside each image.
@@ -577,8 +525,7 @@ fn run(cli: Cli) -> Result<(), String> {
         } => {
             let bytes = load(&s.model)?;
             let m = load_model(&bytes, &s.model)?;
-            let label = label_of(&m, &class)?;
-            let (opts, sched, policy) = build(&s, &m, label)?;
+            let (opts, sched, policy) = build(&s, &m, &class)?;
             let side = m.config.image_side();
             let src = read_png_rgb(&image).map_err(|e| e.to_string())?;
             let mut generate = match (&mask, &r#box) {
@@ -628,8 +575,7 @@ fn run(cli: Cli) -> Result<(), String> {
         } => {
             let bytes = load(&s.model)?;
             let m = load_model(&bytes, &s.model)?;
-            let label = label_of(&m, &class)?;
-            let (opts, sched, policy) = build(&s, &m, label)?;
+            let (opts, sched, policy) = build(&s, &m, &class)?;
             let src = read_png_rgb(&image).map_err(|e| e.to_string())?;
             let par = StdThreads(cores(s.threads));
             let bar = progress(sched.len() as u64);

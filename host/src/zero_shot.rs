@@ -6,13 +6,13 @@
 //! above 0.5 (the official rule); super-resolution forces every token of the coarse steps that a
 //! low-resolution input determines, and samples the rest.
 
-use crate::{read_png_rgb, to_rgb8, HostError, Image};
+use crate::{read_png_rgb, rgb_image, sample_image, HostError, Image, Tick};
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::edit::EditHook;
-use srdd_core::generate::{Generator, Plan, SampleOptions, StepHook};
+use srdd_core::generate::{SampleOptions, StepHook};
 use srdd_core::parallel::Parallel;
 use srdd_core::resample::ResamplePolicy;
-use srdd_core::tokenize::{fhat_from_tokens, fhat_from_tokens_bytes, tokenize, tokenize_bytes};
+use srdd_core::tokenize::{tokenize, tokenize_bytes};
 use srdd_core::{vae, Model, Schedule};
 
 /// An image as the model's input: `3 × H × W`, values in [−1, 1].
@@ -71,13 +71,13 @@ fn check_size(what: &'static str, img: &Image, side: usize) -> Result<(), HostEr
     Ok(())
 }
 
-/// The multi-scale tokens of `img` (the model's size) on `sched`.
-pub fn tokens_of(
+/// The multi-scale tokens of `img` (the model's size) on `sched`, and the `f_hat` they give.
+pub fn tokenize_image(
     model: &Model<'_>,
     sched: &Schedule,
     img: &Image,
     par: &dyn Parallel,
-) -> Result<Vec<u32>, HostError> {
+) -> Result<(Vec<u32>, Vec<f32>), HostError> {
     check_model(model)?;
     let cfg = &model.config;
     check_size("image", img, cfg.image_side())?;
@@ -95,49 +95,38 @@ pub fn tokens_of(
         &mut f_hat,
         par,
     )?;
-    Ok(toks)
+    Ok((toks, f_hat))
+}
+
+/// The multi-scale tokens of `img` (the model's size) on `sched`.
+pub fn tokens_of(
+    model: &Model<'_>,
+    sched: &Schedule,
+    img: &Image,
+    par: &dyn Parallel,
+) -> Result<Vec<u32>, HostError> {
+    Ok(tokenize_image(model, sched, img, par)?.0)
 }
 
 fn decode_fhat(model: &Model<'_>, f_hat: &[f32], par: &dyn Parallel) -> Result<Image, HostError> {
     let cfg = &model.config;
-    let side = cfg.image_side();
     let mut arena = AlignedBytes::zeroed(vae::decoder_scratch_bytes(cfg, 0));
-    let mut rgb = vec![0u8; side * side * 3];
     let mut ar = srdd_core::arena::Arena::new(arena.as_bytes_mut())?;
-    vae::decode(
-        &model.weights.decoder,
-        cfg,
-        f_hat,
-        &mut ar,
-        true,
-        0,
-        par,
-        &mut |y, row| {
-            for (o, v) in rgb[y * side * 3..(y + 1) * side * 3].iter_mut().zip(row) {
-                *o = to_rgb8(*v);
-            }
-        },
-    )?;
-    Ok(Image {
-        width: side,
-        height: side,
-        rgb,
-    })
+    let d = &model.weights.decoder;
+    Ok(rgb_image(cfg.image_side(), |sink| {
+        vae::decode(d, cfg, f_hat, &mut ar, true, 0, par, sink)
+    })?)
 }
 
-/// Encode → tokens → `f_hat` → decode.
+/// Encode → tokens → `f_hat` → decode (the tokenizer's `f_hat` is the sum of the tokens'
+/// contributions, bit for bit what `fhat_from_tokens` gives).
 pub fn reconstruct(
     model: &Model<'_>,
     sched: &Schedule,
     img: &Image,
     par: &dyn Parallel,
 ) -> Result<Image, HostError> {
-    let toks = tokens_of(model, sched, img, par)?;
-    let cfg = &model.config;
-    let (cv, p) = (cfg.vae.cvae as usize, cfg.latent_side());
-    let mut arena = AlignedBytes::zeroed(fhat_from_tokens_bytes(model, sched));
-    let mut f_hat = vec![0f32; cv * p * p];
-    fhat_from_tokens(model, sched, &toks, arena.as_bytes_mut(), &mut f_hat, par)?;
+    let (_, f_hat) = tokenize_image(model, sched, img, par)?;
     decode_fhat(model, &f_hat, par)
 }
 
@@ -153,39 +142,23 @@ pub fn sample_forced(
     par: &dyn Parallel,
     on_step: &mut dyn FnMut(),
 ) -> Result<Image, HostError> {
-    let cfg = &model.config;
-    let p = cfg.latent_side();
-    let plan = Plan::new(cfg, &opts, sched)?;
-    let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
-    let mut gen = Generator::with_parallel(model, opts, sched.clone(), arena.as_bytes_mut(), par)?;
     let n = sched.max_tokens();
     let (mut resized, mut force) = (vec![0f32; n], vec![false; n]);
-    struct Tick<'h, 'f>(EditHook<'h>, &'f mut dyn FnMut());
-    impl StepHook for Tick<'_, '_> {
+    struct Both<'h, 'f>(EditHook<'h>, Tick<'f>);
+    impl StepHook for Both<'_, '_> {
         fn force(&mut self, k: usize, pn: usize, t: &mut [u32]) {
             self.0.force(k, pn, t)
         }
-        fn scale_done(&mut self, _k: usize, _t: &[u32], _f: &[f32]) {
-            (self.1)()
+        fn scale_done(&mut self, k: usize, t: &[u32], f: &[f32]) {
+            self.1.scale_done(k, t, f)
         }
     }
-    let mut hook = Tick(
+    let p = model.config.latent_side();
+    let mut hook = Both(
         EditHook::new(keep, p, source, &mut resized, &mut force),
-        on_step,
+        Tick(on_step),
     );
-    gen.run_with(&mut hook, policy)?;
-    let side = cfg.image_side();
-    let mut rgb = vec![0u8; side * side * 3];
-    gen.decode(&mut |y, row| {
-        for (o, v) in rgb[y * side * 3..(y + 1) * side * 3].iter_mut().zip(row) {
-            *o = to_rgb8(*v);
-        }
-    })?;
-    Ok(Image {
-        width: side,
-        height: side,
-        rgb,
-    })
+    Ok(sample_image(model, opts, sched, &mut hook, policy, par)?)
 }
 
 /// Reads an edit mask PNG of the image's size: white (luma ≥ 128) marks pixels to generate,

@@ -153,15 +153,17 @@ fn banded_decode_of_a_sampled_latent_matches() {
     });
 }
 
+/// Exactly `decoder_scratch_bytes(cfg, b)` decodes, one byte less is `ArenaTooSmall`, for the
+/// whole-image decoder (`b = 0`) and every band height.
 #[test]
-fn banded_scratch_is_exact() {
+fn decoder_scratch_is_exact() {
     for fixture in [SIX, OFFICIAL] {
         for w in [WeightFormat::F32, WeightFormat::Int8] {
             with_model(fixture, w, |model| {
                 let cfg = &model.config;
                 let f_hat = f_hat_of(cfg);
                 let whole = vae::decoder_scratch_bytes(cfg, 0);
-                for b in band_sizes(cfg.image_side()) {
+                for b in std::iter::once(0).chain(band_sizes(cfg.image_side())) {
                     let n = vae::decoder_scratch_bytes(cfg, b);
                     // Exactly n bytes work (decode_rows uses exactly n) ...
                     decode_rows(model, &f_hat, b, true, &Sequential);
