@@ -28,8 +28,10 @@ pub mod config;
 pub mod edit;
 pub mod error;
 pub mod format;
+pub mod forward;
 pub mod generate;
 pub mod kernels;
+pub(crate) mod layout;
 pub mod macs;
 pub mod math;
 pub mod parallel;
@@ -44,8 +46,9 @@ pub mod weights;
 
 pub use config::{Attention, ModelConfig, WeightFormat};
 pub use error::{Error, Result};
+pub use forward::{CpuForward, Forward};
 pub use generate::{
-    Generator, Guidance, NoHook, Plan, SampleOptions, StepHook, StepSettings, StepTable,
+    Generator, Guidance, NoHook, Plan, SampleOptions, Sampler, StepHook, StepSettings, StepTable,
 };
 pub use schedule::Schedule;
 pub use weights::Weights;

@@ -3,32 +3,35 @@
 
 use crate::arena::{bytes_of, Arena};
 use crate::error::{Error, Result};
+use crate::layout::arena_layout;
 use crate::parallel::Parallel;
 use crate::schedule::Schedule;
-use crate::vq::{area_resize, contribution_scratch_len, nearest_code, scale_contribution};
+use crate::vq::{area_resize, nearest_code, VqDims, VqScratch};
 use crate::{vae, Model};
+
+arena_layout! {
+    /// Buffers of the residual quantization loop (besides [`VqScratch`]).
+    struct QuantizeBufs<'s>(d: &VqDims) {
+        /// `f − f_hat` so far.
+        rest: [f32; d.cv * d.p * d.p] = "residual f - f_hat (Cvae x P x P)",
+        /// The residual at the step's size.
+        z: [f32; d.cv * d.n] = "area(residual, pn) (Cvae x tokens)",
+        /// One token's vector.
+        zv: [f32; d.cv] = "one latent vector (Cvae)",
+    }
+}
 
 /// Exact arena bytes of [`tokenize`] (which also encodes) on `sched`.
 pub fn tokenize_bytes(model: &Model<'_>, sched: &Schedule) -> usize {
     let cfg = &model.config;
-    let cv = cfg.vae.cvae as usize;
-    let p = cfg.latent_side();
-    let n = sched.max_tokens();
-    let own = bytes_of::<f32>(cv * p * p) * 2
-        + bytes_of::<f32>(cv * n) * 2
-        + bytes_of::<f32>(cv)
-        + bytes_of::<f32>(contribution_scratch_len(cv, n.isqrt(), p));
-    own.max(vae::encoder_scratch_bytes(cfg) + bytes_of::<f32>(cv * p * p))
+    let d = VqDims::new(cfg, sched);
+    let own = QuantizeBufs::bytes(&d) + VqScratch::bytes(&d);
+    own.max(vae::encoder_scratch_bytes(cfg) + bytes_of::<f32>(d.cv * d.p * d.p))
 }
 
 /// Exact arena bytes of [`fhat_from_tokens`] on `sched`.
 pub fn fhat_from_tokens_bytes(model: &Model<'_>, sched: &Schedule) -> usize {
-    let cv = model.config.vae.cvae as usize;
-    let p = model.config.latent_side();
-    let n = sched.max_tokens();
-    bytes_of::<f32>(cv * p * p)
-        + bytes_of::<f32>(cv * n)
-        + bytes_of::<f32>(contribution_scratch_len(cv, n.isqrt(), p))
+    VqScratch::bytes(&VqDims::new(&model.config, sched))
 }
 
 /// Checks the schedule, the arena size, the token buffer and every `Cvae × P × P` map.
@@ -122,20 +125,14 @@ pub fn quantize_f(
         tokens.len(),
         &maps,
     )?;
-    let cfg = &model.config;
-    let cv = cfg.vae.cvae as usize;
-    let p = cfg.latent_side();
-    let n = sched.max_tokens();
+    let d = VqDims::new(&model.config, sched);
+    let (cv, p) = (d.cv, d.p);
     let mut ar = Arena::new(arena)?;
-    let rest = ar.take::<f32>(cv * p * p)?;
-    let contrib = ar.take::<f32>(cv * p * p)?;
-    let z = ar.take::<f32>(cv * n)?;
-    let h = ar.take::<f32>(cv * n)?;
-    let zv = ar.take::<f32>(cv)?;
-    let cs = ar.take::<f32>(contribution_scratch_len(cv, n.isqrt(), p))?;
+    let QuantizeBufs { rest, z, zv } = QuantizeBufs::take(&d, &mut ar)?;
+    let mut vq = VqScratch::take(&d, &mut ar)?;
     rest.copy_from_slice(f);
     f_hat.iter_mut().for_each(|v| *v = 0.0);
-    let q = &model.weights.quant;
+    let embedding = model.weights.quant.embedding;
     let mut off = 0;
     for k in 0..sched.len() {
         let pn = sched.pn[k] as usize;
@@ -149,24 +146,10 @@ pub fn quantize_f(
             for ch in 0..cv {
                 zv[ch] = z[ch * m + pos];
             }
-            tokens[off + pos] = nearest_code(q.embedding, cv, zv);
+            tokens[off + pos] = nearest_code(embedding, cv, zv);
         }
-        let phi = sched.phi[k] as usize;
-        let step = &tokens[off..off + m];
-        scale_contribution(
-            q,
-            cfg.vae.quant_resi,
-            phi,
-            cv,
-            step,
-            pn,
-            p,
-            h,
-            contrib,
-            cs,
-            par,
-        );
-        for ((fh, r), d) in f_hat.iter_mut().zip(rest.iter_mut()).zip(contrib.iter()) {
+        vq.contribution(model, sched, k, &tokens[off..off + m], par);
+        for ((fh, r), d) in f_hat.iter_mut().zip(rest.iter_mut()).zip(vq.contrib.iter()) {
             *fh += *d;
             *r -= *d;
         }
@@ -198,36 +181,13 @@ pub fn fhat_from_tokens(
     if let Some(&t) = tokens.iter().find(|&&t| t >= v) {
         return Err(Error::TokenOutOfRange { token: t, vocab: v });
     }
-    let cv = cfg.vae.cvae as usize;
-    let p = cfg.latent_side();
-    let n = sched.max_tokens();
-    let mut ar = Arena::new(arena)?;
-    let contrib = ar.take::<f32>(cv * p * p)?;
-    let h = ar.take::<f32>(cv * n)?;
-    let cs = ar.take::<f32>(contribution_scratch_len(cv, n.isqrt(), p))?;
+    let mut vq = VqScratch::take(&VqDims::new(cfg, sched), &mut Arena::new(arena)?)?;
     f_hat.iter_mut().for_each(|x| *x = 0.0);
-    let q = &model.weights.quant;
     let mut off = 0;
     for k in 0..sched.len() {
-        let pn = sched.pn[k] as usize;
-        let (phi, step) = (sched.phi[k] as usize, &tokens[off..off + pn * pn]);
-        scale_contribution(
-            q,
-            cfg.vae.quant_resi,
-            phi,
-            cv,
-            step,
-            pn,
-            p,
-            h,
-            contrib,
-            cs,
-            par,
-        );
-        for (f, d) in f_hat.iter_mut().zip(contrib.iter()) {
-            *f += *d;
-        }
-        off += pn * pn;
+        let m = sched.tokens(k);
+        vq.accumulate(model, sched, k, &tokens[off..off + m], f_hat, par);
+        off += m;
     }
     Ok(())
 }

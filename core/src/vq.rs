@@ -6,8 +6,11 @@
 //! exactly as PyTorch's CPU kernels compute them.
 
 use crate::kernels::{conv2d, dot, Pad};
+use crate::layout::arena_layout;
 use crate::parallel::Parallel;
+use crate::schedule::Schedule;
 use crate::weights::Quantizer;
+use crate::Model;
 
 const CUBIC_A: f32 = -0.75;
 
@@ -174,6 +177,82 @@ pub fn nearest_code(embedding: &[f32], cvae: usize, z: &[f32]) -> u32 {
         }
     }
     best
+}
+
+/// Sizes of the `f_hat` bookkeeping of one schedule: `Cvae`, the largest step's tokens and the
+/// latent side `P`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct VqDims {
+    pub cv: usize,
+    pub n: usize,
+    pub p: usize,
+}
+
+impl VqDims {
+    pub(crate) fn new(cfg: &crate::ModelConfig, sched: &Schedule) -> VqDims {
+        VqDims {
+            cv: cfg.vae.cvae as usize,
+            n: sched.max_tokens(),
+            p: cfg.latent_side(),
+        }
+    }
+}
+
+arena_layout! {
+    /// Scratch of one step's contribution to `f_hat` (the sampler, `tokenize` and
+    /// `fhat_from_tokens` share it).
+    pub(crate) struct VqScratch<'s>(d: &VqDims) {
+        /// Codebook rows of the step's tokens.
+        h: [f32; d.cv * d.n] = "codebook map h (Cvae x tokens)",
+        /// `Phi(bicubic(h, P))`.
+        contrib: [f32; d.cv * d.p * d.p] = "f_hat contribution (Cvae x P x P)",
+        /// Upsampling scratch.
+        resize: [f32; contribution_scratch_len(d.cv, d.n.isqrt(), d.p)] =
+            "contribution resize scratch",
+    }
+}
+
+impl VqScratch<'_> {
+    /// `self.contrib = Phi_k(bicubic(codebook[tokens], P))` of step `k` of `sched`.
+    pub(crate) fn contribution(
+        &mut self,
+        model: &Model<'_>,
+        sched: &Schedule,
+        k: usize,
+        tokens: &[u32],
+        par: &dyn Parallel,
+    ) {
+        let cfg = &model.config;
+        scale_contribution(
+            &model.weights.quant,
+            cfg.vae.quant_resi,
+            sched.phi[k] as usize,
+            cfg.vae.cvae as usize,
+            tokens,
+            sched.pn[k] as usize,
+            cfg.latent_side(),
+            self.h,
+            self.contrib,
+            self.resize,
+            par,
+        );
+    }
+
+    /// `f_hat += Phi_k(bicubic(codebook[tokens], P))`.
+    pub(crate) fn accumulate(
+        &mut self,
+        model: &Model<'_>,
+        sched: &Schedule,
+        k: usize,
+        tokens: &[u32],
+        f_hat: &mut [f32],
+        par: &dyn Parallel,
+    ) {
+        self.contribution(model, sched, k, tokens, par);
+        for (f, d) in f_hat.iter_mut().zip(self.contrib.iter()) {
+            *f += *d;
+        }
+    }
 }
 
 #[cfg(test)]
