@@ -1,0 +1,272 @@
+//! Batch sampling: B images run through the backend as one batch of 2·B rows must equal B
+//! single-image runs with seeds seed + i, byte for byte, whatever the attention, guidance,
+//! refinement policy or hook; and the backend seam's contract (rows, probes) holds.
+
+mod common;
+
+use srdd_core::aligned::AlignedBytes;
+use srdd_core::edit::EditHook;
+use srdd_core::forward::{Probe, TensorId};
+use srdd_core::generate::{Generator, Plan, SampleOptions, Sampler, StepHook};
+use srdd_core::parallel::{Sequential, StdThreads};
+use srdd_core::resample::{ConfidenceThreshold, FixedFraction, ResamplePolicy};
+use srdd_core::{Attention, Error, Model, Schedule, WeightFormat};
+
+/// Every image's tokens of every step, its `f_hat` bits and its decoded rows.
+#[derive(Debug, PartialEq)]
+struct Image {
+    tokens: Vec<Vec<u32>>,
+    f_hat: Vec<u32>,
+    rgb: Vec<u32>,
+}
+
+#[derive(Default)]
+struct Record(Vec<Vec<u32>>);
+impl StepHook for Record {
+    fn scale_done(&mut self, _k: usize, tokens: &[u32], _f: &[f32]) {
+        self.0.push(tokens.to_vec());
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn policy(refine: bool) -> Box<dyn ResamplePolicy> {
+    if refine {
+        Box::new(FixedFraction { fraction: 0.3 })
+    } else {
+        Box::new(ConfidenceThreshold { threshold: 0.5 })
+    }
+}
+
+fn single(model: &Model<'_>, o: SampleOptions, sched: &Schedule, refine: bool) -> Image {
+    let plan = Plan::new(&model.config, &o, sched).unwrap();
+    let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
+    let mut gen = Generator::new(model, o, sched.clone(), arena.as_bytes_mut()).unwrap();
+    let mut rec = Record::default();
+    gen.run_with(&mut rec, &mut *policy(refine)).unwrap();
+    let f_hat = bits(gen.f_hat());
+    let mut rgb = Vec::new();
+    gen.decode(&mut |_, row| rgb.extend(bits(row))).unwrap();
+    Image {
+        tokens: rec.0,
+        f_hat,
+        rgb,
+    }
+}
+
+fn batch(
+    model: &Model<'_>,
+    o: SampleOptions,
+    sched: &Schedule,
+    images: usize,
+    refine: bool,
+) -> Vec<Image> {
+    let plan = Plan::batch(&model.config, &o, sched, images).unwrap();
+    let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
+    let par = StdThreads(2);
+    let mut s = Sampler::cpu(model, o, sched.clone(), images, arena.as_bytes_mut(), &par).unwrap();
+    let mut recs: Vec<Record> = (0..images).map(|_| Record::default()).collect();
+    let mut pols: Vec<Box<dyn ResamplePolicy>> = (0..images).map(|_| policy(refine)).collect();
+    while !s.finished() {
+        let mut hooks: Vec<&mut dyn StepHook> =
+            recs.iter_mut().map(|r| r as &mut dyn StepHook).collect();
+        let mut ps: Vec<&mut dyn ResamplePolicy> =
+            pols.iter_mut().map(|p| p.as_mut() as _).collect();
+        s.step(&mut hooks, &mut ps).unwrap();
+    }
+    let mut out = Vec::new();
+    for (i, rec) in recs.into_iter().enumerate() {
+        let f_hat = bits(s.f_hat(i));
+        let mut rgb = Vec::new();
+        s.decode(i, &mut |_, row| rgb.extend(bits(row))).unwrap();
+        out.push(Image {
+            tokens: rec.0,
+            f_hat,
+            rgb,
+        });
+    }
+    out
+}
+
+#[test]
+fn a_batch_equals_single_runs_byte_for_byte() {
+    for (fixture, w) in [
+        ("tiny-official-schedule", WeightFormat::F32),
+        ("tiny-six-scales", WeightFormat::Int8),
+    ] {
+        let bytes = common::packed(&common::fixture(fixture), w);
+        let model = Model::from_bytes(bytes.as_bytes()).unwrap();
+        let sched = Schedule::full(&model.config);
+        for attention in [Attention::Markov, Attention::Causal] {
+            for refine in [false, true] {
+                let o = SampleOptions {
+                    top_k: 50,
+                    seed: 11,
+                    attention,
+                    refine: refine as u8,
+                    ..SampleOptions::new(2)
+                };
+                let images = if attention == Attention::Causal { 3 } else { 8 };
+                let got = batch(&model, o, &sched, images, refine);
+                for (i, g) in got.iter().enumerate() {
+                    let one = single(
+                        &model,
+                        SampleOptions {
+                            seed: 11 + i as u64,
+                            ..o
+                        },
+                        &sched,
+                        refine,
+                    );
+                    let what = format!("{fixture} {w:?} {attention:?} refine {refine} image {i}");
+                    assert_eq!(g.tokens, one.tokens, "{what}: tokens");
+                    assert_eq!(g.f_hat, one.f_hat, "{what}: f_hat");
+                    assert_eq!(g.rgb, one.rgb, "{what}: image");
+                }
+                // Different seeds give different images (the batch is not one image copied).
+                assert_ne!(got[0].tokens, got[1].tokens, "{fixture} {attention:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn edit_hooks_apply_per_image_in_a_batch() {
+    let bytes = common::packed(&common::fixture("tiny-six-scales"), WeightFormat::F32);
+    let model = Model::from_bytes(bytes.as_bytes()).unwrap();
+    let sched = Schedule::full(&model.config);
+    let p = model.config.latent_side();
+    let o = SampleOptions {
+        top_k: 50,
+        seed: 3,
+        ..SampleOptions::new(1)
+    };
+    // Image 0 keeps the whole source, image 1 nothing: its tokens are freely drawn.
+    let source: Vec<u32> = (0..sched.total_tokens() as u32).map(|t| t % 7).collect();
+    let keep_all = vec![1f32; p * p];
+    let keep_none = vec![0f32; p * p];
+    let n = sched.max_tokens();
+    let (mut r0, mut f0, mut r1, mut f1) =
+        (vec![0f32; n], vec![false; n], vec![0f32; n], vec![false; n]);
+    let mut h0 = EditHook::new(&keep_all, p, &source, &mut r0, &mut f0);
+    let mut h1 = EditHook::new(&keep_none, p, &source, &mut r1, &mut f1);
+    let plan = Plan::batch(&model.config, &o, &sched, 2).unwrap();
+    let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
+    let mut s = Sampler::cpu(
+        &model,
+        o,
+        sched.clone(),
+        2,
+        arena.as_bytes_mut(),
+        &Sequential,
+    )
+    .unwrap();
+    let (mut q0, mut q1) = (
+        FixedFraction { fraction: 0.25 },
+        FixedFraction { fraction: 0.25 },
+    );
+    let mut fhat_from_source = vec![0f32; model.config.vae.cvae as usize * p * p];
+    while !s.finished() {
+        s.step(&mut [&mut h0, &mut h1], &mut [&mut q0, &mut q1])
+            .unwrap();
+    }
+    let mut scratch =
+        AlignedBytes::zeroed(srdd_core::tokenize::fhat_from_tokens_bytes(&model, &sched));
+    srdd_core::tokenize::fhat_from_tokens(
+        &model,
+        &sched,
+        &source,
+        scratch.as_bytes_mut(),
+        &mut fhat_from_source,
+        &Sequential,
+    )
+    .unwrap();
+    assert_eq!(
+        bits(s.f_hat(0)),
+        bits(&fhat_from_source),
+        "image 0 keeps the source"
+    );
+    assert_ne!(
+        bits(s.f_hat(1)),
+        bits(&fhat_from_source),
+        "image 1 is drawn"
+    );
+}
+
+/// Records every tensor the backend reports.
+#[derive(Default)]
+struct Tensors(Vec<(TensorId, usize)>);
+impl Probe for Tensors {
+    fn tensor(&mut self, id: TensorId, data: &[f32]) {
+        assert!(data.iter().all(|v| v.is_finite()), "{id:?} is not finite");
+        self.0.push((id, data.len()));
+    }
+}
+
+#[test]
+fn the_cpu_backend_reports_its_intermediates_and_checks_the_batch() {
+    let bytes = common::packed(&common::fixture("tiny-six-scales"), WeightFormat::F32);
+    let model = Model::from_bytes(bytes.as_bytes()).unwrap();
+    let sched = Schedule::full(&model.config);
+    let o = SampleOptions {
+        top_k: 50,
+        ..SampleOptions::new(0)
+    };
+    let plan = Plan::batch(&model.config, &o, &sched, 2).unwrap();
+    assert_eq!(plan.images, 2);
+    let one = Plan::new(&model.config, &o, &sched).unwrap();
+    assert!(plan.arena_bytes() > one.arena_bytes());
+    let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
+    // One byte less is refused with the exact figure.
+    assert_eq!(
+        Sampler::cpu(
+            &model,
+            o,
+            sched.clone(),
+            2,
+            &mut arena.as_bytes_mut()[..plan.arena_bytes() - 1],
+            &Sequential
+        )
+        .err(),
+        Some(Error::ArenaTooSmall {
+            needed: plan.arena_bytes(),
+            given: plan.arena_bytes() - 1
+        })
+    );
+    assert!(Plan::batch(&model.config, &o, &sched, 0).is_err());
+    assert!(Plan::batch(&model.config, &o, &sched, 65).is_err());
+    let mut s = Sampler::cpu(
+        &model,
+        o,
+        sched.clone(),
+        2,
+        arena.as_bytes_mut(),
+        &Sequential,
+    )
+    .unwrap();
+    let (mut a, mut b) = (Record::default(), Record::default());
+    let (mut pa, mut pb) = (
+        FixedFraction { fraction: 0.25 },
+        FixedFraction { fraction: 0.25 },
+    );
+    // One hook per image.
+    assert!(s.step(&mut [&mut a], &mut [&mut pa]).is_err());
+    let mut probe = Tensors::default();
+    s.step_probed(&mut [&mut a, &mut b], &mut [&mut pa, &mut pb], &mut probe)
+        .unwrap();
+    let depth = model.config.var.depth as usize;
+    let c = model.config.var.embed_dim as usize;
+    let v = model.config.vae.vocab_size as usize;
+    // Step 0 has one token; with guidance at weight 0 on the first step only the cond rows run.
+    let rows = 2;
+    let count = |op: &str| probe.0.iter().filter(|(id, _)| id.op == op).count();
+    assert_eq!(count("input"), rows);
+    assert_eq!(count("block"), rows * depth);
+    assert_eq!(count("logits"), rows);
+    assert!(probe
+        .0
+        .iter()
+        .all(|(id, len)| *len == if id.op == "logits" { v } else { c }));
+}
