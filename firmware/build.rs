@@ -9,9 +9,8 @@ use std::{env, fs, path::PathBuf};
 /// Must match `CLASS`/`SEED`-independent options in `src/main.rs` (the plan depends on the
 /// model, the guidance rows, the attention policy and the schedule, not on class or seed).
 fn options(model: &Model<'_>) -> SampleOptions {
-    let mut o = SampleOptions::low_memory(0);
-    o.top_k = o.top_k.min(model.config.vae.vocab_size);
-    o
+    // As main.rs: the model's defaults, low-memory plan (the label does not change the size).
+    SampleOptions::for_model_low_memory(model, 0)
 }
 
 fn main() {

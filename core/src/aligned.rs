@@ -1,14 +1,23 @@
-//! 64-byte aligned owned bytes for hosts (`std` feature): `Model::from_bytes` needs aligned input
-//! and `std::fs::read` does not promise it.
+//! Alignment for model bytes and arenas: `Model::from_bytes` needs aligned input, and neither
+//! `include_bytes!` nor `std::fs::read` promises it. [`Aligned`] wraps static data (firmware,
+//! the embedded default model); [`AlignedBytes`] owns heap bytes (`std` feature).
 
+#[cfg(feature = "std")]
 use std::vec::Vec;
 
+/// Aligns its content to 64 bytes (`repr(C, align)` keeps the field at offset 0), e.g.
+/// `static MODEL: &Aligned<[u8]> = &Aligned(*include_bytes!("model.srdd"));`.
+#[repr(C, align(64))]
+pub struct Aligned<T: ?Sized>(pub T);
+
 /// A byte buffer whose start is 64-byte aligned.
+#[cfg(feature = "std")]
 pub struct AlignedBytes {
     words: Vec<[u64; 8]>,
     len: usize,
 }
 
+#[cfg(feature = "std")]
 impl AlignedBytes {
     /// Copies `bytes` into aligned storage.
     pub fn new(bytes: &[u8]) -> Self {

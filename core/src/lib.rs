@@ -21,7 +21,6 @@
 #[cfg(feature = "std")]
 extern crate std;
 
-#[cfg(feature = "std")]
 pub mod aligned;
 pub mod arena;
 pub mod config;

@@ -6,12 +6,9 @@
 
 use cortex_m_rt::entry;
 use cortex_m_semihosting::{debug, hprintln};
+use srdd_core::aligned::Aligned;
 use srdd_core::generate::{Generator, Plan, SampleOptions, StepHook};
 use srdd_core::{Model, Schedule};
-
-/// `include_bytes!` has no alignment; `repr(C, align)` keeps the bytes at offset 0, 64-aligned.
-#[repr(C, align(64))]
-struct Aligned<T: ?Sized>(T);
 
 static MODEL: &Aligned<[u8]> = &Aligned(*include_bytes!("../../models/default-int8.srdd"));
 
@@ -40,9 +37,10 @@ fn fnv1a(h: &mut u64, bytes: &[u8]) {
 
 fn run() -> Result<u64, srdd_core::Error> {
     let model = Model::from_bytes(&MODEL.0)?;
-    let mut opts = SampleOptions::low_memory(CLASS);
+    // The model's own sampling defaults, as `srdd sample` uses them; the low-memory plan
+    // changes no bit of the result.
+    let mut opts = SampleOptions::for_model_low_memory(&model, CLASS);
     opts.seed = SEED;
-    opts.top_k = opts.top_k.min(model.config.vae.vocab_size);
     let sched = Schedule::full(&model.config);
     let need = Plan::new(&model.config, &opts, &sched)?.arena_bytes();
     hprintln!(

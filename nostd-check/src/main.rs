@@ -7,11 +7,10 @@
 #![no_main]
 
 use core::arch::{asm, naked_asm};
+use srdd_core::aligned::Aligned;
 use srdd_core::generate::{Generator, Plan, SampleOptions};
 use srdd_core::{Model, NoHook, Schedule};
 
-#[repr(C, align(64))]
-struct Aligned<T: ?Sized>(T);
 static MODEL: &Aligned<[u8]> = &Aligned(*include_bytes!("../../models/default-int8.srdd"));
 
 const ARENA_CAP: usize = 4 << 20;
@@ -50,8 +49,7 @@ fn write_usize(mut v: usize) {
 
 fn run() -> Result<usize, srdd_core::Error> {
     let model = Model::from_bytes(&MODEL.0)?;
-    let mut opts = SampleOptions::new(1);
-    opts.top_k = opts.top_k.min(model.config.vae.vocab_size);
+    let opts = SampleOptions::for_model(&model, 1);
     let sched = Schedule::full(&model.config);
     let need = Plan::new(&model.config, &opts, &sched)?.arena_bytes();
     // SAFETY: the only reference to ARENA, single-threaded.

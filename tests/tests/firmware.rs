@@ -1,6 +1,7 @@
 //! The Cortex-M4 proof: the firmware in `firmware/` samples one image with the embedded default
-//! model under QEMU (`mps2-an386`) and prints the RGB8 image's FNV-1a-64 checksum; the host int8
-//! path must produce the same checksum for the same file and options.
+//! model under QEMU (`mps2-an386`), with the model's own sampling defaults and the low-memory
+//! plan, and prints the RGB8 image's FNV-1a-64 checksum; the PNG of `srdd sample --class 3
+//! --seed 0` (default chunk, whole-image decoder, threads, SIMD kernels) must have the same.
 //!
 //! Needs the `thumbv7em-none-eabihf` target and `qemu-system-arm` (`.ci/run` installs both).
 //! Without them the test is skipped locally and fails loudly when `CI=true`.
@@ -24,32 +25,92 @@ fn have(cmd: &str, arg: &str) -> bool {
         .unwrap_or(false)
 }
 
+fn fnv1a(h: &mut u64, bytes: &[u8]) {
+    for b in bytes {
+        *h = (*h ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+}
+
+/// The image's checksum through the host library, sampled as one batch of one on two threads
+/// with the model's own defaults (the default chunk and whole-image decoder).
 fn host_checksum(class: u32, seed: u64) -> u64 {
     let bytes = AlignedBytes::read(&root().join("models/default-int8.srdd")).unwrap();
     let model = Model::from_bytes(bytes.as_bytes()).unwrap();
-    let mut opts = SampleOptions::new(class);
+    let mut opts = SampleOptions::for_model(&model, class);
     opts.seed = seed;
-    opts.top_k = opts.top_k.min(model.config.vae.vocab_size);
     let sched = Schedule::full(&model.config);
     let plan = Plan::new(&model.config, &opts, &sched).unwrap();
     let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
-    // Threads on the host: the result must not depend on them either.
     let par = StdThreads(2);
     let mut gen =
         Generator::with_parallel(&model, opts, sched, arena.as_bytes_mut(), &par).unwrap();
     gen.run(&mut NoHook).unwrap();
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     gen.decode(&mut |_, row| {
-        for v in row {
-            h = (h ^ srdd_core::vae::to_rgb8(*v) as u64).wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        let rgb: Vec<u8> = row.iter().map(|v| srdd_core::vae::to_rgb8(*v)).collect();
+        fnv1a(&mut h, &rgb);
     })
     .unwrap();
     h
 }
 
+/// The `srdd` binary next to this test's (same profile), built if it is missing.
+fn srdd_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target profile dir");
+    let bin = dir.join(format!("srdd{}", std::env::consts::EXE_SUFFIX));
+    if !bin.is_file() {
+        let ok = Command::new(env!("CARGO"))
+            .current_dir(root())
+            .args(["build", "--release", "-p", "srdd", "--bin", "srdd"])
+            .status()
+            .expect("cargo runs")
+            .success();
+        assert!(ok, "building the srdd binary failed");
+    }
+    assert!(bin.is_file(), "no srdd binary at {}", bin.display());
+    bin
+}
+
+/// The checksum of the PNG that `srdd sample --class C --seed S` writes.
+fn cli_checksum(class: u32, seed: u64) -> u64 {
+    let out = std::env::temp_dir().join(format!("srdd-fw-cli-{}.png", std::process::id()));
+    let st = Command::new(srdd_binary())
+        .args([
+            "sample",
+            "--class",
+            &class.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "-o",
+        ])
+        .arg(&out)
+        .output()
+        .expect("srdd runs");
+    assert!(
+        st.status.success(),
+        "srdd sample failed: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let img = srdd::read_png_rgb(&out).expect("read the CLI's PNG");
+    std::fs::remove_file(&out).ok();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for row in img.rgb.chunks_exact(img.width * 3) {
+        fnv1a(&mut h, row);
+    }
+    h
+}
+
 #[test]
-fn firmware_checksum_equals_the_host_int8_path() {
+fn the_cli_and_the_host_library_give_the_same_default_image() {
+    assert_eq!(cli_checksum(3, 0), host_checksum(3, 0));
+}
+
+#[test]
+fn firmware_image_equals_srdd_sample_for_the_same_class_and_seed() {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     let target_ok = Command::new("rustup")
         .args(["target", "list", "--installed"])
@@ -98,7 +159,10 @@ fn firmware_checksum_equals_the_host_int8_path() {
         .find(|l| l.starts_with("checksum=0x"))
         .unwrap_or_else(|| panic!("no checksum in:\n{text}"));
     let fw_sum = u64::from_str_radix(line.trim_start_matches("checksum=0x").trim(), 16).unwrap();
-    let host_sum = host_checksum(3, 0);
-    eprintln!("firmware {fw_sum:#018x}, host {host_sum:#018x}");
-    assert_eq!(fw_sum, host_sum, "Cortex-M4 and host int8 images differ");
+    let cli_sum = cli_checksum(3, 0);
+    eprintln!("firmware {fw_sum:#018x}, srdd sample --class 3 --seed 0 {cli_sum:#018x}");
+    assert_eq!(
+        fw_sum, cli_sum,
+        "the Cortex-M4 image differs from `srdd sample --class 3 --seed 0`"
+    );
 }
