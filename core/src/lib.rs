@@ -8,8 +8,39 @@
 //! dynamically quantized activations and i32 accumulation).
 //!
 //! Pipeline rooms: [`format`] (the `.srdd` file), [`weights`] (zero-copy views), [`kernels`],
-//! [`var`] (transformer), [`vq`] (quantizer bookkeeping), [`vae`] (decoder/encoder), [`sample`],
-//! [`schedule`], [`resample`] (refinement policies), [`generate`] (the per-image loop) and [`tokenize`] (image → tokens).
+//! the transformer (`var`), the quantizer bookkeeping (`vq`), [`vae`] (decoder/encoder),
+//! [`forward`] (the compute seam: the [`Forward`] trait and [`CpuForward`]), [`generate`] (options,
+//! the arena [`Plan`], the backend-agnostic [`Sampler`] and the one-image [`Generator`]),
+//! [`sample`], [`resample`] (refinement policies) and [`tokenize`] (image → tokens).
+//!
+//! ```
+//! # #[cfg(feature = "std")] {
+//! use srdd_core::aligned::AlignedBytes;
+//! use srdd_core::{Generator, Model, NoHook, Plan, SampleOptions, Schedule};
+//!
+//! // Load: validate the file and view its weights in place (64-byte aligned bytes).
+//! let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/default-int8.srdd");
+//! let bytes = AlignedBytes::read(path.as_ref()).expect("model file");
+//! let model = Model::from_bytes(bytes.as_bytes())?;
+//! // Plan: the model's own sampling defaults, the exact arena before any work.
+//! let label = model.class_index("smileys").expect("a class name stored in the model");
+//! let opts = SampleOptions { seed: 7, ..SampleOptions::for_model(&model, label) };
+//! let sched = Schedule::full(&model.config);
+//! let plan = Plan::new(&model.config, &opts, &sched)?;
+//! let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
+//! // Sample every scale, then decode row by row.
+//! let mut gen = Generator::new(&model, opts, sched, arena.as_bytes_mut())?;
+//! gen.run(&mut NoHook)?;
+//! let side = model.config.image_side();
+//! let mut rows = 0;
+//! gen.decode(&mut |_y, rgb| {
+//!     assert_eq!(rgb.len(), 3 * side); // interleaved RGB in [-1, 1]
+//!     rows += 1;
+//! })?;
+//! assert_eq!(rows, side);
+//! # }
+//! # Ok::<(), srdd_core::Error>(())
+//! ```
 //!
 //! References: Tian et al., *Visual Autoregressive Modeling* (NeurIPS 2024, FoundationVision/VAR);
 //! Kumar et al., *Scale-Wise VAR is Secretly Discrete Diffusion* (arXiv 2509.22636).
@@ -32,15 +63,15 @@ pub mod generate;
 pub mod kernels;
 pub(crate) mod layout;
 pub mod macs;
-pub mod math;
+pub(crate) mod math;
 pub mod parallel;
 pub mod resample;
 pub mod sample;
-pub mod schedule;
+pub(crate) mod schedule;
 pub mod tokenize;
 pub mod vae;
-pub mod var;
-pub mod vq;
+pub(crate) mod var;
+pub(crate) mod vq;
 pub mod weights;
 
 pub use config::{Attention, ModelConfig, WeightFormat};
