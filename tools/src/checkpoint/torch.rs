@@ -209,6 +209,8 @@ pub fn strip_key_prefixes(mut key: &str) -> &str {
     }
 }
 
+/// The [`StateDict`] of `(key, tensor)` pairs read from any format, with the
+/// key prefixes stripped; two keys that become equal are an error.
 pub(crate) fn into_state_dict(
     items: Vec<(String, RawTensor)>,
 ) -> Result<StateDict, CheckpointError> {
