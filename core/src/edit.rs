@@ -1,4 +1,4 @@
-//! Zero-shot editing (`VAR_SPEC.md` §10): after each step, tokens where the keep mask (resized
+//! Zero-shot editing (`docs/SPEC.md` §10): after each step, tokens where the keep mask (resized
 //! bilinearly to the step's size, strictly above 0.5; every token when `pn² ≤ 3`) is set are
 //! replaced by the source image's tokens. In-painting keeps the outside of a box, out-painting
 //! the inside; the same hook serves super-resolution by keeping every token of coarse steps.

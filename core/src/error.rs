@@ -144,7 +144,7 @@ impl fmt::Display for Error {
             }
             Error::NoEncoder => write!(
                 f,
-                "this model file has no VQVAE encoder (pack it with --encoder)"
+                "this model file has no VQVAE encoder (pack it without --no-encoder)"
             ),
             Error::WrongState(what) => write!(f, "wrong generator state: {what}"),
         }

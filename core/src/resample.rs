@@ -4,7 +4,7 @@
 //! After a scale's first draw, a refinement pass re-runs the same scale with its input taken from
 //! the draft `f_hat` (the accumulated latent *including* the draft tokens), and a
 //! [`ResamplePolicy`] decides from per-token features which tokens are drawn again from the new
-//! logits; the others are kept. How SRDD chooses tokens is not published (`VAR_SPEC.md` §11.3);
+//! logits; the others are kept. How SRDD chooses tokens is not published (`docs/SPEC.md` §11.3);
 //! the policies here are ours: a confidence threshold, a fixed fraction of the least confident
 //! tokens, and a tiny learned logistic scorer (trained by `tools/train/train_policy.py`).
 

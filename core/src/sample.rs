@@ -1,5 +1,5 @@
 //! Sampling: a seeded RNG that gives the same stream on every target, and the official
-//! top-k / top-p semantics (`VAR_SPEC.md` §8) on float logits.
+//! top-k / top-p semantics (`docs/SPEC.md` §8) on float logits.
 
 /// xoshiro256** seeded through SplitMix64: small, fast, and bit-identical everywhere.
 #[derive(Clone, Debug)]

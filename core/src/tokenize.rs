@@ -1,4 +1,4 @@
-//! Image → latent → multi-scale tokens, and tokens → `f_hat` (`VAR_SPEC.md` §3.4, §3.6):
+//! Image → latent → multi-scale tokens, and tokens → `f_hat` (`docs/SPEC.md` §3.4, §3.6):
 //! the zero-shot side of the pipeline (reconstruction, editing sources, teacher forcing).
 
 use crate::arena::{bytes_of, Arena};

@@ -1,4 +1,4 @@
-//! VQVAE decoder and encoder (`VAR_SPEC.md` §2): conv, GroupNorm, SiLU, ResBlocks, single-head
+//! VQVAE decoder and encoder (`docs/SPEC.md` §2): conv, GroupNorm, SiLU, ResBlocks, single-head
 //! attention blocks, nearest ×2 upsampling and stride-2 downsampling.
 //!
 //! Activations rotate through three equally sized buffers (`a` holds the current map); the

@@ -1,4 +1,4 @@
-//! The VAR transformer, one scale at a time (`VAR_SPEC.md` §5).
+//! The VAR transformer, one scale at a time (`docs/SPEC.md` §5).
 //!
 //! Reads like `llama2.c`'s forward: AdaLN vectors are computed once per image and CFG branch
 //! ([`ada_vectors`]); [`block_forward`] runs one AdaLN self-attention block over one scale's

@@ -1,4 +1,4 @@
-//! Multi-scale residual quantizer bookkeeping (`VAR_SPEC.md` §3–4): codebook lookup, bicubic
+//! Multi-scale residual quantizer bookkeeping (`docs/SPEC.md` §3–4): codebook lookup, bicubic
 //! upsampling (A = −0.75, align_corners = False, clamped borders), Phi residual convolutions,
 //! `f_hat` accumulation, area downsampling, bilinear mask resizing and nearest-code search.
 //!
@@ -261,7 +261,7 @@ mod tests {
 
     #[test]
     fn bicubic_weights_match_the_spec_vectors() {
-        // VAR_SPEC.md Appendix B.2, pn = 2 -> 16, rows 0 and 1.
+        // docs/SPEC.md Appendix B.2, pn = 2 -> 16, rows 0 and 1.
         let m = |o: usize| {
             let (ix, w) = bicubic_taps(2, 16, o);
             let mut r = [0f32; 2];

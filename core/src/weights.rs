@@ -3,7 +3,7 @@
 //! [`Weights::build`] is the single definition of which tensors a model has, in which order and
 //! with which shapes: the loader drives it with a [`crate::format::FileSource`] (checking every
 //! entry), and the converter drives it with a recorder to learn what to write. Shapes follow the
-//! official state_dict (`VAR_SPEC.md` §2.5, §5.9).
+//! official state_dict (`docs/SPEC.md` §2.5, §5.9).
 
 use crate::config::{ModelConfig, MAX_DEPTH, MAX_LEVELS, MAX_PHI, MAX_RES_BLOCKS};
 use crate::error::{Error, Result};
@@ -455,7 +455,7 @@ impl<'a> Weights<'a> {
                 cv,
                 3,
             )?;
-            // f_hat and everything feeding it stays float (VAR_SPEC.md §14).
+            // f_hat and everything feeding it stays float (docs/SPEC.md §14).
             if !matches!(conv.w, Weight::F32(_)) {
                 return Err(Error::BadConfig("Phi convolutions must be stored as f32"));
             }

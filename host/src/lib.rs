@@ -47,6 +47,7 @@ pub struct Image {
 
 pub use srdd_core::vae::to_rgb8;
 
+pub mod args;
 pub mod zero_shot;
 
 /// A resampling policy as the CLI names it (`keep`, `fraction:F`, `threshold:P`, `learned`);
@@ -302,18 +303,24 @@ pub fn png_bytes(img: &Image) -> Result<Vec<u8>, png::EncodingError> {
     Ok(out)
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename: never a half-written file.
+/// Writes `bytes` to `path` through a temporary file next to it (`path` + `.partial`) and a
+/// rename: never a half-written file under `path`, and no temporary file left when either step
+/// fails.
 pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".partial");
     let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use png::{BitDepth, ColorType};
 
     fn write(
         path: &std::path::Path,
@@ -339,60 +346,25 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("srdd-png-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("x.png");
-        // RGBA: half-transparent red over white.
-        write(
-            &p,
-            1,
-            1,
-            png::ColorType::Rgba,
-            png::BitDepth::Eight,
-            &[255, 0, 0, 128],
-            None,
-        );
-        assert_eq!(read_png_rgb(&p).unwrap().rgb, vec![255, 127, 127]);
-        // Gray 8 and gray+alpha.
-        write(
-            &p,
-            2,
-            1,
-            png::ColorType::Grayscale,
-            png::BitDepth::Eight,
-            &[0, 200],
-            None,
-        );
-        assert_eq!(read_png_rgb(&p).unwrap().rgb, vec![0, 0, 0, 200, 200, 200]);
-        write(
-            &p,
-            1,
-            1,
-            png::ColorType::GrayscaleAlpha,
-            png::BitDepth::Eight,
-            &[0, 0],
-            None,
-        );
-        assert_eq!(read_png_rgb(&p).unwrap().rgb, vec![255, 255, 255]);
-        // 16-bit RGB is stripped to 8 bits.
-        write(
-            &p,
-            1,
-            1,
-            png::ColorType::Rgb,
-            png::BitDepth::Sixteen,
-            &[1, 2, 3, 4, 5, 6],
-            None,
-        );
-        assert_eq!(read_png_rgb(&p).unwrap().rgb, vec![1, 3, 5]);
-        // Palette is expanded.
-        write(
-            &p,
-            2,
-            1,
-            png::ColorType::Indexed,
-            png::BitDepth::Eight,
-            &[1, 0],
-            Some(&[9, 8, 7, 1, 2, 3]),
-        );
-        assert_eq!(read_png_rgb(&p).unwrap().rgb, vec![1, 2, 3, 9, 8, 7]);
+        // (width, color type, bit depth, data, palette, expected RGB8); one row each.
+        type Bytes = &'static [u8];
+        type Case = (u32, ColorType, BitDepth, Bytes, Option<Bytes>, Bytes);
+        #[rustfmt::skip]
+        let cases: [Case; 5] = [
+            // RGBA: half-transparent red over white.
+            (1, ColorType::Rgba, BitDepth::Eight, &[255, 0, 0, 128], None, &[255, 127, 127]),
+            // Gray 8 and gray+alpha.
+            (2, ColorType::Grayscale, BitDepth::Eight, &[0, 200], None, &[0, 0, 0, 200, 200, 200]),
+            (1, ColorType::GrayscaleAlpha, BitDepth::Eight, &[0, 0], None, &[255, 255, 255]),
+            // 16-bit RGB is stripped to 8 bits.
+            (1, ColorType::Rgb, BitDepth::Sixteen, &[1, 2, 3, 4, 5, 6], None, &[1, 3, 5]),
+            // Palette is expanded.
+            (2, ColorType::Indexed, BitDepth::Eight, &[1, 0], Some(&[9, 8, 7, 1, 2, 3]), &[1, 2, 3, 9, 8, 7]),
+        ];
+        for (w, ct, bd, data, palette, want) in cases {
+            write(&p, w, 1, ct, bd, data, palette);
+            assert_eq!(read_png_rgb(&p).unwrap().rgb, want, "{ct:?} {bd:?}");
+        }
         // Garbage and truncation are typed errors.
         std::fs::write(&p, b"\x89PNG\r\n\x1a\nnope").unwrap();
         assert!(matches!(read_png_rgb(&p), Err(HostError::Png { .. })));
@@ -417,5 +389,20 @@ mod tests {
             read_png_rgb(&dir.join("missing.png")),
             Err(HostError::Io { .. })
         ));
+    }
+
+    #[test]
+    fn write_atomic_leaves_no_temporary_file() {
+        let dir = std::env::temp_dir().join(format!("srdd-atomic-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("taken")).unwrap();
+        let ok = dir.join("out.bin");
+        write_atomic(&ok, b"abc").unwrap();
+        assert_eq!(std::fs::read(&ok).unwrap(), b"abc");
+        assert!(!dir.join("out.bin.partial").exists());
+        // Renaming a file onto a non-empty directory fails: the temporary file goes too.
+        std::fs::write(dir.join("taken").join("x"), b"").unwrap();
+        assert!(write_atomic(&dir.join("taken"), b"abc").is_err());
+        assert!(!dir.join("taken.partial").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

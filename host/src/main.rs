@@ -1,16 +1,14 @@
 //! `srdd`: sample SRDD / VAR images from a `.srdd` model (the built-in default when `--model` is
 //! not given), and run the zero-shot tasks: reconstruct, edit (inpaint / outpaint), upscale.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use srdd::args::{AttentionArg, ModelArg, ScheduleArg, ThreadsArg};
 use srdd::zero_shot::{
     box_mask, downscale_box, keep_mask, psnr, read_mask, reconstruct, sample_forced, tokens_of,
     upscale,
 };
-use srdd::{
-    grid, png_bytes, read_png_rgb, sample_one, write_atomic, Image, ModelBytes, ResampleChoice,
-};
-use srdd_core::aligned::AlignedBytes;
+use srdd::{grid, png_bytes, read_png_rgb, sample_one, write_atomic, Image, ResampleChoice};
 use srdd_core::generate::{Guidance, Plan, SampleOptions, StepSettings, StepTable};
 use srdd_core::parallel::StdThreads;
 use srdd_core::{Attention, Model, Schedule};
@@ -30,18 +28,11 @@ struct Cli {
     cmd: Cmd,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Attn {
-    Markov,
-    Causal,
-}
-
 /// Options every sampling command shares.
 #[derive(Args, Clone)]
 struct Sampling {
-    /// Model file (default: the built-in model).
-    #[arg(long)]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArg,
     /// RNG seed (of the first image; image i uses seed + i).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -72,21 +63,34 @@ struct Sampling {
     /// or `keep` (none).
     #[arg(long, default_value = "fraction:0.25")]
     resample: String,
-    /// Attention policy: markov (SRDD, no KV cache) or causal (official VAR).
-    #[arg(long, value_enum)]
-    attention: Option<Attn>,
-    /// Scale schedule: `full`, `distilled-6` (1,3,5,8,13,16), or patch sizes like 1,2,4,8.
-    #[arg(long, default_value = "full")]
-    schedule: String,
+    #[command(flatten)]
+    attention: AttentionArg,
+    #[command(flatten)]
+    schedule: ScheduleArg,
     /// Tokens per FFN / head chunk (smaller: fewer arena bytes, same results).
     #[arg(long, default_value_t = 0)]
     chunk: u16,
     /// Decode in bands of this many image rows (0: whole image; smaller arena, same image).
     #[arg(long, default_value_t = 0)]
     band_rows: u16,
-    /// Worker threads (default: available cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    threads: ThreadsArg,
+}
+
+/// What `edit` and `upscale` share: the source image, the class that steers what they generate,
+/// the sampling options and the output.
+#[derive(Args, Clone)]
+struct ZeroShot {
+    /// Input PNG (edit: the model's size; upscale: square, side dividing the model's).
+    image: PathBuf,
+    /// Class to steer what is generated (default: the null class).
+    #[arg(long, default_value = "null")]
+    class: String,
+    #[command(flatten)]
+    s: Sampling,
+    /// Output PNG.
+    #[arg(short, long)]
+    output: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -109,12 +113,12 @@ enum Cmd {
     Reconstruct {
         /// Input PNG of the model's size.
         image: PathBuf,
-        /// Model file (default: the built-in model).
-        #[arg(long)]
-        model: Option<PathBuf>,
-        /// Scale schedule (see `sample --help`).
-        #[arg(long, default_value = "full")]
-        schedule: String,
+        #[command(flatten)]
+        model: ModelArg,
+        #[command(flatten)]
+        schedule: ScheduleArg,
+        #[command(flatten)]
+        threads: ThreadsArg,
         /// Output PNG.
         #[arg(short, long)]
         output: PathBuf,
@@ -122,8 +126,6 @@ enum Cmd {
     /// Inpaint or outpaint: regenerate the masked region, keep the rest (official rule: the
     /// source tokens are forced where the keep mask, resized to each step, is above 0.5).
     Edit {
-        /// Input PNG of the model's size.
-        image: PathBuf,
         /// Mask PNG of the same size: white = generate, black = keep.
         #[arg(long, conflicts_with = "r#box")]
         mask: Option<PathBuf>,
@@ -133,70 +135,22 @@ enum Cmd {
         /// Swap generate and keep (outpainting with a box).
         #[arg(long)]
         invert: bool,
-        /// Class to steer the generated region (default: the null class).
-        #[arg(long, default_value = "null")]
-        class: String,
         #[command(flatten)]
-        s: Sampling,
-        /// Output PNG.
-        #[arg(short, long)]
-        output: PathBuf,
+        z: ZeroShot,
     },
     /// Super-resolution: a low-resolution PNG fixes the coarse steps, the rest are sampled.
     Upscale {
-        /// Low-resolution input PNG (square, side dividing the model's).
-        image: PathBuf,
         /// Steps fixed by the input (default: those whose patch size the input determines).
         #[arg(long)]
         keep_steps: Option<usize>,
-        /// Class to steer the details (default: the null class).
-        #[arg(long, default_value = "null")]
-        class: String,
         #[command(flatten)]
-        s: Sampling,
-        /// Output PNG.
-        #[arg(short, long)]
-        output: PathBuf,
+        z: ZeroShot,
     },
     /// Print a model's configuration and arena sizes.
     Info {
         /// Model file (default: the built-in model).
         file: Option<PathBuf>,
     },
-}
-
-fn load(path: &Option<PathBuf>) -> Result<ModelBytes, String> {
-    match path {
-        Some(p) => AlignedBytes::read(p)
-            .map(ModelBytes::Owned)
-            .map_err(|e| format!("{}: {e}", p.display())),
-        None => Ok(ModelBytes::Default),
-    }
-}
-
-fn model_name(path: &Option<PathBuf>) -> String {
-    path.as_ref()
-        .map_or("<built-in>".to_string(), |p| p.display().to_string())
-}
-
-fn parse_schedule(s: &str, m: &Model<'_>) -> Result<Schedule, String> {
-    let pns: Vec<u16> = match s {
-        "full" => return Ok(Schedule::full(&m.config)),
-        "distilled-6" => vec![1, 3, 5, 8, 13, 16],
-        list => list
-            .split(',')
-            .map(|x| x.trim().parse::<u16>())
-            .collect::<Result<_, _>>()
-            .map_err(|_| {
-                format!("--schedule {s}: expected full, distilled-6 or patch sizes like 1,2,4,8")
-            })?,
-    };
-    Schedule::subset(&m.config, &pns).map_err(|e| {
-        format!(
-            "--schedule {s}: {e} (the model's patch sizes: {:?})",
-            m.config.patch_nums.as_slice()
-        )
-    })
 }
 
 /// One value for every step, or exactly one per step.
@@ -218,7 +172,7 @@ fn build(
     class: &str,
 ) -> Result<(SampleOptions, Schedule, ResampleChoice), String> {
     let label = label_of(m, class)?;
-    let sched = parse_schedule(&s.schedule, m)?;
+    let sched = s.schedule.resolve(&m.config)?;
     let steps = sched.len();
     // Defaults: the sampling settings the model's author stored, else the official ones.
     let meta = |k: &str| m.meta(k).and_then(|v| v.trim().parse::<f64>().ok());
@@ -241,11 +195,7 @@ fn build(
         seed: s.seed,
         chunk: s.chunk,
         band_rows: s.band_rows,
-        attention: match s.attention {
-            Some(Attn::Causal) => Attention::Causal,
-            Some(Attn::Markov) => Attention::Markov,
-            None => m.config.attention,
-        },
+        attention: s.attention.or(m.config.attention),
         ..SampleOptions::new(label)
     };
     let guidance_list: Option<Vec<f32>> = match s.cfg_schedule.as_str() {
@@ -360,28 +310,19 @@ fn progress(steps: u64) -> ProgressBar {
     }
 }
 
-fn cores(threads: Option<usize>) -> usize {
-    threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1)
-}
-
 fn save(img: &Image, output: &Path) -> Result<(), String> {
     let png = png_bytes(img).map_err(|e| e.to_string())?;
     write_atomic(output, &png).map_err(|e| format!("{}: {e}", output.display()))
 }
 
-fn load_model<'b>(bytes: &'b ModelBytes, path: &Option<PathBuf>) -> Result<Model<'b>, String> {
-    Model::from_bytes(bytes.as_bytes()).map_err(|e| format!("{}: {e}", model_name(path)))
-}
-
 fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
         Cmd::Info { file } => {
-            let bytes = load(&file)?;
-            let m = load_model(&bytes, &file)?;
+            let file = ModelArg { model: file };
+            let bytes = file.read()?;
+            let m = file.open(&bytes)?;
             let c = &m.config;
-            println!("{}: {} bytes", model_name(&file), bytes.as_bytes().len());
+            println!("{}: {} bytes", file.name(), bytes.as_bytes().len());
             println!(
                 "image {0}x{0}, {1} classes, vocabulary {2}, weights {3:?}, attention {4:?}, encoder {5}",
                 c.image_side(),
@@ -435,15 +376,15 @@ fn run(cli: Cli) -> Result<(), String> {
             s,
             output,
         } => {
-            let bytes = load(&s.model)?;
-            let m = load_model(&bytes, &s.model)?;
+            let bytes = s.model.read()?;
+            let m = s.model.open(&bytes)?;
             if count == 0 || count > 4096 {
                 return Err("--count must be in 1..=4096".into());
             }
             let (opts, sched, policy) = build(&s, &m, &class)?;
             let label = opts.label;
             let bar = progress(sched.len() as u64 * count as u64);
-            let cores = cores(s.threads);
+            let cores = s.threads.count();
             // Images in parallel when there are enough of them, else threads inside each image.
             let threads = cores.min(count);
             let inner = StdThreads((cores / threads).max(1));
@@ -497,13 +438,14 @@ fn run(cli: Cli) -> Result<(), String> {
             image,
             model,
             schedule,
+            threads,
             output,
         } => {
-            let bytes = load(&model)?;
-            let m = load_model(&bytes, &model)?;
-            let sched = parse_schedule(&schedule, &m)?;
+            let bytes = model.read()?;
+            let m = model.open(&bytes)?;
+            let sched = schedule.resolve(&m.config)?;
             let src = read_png_rgb(&image).map_err(|e| e.to_string())?;
-            let par = StdThreads(cores(None));
+            let par = threads.parallel();
             let out = reconstruct(&m, &sched, &src, &par).map_err(|e| e.to_string())?;
             save(&out, &output)?;
             println!(
@@ -515,19 +457,17 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::Edit {
-            image,
             mask,
             r#box,
             invert,
-            class,
-            s,
-            output,
+            z,
         } => {
-            let bytes = load(&s.model)?;
-            let m = load_model(&bytes, &s.model)?;
-            let (opts, sched, policy) = build(&s, &m, &class)?;
+            let (s, image, output) = (&z.s, &z.image, &z.output);
+            let bytes = s.model.read()?;
+            let m = s.model.open(&bytes)?;
+            let (opts, sched, policy) = build(s, &m, &z.class)?;
             let side = m.config.image_side();
-            let src = read_png_rgb(&image).map_err(|e| e.to_string())?;
+            let src = read_png_rgb(image).map_err(|e| e.to_string())?;
             let mut generate = match (&mask, &r#box) {
                 (Some(p), None) => read_mask(p, side).map_err(|e| e.to_string())?,
                 (None, Some(b)) => {
@@ -545,7 +485,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 generate.iter_mut().for_each(|g| *g = !*g);
             }
             let p = m.config.latent_side();
-            let par = StdThreads(cores(s.threads));
+            let par = s.threads.parallel();
             let toks = tokens_of(&m, &sched, &src, &par).map_err(|e| e.to_string())?;
             let keep = keep_mask(&generate, side, p);
             let bar = progress(sched.len() as u64);
@@ -555,7 +495,7 @@ fn run(cli: Cli) -> Result<(), String> {
             })
             .map_err(|e| e.to_string())?;
             bar.finish_and_clear();
-            save(&out, &output)?;
+            save(&out, output)?;
             let kept: Vec<bool> = generate.iter().map(|g| !g).collect();
             println!(
                 "wrote {}: {} of {} pixels generated; PSNR of the kept region {:.2} dB",
@@ -566,18 +506,12 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
-        Cmd::Upscale {
-            image,
-            keep_steps,
-            class,
-            s,
-            output,
-        } => {
-            let bytes = load(&s.model)?;
-            let m = load_model(&bytes, &s.model)?;
-            let (opts, sched, policy) = build(&s, &m, &class)?;
-            let src = read_png_rgb(&image).map_err(|e| e.to_string())?;
-            let par = StdThreads(cores(s.threads));
+        Cmd::Upscale { keep_steps, z } => {
+            let bytes = z.s.model.read()?;
+            let m = z.s.model.open(&bytes)?;
+            let (opts, sched, policy) = build(&z.s, &m, &z.class)?;
+            let src = read_png_rgb(&z.image).map_err(|e| e.to_string())?;
+            let par = z.s.threads.parallel();
             let bar = progress(sched.len() as u64);
             let mut pol = policy.instance();
             let (out, kept) = upscale(
@@ -592,10 +526,10 @@ fn run(cli: Cli) -> Result<(), String> {
             )
             .map_err(|e| e.to_string())?;
             bar.finish_and_clear();
-            save(&out, &output)?;
+            save(&out, &z.output)?;
             println!(
                 "wrote {path} ({w}x{w} from {lw}x{lw}; {kept} of {steps} steps fixed by the input); PSNR of the output downscaled to the input {db:.2} dB",
-                path = output.display(),
+                path = z.output.display(),
                 w = out.width,
                 lw = src.width,
                 steps = sched.len(),

@@ -1,4 +1,4 @@
-//! Zero-shot tasks on a model with an encoder (`VAR_SPEC.md` §10): reconstruction, inpainting /
+//! Zero-shot tasks on a model with an encoder (`docs/SPEC.md` §10): reconstruction, inpainting /
 //! outpainting with a keep mask, class-conditional editing and super-resolution.
 //!
 //! Every task is: image → encoder → multi-scale tokens → (sampling with some tokens forced) →

@@ -18,6 +18,19 @@ struct Cap {
     t: Instant,
     times: Vec<f64>,
 }
+impl Cap {
+    /// A fresh capture, forcing `forced` tokens if given; the clock starts now.
+    fn new(forced: Option<Vec<Vec<u32>>>) -> Self {
+        Cap {
+            forced,
+            guided: vec![],
+            tokens: vec![],
+            fhat: vec![],
+            t: Instant::now(),
+            times: vec![],
+        }
+    }
+}
 impl StepHook for Cap {
     fn guided_logits(&mut self, k: usize, _t: usize, l: &[f32]) {
         if self.forced.is_some() {
@@ -72,14 +85,7 @@ fn main() {
     let par = srdd_core::parallel::StdThreads(threads);
     let mut gen =
         Generator::with_parallel(&model, opts, sched.clone(), arena.as_bytes_mut(), &par).unwrap();
-    let mut cap = Cap {
-        forced: None,
-        guided: vec![],
-        tokens: vec![],
-        fhat: vec![],
-        t: Instant::now(),
-        times: vec![],
-    };
+    let mut cap = Cap::new(None);
     gen.run(&mut cap).unwrap();
     let t_var = cap.t.elapsed().as_secs_f64();
     let side = model.config.image_side();
@@ -166,14 +172,7 @@ fn main() {
         .collect();
     let mut gen =
         Generator::with_parallel(&model, opts, sched.clone(), arena.as_bytes_mut(), &par).unwrap();
-    let mut cap = Cap {
-        forced: Some(want.clone()),
-        guided: vec![],
-        tokens: vec![],
-        fhat: vec![],
-        t: Instant::now(),
-        times: vec![],
-    };
+    let mut cap = Cap::new(Some(want.clone()));
     gen.run(&mut cap).unwrap();
     let v = model.config.vae.vocab_size as usize;
     let (mut agree, mut total) = (0, 0);

@@ -1,6 +1,8 @@
 //! `srdd-tools`: pack official checkpoints, inspect `.srdd` files, run parity fixtures.
 
 use clap::{Parser, Subcommand, ValueEnum};
+use srdd::args::{AttentionArg, ScheduleArg, ThreadsArg};
+use srdd::write_atomic;
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::{Attention, WeightFormat};
 use srdd_tools::checkpoint::{read_state_dict, Role};
@@ -37,12 +39,6 @@ impl From<Weights> for WeightFormat {
     }
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Attn {
-    Markov,
-    Causal,
-}
-
 #[derive(Subcommand)]
 enum Cmd {
     /// Convert official checkpoints (.pth / .safetensors) into one .srdd file.
@@ -56,12 +52,10 @@ enum Cmd {
         /// Storage type of Linear/Conv weights.
         #[arg(long, value_enum, default_value = "f32")]
         weights: Weights,
-        /// Scale schedule, e.g. 1,2,3,4,5,6,8,10,13,16 (default: the official one).
-        #[arg(long, value_delimiter = ',')]
-        patch_nums: Option<Vec<u16>>,
-        /// Default attention policy stored in the file.
-        #[arg(long, value_enum, default_value = "markov")]
-        attention: Attn,
+        #[command(flatten)]
+        schedule: ScheduleArg,
+        #[command(flatten)]
+        attention: AttentionArg,
         /// Leave the VQVAE encoder out (smaller file; no reconstruction or editing).
         #[arg(long)]
         no_encoder: bool,
@@ -95,6 +89,8 @@ enum Cmd {
         /// Weight format to pack and run.
         #[arg(long, value_enum, default_value = "f32")]
         weights: Weights,
+        #[command(flatten)]
+        threads: ThreadsArg,
     },
 }
 
@@ -104,7 +100,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             vae,
             var,
             weights,
-            patch_nums,
+            schedule,
             attention,
             no_encoder,
             class_names,
@@ -113,6 +109,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             output,
         } => {
             let t0 = Instant::now();
+            let patch_nums = schedule.patch_nums()?;
             let var_sd =
                 read_state_dict(&var, Role::Var).map_err(|e| format!("{}: {e}", var.display()))?;
             let vae_sd =
@@ -120,10 +117,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             let opts = PackOptions {
                 weights: weights.into(),
                 patch_nums,
-                attention: match attention {
-                    Attn::Markov => Attention::Markov,
-                    Attn::Causal => Attention::Causal,
-                },
+                attention: attention.or(Attention::Markov),
                 encoder: !no_encoder,
                 metadata: {
                     let mut md: Vec<(String, String)> = Vec::new();
@@ -152,10 +146,7 @@ fn run(cli: Cli) -> Result<bool, String> {
                 ..PackOptions::default()
             };
             let bytes = pack(&var_sd, &vae_sd, &opts).map_err(|e| e.to_string())?;
-            // Write to a temporary name, then rename: nothing half-written under the final name.
-            let tmp = output.with_extension("srdd.partial");
-            std::fs::write(&tmp, &bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
-            std::fs::rename(&tmp, &output).map_err(|e| format!("{}: {e}", output.display()))?;
+            write_atomic(&output, &bytes).map_err(|e| format!("{}: {e}", output.display()))?;
             eprintln!(
                 "wrote {} ({} bytes) in {:.2} s",
                 output.display(),
@@ -172,8 +163,13 @@ fn run(cli: Cli) -> Result<bool, String> {
             println!("{s}");
             Ok(true)
         }
-        Cmd::Parity { fixture, weights } => {
-            let rows = srdd_tools::parity::run_fixture(&fixture, weights.into())
+        Cmd::Parity {
+            fixture,
+            weights,
+            threads,
+        } => {
+            let par = threads.parallel();
+            let rows = srdd_tools::parity::run_fixture_on(&fixture, weights.into(), &par)
                 .map_err(|e| format!("{}: {e}", fixture.display()))?;
             let (mut p, mut f) = (0, 0);
             println!("{:<24} {:<6} {:<40} metric", "case", "result", "tolerance");

@@ -14,7 +14,7 @@ use serde_json::Value;
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::edit::EditHook;
 use srdd_core::generate::{Generator, Guidance, Plan, SampleOptions, StepHook};
-use srdd_core::parallel::Sequential;
+use srdd_core::parallel::{Parallel, Sequential};
 use srdd_core::tokenize::{tokenize, tokenize_bytes};
 use srdd_core::{vae, Attention, Model, Schedule, WeightFormat};
 use std::collections::HashMap;
@@ -303,6 +303,15 @@ impl StepHook for Capture {
 
 /// Runs every case of the fixture in `dir`; returns one row per case (plus the packing check).
 pub fn run_fixture(dir: &Path, weights: WeightFormat) -> Result<Vec<Row>, ParityError> {
+    run_fixture_on(dir, weights, &Sequential)
+}
+
+/// [`run_fixture`] with the kernels on `par` (the rows do not depend on it).
+pub fn run_fixture_on(
+    dir: &Path,
+    weights: WeightFormat,
+    par: &dyn Parallel,
+) -> Result<Vec<Row>, ParityError> {
     let read = |name: &str| {
         std::fs::read(dir.join(name))
             .map_err(|e| ParityError::Io(dir.join(name).display().to_string(), e))
@@ -360,7 +369,7 @@ pub fn run_fixture(dir: &Path, weights: WeightFormat) -> Result<Vec<Row>, Parity
     let cases = manifest["cases"].as_array().cloned().unwrap_or_default();
     for case in &cases {
         let id = case["id"].as_str().unwrap_or("?").to_string();
-        match run_case(&model, case, &reference, weights) {
+        match run_case(&model, case, &reference, weights, par) {
             Ok(mut r) => rows.append(&mut r),
             Err(e) => rows.push(Row {
                 id,
@@ -406,7 +415,12 @@ fn arena(n: usize) -> AlignedBytes {
     AlignedBytes::zeroed(n)
 }
 
-fn decode_image(model: &Model<'_>, f_hat: &[f32], clamp: bool) -> Result<Vec<f32>, ParityError> {
+fn decode_image(
+    model: &Model<'_>,
+    f_hat: &[f32],
+    clamp: bool,
+    par: &dyn Parallel,
+) -> Result<Vec<f32>, ParityError> {
     let side = model.config.image_side();
     let mut ab = arena(vae::decoder_scratch_bytes(&model.config, 0));
     let mut ar = srdd_core::arena::Arena::new(ab.as_bytes_mut())?;
@@ -418,7 +432,7 @@ fn decode_image(model: &Model<'_>, f_hat: &[f32], clamp: bool) -> Result<Vec<f32
         &mut ar,
         clamp,
         0,
-        &Sequential,
+        par,
         &mut |y, row| {
             for x in 0..side {
                 for ch in 0..3 {
@@ -443,6 +457,7 @@ fn run_case(
     case: &Value,
     reference: &Reference,
     weights: WeightFormat,
+    par: &dyn Parallel,
 ) -> Result<Vec<Row>, ParityError> {
     let cfg = &model.config;
     let id = case["id"].as_str().unwrap_or("?").to_string();
@@ -474,9 +489,9 @@ fn run_case(
                 &mut toks,
                 &mut f,
                 &mut f_hat,
-                &Sequential,
+                par,
             )?;
-            let recon = decode_image(model, &f_hat, true)?;
+            let recon = decode_image(model, &f_hat, true, par)?;
             for e in expects(case) {
                 let mut off = 0;
                 for (k, key) in per_step(&e.key, steps).into_iter().enumerate() {
@@ -502,7 +517,10 @@ fn run_case(
             let f_hat = reference.floats(case["input"].as_str().unwrap_or(""))?;
             for e in expects(case) {
                 let raw = e.key.ends_with("raw");
-                got.insert(e.key.clone(), Got::F(decode_image(model, &f_hat, !raw)?));
+                got.insert(
+                    e.key.clone(),
+                    Got::F(decode_image(model, &f_hat, !raw, par)?),
+                );
             }
         }
         "teacher_forced" | "sample" | "edit" => {
@@ -527,7 +545,8 @@ fn run_case(
             }
             let plan = Plan::new(cfg, &opts, &sched)?;
             let mut ab = arena(plan.arena_bytes());
-            let mut gen = Generator::new(model, opts, sched.clone(), ab.as_bytes_mut())?;
+            let mut gen =
+                Generator::with_parallel(model, opts, sched.clone(), ab.as_bytes_mut(), par)?;
             let v = cfg.vae.vocab_size as usize;
             let mut begins = Vec::new();
             let mut acc = 0;
@@ -626,7 +645,8 @@ fn run_case(
                     .unwrap_or_default();
                 let want = concat_tokens(reference, &idx_key, steps)?;
                 let mut ab2 = arena(plan.arena_bytes());
-                let mut gen2 = Generator::new(model, opts, sched.clone(), ab2.as_bytes_mut())?;
+                let mut gen2 =
+                    Generator::with_parallel(model, opts, sched.clone(), ab2.as_bytes_mut(), par)?;
                 let mut cap2 = Capture {
                     argmax: Vec::new(),
                     tokens: Vec::new(),

@@ -5,16 +5,17 @@
 //! contiguous row-major little-endian bytes).
 //!
 //! * `.pth` files are recognized by the zip magic `PK\x03\x04` and read with
-//!   a restricted unpickler (`pickle.rs`) that never executes
+//!   a restricted, torch-agnostic unpickler (`pickle.rs`) that never executes
 //!   code: unknown classes become opaque placeholders, so full training
-//!   checkpoints load too. Strided views, storage offsets and shared
+//!   checkpoints load too. `torch.rs` gives torch's storages and tensor
+//!   rebuilds their meaning; strided views, storage offsets and shared
 //!   storages are resolved (`pth.rs`). Every size is validated
 //!   against the archive before allocating; corrupt input is an `Err`, never
 //!   a panic.
 //! * Anything else that parses as safetensors is read with the `safetensors`
 //!   crate.
 //!
-//! Unwrapping: a flat state dict is returned as is. A nested official VAR
+//! Unwrapping (`torch.rs`): a flat state dict is returned as is. A nested official VAR
 //! training checkpoint (`{'epoch', 'iter', 'trainer': {'var_wo_ddp': ..,
 //! 'vae_local': .., 'var_opt': ..}, 'args': ..}`) needs a [`Role`] to pick
 //! the model; a dict holding a single `state_dict`/`model` entry is
@@ -24,6 +25,7 @@
 mod pickle;
 mod pth;
 mod safetensors;
+mod torch;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -31,8 +33,8 @@ use std::fs::File;
 use std::io::{BufReader, Cursor, Read, Seek};
 use std::path::Path;
 
-use self::pickle::{Heap, Object, Value};
 pub use self::pth::{MAX_EXPANDED_BYTES, MAX_PICKLE_BYTES, MAX_TOTAL_BYTES};
+pub use self::torch::strip_key_prefixes;
 
 /// Element type of a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -216,20 +218,10 @@ pub enum Role {
     Any,
 }
 
-impl Role {
-    /// Entry names that hold this role's state dict in nested checkpoints.
-    fn entry_names(self) -> &'static [&'static str] {
-        match self {
-            Role::Var => &["var_wo_ddp", "var"],
-            Role::Vae => &["vae_local", "vae"],
-            Role::Any => &[],
-        }
-    }
-}
-
 /// Errors from reading a checkpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
+    // The file and its container.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
     #[error("not a checkpoint: {0}")]
@@ -240,10 +232,16 @@ pub enum CheckpointError {
     MissingEntry(String),
     #[error("unsupported byte order {0:?}")]
     UnsupportedByteOrder(String),
+    #[error("safetensors: {0}")]
+    Safetensors(#[from] ::safetensors::SafeTensorError),
+
+    // The pickle.
     #[error("pickle error at byte {offset}: {msg}")]
     Pickle { offset: usize, msg: String },
     #[error("pickle calls forbidden global {module}.{name}; refusing to load")]
     ForbiddenGlobal { module: String, name: String },
+
+    // Storages and tensors.
     #[error("storage {0:?} is missing from the archive")]
     MissingStorage(String),
     #[error("storage {key:?} has {available} bytes, a tensor needs {needed}")]
@@ -264,8 +262,10 @@ pub enum CheckpointError {
         bytes: u64,
         limit: u64,
     },
-    #[error("safetensors: {0}")]
-    Safetensors(#[from] ::safetensors::SafeTensorError),
+    #[error("tensor has dtype {found:?}, expected {wanted}")]
+    WrongDType { found: DType, wanted: &'static str },
+
+    // Choosing the state dict.
     #[error(
         "checkpoint holds several state dicts {available:?}; pick one with Role::Var or Role::Vae"
     )]
@@ -276,8 +276,6 @@ pub enum CheckpointError {
     NoStateDict(String),
     #[error("duplicate key {0:?} after stripping `module.`/`_orig_mod.` prefixes")]
     DuplicateKey(String),
-    #[error("tensor has dtype {found:?}, expected {wanted}")]
-    WrongDType { found: DType, wanted: &'static str },
 }
 
 const ZIP_MAGIC: &[u8; 4] = b"PK\x03\x04";
@@ -331,7 +329,7 @@ pub fn read_state_dict_bytes(bytes: &[u8], role: Role) -> Result<StateDict, Chec
         return read_pth(Cursor::new(bytes), role);
     }
     if safetensors::looks_like_safetensors(bytes) {
-        return build(safetensors::read(bytes)?);
+        return torch::into_state_dict(safetensors::read(bytes)?);
     }
     let hint = match bytes.first() {
         Some(0x80) => "a raw pickle (legacy torch.save format, re-save with torch >= 1.6)",
@@ -343,115 +341,6 @@ pub fn read_state_dict_bytes(bytes: &[u8], role: Role) -> Result<StateDict, Chec
 
 fn read_pth<R: Read + Seek>(reader: R, role: Role) -> Result<StateDict, CheckpointError> {
     let mut archive = pth::PthArchive::open(reader)?;
-    let items = select(&archive.heap, &archive.root, role)?;
-    build(archive.materialize(&items)?)
-}
-
-/// Strips leading `_orig_mod.` / `module.` prefixes (repeatedly).
-pub fn strip_key_prefixes(mut key: &str) -> &str {
-    loop {
-        if let Some(rest) = key
-            .strip_prefix("_orig_mod.")
-            .or_else(|| key.strip_prefix("module."))
-        {
-            key = rest;
-        } else {
-            return key;
-        }
-    }
-}
-
-fn build(items: Vec<(String, RawTensor)>) -> Result<StateDict, CheckpointError> {
-    let mut sd = StateDict::new();
-    for (key, t) in items {
-        let key = strip_key_prefixes(&key).to_string();
-        if sd.contains_key(&key) {
-            return Err(CheckpointError::DuplicateKey(key));
-        }
-        sd.insert(key, t);
-    }
-    Ok(sd)
-}
-
-/// `(key, tensor value)` pairs of an unpickled state dict.
-type Entries = Vec<(String, Value)>;
-
-/// If `v` is a dict whose keys are all strings and values all tensors,
-/// returns its `(key, value)` pairs.
-fn as_state_dict(heap: &Heap, v: &Value) -> Option<Entries> {
-    let d = heap.dict(v)?;
-    d.entries()
-        .iter()
-        .map(|(k, v)| match (k, heap.get(v)) {
-            (Value::Str(k), Some(Object::Tensor(_))) => Some((k.to_string(), v.clone())),
-            _ => None,
-        })
-        .collect()
-}
-
-/// Picks the state dict for `role` out of the unpickled root object.
-fn select(heap: &Heap, root: &Value, role: Role) -> Result<Entries, CheckpointError> {
-    let Some(top) = heap.dict(root) else {
-        return Err(CheckpointError::NoStateDict(format!(
-            "the file holds a {}, not a dict",
-            heap.describe(root)
-        )));
-    };
-    if let Some(sd) = as_state_dict(heap, root) {
-        return Ok(sd);
-    }
-
-    // Candidates: non-empty state dicts at the top level and in 'trainer'.
-    // Named by path: "model", "trainer.var_wo_ddp", ...
-    let mut candidates: Vec<(String, Entries)> = Vec::new();
-    let trainer = top.get_str("trainer").and_then(|t| heap.dict(t));
-    let scopes = [("", Some(top)), ("trainer.", trainer)];
-    for (scope, dict) in scopes {
-        for (k, v) in dict.map(|d| d.entries()).unwrap_or_default() {
-            let Value::Str(name) = k else { continue };
-            if let Some(sd) = as_state_dict(heap, v).filter(|sd| !sd.is_empty()) {
-                candidates.push((format!("{scope}{name}"), sd));
-            }
-        }
-    }
-    let available: Vec<String> = candidates.iter().map(|c| c.0.clone()).collect();
-    let take = |i: usize, mut c: Vec<(String, Entries)>| Ok(c.swap_remove(i).1);
-
-    // 1. The role's own entry (trainer.* preferred over top level).
-    for name in role.entry_names() {
-        for scope in ["trainer.", ""] {
-            if let Some(i) = available
-                .iter()
-                .position(|a| *a == format!("{scope}{name}"))
-            {
-                return take(i, candidates);
-            }
-        }
-    }
-    // 2. A wrapper holding a single generic state dict.
-    let generic: Vec<usize> = (0..candidates.len())
-        .filter(|&i| matches!(&*candidates[i].0, "state_dict" | "model"))
-        .collect();
-    if generic.len() == 1 && (role == Role::Any || candidates.len() == 1) {
-        return take(generic[0], candidates);
-    }
-    match role {
-        _ if candidates.is_empty() => {
-            let keys: Vec<String> = top
-                .entries()
-                .iter()
-                .take(16)
-                .map(|(k, v)| match k {
-                    Value::Str(s) => format!("{s}: {}", heap.describe(v)),
-                    other => format!("<{}>: {}", heap.describe(other), heap.describe(v)),
-                })
-                .collect();
-            Err(CheckpointError::NoStateDict(format!(
-                "top-level dict has entries {{{}}}",
-                keys.join(", ")
-            )))
-        }
-        Role::Any => Err(CheckpointError::NestedNeedsRole { available }),
-        role => Err(CheckpointError::RoleNotFound { role, available }),
-    }
+    let items = torch::select(&archive.heap, &archive.root, role)?;
+    torch::into_state_dict(archive.materialize(&items)?)
 }

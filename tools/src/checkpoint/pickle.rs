@@ -9,8 +9,9 @@
 //!   `collections.OrderedDict` (and `builtins.dict`, `collections.defaultdict`)
 //!   become ordered [`Dict`]s.
 //! * A [`Resolver`] supplied by the caller handles persistent ids
-//!   (`BINPERSID`, used by `torch.save` for storages) and may give meaning to
-//!   calls of specific globals (e.g. `torch._utils._rebuild_tensor_v2`).
+//!   (`BINPERSID`) and may give meaning to calls of specific globals; the
+//!   objects it builds are its own [`Resolver::Custom`] type. This module
+//!   knows no library's classes beyond Python's builtins.
 //! * Any other global that is called (`REDUCE`, `NEWOBJ`, `INST`, `OBJ`)
 //!   yields an [`Object::Opaque`] placeholder, and `BUILD` state is ignored,
 //!   so checkpoints that contain instances of training classes (argparse
@@ -24,9 +25,9 @@
 //! allocates at most one heap object; memo lookups share, not copy, data).
 
 use std::collections::HashMap;
+use std::fmt;
 use std::rc::Rc;
 
-use super::pth::{StorageRef, TensorRef};
 use super::CheckpointError;
 
 /// A value on the pickle stack. Cheap to clone: strings and bytes are
@@ -46,9 +47,10 @@ pub(crate) enum Value {
     Ref(usize),
 }
 
-/// A heap object created while unpickling.
+/// A heap object created while unpickling; `C` is what the [`Resolver`]
+/// builds.
 #[derive(Debug)]
-pub(crate) enum Object {
+pub(crate) enum Object<C> {
     Tuple(Vec<Value>),
     List(Vec<Value>),
     Dict(Dict),
@@ -63,13 +65,11 @@ pub(crate) enum Object {
         module: String,
         name: String,
     },
-    /// A torch storage from a persistent id.
-    Storage(StorageRef),
-    /// A torch tensor (view on a storage).
-    Tensor(TensorRef),
+    /// An object built by the [`Resolver`].
+    Custom(C),
 }
 
-impl Object {
+impl<C: fmt::Display> Object<C> {
     /// Short human-readable description, for error messages.
     pub(crate) fn describe(&self) -> String {
         match self {
@@ -79,8 +79,7 @@ impl Object {
             Object::Set(_) => "set".into(),
             Object::Global { module, name } => format!("global {module}.{name}"),
             Object::Opaque { module, name } => format!("opaque object of {module}.{name}"),
-            Object::Storage(_) => "storage".into(),
-            Object::Tensor(_) => "tensor".into(),
+            Object::Custom(c) => c.to_string(),
         }
     }
 }
@@ -147,26 +146,32 @@ impl Dict {
 }
 
 /// Arena of the objects created while unpickling.
-#[derive(Debug, Default)]
-pub(crate) struct Heap {
-    objects: Vec<Object>,
+#[derive(Debug)]
+pub(crate) struct Heap<C> {
+    objects: Vec<Object<C>>,
 }
 
-impl Heap {
-    pub(crate) fn alloc(&mut self, obj: Object) -> Value {
+impl<C: fmt::Display> Heap<C> {
+    fn new() -> Self {
+        Self {
+            objects: Vec::new(),
+        }
+    }
+
+    pub(crate) fn alloc(&mut self, obj: Object<C>) -> Value {
         self.objects.push(obj);
         Value::Ref(self.objects.len() - 1)
     }
 
     /// The object a value refers to (`None` for scalars).
-    pub(crate) fn get(&self, v: &Value) -> Option<&Object> {
+    pub(crate) fn get(&self, v: &Value) -> Option<&Object<C>> {
         match v {
             Value::Ref(i) => self.objects.get(*i),
             _ => None,
         }
     }
 
-    fn get_mut(&mut self, v: &Value) -> Option<&mut Object> {
+    fn get_mut(&mut self, v: &Value) -> Option<&mut Object<C>> {
         match v {
             Value::Ref(i) => self.objects.get_mut(*i),
             _ => None,
@@ -204,20 +209,30 @@ impl Heap {
     }
 }
 
+/// A [`Resolver`]'s answer; an `Err` message becomes a
+/// [`CheckpointError::Pickle`] at the opcode being executed.
+pub(crate) type Hook<T> = Result<T, String>;
+
+/// A call of the global `module.name(*args)`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Call<'a> {
+    pub module: &'a str,
+    pub name: &'a str,
+    pub args: &'a [Value],
+}
+
 /// Hooks that give meaning to persistent ids and to calls of known globals.
 pub(crate) trait Resolver {
-    /// Resolves a persistent id (`BINPERSID` / `PERSID`).
-    fn persistent_load(&mut self, heap: &mut Heap, pid: &Value) -> Result<Value, String>;
+    /// The objects this resolver builds; `Display` names them in errors.
+    type Custom: fmt::Display;
 
-    /// Handles a call of `module.name(*args)`. Returns `Ok(None)` to fall
-    /// back to the generic handling (builtin containers or an opaque value).
-    fn call(
-        &mut self,
-        heap: &mut Heap,
-        module: &str,
-        name: &str,
-        args: &[Value],
-    ) -> Result<Option<Value>, String>;
+    /// Resolves a persistent id (`BINPERSID` / `PERSID`).
+    fn persistent_load(&mut self, heap: &mut Heap<Self::Custom>, pid: &Value) -> Hook<Value>;
+
+    /// Handles a call. Returns `Ok(None)` to fall back to the generic
+    /// handling (builtin containers or an opaque value). Forbidden globals
+    /// are rejected before the resolver is asked.
+    fn call(&mut self, heap: &mut Heap<Self::Custom>, call: Call<'_>) -> Hook<Option<Value>>;
 }
 
 /// Callables that only a malicious pickle would call.
@@ -273,7 +288,7 @@ fn is_forbidden(module: &str, name: &str) -> bool {
 pub(crate) fn unpickle<R: Resolver>(
     data: &[u8],
     resolver: &mut R,
-) -> Result<(Heap, Value), CheckpointError> {
+) -> Result<(Heap<R::Custom>, Value), CheckpointError> {
     let mut vm = Machine {
         data,
         pos: 0,
@@ -281,7 +296,7 @@ pub(crate) fn unpickle<R: Resolver>(
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
-        heap: Heap::default(),
+        heap: Heap::new(),
         resolver,
     };
     let root = vm.run()?;
@@ -297,7 +312,7 @@ struct Machine<'a, R: Resolver> {
     /// Stack heights at each MARK.
     marks: Vec<usize>,
     memo: HashMap<u64, Value>,
-    heap: Heap,
+    heap: Heap<R::Custom>,
     resolver: &'a mut R,
 }
 
@@ -432,17 +447,25 @@ impl<'a, R: Resolver> Machine<'a, R> {
         }
     }
 
-    fn parse_line_int(&mut self) -> PResult<u64> {
-        let line = self.line()?;
-        match line.trim().parse::<u64>() {
-            Ok(v) => Ok(v),
-            Err(_) => self.err(format!("bad memo index {line:?}")),
+    /// The memo index operand of a PUT/GET opcode: one byte (BINPUT,
+    /// BINGET), four (LONG_BINPUT, LONG_BINGET) or a text line (PUT, GET).
+    fn memo_index(&mut self, op: u8) -> PResult<u64> {
+        match op {
+            b'q' | b'h' => Ok(self.u8()?.into()),
+            b'r' | b'j' => Ok(self.u32()?.into()),
+            _ => {
+                let line = self.line()?;
+                match line.trim().parse::<u64>() {
+                    Ok(v) => Ok(v),
+                    Err(_) => self.err(format!("bad memo index {line:?}")),
+                }
+            }
         }
     }
 
     // ---- containers ------------------------------------------------------
 
-    fn alloc(&mut self, obj: Object) {
+    fn alloc(&mut self, obj: Object<R::Custom>) {
         let v = self.heap.alloc(obj);
         self.stack.push(v);
     }
@@ -493,6 +516,15 @@ impl<'a, R: Resolver> Machine<'a, R> {
         d
     }
 
+    /// The items of the sequence `args[0]` (empty if there is none), as
+    /// `set(it)`, `list(it)` and `tuple(it)` take them.
+    fn items_of(&self, args: &[Value]) -> Vec<Value> {
+        args.first()
+            .and_then(|a| self.heap.seq(a))
+            .map(<[Value]>::to_vec)
+            .unwrap_or_default()
+    }
+
     /// Calls (or instantiates) `callable(*args)` without executing anything.
     fn call(&mut self, callable: &Value, args: &[Value]) -> PResult<Value> {
         let (module, name) = match self.heap.get(callable) {
@@ -512,7 +544,12 @@ impl<'a, R: Resolver> Machine<'a, R> {
         if is_forbidden(&module, &name) {
             return Err(CheckpointError::ForbiddenGlobal { module, name });
         }
-        match self.resolver.call(&mut self.heap, &module, &name, args) {
+        let call = Call {
+            module: &module,
+            name: &name,
+            args,
+        };
+        match self.resolver.call(&mut self.heap, call) {
             Ok(Some(v)) => return Ok(v),
             Ok(None) => {}
             Err(msg) => return self.err(format!("{module}.{name}: {msg}")),
@@ -522,24 +559,9 @@ impl<'a, R: Resolver> Machine<'a, R> {
                 Object::Dict(self.dict_from_pairs(args.first()))
             }
             ("collections", "defaultdict") => Object::Dict(Dict::default()),
-            ("builtins", "set") | ("builtins", "frozenset") => Object::Set(
-                args.first()
-                    .and_then(|a| self.heap.seq(a))
-                    .map(<[Value]>::to_vec)
-                    .unwrap_or_default(),
-            ),
-            ("builtins", "list") => Object::List(
-                args.first()
-                    .and_then(|a| self.heap.seq(a))
-                    .map(<[Value]>::to_vec)
-                    .unwrap_or_default(),
-            ),
-            ("builtins", "tuple") => Object::Tuple(
-                args.first()
-                    .and_then(|a| self.heap.seq(a))
-                    .map(<[Value]>::to_vec)
-                    .unwrap_or_default(),
-            ),
+            ("builtins", "set") | ("builtins", "frozenset") => Object::Set(self.items_of(args)),
+            ("builtins", "list") => Object::List(self.items_of(args)),
+            ("builtins", "tuple") => Object::Tuple(self.items_of(args)),
             // copyreg._reconstructor(cls, base, state): name the real class.
             ("copyreg", "_reconstructor") => match args.first().and_then(|c| self.heap.get(c)) {
                 Some(Object::Global { module, name }) => Object::Opaque {
@@ -757,7 +779,7 @@ impl<'a, R: Resolver> Machine<'a, R> {
                     let s = self.take_u64_len(n)?;
                     self.stack.push(Self::str_value(s));
                 }
-                // SHORT_BINSTRING (py2 str, decoded as text like torch.load does)
+                // SHORT_BINSTRING (py2 str, decoded as text, as `encoding="utf-8"` does)
                 b'U' => {
                     let n = self.u8()?;
                     let s = self.take(n.into())?;
@@ -873,19 +895,9 @@ impl<'a, R: Resolver> Machine<'a, R> {
                 }
 
                 // ---- memo ----
-                // BINPUT
-                b'q' => {
-                    let i = self.u8()?;
-                    self.memo_put(i.into())?;
-                }
-                // LONG_BINPUT
-                b'r' => {
-                    let i = self.u32()?;
-                    self.memo_put(i.into())?;
-                }
-                // PUT
-                b'p' => {
-                    let i = self.parse_line_int()?;
+                // BINPUT, LONG_BINPUT, PUT
+                b'q' | b'r' | b'p' => {
+                    let i = self.memo_index(op)?;
                     self.memo_put(i)?;
                 }
                 // MEMOIZE
@@ -893,19 +905,9 @@ impl<'a, R: Resolver> Machine<'a, R> {
                     let i = self.memo.len() as u64;
                     self.memo_put(i)?;
                 }
-                // BINGET
-                b'h' => {
-                    let i = self.u8()?;
-                    self.memo_get(i.into())?;
-                }
-                // LONG_BINGET
-                b'j' => {
-                    let i = self.u32()?;
-                    self.memo_get(i.into())?;
-                }
-                // GET
-                b'g' => {
-                    let i = self.parse_line_int()?;
+                // BINGET, LONG_BINGET, GET
+                b'h' | b'j' | b'g' => {
+                    let i = self.memo_index(op)?;
                     self.memo_get(i)?;
                 }
 
@@ -1094,24 +1096,20 @@ fn raw_unicode_unescape(line: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    struct NoTorch;
-    impl Resolver for NoTorch {
-        fn persistent_load(&mut self, _: &mut Heap, _: &Value) -> Result<Value, String> {
+    /// A resolver that knows nothing: plain Python only.
+    struct Plain;
+    impl Resolver for Plain {
+        type Custom = std::convert::Infallible;
+        fn persistent_load(&mut self, _: &mut Heap<Self::Custom>, _: &Value) -> Hook<Value> {
             Err("no persistent ids here".into())
         }
-        fn call(
-            &mut self,
-            _: &mut Heap,
-            _: &str,
-            _: &str,
-            _: &[Value],
-        ) -> Result<Option<Value>, String> {
+        fn call(&mut self, _: &mut Heap<Self::Custom>, _: Call<'_>) -> Hook<Option<Value>> {
             Ok(None)
         }
     }
 
-    fn load(data: &[u8]) -> Result<(Heap, Value), CheckpointError> {
-        unpickle(data, &mut NoTorch)
+    fn load(data: &[u8]) -> Result<(Heap<std::convert::Infallible>, Value), CheckpointError> {
+        unpickle(data, &mut Plain)
     }
 
     #[test]

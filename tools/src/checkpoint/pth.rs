@@ -1,12 +1,9 @@
 //! Reader for PyTorch's zip checkpoint format (`torch.save`, torch >= 1.6).
 //!
 //! Layout: a zip archive with `<prefix>/data.pkl` (the pickled object) and
-//! one entry `<prefix>/data/<key>` per storage. Tensors in the pickle are
-//! `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`
-//! calls whose storage is a persistent id
-//! `('storage', <storage class or dtype>, key, location, numel)`.
+//! one entry `<prefix>/data/<key>` per storage.
 //!
-//! Unpickling yields lightweight [`TensorRef`]s; only the tensors of the
+//! Unpickling with the [`TorchResolver`] yields lightweight [`TensorRef`]s; only the tensors of the
 //! state dict that is finally selected are materialized, reading each
 //! storage at most once (and only the bytes the views need). Views are
 //! resolved here: the returned [`RawTensor`]s are contiguous and row-major.
@@ -23,7 +20,8 @@ use std::io::{Read, Seek};
 use zip::result::ZipError;
 use zip::ZipArchive;
 
-use super::pickle::{self, Heap, Object, Resolver, Value};
+use super::pickle::{self, Object, Value};
+use super::torch::{TensorRef, TorchHeap, TorchObject, TorchResolver};
 use super::{CheckpointError, DType, RawTensor};
 
 /// Largest accepted `data.pkl`.
@@ -33,163 +31,12 @@ pub const MAX_TOTAL_BYTES: u64 = 64 << 30;
 /// Largest tensor whose byte size exceeds that of its storage.
 pub const MAX_EXPANDED_BYTES: u64 = 256 << 20;
 
-/// A storage named by a persistent id.
-#[derive(Clone, Debug)]
-pub(crate) struct StorageRef {
-    /// Element type, or the unsupported storage class name.
-    pub dtype: Result<DType, String>,
-    /// Name of the zip entry under `<prefix>/data/`.
-    pub key: String,
-    /// Declared number of elements.
-    pub numel: u64,
-}
-
-/// A tensor view on a storage, as described by `_rebuild_tensor_v2`.
-#[derive(Clone, Debug)]
-pub(crate) struct TensorRef {
-    pub storage: StorageRef,
-    pub offset: u64,
-    pub size: Vec<u64>,
-    pub stride: Vec<u64>,
-}
-
-/// Maps a torch storage class (`FloatStorage`) or dtype (`float32`) name.
-fn torch_dtype(name: &str) -> Option<DType> {
-    Some(match name {
-        "DoubleStorage" | "float64" | "double" => DType::F64,
-        "FloatStorage" | "float32" | "float" => DType::F32,
-        "HalfStorage" | "float16" | "half" => DType::F16,
-        "BFloat16Storage" | "bfloat16" => DType::BF16,
-        "LongStorage" | "int64" | "long" => DType::I64,
-        "IntStorage" | "int32" | "int" => DType::I32,
-        "ShortStorage" | "int16" | "short" => DType::I16,
-        "CharStorage" | "int8" => DType::I8,
-        "ByteStorage" | "uint8" | "UntypedStorage" => DType::U8,
-        "BoolStorage" | "bool" => DType::Bool,
-        _ => return None,
-    })
-}
-
-/// The [`Resolver`] for `torch.save` pickles.
-pub(crate) struct TorchResolver;
-
-fn non_negative(v: &Value, what: &str) -> Result<u64, String> {
-    match v {
-        Value::Int(i) => u64::try_from(*i).map_err(|_| format!("negative {what} {i}")),
-        Value::Bool(b) => Ok(u64::from(*b)),
-        _ => Err(format!("{what} is not an int")),
-    }
-}
-
-fn int_tuple(heap: &Heap, v: &Value, what: &str) -> Result<Vec<u64>, String> {
-    let items = heap
-        .seq(v)
-        .ok_or_else(|| format!("{what} is not a tuple"))?;
-    items.iter().map(|x| non_negative(x, what)).collect()
-}
-
-impl TorchResolver {
-    /// `_rebuild_tensor_v2(storage, storage_offset, size, stride, ...)`.
-    fn rebuild_tensor(heap: &mut Heap, args: &[Value]) -> Result<Value, String> {
-        let [storage, offset, size, stride, ..] = args else {
-            return Err(format!("expected at least 4 arguments, got {}", args.len()));
-        };
-        let storage = match heap.get(storage) {
-            Some(Object::Storage(s)) => s.clone(),
-            _ => return Err(format!("storage argument is a {}", heap.describe(storage))),
-        };
-        let offset = non_negative(offset, "storage offset")?;
-        let size = int_tuple(heap, size, "size")?;
-        let stride = int_tuple(heap, stride, "stride")?;
-        if size.len() != stride.len() {
-            return Err(format!(
-                "size has {} dims but stride has {}",
-                size.len(),
-                stride.len()
-            ));
-        }
-        Ok(heap.alloc(Object::Tensor(TensorRef {
-            storage,
-            offset,
-            size,
-            stride,
-        })))
-    }
-}
-
-impl Resolver for TorchResolver {
-    fn persistent_load(&mut self, heap: &mut Heap, pid: &Value) -> Result<Value, String> {
-        let items = heap.seq(pid).ok_or("expected a tuple")?;
-        match items.first() {
-            Some(Value::Str(s)) if &**s == "storage" => {}
-            _ => {
-                // Not a storage (e.g. torch.package modules): opaque.
-                return Ok(heap.alloc(Object::Opaque {
-                    module: "torch".into(),
-                    name: "persistent_id".into(),
-                }));
-            }
-        }
-        let [_, class, key, _location, numel, ..] = items else {
-            return Err(format!("storage id has {} fields, expected 5", items.len()));
-        };
-        let dtype = match heap.get(class) {
-            Some(Object::Global { module, name }) if module.starts_with("torch") => {
-                torch_dtype(name).ok_or_else(|| format!("{module}.{name}"))
-            }
-            _ => Err(heap.describe(class)),
-        };
-        let key = match key {
-            Value::Str(s) => s.to_string(),
-            Value::Int(i) => i.to_string(),
-            _ => return Err("storage key is not a string".into()),
-        };
-        let numel = non_negative(numel, "storage size")?;
-        Ok(heap.alloc(Object::Storage(StorageRef { dtype, key, numel })))
-    }
-
-    fn call(
-        &mut self,
-        heap: &mut Heap,
-        module: &str,
-        name: &str,
-        args: &[Value],
-    ) -> Result<Option<Value>, String> {
-        match (module, name) {
-            ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
-                Self::rebuild_tensor(heap, args).map(Some)
-            }
-            // Parameters wrap a tensor: (data, requires_grad, hooks[, state]).
-            ("torch._utils", "_rebuild_parameter")
-            | ("torch._utils", "_rebuild_parameter_with_state") => {
-                args.first().cloned().map(Some).ok_or("missing data".into())
-            }
-            // Tensor subclasses: (func, type, func_args, state) -> func(*func_args).
-            ("torch._tensor", "_rebuild_from_type_v2") => {
-                let (Some(func), Some(func_args)) = (args.first(), args.get(2)) else {
-                    return Ok(None);
-                };
-                let is_rebuild = matches!(heap.get(func), Some(Object::Global { module, name })
-                    if module == "torch._utils" && name == "_rebuild_tensor_v2");
-                match heap.seq(func_args) {
-                    Some(inner) if is_rebuild => {
-                        let inner = inner.to_vec();
-                        Self::rebuild_tensor(heap, &inner).map(Some)
-                    }
-                    _ => Ok(None),
-                }
-            }
-            _ => Ok(None),
-        }
-    }
-}
-
 /// A parsed `.pth` archive: the unpickled object graph plus lazy storage access.
 pub(crate) struct PthArchive<R: Read + Seek> {
     zip: ZipArchive<R>,
     /// Entry prefix, e.g. `"archive/"`.
     prefix: String,
-    pub heap: Heap,
+    pub heap: TorchHeap,
     pub root: Value,
 }
 
@@ -235,7 +82,7 @@ impl<R: Read + Seek> PthArchive<R> {
         let mut need: HashMap<String, (u64, usize)> = HashMap::new();
         for (key, value) in items {
             let t = match self.heap.get(value) {
-                Some(Object::Tensor(t)) => t.clone(),
+                Some(Object::Custom(TorchObject::Tensor(t))) => t.clone(),
                 _ => {
                     return Err(CheckpointError::NotATensor {
                         key: key.clone(),
@@ -524,6 +371,7 @@ impl ViewPlan {
 
 #[cfg(test)]
 mod tests {
+    use super::super::torch::StorageRef;
     use super::*;
 
     fn plan(size: &[u64], stride: &[u64], offset: u64) -> Result<ViewPlan, CheckpointError> {
