@@ -42,11 +42,10 @@ fn bench_sample(c: &mut Criterion) {
         ] {
             // Low memory: one-token chunks and a one-row banded decoder (identical results).
             let mut opts = if low {
-                SampleOptions::low_memory(1)
+                SampleOptions::for_model_low_memory(&model, 1)
             } else {
-                SampleOptions::new(1)
+                SampleOptions::for_model(&model, 1)
             };
-            opts.top_k = opts.top_k.min(model.config.vae.vocab_size);
             opts.attention = att;
             let sched = Schedule::full(&model.config);
             let plan = Plan::new(&model.config, &opts, &sched).unwrap();

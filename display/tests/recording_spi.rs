@@ -64,9 +64,8 @@ fn streamed_rows_match_the_png_pixels() {
     )
     .unwrap();
     let model = Model::from_bytes(bytes.as_bytes()).unwrap();
-    let mut opts = SampleOptions::new(2);
+    let mut opts = SampleOptions::for_model(&model, 2);
     opts.seed = 11;
-    opts.top_k = opts.top_k.min(model.config.vae.vocab_size);
     let sched = Schedule::full(&model.config);
     let plan = Plan::new(&model.config, &opts, &sched).unwrap();
     let mut arena = AlignedBytes::zeroed(plan.arena_bytes());

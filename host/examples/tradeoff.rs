@@ -56,15 +56,11 @@ fn main() {
         None => ModelBytes::Default,
     };
     let m = Model::from_bytes(bytes.as_bytes()).expect("valid model");
-    // Sampling settings: flags, else the model's stored defaults, else cfg 3 / top-k 40 / top-p 0.
-    let meta = |k: &str| m.meta(k).and_then(|v| v.parse::<f32>().ok());
-    let cfg_scale: f32 =
-        get("--cfg").map_or(meta("default_cfg").unwrap_or(3.0), |v| v.parse().unwrap());
-    let top_k: u32 = get("--top-k").map_or(meta("default_top_k").unwrap_or(40.0) as u32, |v| {
-        v.parse().unwrap()
-    });
-    let top_p: f32 =
-        get("--top-p").map_or(meta("default_top_p").unwrap_or(0.0), |v| v.parse().unwrap());
+    // Sampling settings: flags, else the model's stored defaults, else the official ones.
+    let d = SampleOptions::for_model(&m, 0);
+    let cfg_scale: f32 = get("--cfg").map_or(d.cfg, |v| v.parse().unwrap());
+    let top_k: u32 = get("--top-k").map_or(d.top_k, |v| v.parse().unwrap());
+    let top_p: f32 = get("--top-p").map_or(d.top_p, |v| v.parse().unwrap());
     eprintln!("sampling: cfg {cfg_scale} (linear ramp), top-k {top_k}, top-p {top_p}");
     let cfg = &m.config;
     let full: Vec<u16> = cfg.patch_nums.to_vec();

@@ -4,7 +4,7 @@
 //! images on threads, PNG output and grids. The `srdd` binary is in `main.rs`.
 
 use srdd_core::aligned::AlignedBytes;
-use srdd_core::generate::{Generator, Plan, SampleOptions, StepHook};
+use srdd_core::generate::{Generator, Plan, SampleOptions, Sampler, StepHook};
 use srdd_core::parallel::Parallel;
 use srdd_core::resample::{ConfidenceThreshold, FixedFraction, KeepAll, Learned, ResamplePolicy};
 use srdd_core::{Model, Schedule};
@@ -13,9 +13,7 @@ use srdd_core::{Model, Schedule};
 pub static DEFAULT_MODEL: &Aligned<[u8]> =
     &Aligned(*include_bytes!("../../models/default-int8.srdd"));
 
-/// Aligns `include_bytes!` data: `repr(C, align)` keeps the field at offset 0.
-#[repr(C, align(64))]
-pub struct Aligned<T: ?Sized>(pub T);
+pub use srdd_core::aligned::Aligned;
 
 /// Model bytes from a file, or the embedded default.
 pub enum ModelBytes {
@@ -253,6 +251,43 @@ impl StepHook for Tick<'_> {
     fn scale_done(&mut self, _k: usize, _t: &[u32], _f: &[f32]) {
         (self.0)()
     }
+}
+
+/// Samples `images` images as one batch through the CPU backend (image `i` with seed
+/// `opts.seed + i`, its own policy instance): the same images as one at a time. `on_step` is
+/// called after each scale of each image.
+pub fn sample_batch(
+    model: &Model<'_>,
+    opts: SampleOptions,
+    sched: &Schedule,
+    images: usize,
+    policy: &ResampleChoice,
+    par: &dyn Parallel,
+    on_step: &dyn Fn(),
+) -> srdd_core::Result<Vec<Image>> {
+    let plan = Plan::batch(&model.config, &opts, sched, images)?;
+    let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
+    let mut sampler = Sampler::cpu(
+        model,
+        opts,
+        sched.clone(),
+        images,
+        arena.as_bytes_mut(),
+        par,
+    )?;
+    let mut ticks: Vec<_> = (0..images).map(|_| || on_step()).collect();
+    let mut hooks: Vec<Tick<'_>> = ticks.iter_mut().map(|t| Tick(t)).collect();
+    let mut policies: Vec<Box<dyn ResamplePolicy>> =
+        (0..images).map(|_| policy.instance()).collect();
+    while !sampler.finished() {
+        let mut h: Vec<&mut dyn StepHook> = hooks.iter_mut().map(|t| t as _).collect();
+        let mut p: Vec<&mut dyn ResamplePolicy> =
+            policies.iter_mut().map(|p| p.as_mut() as _).collect();
+        sampler.step(&mut h, &mut p)?;
+    }
+    (0..images)
+        .map(|i| rgb_image(model.config.image_side(), |sink| sampler.decode(i, sink)))
+        .collect()
 }
 
 /// Samples one image; `on_step` is called after each scale.

@@ -8,7 +8,8 @@ use srdd::zero_shot::{
     box_mask, downscale_box, keep_mask, psnr, read_mask, reconstruct, sample_forced, tokens_of,
     upscale,
 };
-use srdd::{grid, png_bytes, read_png_rgb, sample_one, write_atomic, Image, ResampleChoice};
+use srdd::{grid, png_bytes, read_png_rgb, sample_batch, write_atomic, Image, ResampleChoice};
+use srdd_core::forward::MAX_BATCH;
 use srdd_core::generate::{Guidance, Plan, SampleOptions, StepSettings, StepTable};
 use srdd_core::parallel::StdThreads;
 use srdd_core::{Attention, Model, Schedule};
@@ -100,9 +101,13 @@ enum Cmd {
         /// Class: a number, a class name stored in the model, or `null`.
         #[arg(long)]
         class: String,
-        /// Number of images.
+        /// Number of images (image i uses seed + i).
         #[arg(long, default_value_t = 1)]
         count: usize,
+        /// Images sampled together as one batch through the backend (2 rows each with guidance;
+        /// results are identical to one at a time).
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
         #[command(flatten)]
         s: Sampling,
         /// Output PNG.
@@ -175,28 +180,19 @@ fn build(
     let sched = s.schedule.resolve(&m.config)?;
     let steps = sched.len();
     // Defaults: the sampling settings the model's author stored, else the official ones.
-    let meta = |k: &str| m.meta(k).and_then(|v| v.trim().parse::<f64>().ok());
-    let top_k_default =
-        meta("default_top_k").map_or(900.min(m.config.vae.vocab_size), |v| v as u32);
-    let cfg_scale = s
-        .cfg
-        .unwrap_or_else(|| meta("default_cfg").map_or(1.5, |v| v as f32));
+    let d = SampleOptions::for_model(m, label);
+    let cfg_scale = s.cfg.unwrap_or(d.cfg);
     let mut o = SampleOptions {
-        label,
         cfg: cfg_scale,
-        top_k: s.top_k.first().copied().unwrap_or(top_k_default),
-        top_p: s
-            .top_p
-            .first()
-            .copied()
-            .unwrap_or_else(|| meta("default_top_p").map_or(0.96, |v| v as f32)),
+        top_k: s.top_k.first().copied().unwrap_or(d.top_k),
+        top_p: s.top_p.first().copied().unwrap_or(d.top_p),
         temperature: s.temperature.first().copied().unwrap_or(1.0),
         refine: s.refine.first().copied().unwrap_or(0),
         seed: s.seed,
         chunk: s.chunk,
         band_rows: s.band_rows,
         attention: s.attention.or(m.config.attention),
-        ..SampleOptions::new(label)
+        ..d
     };
     let guidance_list: Option<Vec<f32>> = match s.cfg_schedule.as_str() {
         "linear" => {
@@ -353,15 +349,15 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
             }
             for (att, an) in [(Attention::Markov, "markov"), (Attention::Causal, "causal")] {
-                let mut o = SampleOptions::new(0);
-                o.attention = att;
-                o.top_k = o.top_k.min(c.vae.vocab_size);
+                let o = SampleOptions {
+                    attention: att,
+                    ..SampleOptions::for_model(&m, 0)
+                };
                 if let Ok(p) = Plan::new(c, &o, &Schedule::full(c)) {
                     println!("arena for one CFG sample ({an}): {} bytes", p.arena_bytes());
                 }
             }
-            let mut o = SampleOptions::low_memory(0);
-            o.top_k = o.top_k.min(c.vae.vocab_size);
+            let o = SampleOptions::for_model_low_memory(&m, 0);
             if let Ok(p) = Plan::new(c, &o, &Schedule::full(c)) {
                 println!(
                     "arena for one CFG sample (markov, --chunk 1 --band-rows 1): {} bytes",
@@ -373,6 +369,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Cmd::Sample {
             class,
             count,
+            batch,
             s,
             output,
         } => {
@@ -383,30 +380,37 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             let (opts, sched, policy) = build(&s, &m, &class)?;
             let label = opts.label;
+            if batch == 0 || batch > MAX_BATCH {
+                return Err(format!("--batch must be in 1..={MAX_BATCH}"));
+            }
             let bar = progress(sched.len() as u64 * count as u64);
             let cores = s.threads.count();
-            // Images in parallel when there are enough of them, else threads inside each image.
-            let threads = cores.min(count);
+            // Batches in parallel when there are enough of them, else threads inside each batch.
+            let batches: Vec<(usize, usize)> = (0..count)
+                .step_by(batch)
+                .map(|i0| (i0, batch.min(count - i0)))
+                .collect();
+            let threads = cores.min(batches.len());
             let inner = StdThreads((cores / threads).max(1));
-            let results: Mutex<Vec<Option<Result<Image, srdd_core::Error>>>> =
-                Mutex::new((0..count).map(|_| None).collect());
+            let results: Mutex<Vec<Option<Result<Vec<Image>, srdd_core::Error>>>> =
+                Mutex::new(batches.iter().map(|_| None).collect());
             let next = Mutex::new(0usize);
             std::thread::scope(|sc| {
                 for _ in 0..threads {
                     sc.spawn(|| loop {
-                        let i = {
+                        let j = {
                             let mut n = next.lock().unwrap();
-                            if *n >= count {
+                            if *n >= batches.len() {
                                 return;
                             }
                             *n += 1;
                             *n - 1
                         };
+                        let (i0, len) = batches[j];
                         let mut o = opts;
-                        o.seed = s.seed.wrapping_add(i as u64);
-                        let mut p = policy.instance();
-                        let r = sample_one(&m, o, &sched, &mut *p, &inner, &mut || bar.inc(1));
-                        results.lock().unwrap()[i] = Some(r);
+                        o.seed = s.seed.wrapping_add(i0 as u64);
+                        let r = sample_batch(&m, o, &sched, len, &policy, &inner, &|| bar.inc(1));
+                        results.lock().unwrap()[j] = Some(r);
                     });
                 }
             });
@@ -414,7 +418,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let mut images = Vec::new();
             for r in results.into_inner().unwrap() {
                 match r {
-                    Some(Ok(im)) => images.push(im),
+                    Some(Ok(ims)) => images.extend(ims),
                     Some(Err(e)) => return Err(e.to_string()),
                     None => return Err("internal: an image was not produced".into()),
                 }

@@ -9,7 +9,7 @@
 use crate::{read_png_rgb, rgb_image, sample_image, HostError, Image, Tick};
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::edit::EditHook;
-use srdd_core::generate::{SampleOptions, StepHook};
+use srdd_core::generate::{Both, SampleOptions};
 use srdd_core::parallel::Parallel;
 use srdd_core::resample::ResamplePolicy;
 use srdd_core::tokenize::{tokenize, tokenize_bytes};
@@ -144,15 +144,6 @@ pub fn sample_forced(
 ) -> Result<Image, HostError> {
     let n = sched.max_tokens();
     let (mut resized, mut force) = (vec![0f32; n], vec![false; n]);
-    struct Both<'h, 'f>(EditHook<'h>, Tick<'f>);
-    impl StepHook for Both<'_, '_> {
-        fn force(&mut self, k: usize, pn: usize, t: &mut [u32]) {
-            self.0.force(k, pn, t)
-        }
-        fn scale_done(&mut self, k: usize, t: &[u32], f: &[f32]) {
-            self.1.scale_done(k, t, f)
-        }
-    }
     let p = model.config.latent_side();
     let mut hook = Both(
         EditHook::new(keep, p, source, &mut resized, &mut force),

@@ -13,10 +13,11 @@ pub fn arena_table(model: &Model<'_>) -> Vec<(String, usize)> {
     let mut rows = Vec::new();
     for (att, an) in [(Attention::Markov, "markov"), (Attention::Causal, "causal")] {
         for (g, gn) in [(Guidance::Linear, "cfg"), (Guidance::Off, "no-cfg")] {
-            let mut o = SampleOptions::new(0);
-            o.attention = att;
-            o.top_k = o.top_k.min(cfg.vae.vocab_size);
-            o.guidance = g;
+            let o = SampleOptions {
+                attention: att,
+                guidance: g,
+                ..SampleOptions::for_model(model, 0)
+            };
             if let Ok(p) = Plan::new(cfg, &o, &full) {
                 rows.push((format!("sample {an} {gn}"), p.arena_bytes()));
                 rows.push((
@@ -30,9 +31,10 @@ pub fn arena_table(model: &Model<'_>) -> Vec<(String, usize)> {
     }
     // The edge configuration: one-token chunks, one-row decoder bands (identical results).
     for (att, an) in [(Attention::Markov, "markov"), (Attention::Causal, "causal")] {
-        let mut o = SampleOptions::low_memory(0);
-        o.attention = att;
-        o.top_k = o.top_k.min(cfg.vae.vocab_size);
+        let o = SampleOptions {
+            attention: att,
+            ..SampleOptions::for_model_low_memory(model, 0)
+        };
         if let Ok(p) = Plan::new(cfg, &o, &full) {
             rows.push((
                 format!("sample {an} cfg, low-memory (chunk 1, band 1)"),
@@ -154,16 +156,12 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
         );
     }
     for (o, what) in [
-        (SampleOptions::new(0), "default configuration"),
+        (SampleOptions::for_model(&model, 0), "default configuration"),
         (
-            SampleOptions::low_memory(0),
+            SampleOptions::for_model_low_memory(&model, 0),
             "low-memory configuration: chunk 1, decoder bands of 1 row",
         ),
     ] {
-        let o = SampleOptions {
-            top_k: o.top_k.min(cfg.vae.vocab_size),
-            ..o
-        };
         let Ok(plan) = Plan::new(cfg, &o, &Schedule::full(cfg)) else {
             continue;
         };

@@ -13,7 +13,7 @@ use crate::convert::{pack, PackOptions};
 use serde_json::Value;
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::edit::EditHook;
-use srdd_core::generate::{Generator, Guidance, Plan, SampleOptions, StepHook};
+use srdd_core::generate::{Both, Generator, Guidance, Plan, SampleOptions, StepHook};
 use srdd_core::parallel::{Parallel, Sequential};
 use srdd_core::tokenize::{tokenize, tokenize_bytes};
 use srdd_core::{vae, Attention, Model, Schedule, WeightFormat};
@@ -589,15 +589,6 @@ fn run_case(
                 let mut hook =
                     EditHook::new(&keep, cfg.latent_side(), &source, &mut resized, &mut force);
                 for k in 0..steps {
-                    struct Both<'x, 'y>(&'x mut EditHook<'y>, &'x mut Capture);
-                    impl StepHook for Both<'_, '_> {
-                        fn force(&mut self, k: usize, pn: usize, t: &mut [u32]) {
-                            self.0.force(k, pn, t)
-                        }
-                        fn scale_done(&mut self, k: usize, t: &[u32], f: &[f32]) {
-                            self.1.scale_done(k, t, f)
-                        }
-                    }
                     gen.step(&mut Both(&mut hook, &mut cap))?;
                     let m = sched.tokens(k);
                     forces.push(hook.force[..m].iter().map(|&b| b as i64).collect());
