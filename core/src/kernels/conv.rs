@@ -111,7 +111,7 @@ pub(crate) fn axpy_tile_with(
     xs: &[f32; COL_BLOCK],
 ) {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
-    if isa.f32_avx() {
+    if isa >= Isa::Avx {
         x86::axpy_tile_avx(acc, wk, xs);
         return;
     }
@@ -196,7 +196,7 @@ fn conv_s1_block(
     };
     for oy in oy0..oy1 {
         #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
-        if let (true, Some(wts)) = (isa.f32_avx(), f32w) {
+        if let (true, Some(wts)) = (isa >= Isa::Avx, f32w) {
             if nc == CO_BLOCK && wo >= 8 {
                 // Tiles of 16 (or 8) columns over the whole row, the last one shifted left to end
                 // at `wo` (overlapping columns are recomputed to the same values).

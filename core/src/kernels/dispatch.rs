@@ -88,16 +88,4 @@ impl Isa {
         #[cfg(not(feature = "std"))]
         Isa::best()
     }
-
-    /// Whether the f32 AVX kernels may run (compiled in and chosen).
-    #[inline(always)]
-    pub(crate) fn f32_avx(self) -> bool {
-        Isa::Avx.compiled() && self >= Isa::Avx
-    }
-
-    /// Whether the int8 AVX2 kernels may run (compiled in and chosen).
-    #[inline(always)]
-    pub(crate) fn i8_avx2(self) -> bool {
-        Isa::Avx2.compiled() && self >= Isa::Avx2
-    }
 }

@@ -101,7 +101,7 @@ pub(crate) fn dot_block_with(isa: Isa, x: [&[f32]; 4], w: [&[f32]; 2], n: usize)
 #[inline(always)]
 fn dot_block_lanes(isa: Isa, x: [&[f32]; 4], w: [&[f32]; 2], full: usize) -> [[[f32; 8]; 2]; 4] {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
-    if isa.f32_avx() {
+    if isa >= Isa::Avx {
         return x86::dot_block_lanes_avx(x, w, full);
     }
     let _ = isa;
@@ -143,7 +143,7 @@ pub(crate) fn dot_i8_block_with(isa: Isa, x: [&[i8]; 4], w: [&[i8]; 2], n: usize
 #[inline(always)]
 fn dot_i8_block_head(isa: Isa, x: [&[i8]; 4], w: [&[i8]; 2], n: usize) -> ([[i32; 2]; 4], usize) {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    if isa.i8_avx2() {
+    if isa >= Isa::Avx2 {
         return x86::dot_i8_block_avx2(x, w, n);
     }
     let _ = (isa, x, w, n);

@@ -6,7 +6,7 @@ extern crate std;
 
 use super::conv::{axpy_tile_with, COL_BLOCK, CO_BLOCK};
 use super::dot::{dot_block_with, dot_i8_block_with};
-use super::tests::{bits, int8_conv, Lcg, VAE_CONV_GEOMETRIES};
+use super::tests::{bits, int8_conv, storage_types, Lcg, VAE_CONV_GEOMETRIES};
 use super::*;
 use crate::parallel::Sequential;
 use half::f16;
@@ -203,14 +203,7 @@ fn linear_matches_the_reference_in_every_storage_type() {
         let scales: Vec<f32> = (0..dout).map(|_| 0.01 * (rng.next() + 1.5)).collect();
         let b = rng.vec(dout, 0.5);
         let (nf, nq) = linear_scratch_len(n, din);
-        for w in [
-            Weight::F32(&wf),
-            Weight::F16(&w16),
-            Weight::I8 {
-                q: &q,
-                scales: &scales,
-            },
-        ] {
+        for w in storage_types(&wf, &w16, &q, &scales) {
             let l = Linear {
                 w,
                 b: Some(&b),
@@ -250,14 +243,7 @@ fn conv_matches_the_reference_in_every_storage_type() {
         for k in [1usize, 3] {
             let wt = int8_conv(&mut rng, cout, cin, k);
             let d16: Vec<f16> = wt.deq.iter().map(|v| f16::from_f32(*v)).collect();
-            for w_store in [
-                Weight::F32(&wt.deq),
-                Weight::F16(&d16),
-                Weight::I8 {
-                    q: &wt.q,
-                    scales: &wt.scales,
-                },
-            ] {
+            for w_store in storage_types(&wt.deq, &d16, &wt.q, &wt.scales) {
                 let c = Conv {
                     w: w_store,
                     b: &wt.bias,

@@ -21,6 +21,16 @@ pub(super) const DOWNSAMPLE_PAD: Pad = Pad {
 /// The VQVAE's two conv geometries `(stride, pad)`: decoder/ResBlock convs, encoder downsampling.
 pub(super) const VAE_CONV_GEOMETRIES: [(usize, Pad); 2] = [(1, Pad::same(1)), (2, DOWNSAMPLE_PAD)];
 
+/// The same weights in the three storage types: f32, f16, int8 (codes `q`, per-row `scales`).
+pub(super) fn storage_types<'a>(
+    f: &'a [f32],
+    h: &'a [f16],
+    q: &'a [i8],
+    scales: &'a [f32],
+) -> [Weight<'a>; 3] {
+    [Weight::F32(f), Weight::F16(h), Weight::I8 { q, scales }]
+}
+
 /// Deterministic pseudo-random values in [−1, 1).
 pub(super) struct Lcg(pub(super) u64);
 impl Lcg {
@@ -477,14 +487,7 @@ fn results_do_not_depend_on_the_executor() {
     let b = rng.vec(dout, 0.1);
     let x = rng.vec(n * din, 1.0);
     let (nf, nq) = linear_scratch_len(n, din);
-    for w in [
-        Weight::F32(&wf),
-        Weight::F16(&w16),
-        Weight::I8 {
-            q: &q,
-            scales: &scales,
-        },
-    ] {
+    for w in storage_types(&wf, &w16, &q, &scales) {
         let l = Linear {
             w,
             b: Some(&b),
@@ -516,14 +519,7 @@ fn results_do_not_depend_on_the_executor() {
     let xc = banded_input(&mut rng, cin, h, wd);
     let wt = int8_conv(&mut rng, cout, cin, k);
     let d16: Vec<f16> = wt.deq.iter().map(|v| f16::from_f32(*v)).collect();
-    for w in [
-        Weight::F32(&wt.deq),
-        Weight::F16(&d16),
-        Weight::I8 {
-            q: &wt.q,
-            scales: &wt.scales,
-        },
-    ] {
+    for w in storage_types(&wt.deq, &d16, &wt.q, &wt.scales) {
         let c = Conv {
             w,
             b: &wt.bias,
