@@ -8,7 +8,7 @@
 //! | file | kernels |
 //! |---|---|
 //! | [`layers`] | the views the kernels read: [`Weight`], [`Linear`], [`Conv`], [`Norm`] |
-//! | [`dot`] | [`dot`](dot()), [`dot_f16`], [`dot_i8`], the 4 × 2 register blocks |
+//! | [`dot`](mod@dot) | [`dot`](dot()), [`dot_f16`], [`dot_i8`], the 4 × 2 register blocks |
 //! | [`linear`](mod@linear) | [`linear`](linear()), [`LinearScratch`], [`linear_scratch_len`] |
 //! | [`conv`] | [`conv2d`], [`Pad`], [`conv_out_side`], [`ConvScratch`], [`conv_scratch_len`] |
 //! | [`norm`] | [`layer_norm`], [`group_norm`] and its steps `gn_*` |
@@ -23,7 +23,7 @@
 //!   needs ([`linear_scratch_len`], [`conv_scratch_len`]).
 //! - **Lane order.** Float sums never depend on the ISA, the executor or the compiler: Rust never
 //!   contracts `a·b + c` into an FMA, and each kernel fixes its summation order:
-//!   - [`dot`], [`dot_f16`] and every f32/f16 Linear output: eight lanes, lane `l` summing
+//!   - [`dot`](dot()), [`dot_f16`] and every f32/f16 Linear output: eight lanes, lane `l` summing
 //!     `a[i]·b[i]` for `i ≡ l (mod 8)` over the whole 8-wide chunks in index order (one multiply,
 //!     one add), reduced as `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))`, plus the
 //!     remainder summed in index order. The 4 × 2 blocks (scalar or AVX) compute exactly this
