@@ -67,7 +67,7 @@ impl Isa {
         best
     }
 
-    /// The ISA the plain kernels ([`super::linear`], [`super::conv2d`]) use: [`Isa::best`],
+    /// The ISA the plain kernels ([`super::linear()`], [`super::conv2d`]) use: [`Isa::best`],
     /// chosen once (cached per process with `std`; a compile-time constant without).
     pub fn active() -> Isa {
         #[cfg(feature = "std")]
