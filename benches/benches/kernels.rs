@@ -20,6 +20,20 @@ fn data(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
+/// Crude int8 codes of weights in [−1, 1) (scale 1/127): throughput does not depend on them.
+fn int8_codes(w: &[f32]) -> Vec<i8> {
+    w.iter().map(|v| (v * 127.0).round() as i8).collect()
+}
+
+/// The two storage types benchmarked, f32 and int8, of the same weights.
+fn f32_and_int8<'a>(
+    w: &'a [f32],
+    q: &'a [i8],
+    scales: &'a [f32],
+) -> [(&'static str, Weight<'a>); 2] {
+    [("f32", Weight::F32(w)), ("int8", Weight::I8 { q, scales })]
+}
+
 fn bench_linear(c: &mut Criterion) {
     let mut g = c.benchmark_group("linear");
     g.sample_size(10);
@@ -28,23 +42,14 @@ fn bench_linear(c: &mut Criterion) {
         let x = data(n * din, 1);
         let w = data(dout * din, 2);
         let b = data(dout, 3);
-        let q: Vec<i8> = w.iter().map(|v| (v * 127.0).round() as i8).collect();
+        let q = int8_codes(&w);
         let scales = vec![1.0 / 127.0; dout];
         let mut y = vec![0f32; n * dout];
         let (lf, lq) = linear_scratch_len(n, din);
         let mut sf = vec![0f32; lf];
         let mut sq = vec![0i8; lq];
         g.throughput(Throughput::Elements((n * din * dout) as u64));
-        for (name, wt) in [
-            ("f32", Weight::F32(&w)),
-            (
-                "int8",
-                Weight::I8 {
-                    q: &q,
-                    scales: &scales,
-                },
-            ),
-        ] {
+        for (name, wt) in f32_and_int8(&w, &q, &scales) {
             let l = Linear {
                 w: wt,
                 b: Some(&b),
@@ -82,22 +87,13 @@ fn bench_conv(c: &mut Criterion) {
         let x = data(ch * side * side, 4);
         let w = data(ch * ch * 9, 5);
         let b = data(ch, 6);
-        let q: Vec<i8> = w.iter().map(|v| (v * 127.0).round() as i8).collect();
+        let q = int8_codes(&w);
         let scales = vec![1.0 / 127.0; ch];
         let mut y = vec![0f32; ch * side * side];
         let (a, qr, r) = conv_scratch_len(ch, side, side, side, 3);
         let (mut sa, mut sq, mut sr) = (vec![0i8; a], vec![0i8; qr], vec![0f32; r]);
         g.throughput(Throughput::Elements((ch * ch * 9 * side * side) as u64));
-        for (name, wt) in [
-            ("f32", Weight::F32(&w)),
-            (
-                "int8",
-                Weight::I8 {
-                    q: &q,
-                    scales: &scales,
-                },
-            ),
-        ] {
+        for (name, wt) in f32_and_int8(&w, &q, &scales) {
             let cv = Conv {
                 w: wt,
                 b: &b,

@@ -1,0 +1,151 @@
+//! Dot products: the scalar references (f32, f16 × f32, int8) and the 4 × 2 register blocks the
+//! Linear and the int8 conv are built from, with their per-ISA variants.
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+use super::arch::x86;
+use super::Isa;
+
+/// The fixed reduction of eight f32 lanes and the remainder sum (see the lane-order contract in
+/// [`super`]).
+#[inline(always)]
+pub(crate) fn reduce_lanes(a: &[f32; 8], tail: f32) -> f32 {
+    ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])) + tail
+}
+
+/// `Σ a[i]·b[i]` with eight accumulator lanes.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut tail = 0f32;
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        tail += x * y;
+    }
+    reduce_lanes(&acc, tail)
+}
+
+/// `Σ a[i]·b[i]` with f16 `b`, in the same lane order as [`dot`].
+#[inline]
+pub fn dot_f16(a: &[f32], b: &[half::f16]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l].to_f32();
+        }
+    }
+    let mut tail = 0f32;
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        tail += x * y.to_f32();
+    }
+    reduce_lanes(&acc, tail)
+}
+
+/// `Σ a[i]·b[i]` over int8 values, exact in i32 for lengths below 2^17.
+#[inline]
+pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0i32; 16];
+    let mut ca = a.chunks_exact(16);
+    let mut cb = b.chunks_exact(16);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..16 {
+            acc[l] += x[l] as i32 * y[l] as i32;
+        }
+    }
+    let mut s: i32 = acc.iter().sum();
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        s += *x as i32 * *y as i32;
+    }
+    s
+}
+
+/// 4 tokens × 2 weight rows of dot products at once, each bit-identical to [`dot`] (the same eight
+/// lanes, the same reduction tree, separate multiply and add). Loads are shared across the block.
+/// The lane sums over the whole 8-wide chunks come from `isa`'s kernel (AVX intrinsics on x86-64,
+/// because LLVM's autovectorization of the portable loop turned out fragile: 2–20 GMAC/s
+/// depending on the surrounding code); the reduction and the tail are shared.
+#[inline]
+pub(crate) fn dot_block_with(isa: Isa, x: [&[f32]; 4], w: [&[f32]; 2], n: usize) -> [[f32; 2]; 4] {
+    for s in x.iter().chain(w.iter()) {
+        assert!(s.len() >= n);
+    }
+    let full = n / 8 * 8;
+    let acc = dot_block_lanes(isa, x, w, full);
+    let mut out = [[0f32; 2]; 4];
+    for t in 0..4 {
+        for o in 0..2 {
+            let mut tail = 0f32;
+            for j in full..n {
+                tail += x[t][j] * w[o][j];
+            }
+            out[t][o] = reduce_lanes(&acc[t][o], tail);
+        }
+    }
+    out
+}
+
+/// Lane sums of [`dot_block_with`] over `0..full` (a multiple of 8 within every slice).
+#[inline(always)]
+fn dot_block_lanes(isa: Isa, x: [&[f32]; 4], w: [&[f32]; 2], full: usize) -> [[[f32; 8]; 2]; 4] {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+    if isa >= Isa::Avx {
+        return x86::dot_block_lanes_avx(x, w, full);
+    }
+    let _ = isa;
+    let mut acc = [[[0f32; 8]; 2]; 4];
+    let mut i = 0;
+    while i < full {
+        for t in 0..4 {
+            for o in 0..2 {
+                for l in 0..8 {
+                    acc[t][o][l] += x[t][i + l] * w[o][i + l];
+                }
+            }
+        }
+        i += 8;
+    }
+    acc
+}
+
+/// 4 × 2 int8 dot products at once (exact i32, so identical to [`dot_i8`] by construction). With
+/// AVX2 the leading multiple of 16 goes through `vpmaddwd`, the rest through [`dot_i8`].
+#[inline]
+pub(crate) fn dot_i8_block_with(isa: Isa, x: [&[i8]; 4], w: [&[i8]; 2], n: usize) -> [[i32; 2]; 4] {
+    for s in x.iter() {
+        assert!(s.len() >= n);
+    }
+    for s in w.iter() {
+        assert!(s.len() >= n);
+    }
+    let (mut out, done) = dot_i8_block_head(isa, x, w, n);
+    for t in 0..4 {
+        for o in 0..2 {
+            out[t][o] += dot_i8(&x[t][done..n], &w[o][done..n]);
+        }
+    }
+    out
+}
+
+/// The part of [`dot_i8_block_with`] `isa`'s kernel computes: partial sums over `0..done`.
+#[inline(always)]
+fn dot_i8_block_head(isa: Isa, x: [&[i8]; 4], w: [&[i8]; 2], n: usize) -> ([[i32; 2]; 4], usize) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    if isa >= Isa::Avx2 {
+        return x86::dot_i8_block_avx2(x, w, n);
+    }
+    let _ = (isa, x, w, n);
+    ([[0; 2]; 4], 0)
+}

@@ -1,0 +1,323 @@
+//! Every kernel with a SIMD variant against the scalar reference, bit for bit, on random and
+//! adversarial inputs (int8 extremes ±127/−128, zero rows, all-equal rows, wide magnitudes,
+//! subnormals, odd lengths). An ISA this build or this CPU lacks is reported as skipped.
+
+extern crate std;
+
+use super::conv::{axpy_tile_with, COL_BLOCK, CO_BLOCK};
+use super::dot::{dot_block_with, dot_i8_block_with};
+use super::tests::{bits, int8_conv, storage_types, Lcg, VAE_CONV_GEOMETRIES};
+use super::*;
+use crate::parallel::Sequential;
+use half::f16;
+use std::println;
+use std::vec;
+use std::vec::Vec;
+
+/// Odd and boundary lengths around the 8-lane (f32) and 16-lane (int8) chunks.
+const LENGTHS: [usize; 16] = [1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 65, 127, 129];
+
+/// Whether this CPU has `isa` (the build may have it compiled in for a newer CPU).
+fn on_this_cpu(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match isa {
+            Isa::Scalar => true,
+            Isa::Avx => std::is_x86_feature_detected!("avx"),
+            Isa::Avx2 => {
+                std::is_x86_feature_detected!("avx") && std::is_x86_feature_detected!("avx2")
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        isa == Isa::Scalar
+    }
+}
+
+/// The SIMD ISAs to compare against [`Isa::Scalar`]; prints each one that is skipped.
+fn simd_isas(test: &str) -> Vec<Isa> {
+    let mut isas = Vec::new();
+    for isa in Isa::ALL {
+        if isa == Isa::Scalar {
+            continue;
+        }
+        if isa.compiled() && on_this_cpu(isa) {
+            isas.push(isa);
+        } else {
+            println!(
+                "{test}: SKIPPED {isa:?} (compiled in: {}, on this CPU: {})",
+                isa.compiled(),
+                on_this_cpu(isa)
+            );
+        }
+    }
+    isas
+}
+
+/// f32 test rows of length `n`: random, zero, all-equal, wide magnitudes (so every change of
+/// summation order shows in the bits), alternating cancellation, subnormals.
+fn f32_rows(rng: &mut Lcg, n: usize) -> Vec<Vec<f32>> {
+    let wide = (0..n)
+        .map(|i| rng.next() * libm::ldexpf(1.0, (i as i32 * 37) % 80 - 40))
+        .collect();
+    let cancel = (0..n)
+        .map(|i| if i % 2 == 0 { 1e15 } else { -1e15 } + rng.next())
+        .collect();
+    let subnormal = (0..n).map(|_| rng.next() * 1e-39).collect();
+    vec![
+        rng.vec(n, 1.0),
+        vec![0.0; n],
+        vec![0.1; n],
+        wide,
+        cancel,
+        subnormal,
+    ]
+}
+
+/// int8 test rows of length `n`: random over the full range, ±127/−128 extremes, zero, all-equal,
+/// alternating extremes.
+fn i8_rows(rng: &mut Lcg, n: usize) -> Vec<Vec<i8>> {
+    let random = (0..n).map(|_| (rng.next() * 128.0) as i8).collect();
+    let alternating = (0..n)
+        .map(|i| if i % 2 == 0 { 127 } else { -128 })
+        .collect();
+    vec![
+        random,
+        vec![127; n],
+        vec![-128; n],
+        vec![-127; n],
+        vec![0; n],
+        vec![5; n],
+        alternating,
+    ]
+}
+
+#[test]
+fn f32_dot_block_matches_the_reference() {
+    let mut rng = Lcg(11);
+    let isas = simd_isas("f32_dot_block_matches_the_reference");
+    for n in LENGTHS {
+        let rows = f32_rows(&mut rng, n);
+        for xs in rows.windows(4).chain([&rows[..4]]) {
+            for ws in rows.windows(2) {
+                let x = [&xs[0][..], &xs[1], &xs[2], &xs[3]];
+                let w = [&ws[0][..], &ws[1]];
+                let reference = dot_block_with(Isa::Scalar, x, w, n);
+                for t in 0..4 {
+                    for o in 0..2 {
+                        assert_eq!(reference[t][o].to_bits(), dot(x[t], w[o]).to_bits());
+                    }
+                }
+                for &isa in &isas {
+                    let got = dot_block_with(isa, x, w, n);
+                    for t in 0..4 {
+                        assert_eq!(bits(&got[t]), bits(&reference[t]), "{isa:?} n {n} row {t}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn int8_dot_block_matches_the_reference() {
+    let mut rng = Lcg(12);
+    let isas = simd_isas("int8_dot_block_matches_the_reference");
+    for n in LENGTHS {
+        let rows = i8_rows(&mut rng, n);
+        for xs in rows.windows(4) {
+            for ws in rows.windows(2).chain([&rows[1..3], &rows[2..4]]) {
+                let x = [&xs[0][..], &xs[1], &xs[2], &xs[3]];
+                let w = [&ws[0][..], &ws[1]];
+                let reference = dot_i8_block_with(Isa::Scalar, x, w, n);
+                for t in 0..4 {
+                    for o in 0..2 {
+                        let exact: i64 = (0..n).map(|i| x[t][i] as i64 * w[o][i] as i64).sum();
+                        assert_eq!(reference[t][o] as i64, exact);
+                        assert_eq!(reference[t][o], dot_i8(x[t], w[o]));
+                    }
+                }
+                for &isa in &isas {
+                    assert_eq!(dot_i8_block_with(isa, x, w, n), reference, "{isa:?} n {n}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn conv_axpy_tile_matches_the_reference() {
+    let mut rng = Lcg(13);
+    let isas = simd_isas("conv_axpy_tile_matches_the_reference");
+    let rows = f32_rows(&mut rng, COL_BLOCK + CO_BLOCK + COL_BLOCK);
+    for r in &rows {
+        for s in &rows {
+            let xs: [f32; COL_BLOCK] = r[..COL_BLOCK].try_into().unwrap();
+            let wk: [f32; CO_BLOCK] = s[COL_BLOCK..COL_BLOCK + CO_BLOCK].try_into().unwrap();
+            let acc0: [[f32; COL_BLOCK]; CO_BLOCK] =
+                core::array::from_fn(|c| core::array::from_fn(|j| s[(c * 5 + j) % s.len()]));
+            let mut reference = acc0;
+            axpy_tile_with(Isa::Scalar, &mut reference, &wk, &xs);
+            for &isa in &isas {
+                let mut got = acc0;
+                axpy_tile_with(isa, &mut got, &wk, &xs);
+                for c in 0..CO_BLOCK {
+                    assert_eq!(bits(&got[c]), bits(&reference[c]), "{isa:?} channel {c}");
+                }
+            }
+        }
+    }
+}
+
+/// `n × din` activations whose rows cycle through random, zero, all-equal and wide rows.
+fn activations(rng: &mut Lcg, n: usize, din: usize) -> Vec<f32> {
+    let kinds = f32_rows(rng, din);
+    (0..n).flat_map(|t| kinds[t % 4].clone()).collect()
+}
+
+#[test]
+fn linear_matches_the_reference_in_every_storage_type() {
+    let mut rng = Lcg(14);
+    let isas = simd_isas("linear_matches_the_reference_in_every_storage_type");
+    for (n, din, dout) in [
+        (1usize, 1usize, 1usize),
+        (3, 7, 5),
+        (5, 17, 3),
+        (9, 33, 7),
+        (4, 64, 2),
+        (13, 65, 9),
+        (70, 129, 4),
+    ] {
+        let x = activations(&mut rng, n, din);
+        let wf = rng.vec(din * dout, 0.7);
+        let w16: Vec<f16> = wf.iter().map(|v| f16::from_f32(*v)).collect();
+        // int8 rows include the extremes a file may hold, −128 included.
+        let q: Vec<i8> = (0..din * dout)
+            .map(|i| match i % 5 {
+                0 => -128,
+                1 => 127,
+                _ => (rng.next() * 128.0) as i8,
+            })
+            .collect();
+        let scales: Vec<f32> = (0..dout).map(|_| 0.01 * (rng.next() + 1.5)).collect();
+        let b = rng.vec(dout, 0.5);
+        let (nf, nq) = linear_scratch_len(n, din);
+        for w in storage_types(&wf, &w16, &q, &scales) {
+            let l = Linear {
+                w,
+                b: Some(&b),
+                out_dim: dout,
+                in_dim: din,
+            };
+            let run = |isa: Isa| {
+                let (mut f, mut qs) = (vec![f32::NAN; nf], vec![0x55i8; nq]);
+                let mut y = vec![f32::NAN; n * dout];
+                let mut s = LinearScratch {
+                    f: &mut f,
+                    q: &mut qs,
+                };
+                linear_with(isa, &x, n, &l, &mut y, &mut s, &Sequential);
+                y
+            };
+            let reference = run(Isa::Scalar);
+            for &isa in &isas {
+                assert_eq!(
+                    bits(&run(isa)),
+                    bits(&reference),
+                    "{isa:?} {n}×{din}→{dout} {:?}",
+                    core::mem::discriminant(&w)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn conv_matches_the_reference_in_every_storage_type() {
+    let mut rng = Lcg(15);
+    let isas = simd_isas("conv_matches_the_reference_in_every_storage_type");
+    let one_by_one = (1usize, Pad::same(0));
+    let mut compared = 0;
+    for (cin, cout) in [(1usize, 4usize), (3, 5), (2, 9), (6, 8), (17, 3)] {
+        for k in [1usize, 3] {
+            let wt = int8_conv(&mut rng, cout, cin, k);
+            let d16: Vec<f16> = wt.deq.iter().map(|v| f16::from_f32(*v)).collect();
+            for w_store in storage_types(&wt.deq, &d16, &wt.q, &wt.scales) {
+                let c = Conv {
+                    w: w_store,
+                    b: &wt.bias,
+                    cout,
+                    cin,
+                    k,
+                };
+                let geometries: &[(usize, Pad)] = if k == 1 {
+                    &[one_by_one]
+                } else {
+                    &VAE_CONV_GEOMETRIES
+                };
+                for &(stride, pad) in geometries {
+                    for h in [1usize, 2, 5] {
+                        for w in [1usize, 3, 7, 8, 9, 16, 17, 33] {
+                            let ho = conv_out_side(h, k, stride, pad.top, pad.bottom);
+                            let wo = conv_out_side(w, k, stride, pad.left, pad.right);
+                            for kind in 0..3 {
+                                let x: Vec<f32> = match kind {
+                                    0 => rng.vec(cin * h * w, 3.0),
+                                    1 => vec![0.0; cin * h * w],
+                                    _ => vec![0.75; cin * h * w],
+                                };
+                                let run = |isa: Isa| {
+                                    let (nu, nr, nf) = conv_scratch_len(cin, h, w, wo, k);
+                                    let (mut u, mut r, mut f) =
+                                        (vec![0x55i8; nu], vec![0x55i8; nr], vec![f32::NAN; nf]);
+                                    let mut s = ConvScratch {
+                                        unfold: &mut u,
+                                        qrow: &mut r,
+                                        row_scale: &mut f,
+                                    };
+                                    let mut y = vec![f32::NAN; cout * ho * wo];
+                                    conv2d_with(
+                                        isa,
+                                        &x,
+                                        h,
+                                        w,
+                                        &c,
+                                        stride,
+                                        pad,
+                                        &mut y,
+                                        Some(&mut s),
+                                        &Sequential,
+                                    );
+                                    y
+                                };
+                                let reference = run(Isa::Scalar);
+                                assert!(reference.iter().all(|v| v.is_finite()));
+                                for &isa in &isas {
+                                    assert_eq!(
+                                        bits(&run(isa)),
+                                        bits(&reference),
+                                        "{isa:?} cin {cin} cout {cout} k {k} s {stride} \
+                                         {h}×{w} input {kind} {:?}",
+                                        core::mem::discriminant(&w_store)
+                                    );
+                                    compared += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(isas.is_empty() || compared > 0);
+}
+
+#[test]
+fn the_active_isa_is_supported_and_the_best() {
+    let active = Isa::active();
+    assert!(active.supported());
+    assert_eq!(active, Isa::best());
+    assert!(Isa::Scalar.compiled() && Isa::Scalar.supported());
+    println!("kernels: active ISA {active:?}");
+}

@@ -1,0 +1,71 @@
+//! Numeric kernels: dot products, Linear, Conv2d, norms, activations, softmax.
+//!
+//! # Layout
+//!
+//! One kernel family per file, each with its scratch-size function next to it; the portable
+//! scalar code in these files is the reference, and the SIMD variants live under `arch/`:
+//!
+//! | file | kernels |
+//! |---|---|
+//! | [`layers`] | the views the kernels read: [`Weight`], [`Linear`], [`Conv`], [`Norm`] |
+//! | [`dot`](mod@dot) | [`dot`](dot()), [`dot_f16`], [`dot_i8`], the 4 × 2 register blocks |
+//! | [`linear`](mod@linear) | [`linear`](linear()), [`LinearScratch`], [`linear_scratch_len`] |
+//! | [`conv`] | [`conv2d`], [`Pad`], [`conv_out_side`], [`ConvScratch`], [`conv_scratch_len`] |
+//! | [`norm`] | [`layer_norm`], [`group_norm`] and its steps `gn_*` |
+//! | [`activation`] | [`silu`], [`gelu_tanh`], [`softmax`] |
+//! | [`quant`] | [`quantize_row`], the one activation quantizer (Linear and Conv) |
+//! | [`dispatch`] | [`Isa`]: which instruction set runs, chosen in one place |
+//! | `arch/x86.rs` | AVX f32 blocks and conv tiles, AVX2 int8 blocks |
+//!
+//! # Contract
+//!
+//! - **No allocation.** Every kernel writes into caller-provided buffers and states its scratch
+//!   needs ([`linear_scratch_len`], [`conv_scratch_len`]).
+//! - **Lane order.** Float sums never depend on the ISA, the executor or the compiler: Rust never
+//!   contracts `a·b + c` into an FMA, and each kernel fixes its summation order:
+//!   - [`dot`](dot()), [`dot_f16`] and every f32/f16 Linear output: eight lanes, lane `l` summing
+//!     `a[i]·b[i]` for `i ≡ l (mod 8)` over the whole 8-wide chunks in index order (one multiply,
+//!     one add), reduced as `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))`, plus the
+//!     remainder summed in index order. The 4 × 2 blocks (scalar or AVX) compute exactly this
+//!     for each pair.
+//!   - f32/f16 conv: each output is the bias plus the products over `(ci, ky, kx)` in that order.
+//!     The AVX tile vectorizes across output columns, never along the sum. At the image border it
+//!     adds `w·0` for a padding tap the scalar loop skips, which can only turn an exactly-zero
+//!     output that started from a `−0.0` bias into `+0.0`.
+//!   - LayerNorm and GroupNorm statistics: f64 sums in index order (GroupNorm per channel, then
+//!     channels in order); softmax: f32 sum in index order.
+//! - **Bit identity across ISAs.** int8 × int8 → i32 paths are exact, so they are identical on
+//!   every ISA by construction. f32 and f16 results of every ISA equal the scalar reference bit
+//!   for bit (with the one zero-sign caveat above). The ISA tests (`isa_tests.rs`) check every
+//!   kernel with a SIMD variant against the reference on random and adversarial inputs.
+//! - **Executors.** Outputs are split into disjoint tasks over [`crate::parallel::Parallel`];
+//!   each value is computed exactly as the sequential loop would.
+//! - **Dispatch.** [`linear`](linear()) and [`conv2d`] run on [`Isa::active`];
+//!   [`linear_with`] and [`conv2d_with`] take an explicit [`Isa`] (the scalar reference is
+//!   always compiled).
+
+pub mod activation;
+mod arch;
+pub mod conv;
+pub mod dispatch;
+pub mod dot;
+pub mod layers;
+pub mod linear;
+pub mod norm;
+pub mod quant;
+
+#[cfg(test)]
+mod isa_tests;
+#[cfg(test)]
+mod tests;
+
+pub use activation::{gelu_tanh, silu, softmax};
+pub use conv::{conv2d, conv2d_with, conv_out_side, conv_scratch_len, ConvScratch, Pad};
+pub use dispatch::Isa;
+pub use dot::{dot, dot_f16, dot_i8};
+pub use layers::{Conv, Linear, Norm, Weight};
+pub use linear::{linear, linear_scratch_len, linear_with, LinearScratch};
+pub use norm::{
+    gn_accumulate, gn_apply, gn_channel_affine, gn_group_stats, group_norm, layer_norm,
+};
+pub use quant::quantize_row;
