@@ -270,3 +270,113 @@ fn the_cpu_backend_reports_its_intermediates_and_checks_the_batch() {
         .iter()
         .all(|(id, len)| *len == if id.op == "logits" { v } else { c }));
 }
+
+/// A second backend, as a device backend is: it owns its memory (here a host buffer standing in
+/// for device memory) and ignores the sampler's scratch. It runs the CPU kernels inside, so its
+/// images must equal the CPU backend's; what it proves is that the sampler needs nothing else.
+struct OwnMemory<'m, 'a> {
+    inner: srdd_core::CpuForward<'m, 'a>,
+    scratch: &'a mut [u8],
+}
+
+impl srdd_core::Forward for OwnMemory<'_, '_> {
+    fn max_rows(&self) -> usize {
+        self.inner.max_rows()
+    }
+    fn prepare(
+        &mut self,
+        step: &srdd_core::forward::Step<'_>,
+        scratch: &mut [u8],
+        probe: &mut dyn Probe,
+    ) -> srdd_core::Result<()> {
+        assert!(scratch.is_empty(), "a device plan gives no host scratch");
+        self.inner.prepare(step, self.scratch, probe)
+    }
+    fn logits(
+        &mut self,
+        step: &srdd_core::forward::Step<'_>,
+        t0: usize,
+        m: usize,
+        _scratch: &mut [u8],
+        out: &mut [f32],
+        probe: &mut dyn Probe,
+    ) -> srdd_core::Result<()> {
+        self.inner.logits(step, t0, m, self.scratch, out, probe)
+    }
+    fn decode(
+        &mut self,
+        f_hat: &[f32],
+        _scratch: &mut [u8],
+        sink: &mut dyn FnMut(usize, &[f32]),
+    ) -> srdd_core::Result<()> {
+        self.inner.decode(f_hat, self.scratch, sink)
+    }
+}
+
+#[test]
+fn a_backend_with_its_own_memory_plugs_into_the_unchanged_sampler() {
+    let bytes = common::packed(
+        &common::fixture("tiny-official-schedule"),
+        WeightFormat::Int8,
+    );
+    let model = Model::from_bytes(bytes.as_bytes()).unwrap();
+    let sched = Schedule::full(&model.config);
+    let o = SampleOptions {
+        top_k: 50,
+        seed: 5,
+        attention: Attention::Causal,
+        ..SampleOptions::new(4)
+    };
+    let images = 2;
+    // The backend's own memory: the CPU plan's bytes (more than it needs, simply).
+    let cpu = Plan::batch(&model.config, &o, &sched, images).unwrap();
+    let mut own = AlignedBytes::zeroed(cpu.arena_bytes());
+    let (run, scratch) = own.as_bytes_mut().split_at_mut(cpu.kv_cache_bytes);
+    let mut ar = srdd_core::arena::Arena::new(run).unwrap();
+    let inner =
+        srdd_core::CpuForward::new(&model, &o, &sched, images, &mut ar, &Sequential).unwrap();
+    let fwd = OwnMemory { inner, scratch };
+    // The sampler's arena holds only its own buffers.
+    let plan = Plan::device(&model.config, &o, &sched, images).unwrap();
+    assert!(plan.arena_bytes() < cpu.arena_bytes());
+    assert_eq!((plan.kv_cache_bytes, plan.decode_bytes), (0, 0));
+    let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
+    let mut s = Sampler::with_forward(
+        &model,
+        o,
+        sched.clone(),
+        images,
+        arena.as_bytes_mut(),
+        fwd,
+        &Sequential,
+    )
+    .unwrap();
+    let (mut a, mut b) = (Record::default(), Record::default());
+    let (mut pa, mut pb) = (
+        FixedFraction { fraction: 0.25 },
+        FixedFraction { fraction: 0.25 },
+    );
+    while !s.finished() {
+        s.step(&mut [&mut a, &mut b], &mut [&mut pa, &mut pb])
+            .unwrap();
+    }
+    for (i, rec) in [a, b].into_iter().enumerate() {
+        let mut rgb = Vec::new();
+        s.decode(i, &mut |_, row| rgb.extend(bits(row))).unwrap();
+        let got = Image {
+            tokens: rec.0,
+            f_hat: bits(s.f_hat(i)),
+            rgb,
+        };
+        let one = single(
+            &model,
+            SampleOptions {
+                seed: 5 + i as u64,
+                ..o
+            },
+            &sched,
+            false,
+        );
+        assert_eq!(got, one, "image {i}");
+    }
+}
