@@ -44,26 +44,26 @@ fn reseal(bytes: &mut [u8]) {
     bytes[24..32].copy_from_slice(&sum.to_le_bytes());
 }
 
-fn formats() -> [WeightFormat; 2] {
-    [WeightFormat::F32, WeightFormat::Int8]
-}
-
-#[test]
-fn packed_fixture_loads() {
-    for w in formats() {
-        let b = common::packed(&common::fixture(FIXTURE), w);
-        let model = Model::from_bytes(b.as_bytes()).expect("the unmodified file loads");
-        assert_eq!(model.config.weights, w);
-        assert_eq!(&b.as_bytes()[..8], &MAGIC);
-        assert_eq!(le_u64(b.as_bytes(), 16), b.as_bytes().len() as u64);
+/// Calls `f` with the packed fixture in each of f32 and int8.
+fn for_each_format(f: impl Fn(WeightFormat, &[u8])) {
+    for w in [WeightFormat::F32, WeightFormat::Int8] {
+        f(w, common::packed(&common::fixture(FIXTURE), w).as_bytes());
     }
 }
 
 #[test]
+fn packed_fixture_loads() {
+    for_each_format(|w, bytes| {
+        let model = Model::from_bytes(bytes).expect("the unmodified file loads");
+        assert_eq!(model.config.weights, w);
+        assert_eq!(&bytes[..8], &MAGIC);
+        assert_eq!(le_u64(bytes, 16), bytes.len() as u64);
+    });
+}
+
+#[test]
 fn every_truncation_is_a_truncated_error() {
-    for w in formats() {
-        let b = common::packed(&common::fixture(FIXTURE), w);
-        let bytes = b.as_bytes();
+    for_each_format(|w, bytes| {
         let n = bytes.len();
         let ds = data_start(bytes);
         let lens = spaced(
@@ -86,14 +86,12 @@ fn every_truncation_is_a_truncated_error() {
                 other => panic!("{w:?}: truncated to {l} of {n} bytes gave {other:?}"),
             }
         }
-    }
+    });
 }
 
 #[test]
 fn every_single_byte_flip_is_rejected() {
-    for w in formats() {
-        let b = common::packed(&common::fixture(FIXTURE), w);
-        let orig = b.as_bytes();
+    for_each_format(|w, orig| {
         let n = orig.len();
         let stored = le_u64(orig, 24);
         let mut buf = AlignedBytes::new(orig);
@@ -142,7 +140,7 @@ fn every_single_byte_flip_is_rejected() {
             buf.as_bytes_mut()[pos] ^= x;
         }
         assert_eq!(buf.as_bytes(), orig);
-    }
+    });
 }
 
 /// A tiny sampling run (guided, filtered) on whatever model the bytes hold; errors are fine.
@@ -172,9 +170,7 @@ fn try_sample(model: &Model<'_>) -> Result<(), Error> {
 
 #[test]
 fn resealed_header_and_table_flips_never_panic() {
-    for w in formats() {
-        let b = common::packed(&common::fixture(FIXTURE), w);
-        let orig = b.as_bytes();
+    for_each_format(|w, orig| {
         let end = PREFIX_LEN + le_u32(orig, 12) as usize;
         let mut buf = AlignedBytes::new(orig);
         let positions = spaced(end - PREFIX_LEN, 700, &(0..160).collect::<Vec<_>>());
@@ -227,7 +223,7 @@ fn resealed_header_and_table_flips_never_panic() {
             kinds.values().sum::<usize>() > positions.len() / 2,
             "{kinds:?}"
         );
-    }
+    });
 }
 
 #[test]
@@ -414,6 +410,18 @@ fn converter_names_an_unexpected_key() {
     }
 }
 
+/// The key, found and expected shape of a `ConvertError::Shape`; anything else panics.
+fn shape_error(packed: Result<Vec<u8>, ConvertError>) -> (String, Vec<usize>, Vec<usize>) {
+    match packed {
+        Err(ConvertError::Shape {
+            key,
+            found,
+            expected,
+        }) => (key, found, expected),
+        other => panic!("{:?}", other.map(|b| b.len())),
+    }
+}
+
 #[test]
 fn converter_reports_a_wrong_shape() {
     let (mut var, vae, opts) = six();
@@ -421,18 +429,10 @@ fn converter_reports_a_wrong_shape() {
     let old = var.get(key).expect("key").clone();
     assert_eq!(old.shape, vec![64]);
     var.insert(key, f32_tensor(&[65], |i| i as f32 * 0.01));
-    match pack(&var, &vae, &opts) {
-        Err(ConvertError::Shape {
-            key: k,
-            found,
-            expected,
-        }) => {
-            assert_eq!(k, key);
-            assert_eq!(found, vec![65]);
-            assert_eq!(expected, vec![64]);
-        }
-        other => panic!("{:?}", other.map(|b| b.len())),
-    }
+    let (k, found, expected) = shape_error(pack(&var, &vae, &opts));
+    assert_eq!(k, key);
+    assert_eq!(found, vec![65]);
+    assert_eq!(expected, vec![64]);
     // Same element count, different layout.
     let key = "blocks.0.attn.proj.weight";
     let t = var.get(key).unwrap().clone();
@@ -444,19 +444,11 @@ fn converter_reports_a_wrong_shape() {
             ..t
         },
     );
-    match pack(&var, &vae, &opts) {
-        Err(ConvertError::Shape {
-            key: k,
-            found,
-            expected,
-        }) => {
-            assert_eq!(
-                (k.as_str(), found, expected),
-                (key, vec![32, 128], vec![64, 64])
-            );
-        }
-        other => panic!("{:?}", other.map(|b| b.len())),
-    }
+    let (k, found, expected) = shape_error(pack(&var, &vae, &opts));
+    assert_eq!(
+        (k.as_str(), found, expected),
+        (key, vec![32, 128], vec![64, 64])
+    );
 }
 
 #[test]

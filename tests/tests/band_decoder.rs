@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::bits;
+use common::{bits, with_model, OFFICIAL, SIX};
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::arena::Arena;
 use srdd_core::config::{Attention, VaeConfig, VarConfig};
@@ -13,15 +13,6 @@ use srdd_core::parallel::{Parallel, Sequential, StdThreads};
 use srdd_core::weights::Norm;
 use srdd_core::{vae, Error, Model, ModelConfig, WeightFormat};
 use std::time::Instant;
-
-const SIX: &str = "tiny-six-scales";
-const OFFICIAL: &str = "tiny-official-schedule";
-
-fn with_model<R>(fixture: &str, w: WeightFormat, f: impl FnOnce(&Model<'_>) -> R) -> R {
-    let b = common::packed(&common::fixture(fixture), w);
-    let model = Model::from_bytes(b.as_bytes()).expect("load packed fixture");
-    f(&model)
-}
 
 /// A fixed pseudo-random latent with roughly the spread of a sampled one.
 fn f_hat_of(cfg: &ModelConfig) -> Vec<f32> {
@@ -37,6 +28,30 @@ fn f_hat_of(cfg: &ModelConfig) -> Vec<f32> {
         .collect()
 }
 
+/// `vae::decode` of `f_hat` in an arena of exactly `scratch` bytes.
+fn decode_in(
+    model: &Model<'_>,
+    f_hat: &[f32],
+    scratch: usize,
+    clamp: bool,
+    band_rows: usize,
+    par: &dyn Parallel,
+    sink: &mut dyn FnMut(usize, &[f32]),
+) -> srdd_core::Result<()> {
+    let mut buf = AlignedBytes::zeroed(scratch);
+    let mut ar = Arena::new(buf.as_bytes_mut()).unwrap();
+    vae::decode(
+        &model.weights.decoder,
+        &model.config,
+        f_hat,
+        &mut ar,
+        clamp,
+        band_rows,
+        par,
+        sink,
+    )
+}
+
 /// Decodes with exactly `decoder_scratch_bytes(cfg, band_rows)` bytes; returns the rows (in the
 /// order the sink saw them) and checks they came as 0..H, once each.
 fn decode_rows(
@@ -48,15 +63,13 @@ fn decode_rows(
 ) -> Vec<f32> {
     let cfg = &model.config;
     let side = cfg.image_side();
-    let mut buf = AlignedBytes::zeroed(vae::decoder_scratch_bytes(cfg, band_rows));
-    let mut ar = Arena::new(buf.as_bytes_mut()).unwrap();
     let mut seen = Vec::new();
     let mut img = Vec::new();
-    vae::decode(
-        &model.weights.decoder,
-        cfg,
+    let scratch = vae::decoder_scratch_bytes(cfg, band_rows);
+    decode_in(
+        model,
         f_hat,
-        &mut ar,
+        scratch,
         clamp,
         band_rows,
         par,
@@ -168,18 +181,7 @@ fn decoder_scratch_is_exact() {
                     // Exactly n bytes work (decode_rows uses exactly n) ...
                     decode_rows(model, &f_hat, b, true, &Sequential);
                     // ... one byte less is refused without a panic.
-                    let mut buf = AlignedBytes::zeroed(n - 1);
-                    let mut ar = Arena::new(buf.as_bytes_mut()).unwrap();
-                    let r = vae::decode(
-                        &model.weights.decoder,
-                        cfg,
-                        &f_hat,
-                        &mut ar,
-                        true,
-                        b,
-                        &Sequential,
-                        &mut |_, _| {},
-                    );
+                    let r = decode_in(model, &f_hat, n - 1, true, b, &Sequential, &mut |_, _| {});
                     assert!(
                         matches!(r, Err(Error::ArenaTooSmall { .. })),
                         "{fixture} {w:?} band_rows {b}: {r:?}"
@@ -203,19 +205,11 @@ fn band_rows_out_of_range_is_refused() {
         let f_hat = f_hat_of(cfg);
         let side = cfg.image_side();
         for b in [side + 1, usize::MAX] {
-            let mut buf = AlignedBytes::zeroed(vae::decoder_scratch_bytes(cfg, 0));
-            let mut ar = Arena::new(buf.as_bytes_mut()).unwrap();
             let mut rows = 0;
-            let r = vae::decode(
-                &model.weights.decoder,
-                cfg,
-                &f_hat,
-                &mut ar,
-                true,
-                b,
-                &Sequential,
-                &mut |_, _| rows += 1,
-            );
+            let scratch = vae::decoder_scratch_bytes(cfg, 0);
+            let r = decode_in(model, &f_hat, scratch, true, b, &Sequential, &mut |_, _| {
+                rows += 1
+            });
             assert!(matches!(r, Err(Error::BadOption(_))), "{b}: {r:?}");
             assert_eq!(rows, 0);
             assert_eq!(

@@ -3,21 +3,15 @@
 
 mod common;
 
-use common::{bits, run_full, Recorder};
+use common::{
+    bits, run_full, run_recorded, tokenize_image, with_each_model, with_model, Tokenized, OFFICIAL,
+    SIX,
+};
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::generate::{Generator, Guidance, Plan, SampleOptions, StepHook};
 use srdd_core::parallel::{Sequential, StdThreads};
-use srdd_core::tokenize::{fhat_from_tokens, tokenize, tokenize_bytes};
+use srdd_core::tokenize::{fhat_from_tokens, tokenize_bytes};
 use srdd_core::{Attention, Error, Model, NoHook, Schedule, WeightFormat};
-
-const SIX: &str = "tiny-six-scales";
-const OFFICIAL: &str = "tiny-official-schedule";
-
-fn with_model<R>(fixture: &str, w: WeightFormat, f: impl FnOnce(&Model<'_>) -> R) -> R {
-    let b = common::packed(&common::fixture(fixture), w);
-    let model = Model::from_bytes(b.as_bytes()).expect("load packed fixture");
-    f(&model)
-}
 
 fn guided(label: u32, attention: Attention, seed: u64) -> SampleOptions {
     SampleOptions {
@@ -45,75 +39,77 @@ fn greedy(label: u32, attention: Attention) -> SampleOptions {
 
 #[test]
 fn plan_arena_bytes_is_exact() {
-    for fixture in [SIX, OFFICIAL] {
-        for w in [WeightFormat::F32, WeightFormat::Int8] {
-            with_model(fixture, w, |model| {
-                let cfg = &model.config;
-                let sched = Schedule::full(cfg);
-                for attention in [Attention::Markov, Attention::Causal] {
-                    let opts = guided(1, attention, 11);
-                    let plan = Plan::new(cfg, &opts, &sched).unwrap();
-                    let what = format!("{fixture} {w:?} {attention:?}");
-                    assert_eq!(plan.rows, 2, "{what}");
-                    assert_eq!(plan.max_tokens, sched.max_tokens(), "{what}");
-                    match attention {
-                        Attention::Markov => {
-                            assert_eq!((plan.cache_tokens, plan.kv_cache_bytes), (0, 0), "{what}");
-                            assert_eq!(plan.max_keys, sched.max_tokens(), "{what}");
-                        }
-                        Attention::Causal => {
-                            assert_eq!(plan.cache_tokens, sched.total_tokens(), "{what}");
-                            assert_eq!(plan.max_keys, sched.total_tokens(), "{what}");
-                            let c = cfg.var.embed_dim as usize;
-                            let want =
-                                2 * 4 * cfg.var.depth as usize * 2 * sched.total_tokens() * c;
-                            assert_eq!(plan.kv_cache_bytes, want, "{what}");
-                        }
+    with_each_model(
+        &[
+            (SIX, WeightFormat::F32),
+            (SIX, WeightFormat::Int8),
+            (OFFICIAL, WeightFormat::F32),
+            (OFFICIAL, WeightFormat::Int8),
+        ],
+        |fixture, w, model, sched| {
+            let cfg = &model.config;
+            for attention in [Attention::Markov, Attention::Causal] {
+                let opts = guided(1, attention, 11);
+                let plan = Plan::new(cfg, &opts, sched).unwrap();
+                let what = format!("{fixture} {w:?} {attention:?}");
+                assert_eq!(plan.rows, 2, "{what}");
+                assert_eq!(plan.max_tokens, sched.max_tokens(), "{what}");
+                match attention {
+                    Attention::Markov => {
+                        assert_eq!((plan.cache_tokens, plan.kv_cache_bytes), (0, 0), "{what}");
+                        assert_eq!(plan.max_keys, sched.max_tokens(), "{what}");
                     }
-                    let n = plan.arena_bytes();
-                    assert_eq!(
-                        n,
-                        plan.persistent_bytes + plan.step_bytes.max(plan.decode_bytes)
-                    );
-
-                    // Exactly the plan: a full run and decode succeed.
-                    let mut arena = AlignedBytes::zeroed(n);
-                    let mut gen = Generator::new(model, opts, sched.clone(), arena.as_bytes_mut())
-                        .unwrap_or_else(|e| panic!("{what}: {e}"));
-                    gen.run(&mut NoHook)
-                        .unwrap_or_else(|e| panic!("{what}: {e}"));
-                    let mut rows = 0usize;
-                    gen.decode(&mut |y, row| {
-                        assert_eq!(y, rows);
-                        assert_eq!(row.len(), 3 * cfg.image_side());
-                        assert!(row.iter().all(|v| (-1.0..=1.0).contains(v)));
-                        rows += 1;
-                    })
-                    .unwrap_or_else(|e| panic!("{what}: {e}"));
-                    assert_eq!(rows, cfg.image_side(), "{what}");
-
-                    // One byte less is refused up front, naming the plan's size.
-                    let mut small = AlignedBytes::zeroed(n - 1);
-                    match Generator::new(model, opts, sched.clone(), small.as_bytes_mut()) {
-                        Err(Error::ArenaTooSmall { needed, given }) => {
-                            assert_eq!((needed, given), (n, n - 1), "{what}");
-                        }
-                        Err(e) => panic!("{what}: {e}"),
-                        Ok(_) => panic!("{what}: an arena one byte short was accepted"),
+                    Attention::Causal => {
+                        assert_eq!(plan.cache_tokens, sched.total_tokens(), "{what}");
+                        assert_eq!(plan.max_keys, sched.total_tokens(), "{what}");
+                        let c = cfg.var.embed_dim as usize;
+                        let want = 2 * 4 * cfg.var.depth as usize * 2 * sched.total_tokens() * c;
+                        assert_eq!(plan.kv_cache_bytes, want, "{what}");
                     }
                 }
-                // Without guidance only one row is planned, and the plan shrinks.
-                let mut off = guided(1, Attention::Causal, 0);
-                off.guidance = Guidance::Off;
-                let p1 = Plan::new(cfg, &off, &sched).unwrap();
-                let p2 = Plan::new(cfg, &guided(1, Attention::Causal, 0), &sched).unwrap();
-                assert_eq!(p1.rows, 1);
-                assert_eq!(2 * p1.kv_cache_bytes, p2.kv_cache_bytes);
-                assert!(p1.arena_bytes() < p2.arena_bytes());
-                assert!(run_full(model, off, &sched).is_ok());
-            });
-        }
-    }
+                let n = plan.arena_bytes();
+                assert_eq!(
+                    n,
+                    plan.persistent_bytes + plan.step_bytes.max(plan.decode_bytes)
+                );
+
+                // Exactly the plan: a full run and decode succeed.
+                let mut arena = AlignedBytes::zeroed(n);
+                let mut gen = Generator::new(model, opts, sched.clone(), arena.as_bytes_mut())
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                gen.run(&mut NoHook)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                let mut rows = 0usize;
+                gen.decode(&mut |y, row| {
+                    assert_eq!(y, rows);
+                    assert_eq!(row.len(), 3 * cfg.image_side());
+                    assert!(row.iter().all(|v| (-1.0..=1.0).contains(v)));
+                    rows += 1;
+                })
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert_eq!(rows, cfg.image_side(), "{what}");
+
+                // One byte less is refused up front, naming the plan's size.
+                let mut small = AlignedBytes::zeroed(n - 1);
+                match Generator::new(model, opts, sched.clone(), small.as_bytes_mut()) {
+                    Err(Error::ArenaTooSmall { needed, given }) => {
+                        assert_eq!((needed, given), (n, n - 1), "{what}");
+                    }
+                    Err(e) => panic!("{what}: {e}"),
+                    Ok(_) => panic!("{what}: an arena one byte short was accepted"),
+                }
+            }
+            // Without guidance only one row is planned, and the plan shrinks.
+            let mut off = guided(1, Attention::Causal, 0);
+            off.guidance = Guidance::Off;
+            let p1 = Plan::new(cfg, &off, sched).unwrap();
+            let p2 = Plan::new(cfg, &guided(1, Attention::Causal, 0), sched).unwrap();
+            assert_eq!(p1.rows, 1);
+            assert_eq!(2 * p1.kv_cache_bytes, p2.kv_cache_bytes);
+            assert!(p1.arena_bytes() < p2.arena_bytes());
+            assert!(run_full(model, off, sched).is_ok());
+        },
+    );
 }
 
 #[test]
@@ -150,29 +146,27 @@ fn misaligned_arena_is_refused() {
 #[test]
 fn arena_contents_do_not_matter() {
     // Every kernel writes before it reads: a NaN-filled arena gives the same run bit for bit.
-    for w in [WeightFormat::F32, WeightFormat::Int8] {
-        with_model(SIX, w, |model| {
-            let sched = Schedule::full(&model.config);
+    with_each_model(
+        &[(SIX, WeightFormat::F32), (SIX, WeightFormat::Int8)],
+        |_, w, model, sched| {
             for attention in [Attention::Markov, Attention::Causal] {
                 let opts = guided(2, attention, 5);
-                let clean = run_full(model, opts, &sched).unwrap();
-                let n = Plan::new(&model.config, &opts, &sched)
+                let clean = run_full(model, opts, sched).unwrap();
+                let n = Plan::new(&model.config, &opts, sched)
                     .unwrap()
                     .arena_bytes();
                 let mut arena = AlignedBytes::zeroed(n);
                 arena.as_bytes_mut().fill(0xFF);
                 let mut gen =
                     Generator::new(model, opts, sched.clone(), arena.as_bytes_mut()).unwrap();
-                let mut rec = Recorder::default();
-                gen.run(&mut rec).unwrap();
-                let mut image = Vec::new();
-                gen.decode(&mut |_, r| image.extend_from_slice(r)).unwrap();
-                assert_eq!(rec.tokens, clean.tokens, "{w:?} {attention:?}");
+                let out = run_recorded(&mut gen).unwrap();
+                assert_eq!(out.tokens, clean.tokens, "{w:?} {attention:?}");
+                // Read after decoding: decoding must leave `f_hat` alone.
                 assert_eq!(bits(gen.f_hat()), bits(&clean.f_hat), "{w:?} {attention:?}");
-                assert_eq!(bits(&image), bits(&clean.image), "{w:?} {attention:?}");
+                assert_eq!(bits(&out.image), bits(&clean.image), "{w:?} {attention:?}");
             }
-        });
-    }
+        },
+    );
 }
 
 #[test]
@@ -180,17 +174,17 @@ fn threads_give_the_same_bits() {
     // `Generator::with_parallel` on two threads must reproduce the sequential run exactly, and so
     // must the tokenizer.
     let threads = StdThreads(2);
-    for (fixture, w) in [
-        (SIX, WeightFormat::F32),
-        (SIX, WeightFormat::Int8),
-        (SIX, WeightFormat::F16),
-        (OFFICIAL, WeightFormat::Int8),
-    ] {
-        with_model(fixture, w, |model| {
-            let sched = Schedule::full(&model.config);
+    with_each_model(
+        &[
+            (SIX, WeightFormat::F32),
+            (SIX, WeightFormat::Int8),
+            (SIX, WeightFormat::F16),
+            (OFFICIAL, WeightFormat::Int8),
+        ],
+        |fixture, w, model, sched| {
             let opts = guided(2, Attention::Causal, 9);
-            let seq = run_full(model, opts, &sched).unwrap();
-            let n = Plan::new(&model.config, &opts, &sched)
+            let seq = run_full(model, opts, sched).unwrap();
+            let n = Plan::new(&model.config, &opts, sched)
                 .unwrap()
                 .arena_bytes();
             let mut arena = AlignedBytes::zeroed(n);
@@ -202,46 +196,29 @@ fn threads_give_the_same_bits() {
                 &threads,
             )
             .unwrap();
-            let mut rec = Recorder::default();
-            gen.run(&mut rec).unwrap();
-            let mut image = Vec::new();
-            gen.decode(&mut |_, r| image.extend_from_slice(r)).unwrap();
+            let par = run_recorded(&mut gen).unwrap();
             let what = format!("{fixture} {w:?}");
-            assert_eq!(rec.tokens, seq.tokens, "{what}");
+            assert_eq!(par.tokens, seq.tokens, "{what}");
             assert_eq!(
-                rec.logits.iter().map(|l| bits(l)).collect::<Vec<_>>(),
+                par.logits.iter().map(|l| bits(l)).collect::<Vec<_>>(),
                 seq.logits.iter().map(|l| bits(l)).collect::<Vec<_>>(),
                 "{what}"
             );
-            assert_eq!(bits(&image), bits(&seq.image), "{what}");
+            assert_eq!(bits(&par.image), bits(&seq.image), "{what}");
 
-            let cfg = &model.config;
-            let (cv, p) = (cfg.vae.cvae as usize, cfg.latent_side());
-            let image = test_image(cfg.image_side(), 1.1);
+            let image = test_image(model.config.image_side(), 1.1);
             let mut outs = Vec::new();
             for par in [&Sequential as &dyn srdd_core::parallel::Parallel, &threads] {
-                let mut arena = AlignedBytes::zeroed(tokenize_bytes(model, &sched));
-                let mut toks = vec![0u32; sched.total_tokens()];
-                let (mut f, mut f_hat) = (vec![0f32; cv * p * p], vec![0f32; cv * p * p]);
-                tokenize(
-                    model,
-                    &sched,
-                    &image,
-                    arena.as_bytes_mut(),
-                    &mut toks,
-                    &mut f,
-                    &mut f_hat,
-                    par,
-                )
-                .unwrap();
-                outs.push((toks, bits(&f), bits(&f_hat)));
+                let mut arena = AlignedBytes::zeroed(tokenize_bytes(model, sched));
+                let t = tokenize_image(model, sched, &image, arena.as_bytes_mut(), par).unwrap();
+                outs.push((t.tokens, bits(&t.f), bits(&t.f_hat)));
             }
             assert!(
                 outs[0] == outs[1],
                 "{what}: tokenizer differs on two threads"
             );
-        });
-    }
+        },
+    );
 }
 
 // ---- Options and state ----
@@ -454,22 +431,22 @@ fn generator_state_errors() {
 
 #[test]
 fn sampling_is_deterministic_per_seed() {
-    for (fixture, w) in [
-        (SIX, WeightFormat::F32),
-        (SIX, WeightFormat::Int8),
-        (OFFICIAL, WeightFormat::F32),
-    ] {
-        with_model(fixture, w, |model| {
-            let sched = Schedule::full(&model.config);
+    with_each_model(
+        &[
+            (SIX, WeightFormat::F32),
+            (SIX, WeightFormat::Int8),
+            (OFFICIAL, WeightFormat::F32),
+        ],
+        |fixture, w, model, sched| {
             for attention in [Attention::Markov, Attention::Causal] {
                 let what = format!("{fixture} {w:?} {attention:?}");
-                let a = run_full(model, guided(3, attention, 42), &sched).unwrap();
-                let b = run_full(model, guided(3, attention, 42), &sched).unwrap();
+                let a = run_full(model, guided(3, attention, 42), sched).unwrap();
+                let b = run_full(model, guided(3, attention, 42), sched).unwrap();
                 assert_eq!(a.tokens, b.tokens, "{what}");
                 assert_eq!(bits(&a.f_hat), bits(&b.f_hat), "{what}");
                 assert_eq!(bits(&a.image), bits(&b.image), "{what}");
-                let c = run_full(model, guided(3, attention, 43), &sched).unwrap();
-                let d = run_full(model, guided(3, attention, 44), &sched).unwrap();
+                let c = run_full(model, guided(3, attention, 43), sched).unwrap();
+                let d = run_full(model, guided(3, attention, 44), sched).unwrap();
                 assert_ne!(
                     a.tokens, c.tokens,
                     "{what}: seeds 42 and 43 sampled the same tokens"
@@ -483,27 +460,27 @@ fn sampling_is_deterministic_per_seed() {
                     "{what}: seeds 43 and 44 sampled the same tokens"
                 );
                 // Non-greedy: the sampled tokens are not all the guided argmax.
-                let g = run_full(model, greedy(3, attention), &sched).unwrap();
+                let g = run_full(model, greedy(3, attention), sched).unwrap();
                 assert_ne!(
                     a.tokens, g.tokens,
                     "{what}: seed 42 sampled the greedy tokens"
                 );
             }
-        });
-    }
+        },
+    );
 }
 
 #[test]
 fn markov_and_causal_differ_after_the_first_scale() {
-    for (fixture, w) in [
-        (SIX, WeightFormat::F32),
-        (OFFICIAL, WeightFormat::F32),
-        (OFFICIAL, WeightFormat::Int8),
-    ] {
-        with_model(fixture, w, |model| {
-            let sched = Schedule::full(&model.config);
-            let m = run_full(model, greedy(3, Attention::Markov), &sched).unwrap();
-            let c = run_full(model, greedy(3, Attention::Causal), &sched).unwrap();
+    with_each_model(
+        &[
+            (SIX, WeightFormat::F32),
+            (OFFICIAL, WeightFormat::F32),
+            (OFFICIAL, WeightFormat::Int8),
+        ],
+        |fixture, w, model, sched| {
+            let m = run_full(model, greedy(3, Attention::Markov), sched).unwrap();
+            let c = run_full(model, greedy(3, Attention::Causal), sched).unwrap();
             let what = format!("{fixture} {w:?}");
             assert_eq!(m.tokens[0], c.tokens[0], "{what}: first-scale token");
             // Scale 0 sees only itself under both masks.
@@ -525,8 +502,8 @@ fn markov_and_causal_differ_after_the_first_scale() {
                 "{what}: step-1 logits agree to {d1}: the masks made no difference"
             );
             assert_ne!(m.tokens, c.tokens, "{what}");
-        });
-    }
+        },
+    );
 }
 
 // ---- Tokenizer ----
@@ -563,20 +540,12 @@ fn tokenize_then_fhat_from_tokens_is_bit_exact() {
                 let p = cfg.latent_side();
                 let image = test_image(cfg.image_side(), 0.4);
                 let mut arena = AlignedBytes::zeroed(tokenize_bytes(model, &sched));
-                let mut toks = vec![0u32; sched.total_tokens()];
-                let mut f = vec![0f32; cv * p * p];
-                let mut f_hat = vec![0f32; cv * p * p];
-                tokenize(
-                    model,
-                    &sched,
-                    &image,
-                    arena.as_bytes_mut(),
-                    &mut toks,
-                    &mut f,
-                    &mut f_hat,
-                    &Sequential,
-                )
-                .unwrap();
+                let Tokenized {
+                    tokens: toks,
+                    f_hat,
+                    ..
+                } = tokenize_image(model, &sched, &image, arena.as_bytes_mut(), &Sequential)
+                    .unwrap();
                 assert!(f_hat.iter().all(|v| v.is_finite()), "{what}");
                 assert!(toks.iter().all(|&t| t < cfg.vae.vocab_size), "{what}");
                 let distinct: std::collections::BTreeSet<u32> = toks.iter().copied().collect();

@@ -9,9 +9,8 @@ mod common;
 
 use srdd_core::WeightFormat;
 use srdd_tools::parity::{run_fixture, Row};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 
 fn table(rows: &[Row]) -> String {
     rows.iter()
@@ -30,16 +29,8 @@ fn table(rows: &[Row]) -> String {
 
 /// The rows of `run_fixture` for one fixture and format, computed once per test binary.
 fn cached_rows(dir: &Path, weights: WeightFormat) -> Result<Vec<Row>, String> {
-    type Cell = Arc<OnceLock<Result<Vec<Row>, String>>>;
-    static CACHE: OnceLock<Mutex<HashMap<(PathBuf, String), Cell>>> = OnceLock::new();
-    let cell = CACHE
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry((dir.to_path_buf(), format!("{weights:?}")))
-        .or_default()
-        .clone();
-    cell.get_or_init(|| rows_of(dir, weights)).clone()
+    static CACHE: common::FixtureCache<Result<Vec<Row>, String>> = OnceLock::new();
+    common::cached(&CACHE, dir, weights, || rows_of(dir, weights))
 }
 
 /// Runs one fixture and checks the rows cover the pack check (when both checkpoint formats are
@@ -131,19 +122,19 @@ fn metric_value(metric: &str, key: &str) -> Option<f64> {
     rest.split([' ', ';', '%']).next()?.parse().ok()
 }
 
-/// The rows of the manifest's cases (without the pack check), in manifest order.
-fn case_rows(rows: &[Row]) -> impl Iterator<Item = &Row> {
-    rows.iter().filter(|r| r.id != "pack")
-}
-
-fn f16_runs(dir: &Path, rows: &[Row]) -> Vec<String> {
-    let m = common::manifest(dir);
-    let kinds: Vec<String> = m["cases"]
+/// The rows of the manifest's cases (without the pack check), in manifest order, each with the
+/// case's `kind`.
+fn case_rows<'r>(dir: &Path, rows: &'r [Row]) -> impl Iterator<Item = (&'r Row, String)> {
+    let kinds: Vec<String> = common::manifest(dir)["cases"]
         .as_array()
         .expect("cases")
         .iter()
         .map(|c| c["kind"].as_str().unwrap_or("").to_string())
         .collect();
+    rows.iter().filter(|r| r.id != "pack").zip(kinds)
+}
+
+fn f16_runs(dir: &Path, rows: &[Row]) -> Vec<String> {
     let mut bad = Vec::new();
     // The pack check (when present), then one row per case.
     if let Some(p) = rows.iter().find(|r| r.id == "pack") {
@@ -154,7 +145,7 @@ fn f16_runs(dir: &Path, rows: &[Row]) -> Vec<String> {
             ));
         }
     }
-    for (r, kind) in case_rows(rows).zip(&kinds) {
+    for (r, kind) in case_rows(dir, rows) {
         if r.metric.contains("error") {
             bad.push(format!("  case {} did not run: {}", r.id, r.metric));
             continue;
@@ -193,14 +184,8 @@ fn every_fixture_meets_the_int8_bounds() {
 /// the causal cases still passes the documented bound (KL 0.010–0.018, top-1 ≥ 89%). Holding
 /// int8 to 0.005 nats and 95% top-1 keeps such a mistake visible.
 fn int8_teacher_forcing_is_tight(dir: &Path, rows: &[Row]) -> Vec<String> {
-    let kinds: Vec<String> = common::manifest(dir)["cases"]
-        .as_array()
-        .expect("cases")
-        .iter()
-        .map(|c| c["kind"].as_str().unwrap_or("").to_string())
-        .collect();
     let mut bad = Vec::new();
-    for (r, kind) in case_rows(rows).zip(&kinds) {
+    for (r, kind) in case_rows(dir, rows) {
         if kind != "teacher_forced" {
             continue;
         }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{bits, run_full, RunOut};
+use common::{bits, run_full, tokenize_image, with_each_model, with_model, RunOut, OFFICIAL, SIX};
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::edit::EditHook;
 use srdd_core::generate::{
@@ -11,17 +11,16 @@ use srdd_core::generate::{
 };
 use srdd_core::parallel::Sequential;
 use srdd_core::resample::{ConfidenceThreshold, FixedFraction, KeepAll, ResamplePolicy};
-use srdd_core::tokenize::{tokenize, tokenize_bytes};
+use srdd_core::tokenize::tokenize_bytes;
 use srdd_core::{Attention, Error, Model, Schedule, WeightFormat};
 
-const SIX: &str = "tiny-six-scales";
-const OFFICIAL: &str = "tiny-official-schedule";
-
-fn with_model<R>(fixture: &str, w: WeightFormat, f: impl FnOnce(&Model<'_>) -> R) -> R {
-    let b = common::packed(&common::fixture(fixture), w);
-    let model = Model::from_bytes(b.as_bytes()).expect("load packed fixture");
-    f(&model)
-}
+/// Every fixture in the formats the sampling plan is checked in.
+const MODELS: [(&str, WeightFormat); 4] = [
+    (SIX, WeightFormat::F32),
+    (SIX, WeightFormat::Int8),
+    (OFFICIAL, WeightFormat::F32),
+    (OFFICIAL, WeightFormat::Int8),
+];
 
 fn opts(label: u32, attention: Attention) -> SampleOptions {
     SampleOptions {
@@ -71,33 +70,28 @@ impl StepHook for NoOp {}
 
 #[test]
 fn token_chunks_do_not_change_results() {
-    for fixture in [SIX, OFFICIAL] {
-        for w in [WeightFormat::F32, WeightFormat::Int8] {
-            with_model(fixture, w, |model| {
-                let sched = Schedule::full(&model.config);
-                for attention in [Attention::Markov, Attention::Causal] {
-                    let base = run_full(model, opts(2, attention), &sched).unwrap();
-                    for chunk in [1u16, 7, 16] {
-                        let o = SampleOptions {
-                            chunk,
-                            ..opts(2, attention)
-                        };
-                        let got = run_full(model, o, &sched).unwrap();
-                        let what = format!("{fixture} {w:?} {attention:?} chunk {chunk}");
-                        assert_eq!(got.tokens, base.tokens, "{what}");
-                        assert_eq!(bits(&got.logits.concat()), bits(&base.logits.concat()));
-                        assert_eq!(bits(&got.image), bits(&base.image), "{what}");
-                        // Smaller chunks need fewer bytes.
-                        let small = Plan::new(&model.config, &o, &sched).unwrap().step_bytes;
-                        let big = Plan::new(&model.config, &opts(2, attention), &sched)
-                            .unwrap()
-                            .step_bytes;
-                        assert!(small < big, "{what}: {small} >= {big}");
-                    }
-                }
-            });
+    with_each_model(&MODELS, |fixture, w, model, sched| {
+        for attention in [Attention::Markov, Attention::Causal] {
+            let base = run_full(model, opts(2, attention), sched).unwrap();
+            for chunk in [1u16, 7, 16] {
+                let o = SampleOptions {
+                    chunk,
+                    ..opts(2, attention)
+                };
+                let got = run_full(model, o, sched).unwrap();
+                let what = format!("{fixture} {w:?} {attention:?} chunk {chunk}");
+                assert_eq!(got.tokens, base.tokens, "{what}");
+                assert_eq!(bits(&got.logits.concat()), bits(&base.logits.concat()));
+                assert_eq!(bits(&got.image), bits(&base.image), "{what}");
+                // Smaller chunks need fewer bytes.
+                let small = Plan::new(&model.config, &o, sched).unwrap().step_bytes;
+                let big = Plan::new(&model.config, &opts(2, attention), sched)
+                    .unwrap()
+                    .step_bytes;
+                assert!(small < big, "{what}: {small} >= {big}");
+            }
         }
-    }
+    });
 }
 
 #[test]
@@ -106,6 +100,10 @@ fn step_tables_reproduce_the_global_settings() {
         let sched = Schedule::full(&model.config);
         let steps = sched.len();
         let base = opts(1, Attention::Markov);
+        let tabled = |table: StepTable| SampleOptions {
+            table: Some(table),
+            ..base
+        };
         let reference = run_full(model, base, &sched).unwrap();
         let mut t = StepTable::filled(
             StepSettings {
@@ -120,11 +118,7 @@ fn step_tables_reproduce_the_global_settings() {
         for k in 0..steps {
             t.rows[k].guidance = base.cfg * k as f32 / (steps - 1) as f32;
         }
-        let tabled = SampleOptions {
-            table: Some(t),
-            ..base
-        };
-        let got = run_full(model, tabled, &sched).unwrap();
+        let got = run_full(model, tabled(t), &sched).unwrap();
         assert_eq!(got.tokens, reference.tokens);
         assert_eq!(bits(&got.image), bits(&reference.image));
         // Constant guidance equals a constant table.
@@ -136,15 +130,7 @@ fn step_tables_reproduce_the_global_settings() {
             t.rows[k].guidance = base.cfg;
         }
         let a = run_full(model, constant, &sched).unwrap();
-        let b = run_full(
-            model,
-            SampleOptions {
-                table: Some(t),
-                ..base
-            },
-            &sched,
-        )
-        .unwrap();
+        let b = run_full(model, tabled(t), &sched).unwrap();
         assert_eq!(a.tokens, b.tokens);
         assert_ne!(
             a.tokens, reference.tokens,
@@ -153,39 +139,17 @@ fn step_tables_reproduce_the_global_settings() {
         // A per-step temperature row takes effect only on its step.
         let mut hot = t;
         hot.rows[steps - 1].temperature = 5.0;
-        let c = run_full(
-            model,
-            SampleOptions {
-                table: Some(hot),
-                ..base
-            },
-            &sched,
-        )
-        .unwrap();
+        let c = run_full(model, tabled(hot), &sched).unwrap();
         assert_eq!(c.tokens[..steps - 1], b.tokens[..steps - 1]);
         assert_ne!(c.tokens[steps - 1], b.tokens[steps - 1]);
         // Wrong tables are typed errors.
         let mut short = t;
         short.len = steps - 1;
-        let err = Plan::new(
-            &model.config,
-            &SampleOptions {
-                table: Some(short),
-                ..base
-            },
-            &sched,
-        );
+        let err = Plan::new(&model.config, &tabled(short), &sched);
         assert!(matches!(err, Err(Error::BadOption(_))), "{err:?}");
         let mut bad = t;
         bad.rows[2].top_p = 2.0;
-        let err = Plan::new(
-            &model.config,
-            &SampleOptions {
-                table: Some(bad),
-                ..base
-            },
-            &sched,
-        );
+        let err = Plan::new(&model.config, &tabled(bad), &sched);
         assert!(matches!(err, Err(Error::BadOption(_))), "{err:?}");
         let err = Plan::new(&model.config, &SampleOptions { refine: 17, ..base }, &sched);
         assert!(matches!(err, Err(Error::BadOption(_))), "{err:?}");
@@ -194,19 +158,14 @@ fn step_tables_reproduce_the_global_settings() {
 
 #[test]
 fn refinement_with_keep_all_is_a_no_op() {
-    for fixture in [SIX, OFFICIAL] {
-        for w in [WeightFormat::F32, WeightFormat::Int8] {
-            with_model(fixture, w, |model| {
-                let sched = Schedule::full(&model.config);
-                let base = opts(3, Attention::Markov);
-                let reference = run_full(model, base, &sched).unwrap();
-                let refined = SampleOptions { refine: 3, ..base };
-                let got = run_policy(model, refined, &sched, &mut KeepAll, &mut NoOp).unwrap();
-                assert_eq!(got.tokens, reference.tokens, "{fixture} {w:?}");
-                assert_eq!(bits(&got.image), bits(&reference.image), "{fixture} {w:?}");
-            });
-        }
-    }
+    with_each_model(&MODELS, |fixture, w, model, sched| {
+        let base = opts(3, Attention::Markov);
+        let reference = run_full(model, base, sched).unwrap();
+        let refined = SampleOptions { refine: 3, ..base };
+        let got = run_policy(model, refined, sched, &mut KeepAll, &mut NoOp).unwrap();
+        assert_eq!(got.tokens, reference.tokens, "{fixture} {w:?}");
+        assert_eq!(bits(&got.image), bits(&reference.image), "{fixture} {w:?}");
+    });
 }
 
 #[test]
@@ -216,37 +175,18 @@ fn refinement_resamples_within_the_plan() {
         let base = opts(3, Attention::Markov);
         let reference = run_full(model, base, &sched).unwrap();
         let refined = SampleOptions { refine: 2, ..base };
+        let refine_with =
+            |policy: &mut dyn ResamplePolicy| run_policy(model, refined, &sched, policy, &mut NoOp);
         // Exactly the planned bytes suffice (run_policy), one byte less is a typed error.
-        let a = run_policy(
-            model,
-            refined,
-            &sched,
-            &mut FixedFraction { fraction: 0.5 },
-            &mut NoOp,
-        )
-        .unwrap();
+        let a = refine_with(&mut FixedFraction { fraction: 0.5 }).unwrap();
         assert_eq!(
             a.tokens[0], reference.tokens[0],
             "the first step is never refined"
         );
         assert_ne!(a.tokens, reference.tokens, "refinement redraws tokens");
-        let b = run_policy(
-            model,
-            refined,
-            &sched,
-            &mut FixedFraction { fraction: 0.5 },
-            &mut NoOp,
-        )
-        .unwrap();
+        let b = refine_with(&mut FixedFraction { fraction: 0.5 }).unwrap();
         assert_eq!(a.tokens, b.tokens, "deterministic per seed");
-        let c = run_policy(
-            model,
-            refined,
-            &sched,
-            &mut ConfidenceThreshold { threshold: 0.3 },
-            &mut NoOp,
-        )
-        .unwrap();
+        let c = refine_with(&mut ConfidenceThreshold { threshold: 0.3 }).unwrap();
         assert!(c.image.iter().all(|v| v.is_finite()));
         let plan = Plan::new(&model.config, &refined, &sched).unwrap();
         let plain = Plan::new(&model.config, &base, &sched).unwrap();
@@ -269,22 +209,11 @@ fn forcing_every_token_reproduces_the_reconstruction_even_with_refinement() {
             let image: Vec<f32> = (0..3 * side * side)
                 .map(|i| ((i as f32 * 0.37).sin() * 0.8).clamp(-1.0, 1.0))
                 .collect();
-            let (cv, p) = (cfg.vae.cvae as usize, cfg.latent_side());
+            let p = cfg.latent_side();
             let mut ta = AlignedBytes::zeroed(tokenize_bytes(model, &sched));
-            let mut toks = vec![0u32; sched.total_tokens()];
-            let mut f = vec![0f32; cv * p * p];
-            let mut f_hat = vec![0f32; cv * p * p];
-            tokenize(
-                model,
-                &sched,
-                &image,
-                ta.as_bytes_mut(),
-                &mut toks,
-                &mut f,
-                &mut f_hat,
-                &Sequential,
-            )
-            .unwrap();
+            let tokenized =
+                tokenize_image(model, &sched, &image, ta.as_bytes_mut(), &Sequential).unwrap();
+            let (toks, f_hat) = (tokenized.tokens, tokenized.f_hat);
             let keep = vec![1f32; p * p];
             let n = sched.max_tokens();
             for refine in [0u8, 2] {

@@ -47,13 +47,9 @@ def vq_gaps(vae, f):
     B, C, H, W = f.shape
     f_rest = f.clone()
     SN = len(q.v_patch_nums)
-    E = q.embedding.weight
     gaps = []
     for si, pn in enumerate(q.v_patch_nums):
-        z = (F.interpolate(f_rest, size=(pn, pn), mode="area").permute(0, 2, 3, 1).reshape(-1, C)
-             if si != SN - 1 else f_rest.permute(0, 2, 3, 1).reshape(-1, C))
-        d = torch.sum(z.square(), dim=1, keepdim=True) + torch.sum(E.square(), dim=1)
-        d.addmm_(z, E.T, alpha=-2, beta=1)
+        d = q.code_distances(q.rest_NC(f_rest, si))
         two = d.topk(2, dim=1, largest=False)[0]
         gaps.append(float((two[:, 1] - two[:, 0]).min()))
         idx = d.argmin(1).view(B, pn, pn)

@@ -6,7 +6,6 @@ partially shared Phi (quant.py), VAR with AdaLN self-attention blocks (var.py, b
 additions (dead-code restart) live outside the state_dict.
 """
 import math
-from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -78,46 +77,63 @@ class AttnBlock(nn.Module):
         return x + self.proj_out(h)
 
 
+def resolution_level(block_in, block_out, num_blocks, using_sa):
+    """One level of the Encoder / Decoder: `num_blocks` ResnetBlocks, each followed by an AttnBlock when
+    `using_sa` (official: the lowest resolution only). Modules are created in the official order (the
+    initialisation draws depend on it); the caller adds the down/upsample."""
+    level = nn.Module()
+    level.block = nn.ModuleList()
+    level.attn = nn.ModuleList()
+    for _ in range(num_blocks):
+        level.block.append(ResnetBlock(block_in, block_out))
+        block_in = block_out
+        if using_sa:
+            level.attn.append(AttnBlock(block_in))
+    return level
+
+
+def mid_blocks(c, using_mid_sa):
+    """The middle of the Encoder / Decoder: ResnetBlock, AttnBlock (or identity), ResnetBlock."""
+    mid = nn.Module()
+    mid.block_1 = ResnetBlock(c, c)
+    mid.attn_1 = AttnBlock(c) if using_mid_sa else nn.Identity()
+    mid.block_2 = ResnetBlock(c, c)
+    return mid
+
+
+def run_level(level, h):
+    for i_block in range(len(level.block)):
+        h = level.block[i_block](h)
+        if len(level.attn) > 0:
+            h = level.attn[i_block](h)
+    return h
+
+
 class Encoder(nn.Module):
     def __init__(self, ch=32, ch_mult=(1, 1, 2), num_res_blocks=2, in_channels=3, z_channels=16,
                  using_sa=True, using_mid_sa=True):
         super().__init__()
         self.num_resolutions = len(ch_mult)
-        self.num_res_blocks = num_res_blocks
         self.conv_in = nn.Conv2d(in_channels, ch, 3, 1, 1)
         in_ch_mult = (1,) + tuple(ch_mult)
         self.down = nn.ModuleList()
         block_in = ch
         for i_level in range(self.num_resolutions):
-            block = nn.ModuleList()
-            attn = nn.ModuleList()
-            block_in = ch * in_ch_mult[i_level]
             block_out = ch * ch_mult[i_level]
-            for _ in range(num_res_blocks):
-                block.append(ResnetBlock(block_in, block_out))
-                block_in = block_out
-                if i_level == self.num_resolutions - 1 and using_sa:
-                    attn.append(AttnBlock(block_in))
-            down = nn.Module()
-            down.block = block
-            down.attn = attn
+            down = resolution_level(ch * in_ch_mult[i_level], block_out, num_res_blocks,
+                                    i_level == self.num_resolutions - 1 and using_sa)
+            block_in = block_out
             if i_level != self.num_resolutions - 1:
                 down.downsample = Downsample2x(block_in)
             self.down.append(down)
-        self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in)
-        self.mid.attn_1 = AttnBlock(block_in) if using_mid_sa else nn.Identity()
-        self.mid.block_2 = ResnetBlock(block_in, block_in)
+        self.mid = mid_blocks(block_in, using_mid_sa)
         self.norm_out = Normalize(block_in)
         self.conv_out = nn.Conv2d(block_in, z_channels, 3, 1, 1)
 
     def forward(self, x):
         h = self.conv_in(x)
         for i_level in range(self.num_resolutions):
-            for i_block in range(self.num_res_blocks):
-                h = self.down[i_level].block[i_block](h)
-                if len(self.down[i_level].attn) > 0:
-                    h = self.down[i_level].attn[i_block](h)
+            h = run_level(self.down[i_level], h)
             if i_level != self.num_resolutions - 1:
                 h = self.down[i_level].downsample(h)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
@@ -129,26 +145,15 @@ class Decoder(nn.Module):
                  using_sa=True, using_mid_sa=True):
         super().__init__()
         self.num_resolutions = len(ch_mult)
-        self.num_res_blocks = num_res_blocks
         block_in = ch * ch_mult[-1]
         self.conv_in = nn.Conv2d(z_channels, block_in, 3, 1, 1)
-        self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in)
-        self.mid.attn_1 = AttnBlock(block_in) if using_mid_sa else nn.Identity()
-        self.mid.block_2 = ResnetBlock(block_in, block_in)
+        self.mid = mid_blocks(block_in, using_mid_sa)
         self.up = nn.ModuleList()
         for i_level in reversed(range(self.num_resolutions)):
-            block = nn.ModuleList()
-            attn = nn.ModuleList()
             block_out = ch * ch_mult[i_level]
-            for _ in range(num_res_blocks + 1):
-                block.append(ResnetBlock(block_in, block_out))
-                block_in = block_out
-                if i_level == self.num_resolutions - 1 and using_sa:
-                    attn.append(AttnBlock(block_in))
-            up = nn.Module()
-            up.block = block
-            up.attn = attn
+            up = resolution_level(block_in, block_out, num_res_blocks + 1,
+                                  i_level == self.num_resolutions - 1 and using_sa)
+            block_in = block_out
             if i_level != 0:
                 up.upsample = Upsample2x(block_in)
             self.up.insert(0, up)
@@ -158,10 +163,7 @@ class Decoder(nn.Module):
     def forward(self, z):
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(z))))
         for i_level in reversed(range(self.num_resolutions)):
-            for i_block in range(self.num_res_blocks + 1):
-                h = self.up[i_level].block[i_block](h)
-                if len(self.up[i_level].attn) > 0:
-                    h = self.up[i_level].attn[i_block](h)
+            h = run_level(self.up[i_level], h)
             if i_level != 0:
                 h = self.up[i_level].upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))
@@ -209,6 +211,30 @@ class VectorQuantizer2(nn.Module):
         SN = len(self.v_patch_nums)
         return self.quant_resi.index(si / (SN - 1))
 
+    def rest_NC(self, f_rest, si):
+        """The residual at scale si as rows (B*pn*pn, C): area-downsampled, the last scale as it is."""
+        pn, C = self.v_patch_nums[si], f_rest.shape[1]
+        if si != len(self.v_patch_nums) - 1:
+            return F.interpolate(f_rest, size=(pn, pn), mode="area").permute(0, 2, 3, 1).reshape(-1, C)
+        return f_rest.permute(0, 2, 3, 1).reshape(-1, C)
+
+    def code_distances(self, rest_NC):
+        """Squared distances (N, V) of the rows to every code, in the official order of operations (no
+        gradient into the codebook)."""
+        E = self.embedding.weight.data
+        d = torch.sum(rest_NC.square(), dim=1, keepdim=True) + torch.sum(E.square(), dim=1, keepdim=False)
+        d.addmm_(rest_NC, E.T, alpha=-2, beta=1)
+        return d
+
+    def scale_update(self, idx_N, si, B, H, W):
+        """Phi of the codes idx_N (B*pn*pn,) of scale si, bicubic-upsampled to (H, W) but for the last scale."""
+        pn = self.v_patch_nums[si]
+        SN = len(self.v_patch_nums)
+        idx_Bhw = idx_N.view(B, pn, pn)
+        h_BChw = (F.interpolate(self.embedding(idx_Bhw).permute(0, 3, 1, 2), size=(H, W), mode="bicubic").contiguous()
+                  if si != SN - 1 else self.embedding(idx_Bhw).permute(0, 3, 1, 2).contiguous())
+        return self.quant_resi[si / (SN - 1)](h_BChw)
+
     def forward(self, f_BChw, collect=False):
         """Official VectorQuantizer2.forward: multi-scale residual quantization, VQ loss (commitment beta +
         codebook), straight-through output. Returns f_hat, mean_vq_loss, per-scale usage (fraction of V hit)."""
@@ -221,13 +247,9 @@ class VectorQuantizer2(nn.Module):
         SN = len(self.v_patch_nums)
         hits = []
         pool = []
-        E = self.embedding.weight
         for si, pn in enumerate(self.v_patch_nums):
-            rest_NC = (F.interpolate(f_rest, size=(pn, pn), mode="area").permute(0, 2, 3, 1).reshape(-1, C)
-                       if si != SN - 1 else f_rest.permute(0, 2, 3, 1).reshape(-1, C))
-            d = torch.sum(rest_NC.square(), dim=1, keepdim=True) + torch.sum(E.data.square(), dim=1, keepdim=False)
-            d.addmm_(rest_NC, E.data.T, alpha=-2, beta=1)
-            idx_N = torch.argmin(d, dim=1)
+            rest_NC = self.rest_NC(f_rest, si)
+            idx_N = torch.argmin(self.code_distances(rest_NC), dim=1)
             hit_V = idx_N.bincount(minlength=self.vocab_size).float()
             hits.append(hit_V)
             if collect:
@@ -239,10 +261,7 @@ class VectorQuantizer2(nn.Module):
                     self.ema_vocab_hit_SV[si].mul_(0.9).add_(hit_V.mul(0.1))
                 else:
                     self.ema_vocab_hit_SV[si].mul_(0.99).add_(hit_V.mul(0.01))
-            idx_Bhw = idx_N.view(B, pn, pn)
-            h_BChw = (F.interpolate(self.embedding(idx_Bhw).permute(0, 3, 1, 2), size=(H, W), mode="bicubic").contiguous()
-                      if si != SN - 1 else self.embedding(idx_Bhw).permute(0, 3, 1, 2).contiguous())
-            h_BChw = self.quant_resi[si / (SN - 1)](h_BChw)
+            h_BChw = self.scale_update(idx_N, si, B, H, W)
             f_hat = f_hat + h_BChw
             f_rest -= h_BChw
             mean_vq_loss += F.mse_loss(f_hat.data, f_BChw).mul_(self.beta) + F.mse_loss(f_hat, f_no_grad)
@@ -260,19 +279,10 @@ class VectorQuantizer2(nn.Module):
         B, C, H, W = f_BChw.shape
         f_rest = f_BChw.detach().float().clone()
         f_hat = torch.zeros_like(f_rest)
-        SN = len(self.v_patch_nums)
-        E = self.embedding.weight
         out = []
         for si, pn in enumerate(self.v_patch_nums):
-            z_NC = (F.interpolate(f_rest, size=(pn, pn), mode="area").permute(0, 2, 3, 1).reshape(-1, C)
-                    if si != SN - 1 else f_rest.permute(0, 2, 3, 1).reshape(-1, C))
-            d = torch.sum(z_NC.square(), dim=1, keepdim=True) + torch.sum(E.square(), dim=1, keepdim=False)
-            d.addmm_(z_NC, E.T, alpha=-2, beta=1)
-            idx_N = torch.argmin(d, dim=1)
-            idx_Bhw = idx_N.view(B, pn, pn)
-            h = (F.interpolate(self.embedding(idx_Bhw).permute(0, 3, 1, 2), size=(H, W), mode="bicubic").contiguous()
-                 if si != SN - 1 else self.embedding(idx_Bhw).permute(0, 3, 1, 2).contiguous())
-            h = self.quant_resi[si / (SN - 1)](h)
+            idx_N = torch.argmin(self.code_distances(self.rest_NC(f_rest, si)), dim=1)
+            h = self.scale_update(idx_N, si, B, H, W)
             f_hat.add_(h)
             f_rest.sub_(h)
             out.append(idx_N.reshape(B, pn * pn))

@@ -8,7 +8,6 @@ tools/train/logs/train_classifier.log.
 
 Usage: python tools/train/train_classifier.py [--device cpu|cuda] [--epochs N]
 """
-import argparse
 import os
 import sys
 import time
@@ -18,7 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import HERE, Logger, cosine_lr, load_config, load_data, to_tensor_images  # noqa: E402
+from common import (add_io_args, cosine_lr, load_config, optimizer_step, set_lr, start_run,  # noqa: E402
+                    to_tensor_images, train_arg_parser)
 
 
 class EmojiClassifier(nn.Module):
@@ -72,23 +72,13 @@ def accuracy(m, X, y, bs=512):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default=None)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--npz", default=None)
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--log", default=os.path.join(HERE, "logs", "train_classifier.log"))
+    ap = train_arg_parser(epoch_budget=False)
+    add_io_args(ap, "train_classifier.log")
     args = ap.parse_args()
     cfg = load_config(args.config)
     tc = cfg["classifier"]["train"]
     epochs = args.epochs or tc["epochs"]
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(tc["seed"])
-    dev = torch.device(args.device)
-    log = Logger(args.log)
-    d = load_data(args.npz or cfg["data"]["npz"])
+    dev, log, d = start_run(args, cfg, tc["seed"])
     names = [str(s) for s in d["class_names"]]
     X = to_tensor_images(d["images"]).to(dev)
     y = torch.from_numpy(d["labels"]).to(dev)
@@ -110,12 +100,9 @@ def main():
         s = 0.0
         for it in range(spe):
             b = torch.multinomial(w, bs, replacement=True)
-            for gr in opt.param_groups:
-                gr["lr"] = cosine_lr(step, total, tc["lr"], 50, 0.02)
+            set_lr(opt, cosine_lr(step, total, tc["lr"], 50, 0.02))
             loss = F.cross_entropy(m(augment(Xtr[b], tc["max_shift"])), ytr[b], label_smoothing=0.1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimizer_step(opt, loss)
             s += loss.item()
             step += 1
         if (ep + 1) % max(1, epochs // 8) == 0 or ep == epochs - 1:

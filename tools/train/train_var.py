@@ -13,43 +13,30 @@ attn_bias_for_masking buffer is the official block-causal one) and logs to tools
 
 Usage: python tools/train/train_var.py [--device cpu|cuda] [--epochs N] [--vae /work/scratch/emoji/vae.pth]
 """
-import argparse
 import math
 import os
 import sys
 import time
-from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import check_format  # noqa: E402
-from common import HERE, Logger, cosine_lr, load_config, load_data, to_tensor_images  # noqa: E402
-from eval_tokens import build_vae, build_var, split_tokens, token_ce, tokenize, var_inputs  # noqa: E402
+from common import (TimeBudget, add_io_args, cosine_lr, load_config, optimizer_step, save_checked,  # noqa: E402
+                    set_lr, start_run, to_tensor_images, train_arg_parser)
+from eval_tokens import build_vae, build_var, token_ce, tokenize, var_inputs  # noqa: E402
 
 NOWD = ("pos_1LC", "pos_start", "lvl_embed", "scale_mul", "ada_gss")
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default=None)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--time-budget", type=float, default=0.0,
-                    help="seconds; if > 0, the epoch count is set from the first epoch's duration (logged, so the run "
-                         "can be repeated with --epochs N)")
-    ap.add_argument("--max-epochs", type=int, default=100000)
+    ap = train_arg_parser()
     ap.add_argument("--drop-path", type=float, default=None, help="override var.drop_path_rate")
     ap.add_argument("--weight-decay", type=float, default=None, help="override var.train.weight_decay")
     ap.add_argument("--lr", type=float, default=None, help="override var.train.lr")
     ap.add_argument("--keep-best", action="store_true", help="keep the evaluated epoch with the lowest held-out CE")
-    ap.add_argument("--npz", default=None)
-    ap.add_argument("--vae", default=None)
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--log", default=os.path.join(HERE, "logs", "train_var.log"))
+    add_io_args(ap, "train_var.log", inputs=("vae",))
     args = ap.parse_args()
     cfg = load_config(args.config)
     tc = cfg["var"]["train"]
@@ -63,11 +50,7 @@ def main():
         args.keep_best = True
     epochs = args.epochs or tc["epochs"]
     bs = args.batch_size or tc["batch_size"]
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(tc["seed"])
-    dev = torch.device(args.device)
-    log = Logger(args.log)
-    d = load_data(args.npz or cfg["data"]["npz"])
+    dev, log, d = start_run(args, cfg, tc["seed"])
     pn = tuple(cfg["vqvae"]["patch_nums"])
     num_classes = len(d["class_names"])
     log(f"var config {cfg['var']} | num_classes {num_classes} ({list(d['class_names'])}) | epochs {epochs} bs {bs} "
@@ -112,6 +95,7 @@ def main():
     steps_per_epoch = N // bs
     total = epochs * steps_per_epoch
     step = 0
+    budget = TimeBudget(args, log)
     t0 = time.time()
     best = (1e9, None, None)
     ep = 0
@@ -122,15 +106,11 @@ def main():
         for it in range(steps_per_epoch):
             b = perm[it * bs:(it + 1) * bs]
             lr = cosine_lr(step, total, tc["lr"], tc["warmup_steps"], tc["lr_min_ratio"])
-            for gr in opt.param_groups:
-                gr["lr"] = lr
+            set_lr(opt, lr)
             logits = var(ytr[b], vin_tr[b], mask)
             loss = F.cross_entropy(logits.reshape(-1, var.V), tok_tr[b].reshape(-1),
                                    label_smoothing=tc.get("label_smoothing", 0.0))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(var.parameters(), tc["grad_clip"])
-            opt.step()
+            optimizer_step(opt, loss, var.parameters(), tc["grad_clip"])
             s += loss.item()
             step += 1
         msg = f"ep {ep + 1:4d}/{epochs} step {step} lr {lr:.2e} train CE {s / steps_per_epoch:.4f}"
@@ -140,13 +120,8 @@ def main():
             if args.keep_best and ce < best[0]:
                 best = (ce, ep + 1, {k: v.detach().clone() for k, v in var.state_dict().items()})
         log(msg + f" ({time.time() - t0:.0f}s)")
-        if ep == 0:
-            t_ep1 = time.time()
-        if ep == 1 and args.time_budget > 0:
-            t_ep = time.time() - t_ep1  # second epoch (no warm-up / evaluation cost)
-            epochs = max(2, min(args.max_epochs, 2 + int((args.time_budget - (time.time() - t0)) / (1.1 * t_ep))))
-            total = epochs * steps_per_epoch
-            log(f"time budget {args.time_budget:.0f}s, epoch {t_ep:.2f}s -> epochs set to {epochs} (repeat with --epochs {epochs})")
+        epochs = budget.epochs_after(ep, epochs, t0)
+        total = epochs * steps_per_epoch
         ep += 1
     t_train = time.time() - t0
     if args.keep_best and best[2] is not None:
@@ -164,10 +139,7 @@ def main():
     c = cfg["var"]
     n, order = check_format.check_var(sd, c["depth"], c["embed_dim"], c["num_heads"], cfg["vqvae"]["V"],
                                       cfg["vqvae"]["Cvae"], num_classes, pn)
-    sd = OrderedDict((k, sd[k].detach().clone().contiguous()) for k in order)
-    out = args.out or os.path.join(cfg["out_dir"], "var.pth")
-    torch.save(sd, out)
-    log(f"wrote {out} ({os.path.getsize(out):,} B, {n} entries, official keys/shapes/dtypes/buffers checked)")
+    save_checked(sd, n, order, args.out or os.path.join(cfg["out_dir"], "var.pth"), log, "keys/shapes/dtypes/buffers")
 
 
 if __name__ == "__main__":

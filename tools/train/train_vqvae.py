@@ -11,7 +11,6 @@ quantize.ema_vocab_hit_SV buffer) and logs to tools/train/logs/train_vqvae.log.
 
 Usage: python tools/train/train_vqvae.py [--device cpu|cuda] [--epochs N] [--threads 2]
 """
-import argparse
 import os
 import sys
 import time
@@ -21,16 +20,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import check_format  # noqa: E402
-import models  # noqa: E402
-from common import HERE, Logger, cosine_lr, load_config, load_data, psnr_01, to_tensor_images  # noqa: E402
-
-
-def build_vae(cfg):
-    c = cfg["vqvae"]
-    return models.VQVAE(vocab_size=c["V"], z_channels=c["Cvae"], ch=c["ch"], ch_mult=tuple(c["ch_mult"]),
-                        num_res_blocks=c["num_res_blocks"], beta=c["beta"], quant_conv_ks=c["quant_conv_ks"],
-                        quant_resi=c["quant_resi"], share_quant_resi=c["share_quant_resi"],
-                        v_patch_nums=tuple(c["patch_nums"]), using_sa=c["using_sa"], using_mid_sa=c["using_mid_sa"])
+from common import (TimeBudget, add_io_args, cosine_lr, load_config, optimizer_step, psnr_01,  # noqa: E402
+                    save_checked, set_lr, start_run, to_tensor_images, train_arg_parser)
+from eval_tokens import build_vae  # noqa: E402
 
 
 @torch.no_grad()
@@ -52,29 +44,14 @@ def evaluate(vae, X, bs=256):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default=None)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--time-budget", type=float, default=0.0,
-                    help="seconds; if > 0, the epoch count is set from the first epoch's duration (logged, so the run "
-                         "can be repeated with --epochs N)")
-    ap.add_argument("--max-epochs", type=int, default=100000)
-    ap.add_argument("--npz", default=None)
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--log", default=os.path.join(HERE, "logs", "train_vqvae.log"))
+    ap = train_arg_parser()
+    add_io_args(ap, "train_vqvae.log")
     args = ap.parse_args()
     cfg = load_config(args.config)
     tc = cfg["vqvae"]["train"]
     epochs = args.epochs or tc["epochs"]
     bs = args.batch_size or tc["batch_size"]
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(tc["seed"])
-    dev = torch.device(args.device)
-    log = Logger(args.log)
-    d = load_data(args.npz or cfg["data"]["npz"])
+    dev, log, d = start_run(args, cfg, tc["seed"])
     X = to_tensor_images(d["images"])
     tr = torch.from_numpy(d["split"] == 0)
     Xtr, Xho = X[tr].to(dev), X[~tr].to(dev)
@@ -100,6 +77,7 @@ def main():
     total = epochs * steps_per_epoch
     window = torch.zeros(q.vocab_size, device=dev)
     step = 0
+    budget = TimeBudget(args, log)
     t0 = time.time()
     ep = 0
     while ep < epochs:
@@ -112,8 +90,7 @@ def main():
                 flip = torch.rand(x.shape[0], device=dev) < 0.5
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
             lr = cosine_lr(step, total, tc["lr"], tc["warmup_steps"], tc["lr_min_ratio"])
-            for gr in opt.param_groups:
-                gr["lr"] = lr
+            set_lr(opt, lr)
             restart_now = (tc["restart_every"] > 0 and (step + 1) % tc["restart_every"] == 0
                            and step < tc["restart_until_frac"] * total)
             rec, vq_loss, hits, f = vae(x, collect=restart_now)
@@ -121,10 +98,7 @@ def main():
             loss = rec_loss + tc["vq_weight"] * vq_loss
             if tc["l1_weight"] > 0:
                 loss = loss + tc["l1_weight"] * F.l1_loss(rec, x)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(vae.parameters(), tc["grad_clip"])
-            opt.step()
+            optimizer_step(opt, loss, vae.parameters(), tc["grad_clip"])
             window += hits.sum(0)
             if restart_now:
                 dead = (window == 0).nonzero().flatten()
@@ -149,13 +123,8 @@ def main():
             p, mse, used, per_scale = evaluate(vae, Xho)[:4]
             msg += f" | held-out PSNR {p:.2f} dB, codes used {used}/{q.vocab_size} per scale {per_scale}"
         log(msg + f" ({time.time() - t0:.0f}s)")
-        if ep == 0:
-            t_ep1 = time.time()
-        if ep == 1 and args.time_budget > 0:
-            t_ep = time.time() - t_ep1  # second epoch (no warm-up / evaluation cost)
-            epochs = max(2, min(args.max_epochs, 2 + int((args.time_budget - (time.time() - t0)) / (1.1 * t_ep))))
-            total = epochs * steps_per_epoch
-            log(f"time budget {args.time_budget:.0f}s, epoch {t_ep:.2f}s -> epochs set to {epochs} (repeat with --epochs {epochs})")
+        epochs = budget.epochs_after(ep, epochs, t0)
+        total = epochs * steps_per_epoch
         ep += 1
     t_train = time.time() - t0
     p_ho, mse_ho, used_ho, ps_ho, _ = evaluate(vae, Xho)
@@ -168,12 +137,7 @@ def main():
     c = cfg["vqvae"]
     n, order = check_format.check_vae(sd, c["V"], c["Cvae"], c["ch"], c["ch_mult"], c["num_res_blocks"],
                                       c["share_quant_resi"], len(c["patch_nums"]))
-    from collections import OrderedDict
-    sd = OrderedDict((k, sd[k].detach().clone().contiguous()) for k in order)
-    out = args.out or os.path.join(cfg["out_dir"], "vae.pth")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    torch.save(sd, out)
-    log(f"wrote {out} ({os.path.getsize(out):,} B, {n} entries, official keys/shapes/dtypes checked)")
+    save_checked(sd, n, order, args.out or os.path.join(cfg["out_dir"], "vae.pth"), log, "keys/shapes/dtypes")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
 
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::generate::{Generator, Plan, SampleOptions, StepHook};
+use srdd_core::parallel::Parallel;
+use srdd_core::tokenize::tokenize;
 use srdd_core::{Model, Schedule, WeightFormat};
 use srdd_tools::checkpoint::{read_state_dict, Role, StateDict};
 use srdd_tools::convert::{pack, PackOptions};
@@ -88,23 +90,59 @@ pub fn state_dicts(dir: &Path) -> (StateDict, StateDict) {
     (read("var", Role::Var), read("vae", Role::Vae))
 }
 
-/// The packed `.srdd` bytes of a fixture in `weights`, 64-byte aligned; cached per test binary.
-pub fn packed(dir: &Path, weights: WeightFormat) -> Arc<AlignedBytes> {
-    type Cache = Mutex<HashMap<(PathBuf, String), Arc<OnceLock<Arc<AlignedBytes>>>>>;
-    static CACHE: OnceLock<Cache> = OnceLock::new();
-    let cell = CACHE
+/// A per-test-binary cache of values computed once per fixture directory and weight format.
+pub type FixtureCache<T> = OnceLock<Mutex<HashMap<(PathBuf, String), Arc<OnceLock<T>>>>>;
+
+/// The value `make` computes for (`dir`, `weights`), computed once per `cache`. The map's lock is
+/// released before `make` runs, so different fixtures are computed in parallel.
+pub fn cached<T: Clone>(
+    cache: &'static FixtureCache<T>,
+    dir: &Path,
+    weights: WeightFormat,
+    make: impl FnOnce() -> T,
+) -> T {
+    let cell = cache
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .entry((dir.to_path_buf(), format!("{weights:?}")))
         .or_default()
         .clone();
-    cell.get_or_init(|| {
+    cell.get_or_init(make).clone()
+}
+
+/// The packed `.srdd` bytes of a fixture in `weights`, 64-byte aligned; cached per test binary.
+pub fn packed(dir: &Path, weights: WeightFormat) -> Arc<AlignedBytes> {
+    static CACHE: FixtureCache<Arc<AlignedBytes>> = OnceLock::new();
+    cached(&CACHE, dir, weights, || {
         let (var, vae) = state_dicts(dir);
         let bytes = pack(&var, &vae, &pack_options(dir, weights)).expect("pack fixture");
         Arc::new(AlignedBytes::new(&bytes))
     })
-    .clone()
+}
+
+/// The fixture with six scales.
+pub const SIX: &str = "tiny-six-scales";
+/// The fixture with the official ten-scale schedule.
+pub const OFFICIAL: &str = "tiny-official-schedule";
+
+/// Calls `f` with the fixture called `name`, packed in `w` and loaded.
+pub fn with_model<R>(name: &str, w: WeightFormat, f: impl FnOnce(&Model<'_>) -> R) -> R {
+    let b = packed(&fixture(name), w);
+    let model = Model::from_bytes(b.as_bytes()).expect("load packed fixture");
+    f(&model)
+}
+
+/// Calls `f` with each (fixture, weight format) model and its full schedule.
+pub fn with_each_model(
+    cases: &[(&str, WeightFormat)],
+    f: impl Fn(&str, WeightFormat, &Model<'_>, &Schedule),
+) {
+    for &(fixture, w) in cases {
+        with_model(fixture, w, |model| {
+            f(fixture, w, model, &Schedule::full(&model.config))
+        });
+    }
 }
 
 /// What a full run produced.
@@ -148,6 +186,11 @@ pub fn run_full(
     let plan = Plan::new(&model.config, &opts, sched)?;
     let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
     let mut gen = Generator::new(model, opts, sched.clone(), arena.as_bytes_mut())?;
+    run_recorded(&mut gen)
+}
+
+/// Samples every step of `gen` with a [`Recorder`] and decodes; `f_hat` is taken before decoding.
+pub fn run_recorded(gen: &mut Generator<'_, '_>) -> srdd_core::Result<RunOut> {
     let mut rec = Recorder::default();
     gen.run(&mut rec)?;
     let f_hat = gen.f_hat().to_vec();
@@ -159,6 +202,41 @@ pub fn run_full(
         f_hat,
         image,
     })
+}
+
+/// What `tokenize` produced for one image.
+pub struct Tokenized {
+    /// Tokens of every scale of the schedule, concatenated.
+    pub tokens: Vec<u32>,
+    /// The encoder's latent `f`.
+    pub f: Vec<f32>,
+    /// The quantized latent `f_hat`.
+    pub f_hat: Vec<f32>,
+}
+
+/// Tokenizes `image` with `sched` in `arena` (at least `tokenize_bytes`), buffers sized exactly.
+pub fn tokenize_image(
+    model: &Model<'_>,
+    sched: &Schedule,
+    image: &[f32],
+    arena: &mut [u8],
+    par: &dyn Parallel,
+) -> srdd_core::Result<Tokenized> {
+    let cfg = &model.config;
+    let (cv, p) = (cfg.vae.cvae as usize, cfg.latent_side());
+    let mut tokens = vec![0u32; sched.total_tokens()];
+    let (mut f, mut f_hat) = (vec![0f32; cv * p * p], vec![0f32; cv * p * p]);
+    tokenize(
+        model,
+        sched,
+        image,
+        arena,
+        &mut tokens,
+        &mut f,
+        &mut f_hat,
+        par,
+    )?;
+    Ok(Tokenized { tokens, f, f_hat })
 }
 
 /// Bit patterns of a float slice (for bit-exact comparisons that treat NaN as equal to itself).
