@@ -71,6 +71,26 @@ fn check(
     Ok(())
 }
 
+/// [`check`] for [`tokenize`] and [`quantize_f`]: their arena, tokens, `f` and `f_hat`.
+fn check_quantize(
+    model: &Model<'_>,
+    sched: &Schedule,
+    arena: usize,
+    tokens: usize,
+    f: usize,
+    f_hat: usize,
+) -> Result<()> {
+    let needed = tokenize_bytes(model, sched);
+    check(
+        model,
+        sched,
+        arena,
+        needed,
+        tokens,
+        &[("f_hat", f_hat), ("f", f)],
+    )
+}
+
 /// Encodes `image` (`3 × H × W` in [−1, 1]) and quantizes it on `sched`: writes the tokens of
 /// every step, concatenated row-major (`sched.total_tokens()` values), the encoder output `f`
 /// and the accumulated `f_hat` (both `Cvae × P × P`).
@@ -86,14 +106,13 @@ pub fn tokenize(
     par: &dyn Parallel,
 ) -> Result<()> {
     let enc = model.weights.encoder.as_ref().ok_or(Error::NoEncoder)?;
-    let maps = [("f_hat", f_hat.len()), ("f", f_out.len())];
-    check(
+    check_quantize(
         model,
         sched,
         arena.len(),
-        tokenize_bytes(model, sched),
         tokens.len(),
-        &maps,
+        f_out.len(),
+        f_hat.len(),
     )?;
     vae::encode(
         enc,
@@ -116,14 +135,13 @@ pub fn quantize_f(
     f_hat: &mut [f32],
     par: &dyn Parallel,
 ) -> Result<()> {
-    let maps = [("f_hat", f_hat.len()), ("f", f.len())];
-    check(
+    check_quantize(
         model,
         sched,
         arena.len(),
-        tokenize_bytes(model, sched),
         tokens.len(),
-        &maps,
+        f.len(),
+        f_hat.len(),
     )?;
     let d = VqDims::new(&model.config, sched);
     let (cv, p) = (d.cv, d.p);

@@ -4,7 +4,7 @@
 //! images on threads, PNG output and grids. The `srdd` binary is in `main.rs`.
 
 use srdd_core::aligned::AlignedBytes;
-use srdd_core::generate::{Generator, Plan, SampleOptions, Sampler, StepHook};
+use srdd_core::generate::{Compute, Generator, Plan, SampleOptions, Sampler, StepHook};
 use srdd_core::parallel::Parallel;
 use srdd_core::resample::{ConfidenceThreshold, FixedFraction, KeepAll, Learned, ResamplePolicy};
 use srdd_core::{Model, Schedule};
@@ -265,7 +265,7 @@ pub fn sample_batch(
     par: &dyn Parallel,
     on_step: &dyn Fn(),
 ) -> srdd_core::Result<Vec<Image>> {
-    let plan = Plan::batch(&model.config, &opts, sched, images)?;
+    let plan = Plan::batch(&model.config, &opts, sched, images, Compute::Cpu)?;
     let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
     let mut sampler = Sampler::cpu(
         model,

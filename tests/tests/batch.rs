@@ -7,7 +7,7 @@ mod common;
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::edit::EditHook;
 use srdd_core::forward::{Probe, TensorId};
-use srdd_core::generate::{Generator, Plan, SampleOptions, Sampler, StepHook};
+use srdd_core::generate::{Compute, Generator, Plan, SampleOptions, Sampler, StepHook};
 use srdd_core::parallel::{Sequential, StdThreads};
 use srdd_core::resample::{ConfidenceThreshold, FixedFraction, ResamplePolicy};
 use srdd_core::{Attention, Error, Model, Schedule, WeightFormat};
@@ -63,7 +63,7 @@ fn batch(
     images: usize,
     refine: bool,
 ) -> Vec<Image> {
-    let plan = Plan::batch(&model.config, &o, sched, images).unwrap();
+    let plan = Plan::batch(&model.config, &o, sched, images, Compute::Cpu).unwrap();
     let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
     let par = StdThreads(2);
     let mut s = Sampler::cpu(model, o, sched.clone(), images, arena.as_bytes_mut(), &par).unwrap();
@@ -88,6 +88,24 @@ fn batch(
         });
     }
     out
+}
+
+/// Two images on the CPU backend with sequential kernels.
+fn two_images<'m, 'a>(
+    model: &'m Model<'m>,
+    o: SampleOptions,
+    sched: &Schedule,
+    arena: &'a mut [u8],
+) -> Sampler<'m, 'a, srdd_core::CpuForward<'m, 'a>> {
+    Sampler::cpu(model, o, sched.clone(), 2, arena, &Sequential).unwrap()
+}
+
+/// One refinement policy per image of a pair.
+fn quarters() -> [FixedFraction; 2] {
+    [
+        FixedFraction { fraction: 0.25 },
+        FixedFraction { fraction: 0.25 },
+    ]
 }
 
 #[test]
@@ -152,21 +170,10 @@ fn edit_hooks_apply_per_image_in_a_batch() {
         (vec![0f32; n], vec![false; n], vec![0f32; n], vec![false; n]);
     let mut h0 = EditHook::new(&keep_all, p, &source, &mut r0, &mut f0);
     let mut h1 = EditHook::new(&keep_none, p, &source, &mut r1, &mut f1);
-    let plan = Plan::batch(&model.config, &o, &sched, 2).unwrap();
+    let plan = Plan::batch(&model.config, &o, &sched, 2, Compute::Cpu).unwrap();
     let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
-    let mut s = Sampler::cpu(
-        &model,
-        o,
-        sched.clone(),
-        2,
-        arena.as_bytes_mut(),
-        &Sequential,
-    )
-    .unwrap();
-    let (mut q0, mut q1) = (
-        FixedFraction { fraction: 0.25 },
-        FixedFraction { fraction: 0.25 },
-    );
+    let mut s = two_images(&model, o, &sched, arena.as_bytes_mut());
+    let [mut q0, mut q1] = quarters();
     let mut fhat_from_source = vec![0f32; model.config.vae.cvae as usize * p * p];
     while !s.finished() {
         s.step(&mut [&mut h0, &mut h1], &mut [&mut q0, &mut q1])
@@ -214,7 +221,7 @@ fn the_cpu_backend_reports_its_intermediates_and_checks_the_batch() {
         top_k: 50,
         ..SampleOptions::new(0)
     };
-    let plan = Plan::batch(&model.config, &o, &sched, 2).unwrap();
+    let plan = Plan::batch(&model.config, &o, &sched, 2, Compute::Cpu).unwrap();
     assert_eq!(plan.images, 2);
     let one = Plan::new(&model.config, &o, &sched).unwrap();
     assert!(plan.arena_bytes() > one.arena_bytes());
@@ -235,22 +242,11 @@ fn the_cpu_backend_reports_its_intermediates_and_checks_the_batch() {
             given: plan.arena_bytes() - 1
         })
     );
-    assert!(Plan::batch(&model.config, &o, &sched, 0).is_err());
-    assert!(Plan::batch(&model.config, &o, &sched, 65).is_err());
-    let mut s = Sampler::cpu(
-        &model,
-        o,
-        sched.clone(),
-        2,
-        arena.as_bytes_mut(),
-        &Sequential,
-    )
-    .unwrap();
+    assert!(Plan::batch(&model.config, &o, &sched, 0, Compute::Cpu).is_err());
+    assert!(Plan::batch(&model.config, &o, &sched, 65, Compute::Cpu).is_err());
+    let mut s = two_images(&model, o, &sched, arena.as_bytes_mut());
     let (mut a, mut b) = (Record::default(), Record::default());
-    let (mut pa, mut pb) = (
-        FixedFraction { fraction: 0.25 },
-        FixedFraction { fraction: 0.25 },
-    );
+    let [mut pa, mut pb] = quarters();
     // One hook per image.
     assert!(s.step(&mut [&mut a], &mut [&mut pa]).is_err());
     let mut probe = Tensors::default();
@@ -329,7 +325,7 @@ fn a_backend_with_its_own_memory_plugs_into_the_unchanged_sampler() {
     };
     let images = 2;
     // The backend's own memory: the CPU plan's bytes (more than it needs, simply).
-    let cpu = Plan::batch(&model.config, &o, &sched, images).unwrap();
+    let cpu = Plan::batch(&model.config, &o, &sched, images, Compute::Cpu).unwrap();
     let mut own = AlignedBytes::zeroed(cpu.arena_bytes());
     let (run, scratch) = own.as_bytes_mut().split_at_mut(cpu.kv_cache_bytes);
     let mut ar = srdd_core::arena::Arena::new(run).unwrap();
@@ -337,7 +333,7 @@ fn a_backend_with_its_own_memory_plugs_into_the_unchanged_sampler() {
         srdd_core::CpuForward::new(&model, &o, &sched, images, &mut ar, &Sequential).unwrap();
     let fwd = OwnMemory { inner, scratch };
     // The sampler's arena holds only its own buffers.
-    let plan = Plan::device(&model.config, &o, &sched, images).unwrap();
+    let plan = Plan::batch(&model.config, &o, &sched, images, Compute::Device).unwrap();
     assert!(plan.arena_bytes() < cpu.arena_bytes());
     assert_eq!((plan.kv_cache_bytes, plan.decode_bytes), (0, 0));
     let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
@@ -352,10 +348,7 @@ fn a_backend_with_its_own_memory_plugs_into_the_unchanged_sampler() {
     )
     .unwrap();
     let (mut a, mut b) = (Record::default(), Record::default());
-    let (mut pa, mut pb) = (
-        FixedFraction { fraction: 0.25 },
-        FixedFraction { fraction: 0.25 },
-    );
+    let [mut pa, mut pb] = quarters();
     while !s.finished() {
         s.step(&mut [&mut a, &mut b], &mut [&mut pa, &mut pb])
             .unwrap();

@@ -12,7 +12,7 @@ use super::{Forward, Probe, Step, TensorId};
 use crate::arena::Arena;
 use crate::error::{Error, Result};
 use crate::generate::plan::Shape;
-use crate::generate::{Plan, SampleOptions};
+use crate::generate::{Compute, Plan, SampleOptions};
 use crate::kernels::{linear, linear_scratch_len, LinearScratch};
 use crate::layout::arena_layout;
 use crate::parallel::Parallel;
@@ -106,7 +106,7 @@ impl<'m, 'a> CpuForward<'m, 'a> {
         ar: &mut Arena<'a>,
         par: &'m dyn Parallel,
     ) -> Result<Self> {
-        Plan::batch(&model.config, opts, sched, images)?;
+        Plan::batch(&model.config, opts, sched, images, Compute::Cpu)?;
         let shape = Shape::new(&model.config, opts, sched, images);
         Ok(CpuForward {
             model,

@@ -19,7 +19,7 @@ mod sampler;
 pub use crate::layout::Lifetime;
 pub use hook::{Both, NoHook, StepHook};
 pub use options::{Guidance, SampleOptions, StepSettings, StepTable, MAX_REFINE};
-pub use plan::Plan;
+pub use plan::{Compute, Plan};
 pub use sampler::Sampler;
 
 use crate::error::Result;

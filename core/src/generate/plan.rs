@@ -127,6 +127,15 @@ arena_layout! {
     }
 }
 
+/// Where a run computes, which decides what its arena holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compute {
+    /// [`CpuForward`]: its KV cache, step scratch and decoder scratch are in the arena too.
+    Cpu,
+    /// A backend with its own memory: the arena holds the sampler's buffers only.
+    Device,
+}
+
 /// Arena layout of one sampling run: every buffer's size, decided before any work.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -155,37 +164,19 @@ pub struct Plan {
 impl Plan {
     /// Plans one image with `opts` on `sched` for a model with `cfg` (CPU backend).
     pub fn new(cfg: &ModelConfig, opts: &SampleOptions, sched: &Schedule) -> Result<Plan> {
-        Plan::batch(cfg, opts, sched, 1)
+        Plan::batch(cfg, opts, sched, 1, Compute::Cpu)
     }
 
-    /// Plans `images` images sampled together on the CPU backend.
+    /// Plans `images` images sampled together; with [`Compute::Device`] only the sampler's
+    /// buffers live in the arena.
     pub fn batch(
         cfg: &ModelConfig,
         opts: &SampleOptions,
         sched: &Schedule,
         images: usize,
+        compute: Compute,
     ) -> Result<Plan> {
-        Plan::build(cfg, opts, sched, images, true)
-    }
-
-    /// Plans `images` images for a backend that computes off the host: only the sampler's
-    /// buffers live in the arena.
-    pub fn device(
-        cfg: &ModelConfig,
-        opts: &SampleOptions,
-        sched: &Schedule,
-        images: usize,
-    ) -> Result<Plan> {
-        Plan::build(cfg, opts, sched, images, false)
-    }
-
-    fn build(
-        cfg: &ModelConfig,
-        opts: &SampleOptions,
-        sched: &Schedule,
-        images: usize,
-        cpu: bool,
-    ) -> Result<Plan> {
+        let cpu = compute == Compute::Cpu;
         sched.validate(cfg)?;
         opts.validate(cfg)?;
         if opts.table.is_some_and(|t| t.len != sched.len()) {

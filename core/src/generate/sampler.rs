@@ -12,7 +12,7 @@
 //! ```
 
 use super::hook::StepHook;
-use super::plan::{Plan, SamplerRun, SamplerStep, Shape};
+use super::plan::{Compute, Plan, SamplerRun, SamplerStep, Shape};
 use super::SampleOptions;
 use crate::arena::Arena;
 use crate::config::Attention;
@@ -44,7 +44,7 @@ pub struct Sampler<'m, 'a, F: Forward> {
 
 impl<'m, 'a> Sampler<'m, 'a, CpuForward<'m, 'a>> {
     /// `images` images on the CPU backend, in an arena of at least
-    /// [`Plan::batch`]`(…).arena_bytes()` bytes; image `i` uses seed `opts.seed + i`.
+    /// [`Plan::batch`]`(…, Compute::Cpu).arena_bytes()` bytes; image `i` uses seed `opts.seed + i`.
     pub fn cpu(
         model: &'m Model<'m>,
         opts: SampleOptions,
@@ -53,7 +53,7 @@ impl<'m, 'a> Sampler<'m, 'a, CpuForward<'m, 'a>> {
         arena: &'a mut [u8],
         par: &'m dyn Parallel,
     ) -> Result<Self> {
-        let plan = Plan::batch(&model.config, &opts, &sched, images)?;
+        let plan = Plan::batch(&model.config, &opts, &sched, images, Compute::Cpu)?;
         check_arena(&plan, arena.len())?;
         let mut ar = Arena::new(arena)?;
         let shape = Shape::new(&model.config, &opts, &sched, images);
@@ -65,7 +65,7 @@ impl<'m, 'a> Sampler<'m, 'a, CpuForward<'m, 'a>> {
 
 impl<'m, 'a, F: Forward> Sampler<'m, 'a, F> {
     /// `images` images on a backend that computes off the host (its host scratch is none): the
-    /// arena needs [`Plan::device`]`(…).arena_bytes()` bytes.
+    /// arena needs [`Plan::batch`]`(…, Compute::Device).arena_bytes()` bytes.
     pub fn with_forward(
         model: &'m Model<'m>,
         opts: SampleOptions,
@@ -75,7 +75,7 @@ impl<'m, 'a, F: Forward> Sampler<'m, 'a, F> {
         forward: F,
         par: &'m dyn Parallel,
     ) -> Result<Self> {
-        let plan = Plan::device(&model.config, &opts, &sched, images)?;
+        let plan = Plan::batch(&model.config, &opts, &sched, images, Compute::Device)?;
         check_arena(&plan, arena.len())?;
         if forward.max_rows() < plan.rows * images {
             return Err(Error::BadOption(
