@@ -6,7 +6,7 @@ mod common;
 
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::edit::EditHook;
-use srdd_core::forward::{Probe, TensorId};
+use srdd_core::forward::{Chunk, Io, Probe, Step, TensorId};
 use srdd_core::generate::{Compute, Generator, Plan, SampleOptions, Sampler, StepHook};
 use srdd_core::parallel::{Sequential, StdThreads};
 use srdd_core::resample::{ConfidenceThreshold, FixedFraction, ResamplePolicy};
@@ -279,25 +279,27 @@ impl srdd_core::Forward for OwnMemory<'_, '_> {
     fn max_rows(&self) -> usize {
         self.inner.max_rows()
     }
-    fn prepare(
-        &mut self,
-        step: &srdd_core::forward::Step<'_>,
-        scratch: &mut [u8],
-        probe: &mut dyn Probe,
-    ) -> srdd_core::Result<()> {
-        assert!(scratch.is_empty(), "a device plan gives no host scratch");
-        self.inner.prepare(step, self.scratch, probe)
+    fn prepare(&mut self, step: &Step<'_>, io: Io<'_>) -> srdd_core::Result<()> {
+        assert!(io.scratch.is_empty(), "a device plan gives no host scratch");
+        let scratch = &mut *self.scratch;
+        self.inner.prepare(
+            step,
+            Io {
+                scratch,
+                probe: io.probe,
+            },
+        )
     }
-    fn logits(
-        &mut self,
-        step: &srdd_core::forward::Step<'_>,
-        t0: usize,
-        m: usize,
-        _scratch: &mut [u8],
-        out: &mut [f32],
-        probe: &mut dyn Probe,
-    ) -> srdd_core::Result<()> {
-        self.inner.logits(step, t0, m, self.scratch, out, probe)
+    fn logits(&mut self, step: &Step<'_>, chunk: Chunk<'_>, io: Io<'_>) -> srdd_core::Result<()> {
+        let scratch = &mut *self.scratch;
+        self.inner.logits(
+            step,
+            chunk,
+            Io {
+                scratch,
+                probe: io.probe,
+            },
+        )
     }
     fn decode(
         &mut self,

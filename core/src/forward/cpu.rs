@@ -8,7 +8,7 @@
 //! decode    VQVAE decoder, whole image or row bands
 //! ```
 
-use super::{Forward, Probe, Step, TensorId};
+use super::{Chunk, Forward, Io, Step, TensorId};
 use crate::arena::Arena;
 use crate::error::{Error, Result};
 use crate::generate::plan::Shape;
@@ -142,12 +142,8 @@ impl Forward for CpuForward<'_, '_> {
         self.shape.rows
     }
 
-    fn prepare(
-        &mut self,
-        step: &Step<'_>,
-        scratch: &mut [u8],
-        probe: &mut dyn Probe,
-    ) -> Result<()> {
+    fn prepare(&mut self, step: &Step<'_>, io: Io<'_>) -> Result<()> {
+        let Io { scratch, probe } = io;
         self.check(step)?;
         let cfg = &self.model.config;
         let t = &self.model.weights.var;
@@ -265,15 +261,8 @@ impl Forward for CpuForward<'_, '_> {
         Ok(())
     }
 
-    fn logits(
-        &mut self,
-        step: &Step<'_>,
-        t0: usize,
-        m: usize,
-        scratch: &mut [u8],
-        out: &mut [f32],
-        probe: &mut dyn Probe,
-    ) -> Result<()> {
+    fn logits(&mut self, step: &Step<'_>, chunk: Chunk<'_>, io: Io<'_>) -> Result<()> {
+        let (Chunk { t0, m, out }, Io { scratch, probe }) = (chunk, io);
         self.check(step)?;
         let Shape { n: nmax, c, v, .. } = self.shape;
         if m > self.shape.chunk || t0 + m > step.tokens() || out.len() < step.rows.len() * m * v {

@@ -111,25 +111,35 @@ impl Probe for NoProbe {
     fn tensor(&mut self, _: TensorId, _: &[f32]) {}
 }
 
+/// What a call may use on the host: its scratch bytes and the probe.
+pub struct Io<'x> {
+    /// Host scratch (the same bytes from a `prepare` to its `logits` calls); empty for a
+    /// backend that plans none.
+    pub scratch: &'x mut [u8],
+    /// Receives intermediate tensors.
+    pub probe: &'x mut dyn Probe,
+}
+
+/// A chunk of logits to fill: tokens `t0 .. t0 + m` of the step.
+pub struct Chunk<'x> {
+    /// First token.
+    pub t0: usize,
+    /// Tokens (at most the planned chunk).
+    pub m: usize,
+    /// `rows × m × V` raw logits, row-major in the order of the step's rows.
+    pub out: &'x mut [f32],
+}
+
 /// The compute of a sampling run (see the [module docs](self) for the contract).
 pub trait Forward {
     /// Most rows one step may carry (as planned).
     fn max_rows(&self) -> usize;
 
     /// Runs the transformer over the step's tokens for every row.
-    fn prepare(&mut self, step: &Step<'_>, scratch: &mut [u8], probe: &mut dyn Probe)
-        -> Result<()>;
+    fn prepare(&mut self, step: &Step<'_>, io: Io<'_>) -> Result<()>;
 
-    /// Writes the raw logits of tokens `t0 .. t0 + m` of every row to `out` (`rows × m × V`).
-    fn logits(
-        &mut self,
-        step: &Step<'_>,
-        t0: usize,
-        m: usize,
-        scratch: &mut [u8],
-        out: &mut [f32],
-        probe: &mut dyn Probe,
-    ) -> Result<()>;
+    /// Writes the raw logits of the chunk's tokens of every row (`rows × m × V`).
+    fn logits(&mut self, step: &Step<'_>, chunk: Chunk<'_>, io: Io<'_>) -> Result<()>;
 
     /// Decodes `f_hat` (`Cvae × P × P`), handing each image row to `sink`.
     fn decode(

@@ -17,7 +17,9 @@ use super::SampleOptions;
 use crate::arena::Arena;
 use crate::config::Attention;
 use crate::error::{Error, Result};
-use crate::forward::{CpuForward, Forward, NoProbe, Probe, Row, Step, MAX_BATCH, MAX_ROWS};
+use crate::forward::{
+    Chunk, CpuForward, Forward, Io, NoProbe, Probe, Row, Step, MAX_BATCH, MAX_ROWS,
+};
 use crate::layout::zeroed_flags;
 use crate::parallel::Parallel;
 use crate::resample::{token_stats, ResamplePolicy, TokenStats};
@@ -368,7 +370,13 @@ impl<F: Forward> Pass<'_, '_, F> {
             input: if ctx.k == 0 { &[] } else { &*self.run.next_in },
             input_stride: cv * nmax,
         };
-        self.forward.prepare(&step, self.scratch, probe)?;
+        self.forward.prepare(
+            &step,
+            Io {
+                scratch: &mut *self.scratch,
+                probe: &mut *probe,
+            },
+        )?;
 
         let s = &ctx.settings;
         let tg = s.guidance as f64;
@@ -379,8 +387,12 @@ impl<F: Forward> Pass<'_, '_, F> {
         while t0 < n {
             let m = chunk.min(n - t0);
             let logits = &mut self.logits[..rows.len() * m * v];
-            self.forward
-                .logits(&step, t0, m, self.scratch, logits, probe)?;
+            let chunk = Chunk { t0, m, out: logits };
+            let io = Io {
+                scratch: &mut *self.scratch,
+                probe: &mut *probe,
+            };
+            self.forward.logits(&step, chunk, io)?;
             for (a, &i) in active.iter().enumerate() {
                 let (cond, rest) = logits[a * ctx.branches * m * v..].split_at_mut(m * v);
                 for j in 0..m {
