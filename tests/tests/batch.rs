@@ -56,6 +56,18 @@ fn single(model: &Model<'_>, o: SampleOptions, sched: &Schedule, refine: bool) -
     }
 }
 
+/// Image `i` of a batch run alone: seed + i.
+fn single_image(
+    model: &Model<'_>,
+    o: SampleOptions,
+    sched: &Schedule,
+    i: usize,
+    refine: bool,
+) -> Image {
+    let seed = o.seed + i as u64;
+    single(model, SampleOptions { seed, ..o }, sched, refine)
+}
+
 fn batch(
     model: &Model<'_>,
     o: SampleOptions,
@@ -129,15 +141,7 @@ fn a_batch_equals_single_runs_byte_for_byte() {
                 let images = if attention == Attention::Causal { 3 } else { 8 };
                 let got = batch(&model, o, &sched, images, refine);
                 for (i, g) in got.iter().enumerate() {
-                    let one = single(
-                        &model,
-                        SampleOptions {
-                            seed: 11 + i as u64,
-                            ..o
-                        },
-                        &sched,
-                        refine,
-                    );
+                    let one = single_image(&model, o, &sched, i, refine);
                     let what = format!("{fixture} {w:?} {attention:?} refine {refine} image {i}");
                     assert_eq!(g.tokens, one.tokens, "{what}: tokens");
                     assert_eq!(g.f_hat, one.f_hat, "{what}: f_hat");
@@ -363,15 +367,7 @@ fn a_backend_with_its_own_memory_plugs_into_the_unchanged_sampler() {
             f_hat: bits(s.f_hat(i)),
             rgb,
         };
-        let one = single(
-            &model,
-            SampleOptions {
-                seed: 5 + i as u64,
-                ..o
-            },
-            &sched,
-            false,
-        );
+        let one = single_image(&model, o, &sched, i, false);
         assert_eq!(got, one, "image {i}");
     }
 }
