@@ -392,7 +392,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 .collect();
             let threads = cores.min(batches.len());
             let inner = StdThreads((cores / threads).max(1));
-            let results: Mutex<Vec<Option<Result<Vec<Image>, srdd_core::Error>>>> =
+            let results: Mutex<Vec<Option<srdd_core::Result<Vec<Image>>>>> =
                 Mutex::new(batches.iter().map(|_| None).collect());
             let next = Mutex::new(0usize);
             std::thread::scope(|sc| {
