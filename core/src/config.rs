@@ -146,94 +146,52 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
         let v = &self.var;
         let q = &self.vae;
-        let bad = |c: bool, what: &'static str| {
-            if c {
-                Err(Error::BadConfig(what))
-            } else {
-                Ok(())
-            }
-        };
-        bad(
-            v.depth == 0 || v.depth as usize > MAX_DEPTH,
-            "depth out of range",
-        )?;
-        bad(
-            v.embed_dim == 0 || v.embed_dim > 1 << 16,
-            "embed_dim out of range",
-        )?;
-        bad(
-            v.num_heads == 0 || !v.embed_dim.is_multiple_of(v.num_heads),
-            "num_heads must divide embed_dim",
-        )?;
-        bad(
-            v.ffn_hidden == 0 || v.ffn_hidden > 1 << 18,
-            "ffn_hidden out of range",
-        )?;
-        bad(
-            v.num_classes == 0 || v.num_classes > 1 << 20,
-            "num_classes out of range",
-        )?;
-        bad(
-            !(v.norm_eps > 0.0 && v.norm_eps < 1.0),
-            "norm_eps out of range",
-        )?;
-        bad(
-            q.vocab_size < 2 || q.vocab_size > 1 << 20,
-            "vocab_size out of range",
-        )?;
-        bad(q.cvae == 0 || q.cvae > 4096, "cvae out of range")?;
-        bad(q.ch == 0 || q.ch > 1 << 14, "ch out of range")?;
-        bad(q.ch_mult.is_empty(), "ch_mult is empty")?;
-        bad(
-            q.ch_mult.iter().any(|&m| m == 0 || m > 64),
-            "ch_mult entry out of range",
-        )?;
-        bad(
-            q.num_res_blocks == 0 || q.num_res_blocks as usize + 1 > MAX_RES_BLOCKS,
-            "num_res_blocks out of range",
-        )?;
-        bad(q.gn_groups == 0, "gn_groups is zero")?;
-        for i in 0..q.ch_mult.len() {
-            bad(
-                !self.level_channels(i).is_multiple_of(q.gn_groups as usize),
-                "GroupNorm groups must divide every level width",
-            )?;
-        }
-        bad(!(q.gn_eps > 0.0 && q.gn_eps < 1.0), "gn_eps out of range")?;
-        bad(q.num_phi as usize > MAX_PHI, "too many Phi convolutions")?;
-        bad(!q.quant_resi.is_finite(), "quant_resi is not finite")?;
-        bad(self.patch_nums.is_empty(), "patch_nums is empty")?;
-        bad(
-            self.patch_nums.iter().any(|&p| p == 0 || p > 256),
-            "patch size out of range",
-        )?;
-        bad(
-            self.patch_nums.windows(2).any(|w| w[0] >= w[1]),
-            "patch_nums must increase",
-        )?;
-        bad(
-            self.scale_begin(self.num_scales()) != v.seq_len as usize,
-            "sum of patch_nums squared differs from the position table length",
-        )?;
-        bad(
-            self.phi_index.len() != self.patch_nums.len(),
-            "phi_index length differs from patch_nums",
-        )?;
-        // `lvl_embed` has one row per scale of the training schedule, in order.
-        bad(
-            self.level_index.len() != self.patch_nums.len()
-                || self
-                    .level_index
-                    .iter()
-                    .enumerate()
-                    .any(|(k, &l)| l as usize != k),
-            "level_index must list the scales of patch_nums in order",
-        )?;
         let max_phi = q.num_phi.max(1) as u8;
-        bad(
-            self.phi_index.iter().any(|&k| k >= max_phi),
-            "phi_index entry out of range",
-        )?;
+        // Each row: a condition that makes the config invalid, and the error it gives. Rows are
+        // checked in order and stop at the first hit, so a row may rely on the ones above it
+        // (`level_channels` needs a non-empty `ch_mult`, `gn_groups` must not be zero).
+        macro_rules! reject {
+            ($($invalid:expr => $what:literal,)*) => {
+                $(if $invalid {
+                    return Err(Error::BadConfig($what));
+                })*
+            };
+        }
+        reject! {
+            v.depth == 0 || v.depth as usize > MAX_DEPTH => "depth out of range",
+            v.embed_dim == 0 || v.embed_dim > 1 << 16 => "embed_dim out of range",
+            v.num_heads == 0 || !v.embed_dim.is_multiple_of(v.num_heads)
+                => "num_heads must divide embed_dim",
+            v.ffn_hidden == 0 || v.ffn_hidden > 1 << 18 => "ffn_hidden out of range",
+            v.num_classes == 0 || v.num_classes > 1 << 20 => "num_classes out of range",
+            !(v.norm_eps > 0.0 && v.norm_eps < 1.0) => "norm_eps out of range",
+            q.vocab_size < 2 || q.vocab_size > 1 << 20 => "vocab_size out of range",
+            q.cvae == 0 || q.cvae > 4096 => "cvae out of range",
+            q.ch == 0 || q.ch > 1 << 14 => "ch out of range",
+            q.ch_mult.is_empty() => "ch_mult is empty",
+            q.ch_mult.iter().any(|&m| m == 0 || m > 64) => "ch_mult entry out of range",
+            q.num_res_blocks == 0 || q.num_res_blocks as usize + 1 > MAX_RES_BLOCKS
+                => "num_res_blocks out of range",
+            q.gn_groups == 0 => "gn_groups is zero",
+            (0..q.ch_mult.len())
+                .any(|i| !self.level_channels(i).is_multiple_of(q.gn_groups as usize))
+                => "GroupNorm groups must divide every level width",
+            !(q.gn_eps > 0.0 && q.gn_eps < 1.0) => "gn_eps out of range",
+            q.num_phi as usize > MAX_PHI => "too many Phi convolutions",
+            !q.quant_resi.is_finite() => "quant_resi is not finite",
+            self.patch_nums.is_empty() => "patch_nums is empty",
+            self.patch_nums.iter().any(|&p| p == 0 || p > 256) => "patch size out of range",
+            self.patch_nums.windows(2).any(|w| w[0] >= w[1]) => "patch_nums must increase",
+            self.scale_begin(self.num_scales()) != v.seq_len as usize
+                => "sum of patch_nums squared differs from the position table length",
+            self.phi_index.len() != self.patch_nums.len()
+                => "phi_index length differs from patch_nums",
+            // `lvl_embed` has one row per scale of the training schedule, in order.
+            self.level_index.len() != self.patch_nums.len()
+                || self.level_index.iter().enumerate().any(|(k, &l)| l as usize != k)
+                => "level_index must list the scales of patch_nums in order",
+            self.phi_index.iter().any(|&k| k >= max_phi) => "phi_index entry out of range",
+        }
         Ok(())
     }
 }

@@ -63,6 +63,29 @@ pub trait ResamplePolicy {
     );
 }
 
+/// Implements [`ResamplePolicy`] for a policy that decides each token alone:
+/// `|policy, k, steps, stats|` gives whether the token with features `stats` is drawn again at
+/// step `k` of `steps`.
+macro_rules! per_token_policy {
+    ($policy:ty, |$p:ident, $k:pat, $steps:pat, $s:ident| $redraw:expr) => {
+        impl ResamplePolicy for $policy {
+            fn select(
+                &mut self,
+                $k: usize,
+                $steps: usize,
+                _: usize,
+                stats: &[TokenStats],
+                resample: &mut [bool],
+            ) {
+                let $p = &*self;
+                for (r, $s) in resample.iter_mut().zip(stats) {
+                    *r = $redraw;
+                }
+            }
+        }
+    };
+}
+
 /// Keeps every token: a refinement pass with this policy changes nothing.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct KeepAll;
@@ -80,20 +103,7 @@ pub struct ConfidenceThreshold {
     pub threshold: f32,
 }
 
-impl ResamplePolicy for ConfidenceThreshold {
-    fn select(
-        &mut self,
-        _: usize,
-        _: usize,
-        _: usize,
-        stats: &[TokenStats],
-        resample: &mut [bool],
-    ) {
-        for (r, s) in resample.iter_mut().zip(stats) {
-            *r = s.confidence < self.threshold;
-        }
-    }
-}
+per_token_policy!(ConfidenceThreshold, |p, _, _, s| s.confidence < p.threshold);
 
 /// Draws again the `ceil(fraction · n)` least confident tokens (ties: lower index first).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -148,20 +158,7 @@ impl Learned {
     }
 }
 
-impl ResamplePolicy for Learned {
-    fn select(
-        &mut self,
-        k: usize,
-        steps: usize,
-        _: usize,
-        stats: &[TokenStats],
-        resample: &mut [bool],
-    ) {
-        for (r, s) in resample.iter_mut().zip(stats) {
-            *r = self.score(k, steps, s) > 0.0;
-        }
-    }
-}
+per_token_policy!(Learned, |p, k, steps, s| p.score(k, steps, s) > 0.0);
 
 #[cfg(test)]
 mod tests {

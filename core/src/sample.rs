@@ -250,26 +250,34 @@ mod sampler_tests {
         }
     }
 
+    /// How often each token is drawn in 400 draws from `logits` with `top_k` and `temperature`.
+    fn top_k_counts(
+        logits: [f32; 5],
+        top_k: u32,
+        temperature: f32,
+        rng: &mut Rng,
+        s: &mut [f32; 5],
+    ) -> [u32; 5] {
+        let mut seen = [0u32; 5];
+        for _ in 0..400 {
+            let mut l = logits;
+            seen[sample_token(&mut l, top_k, 0.0, temperature, rng, s) as usize] += 1;
+        }
+        seen
+    }
+
     #[test]
     fn top_k_keeps_ties_and_nothing_below() {
         let mut rng = Rng::new(5);
         let mut s = [0f32; 5];
-        let mut seen = [0u32; 5];
-        for _ in 0..400 {
-            let mut l = [1.0f32, 3.0, 3.0, 0.0, 2.9];
-            seen[sample_token(&mut l, 1, 0.0, 1.0, &mut rng, &mut s) as usize] += 1;
-        }
+        let seen = top_k_counts([1.0, 3.0, 3.0, 0.0, 2.9], 1, 1.0, &mut rng, &mut s);
         assert_eq!((seen[0], seen[3], seen[4]), (0, 0, 0), "{seen:?}");
         assert!(
             seen[1] > 150 && seen[2] > 150,
             "ties at the k-th logit must both stay: {seen:?}"
         );
         // top-k 2 with temperature: only the two largest entries, [1] and [4].
-        let mut seen = [0u32; 5];
-        for _ in 0..400 {
-            let mut l = [1.0f32, 3.0, 2.0, 0.0, 2.5];
-            seen[sample_token(&mut l, 2, 0.0, 0.25, &mut rng, &mut s) as usize] += 1;
-        }
+        let seen = top_k_counts([1.0, 3.0, 2.0, 0.0, 2.5], 2, 0.25, &mut rng, &mut s);
         // At temperature 0.25 the 0.5 logit gap is a factor e²: p = [0.881, 0.119], i.e. 352 ± 6.5
         // draws of 400 (an ignored temperature would give 249).
         assert_eq!((seen[0], seen[2], seen[3]), (0, 0, 0), "{seen:?}");

@@ -204,6 +204,12 @@ fn push<T, const N: usize>(v: &mut Vec<T, N>, x: T) -> Result<()> {
         .map_err(|_| Error::BadConfig("more layers than this build supports"))
 }
 
+/// A VQVAE level's ResBlocks and their attention blocks (empty where the level has none).
+type LevelBlocks<'a> = (
+    Vec<ResBlock<'a>, MAX_RES_BLOCKS>,
+    Vec<AttnBlock<'a>, MAX_RES_BLOCKS>,
+);
+
 struct Walker<'s, S> {
     src: &'s mut S,
 }
@@ -261,6 +267,40 @@ impl<'a, S: TensorSource<'a>> Walker<'_, S> {
             qkv: self.conv(&prefix(format_args!("{p}.qkv"))?, 3 * c, c, 1)?,
             proj_out: self.conv(&prefix(format_args!("{p}.proj_out"))?, c, c, 1)?,
         })
+    }
+
+    /// One VQVAE level's ResBlocks `{p}.block.{j}`, each followed by attention `{p}.attn.{j}`
+    /// when `attn`. The first block maps `*block_in` channels to `block_out`, and `*block_in`
+    /// becomes `block_out` (the width the next level starts from).
+    fn level_blocks(
+        &mut self,
+        p: &str,
+        n: usize,
+        block_in: &mut usize,
+        block_out: usize,
+        attn: bool,
+    ) -> Result<LevelBlocks<'a>> {
+        let mut blocks = Vec::new();
+        let mut attns = Vec::new();
+        for j in 0..n {
+            let b = self.res_block(
+                &prefix(format_args!("{p}.block.{j}"))?,
+                *block_in,
+                block_out,
+            )?;
+            push(&mut blocks, b)?;
+            *block_in = block_out;
+            if attn {
+                let a = self.attn_block(&prefix(format_args!("{p}.attn.{j}"))?, block_out)?;
+                push(&mut attns, a)?;
+            }
+        }
+        Ok((blocks, attns))
+    }
+
+    /// A level's width-keeping 3×3 resampling conv, `{p}.{which}.conv` (`upsample`/`downsample`).
+    fn resample_conv(&mut self, p: &str, which: &str, c: usize) -> Result<Conv<'a>> {
+        self.conv(&prefix(format_args!("{p}.{which}.conv"))?, c, c, 3)
     }
 
     fn mid(&mut self, p: &str, c: usize, attn: bool) -> Result<Mid<'a>> {
@@ -400,35 +440,24 @@ impl<'a> Weights<'a> {
         let mut block_in = deepest;
         for lvl in (0..nl).rev() {
             let block_out = cfg.level_channels(lvl);
-            let mut level = DecoderLevel {
-                blocks: Vec::new(),
-                attns: Vec::new(),
-                upsample: None,
+            let p = prefix(format_args!("decoder.up.{lvl}"))?;
+            let (blocks, attns) = w.level_blocks(
+                &p,
+                cfg.vae.num_res_blocks as usize + 1,
+                &mut block_in,
+                block_out,
+                lvl == nl - 1 && cfg.vae.using_sa,
+            )?;
+            let upsample = if lvl != 0 {
+                Some(w.resample_conv(&p, "upsample", block_in)?)
+            } else {
+                None
             };
-            for j in 0..cfg.vae.num_res_blocks as usize + 1 {
-                let b = w.res_block(
-                    &prefix(format_args!("decoder.up.{lvl}.block.{j}"))?,
-                    block_in,
-                    block_out,
-                )?;
-                push(&mut level.blocks, b)?;
-                block_in = block_out;
-                if lvl == nl - 1 && cfg.vae.using_sa {
-                    let a = w.attn_block(
-                        &prefix(format_args!("decoder.up.{lvl}.attn.{j}"))?,
-                        block_in,
-                    )?;
-                    push(&mut level.attns, a)?;
-                }
-            }
-            if lvl != 0 {
-                level.upsample = Some(w.conv(
-                    &prefix(format_args!("decoder.up.{lvl}.upsample.conv"))?,
-                    block_in,
-                    block_in,
-                    3,
-                )?);
-            }
+            let level = DecoderLevel {
+                blocks,
+                attns,
+                upsample,
+            };
             push(&mut levels, level)?;
         }
         let ch0 = cfg.level_channels(0);
@@ -452,35 +481,24 @@ impl<'a> Weights<'a> {
             let mut block_in = ch;
             for lvl in 0..nl {
                 let block_out = cfg.level_channels(lvl);
-                let mut level = EncoderLevel {
-                    blocks: Vec::new(),
-                    attns: Vec::new(),
-                    downsample: None,
+                let p = prefix(format_args!("encoder.down.{lvl}"))?;
+                let (blocks, attns) = w.level_blocks(
+                    &p,
+                    cfg.vae.num_res_blocks as usize,
+                    &mut block_in,
+                    block_out,
+                    lvl == nl - 1 && cfg.vae.using_sa,
+                )?;
+                let downsample = if lvl != nl - 1 {
+                    Some(w.resample_conv(&p, "downsample", block_in)?)
+                } else {
+                    None
                 };
-                for j in 0..cfg.vae.num_res_blocks as usize {
-                    let b = w.res_block(
-                        &prefix(format_args!("encoder.down.{lvl}.block.{j}"))?,
-                        block_in,
-                        block_out,
-                    )?;
-                    push(&mut level.blocks, b)?;
-                    block_in = block_out;
-                    if lvl == nl - 1 && cfg.vae.using_sa {
-                        let a = w.attn_block(
-                            &prefix(format_args!("encoder.down.{lvl}.attn.{j}"))?,
-                            block_in,
-                        )?;
-                        push(&mut level.attns, a)?;
-                    }
-                }
-                if lvl != nl - 1 {
-                    level.downsample = Some(w.conv(
-                        &prefix(format_args!("encoder.down.{lvl}.downsample.conv"))?,
-                        block_in,
-                        block_in,
-                        3,
-                    )?);
-                }
+                let level = EncoderLevel {
+                    blocks,
+                    attns,
+                    downsample,
+                };
                 push(&mut levels, level)?;
             }
             let mid = w.mid("encoder", deepest, cfg.vae.using_mid_sa)?;

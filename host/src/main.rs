@@ -195,17 +195,11 @@ fn build(
         ..d
     };
     let guidance_list: Option<Vec<f32>> = match s.cfg_schedule.as_str() {
-        "linear" => {
+        shape @ ("linear" | "constant") => {
             o.guidance = if cfg_scale == 0.0 {
                 Guidance::Off
-            } else {
+            } else if shape == "linear" {
                 Guidance::Linear
-            };
-            None
-        }
-        "constant" => {
-            o.guidance = if cfg_scale == 0.0 {
-                Guidance::Off
             } else {
                 Guidance::Constant
             };

@@ -19,24 +19,24 @@ fn png_size(path: &PathBuf) -> (u32, u32) {
     (r.info().width, r.info().height)
 }
 
-#[test]
-fn samples_the_builtin_model_to_png() {
-    let out = tmp("one.png");
+/// Runs `srdd sample --class CLASS --seed SEED -o OUT` and asserts that it succeeds.
+fn sample_to(class: &str, seed: &str, out: &PathBuf) {
     let st = srdd()
-        .args(["sample", "--class", "3", "--seed", "7", "-o"])
-        .arg(&out)
+        .args(["sample", "--class", class, "--seed", seed, "-o"])
+        .arg(out)
         .status()
         .unwrap();
     assert!(st.success());
+}
+
+#[test]
+fn samples_the_builtin_model_to_png() {
+    let out = tmp("one.png");
+    sample_to("3", "7", &out);
     assert_eq!(png_size(&out), (32, 32));
     // Same seed, same bytes.
     let out2 = tmp("one-again.png");
-    assert!(srdd()
-        .args(["sample", "--class", "3", "--seed", "7", "-o"])
-        .arg(&out2)
-        .status()
-        .unwrap()
-        .success());
+    sample_to("3", "7", &out2);
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&out2).unwrap());
 }
 
@@ -135,12 +135,7 @@ fn read_rgb(path: &PathBuf) -> Vec<u8> {
 /// A sample of the built-in model to edit (class by name: the model stores its class names).
 fn source_image(name: &str) -> PathBuf {
     let out = tmp(name);
-    let st = srdd()
-        .args(["sample", "--class", "smileys", "--seed", "3", "-o"])
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    sample_to("smileys", "3", &out);
     out
 }
 

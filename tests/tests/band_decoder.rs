@@ -5,13 +5,12 @@
 mod common;
 
 use common::{bits, with_model, OFFICIAL, SIX};
-use srdd_core::aligned::AlignedBytes;
-use srdd_core::arena::Arena;
 use srdd_core::config::{Attention, VaeConfig, VarConfig};
 use srdd_core::kernels::group_norm;
 use srdd_core::parallel::{Parallel, Sequential, StdThreads};
 use srdd_core::weights::Norm;
 use srdd_core::{vae, Error, Model, ModelConfig, WeightFormat};
+use srdd_tools::parity::decode_in;
 use std::time::Instant;
 
 /// A fixed pseudo-random latent with roughly the spread of a sampled one.
@@ -26,30 +25,6 @@ fn f_hat_of(cfg: &ModelConfig) -> Vec<f32> {
             ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
         })
         .collect()
-}
-
-/// `vae::decode` of `f_hat` in an arena of exactly `scratch` bytes.
-fn decode_in(
-    model: &Model<'_>,
-    f_hat: &[f32],
-    scratch: usize,
-    clamp: bool,
-    band_rows: usize,
-    par: &dyn Parallel,
-    sink: &mut dyn FnMut(usize, &[f32]),
-) -> srdd_core::Result<()> {
-    let mut buf = AlignedBytes::zeroed(scratch);
-    let mut ar = Arena::new(buf.as_bytes_mut()).unwrap();
-    vae::decode(
-        &model.weights.decoder,
-        &model.config,
-        f_hat,
-        &mut ar,
-        clamp,
-        band_rows,
-        par,
-        sink,
-    )
 }
 
 /// Decodes with exactly `decoder_scratch_bytes(cfg, band_rows)` bytes; returns the rows (in the

@@ -447,18 +447,16 @@ fn sampling_is_deterministic_per_seed() {
                 assert_eq!(bits(&a.image), bits(&b.image), "{what}");
                 let c = run_full(model, guided(3, attention, 43), sched).unwrap();
                 let d = run_full(model, guided(3, attention, 44), sched).unwrap();
-                assert_ne!(
-                    a.tokens, c.tokens,
-                    "{what}: seeds 42 and 43 sampled the same tokens"
-                );
-                assert_ne!(
-                    a.tokens, d.tokens,
-                    "{what}: seeds 42 and 44 sampled the same tokens"
-                );
-                assert_ne!(
-                    c.tokens, d.tokens,
-                    "{what}: seeds 43 and 44 sampled the same tokens"
-                );
+                for ((x, sx), (y, sy)) in [
+                    ((&a, 42), (&c, 43)),
+                    ((&a, 42), (&d, 44)),
+                    ((&c, 43), (&d, 44)),
+                ] {
+                    assert_ne!(
+                        x.tokens, y.tokens,
+                        "{what}: seeds {sx} and {sy} sampled the same tokens"
+                    );
+                }
                 // Non-greedy: the sampled tokens are not all the guided argmax.
                 let g = run_full(model, greedy(3, attention), sched).unwrap();
                 assert_ne!(
@@ -468,6 +466,14 @@ fn sampling_is_deterministic_per_seed() {
             }
         },
     );
+}
+
+/// The largest `|a[i] - b[i]|`.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
 }
 
 #[test]
@@ -484,19 +490,11 @@ fn markov_and_causal_differ_after_the_first_scale() {
             let what = format!("{fixture} {w:?}");
             assert_eq!(m.tokens[0], c.tokens[0], "{what}: first-scale token");
             // Scale 0 sees only itself under both masks.
-            let d0 = m.logits[0]
-                .iter()
-                .zip(&c.logits[0])
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let d0 = max_abs_diff(&m.logits[0], &c.logits[0]);
             assert!(d0 <= 1e-5, "{what}: step-0 logits differ by {d0}");
             // Scale 1 already attends to scale 0 under the causal mask only (its input is the
             // same: both runs chose the same first token).
-            let d1 = m.logits[1]
-                .iter()
-                .zip(&c.logits[1])
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let d1 = max_abs_diff(&m.logits[1], &c.logits[1]);
             assert!(
                 d1 > 1e-3,
                 "{what}: step-1 logits agree to {d1}: the masks made no difference"

@@ -169,16 +169,6 @@ fn f16_runs(dir: &Path, rows: &[Row]) -> Vec<String> {
     bad
 }
 
-#[test]
-fn every_fixture_passes_in_f32() {
-    for_every_fixture(WeightFormat::F32, all_pass);
-}
-
-#[test]
-fn every_fixture_meets_the_int8_bounds() {
-    for_every_fixture(WeightFormat::Int8, all_pass);
-}
-
 /// A regression guard well inside `INT8_BOUNDS`: int8 teacher forcing measures a mean KL of
 /// about 0.0007 nats on these fixtures, while an engine that silently ran the Markov mask for
 /// the causal cases still passes the documented bound (KL 0.010–0.018, top-1 ≥ 89%). Holding
@@ -201,14 +191,23 @@ fn int8_teacher_forcing_is_tight(dir: &Path, rows: &[Row]) -> Vec<String> {
     bad
 }
 
-#[test]
-fn int8_teacher_forcing_stays_far_inside_the_bounds() {
-    for_every_fixture(WeightFormat::Int8, int8_teacher_forcing_is_tight);
+/// One `#[test]` a row: every fixture, run in the weight format, must pass the check.
+macro_rules! fixture_tests {
+    ($($name:ident: $format:ident => $check:ident,)*) => {
+        $(
+            #[test]
+            fn $name() {
+                for_every_fixture(WeightFormat::$format, $check);
+            }
+        )*
+    };
 }
 
-#[test]
-fn every_fixture_runs_in_f16() {
-    for_every_fixture(WeightFormat::F16, f16_runs);
+fixture_tests! {
+    every_fixture_passes_in_f32: F32 => all_pass,
+    every_fixture_meets_the_int8_bounds: Int8 => all_pass,
+    int8_teacher_forcing_stays_far_inside_the_bounds: Int8 => int8_teacher_forcing_is_tight,
+    every_fixture_runs_in_f16: F16 => f16_runs,
 }
 
 #[test]

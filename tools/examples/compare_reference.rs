@@ -52,6 +52,20 @@ impl StepHook for Cap {
     }
 }
 
+/// Reference tensor `k` read as little-endian `N`-byte values.
+fn le_values<T, const N: usize>(
+    st: &safetensors::SafeTensors<'_>,
+    k: &str,
+    from_le_bytes: fn([u8; N]) -> T,
+) -> Vec<T> {
+    st.tensor(k)
+        .unwrap()
+        .data()
+        .chunks_exact(N)
+        .map(|c| from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     let t0 = Instant::now();
@@ -100,22 +114,8 @@ fn main() {
     })
     .unwrap();
     let t_dec = t1.elapsed().as_secs_f64();
-    let f32s = |k: &str| -> Vec<f32> {
-        st.tensor(k)
-            .unwrap()
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect()
-    };
-    let i64s = |k: &str| -> Vec<i64> {
-        st.tensor(k)
-            .unwrap()
-            .data()
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-            .collect()
-    };
+    let f32s = |k: &str| le_values(&st, k, f32::from_le_bytes);
+    let i64s = |k: &str| le_values(&st, k, i64::from_le_bytes);
     println!(
         "arena {} bytes ({:.1} MiB), load+validate {:.2} s",
         plan.arena_bytes(),

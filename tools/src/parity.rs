@@ -415,6 +415,31 @@ fn arena(n: usize) -> AlignedBytes {
     AlignedBytes::zeroed(n)
 }
 
+/// `vae::decode` of `f_hat` in an arena of exactly `scratch` bytes, `band_rows` rows a band (0:
+/// the whole image at once), each RGB row handed to `sink` with its index.
+pub fn decode_in(
+    model: &Model<'_>,
+    f_hat: &[f32],
+    scratch: usize,
+    clamp: bool,
+    band_rows: usize,
+    par: &dyn Parallel,
+    sink: &mut dyn FnMut(usize, &[f32]),
+) -> srdd_core::Result<()> {
+    let mut ab = arena(scratch);
+    let mut ar = srdd_core::arena::Arena::new(ab.as_bytes_mut())?;
+    vae::decode(
+        &model.weights.decoder,
+        &model.config,
+        f_hat,
+        &mut ar,
+        clamp,
+        band_rows,
+        par,
+        sink,
+    )
+}
+
 fn decode_image(
     model: &Model<'_>,
     f_hat: &[f32],
@@ -422,14 +447,11 @@ fn decode_image(
     par: &dyn Parallel,
 ) -> Result<Vec<f32>, ParityError> {
     let side = model.config.image_side();
-    let mut ab = arena(vae::decoder_scratch_bytes(&model.config, 0));
-    let mut ar = srdd_core::arena::Arena::new(ab.as_bytes_mut())?;
     let mut img = vec![0f32; 3 * side * side];
-    vae::decode(
-        &model.weights.decoder,
-        &model.config,
+    decode_in(
+        model,
         f_hat,
-        &mut ar,
+        vae::decoder_scratch_bytes(&model.config, 0),
         clamp,
         0,
         par,

@@ -638,20 +638,27 @@ fn hostile_safetensors() {
     let mut b = (u64::MAX / 2).to_le_bytes().to_vec();
     b.extend_from_slice(b"{}");
     assert!(read_state_dict_bytes(&b, Role::Any).is_err());
+    // A safetensors file: header length, `header`, then `data_len` zero bytes of data.
+    let file = |header: &[u8], data_len: usize| {
+        let mut b = (header.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(header);
+        b.extend_from_slice(&vec![0; data_len]);
+        b
+    };
     // Data offsets beyond the buffer.
-    let header = br#"{"w":{"dtype":"F32","shape":[1000000],"data_offsets":[0,4000000]}}"#;
-    let mut b = (header.len() as u64).to_le_bytes().to_vec();
-    b.extend_from_slice(header);
-    b.extend_from_slice(&[0; 16]);
+    let b = file(
+        br#"{"w":{"dtype":"F32","shape":[1000000],"data_offsets":[0,4000000]}}"#,
+        16,
+    );
     assert!(matches!(
         read_state_dict_bytes(&b, Role::Any),
         Err(CheckpointError::Safetensors(_))
     ));
     // A valid file with an unsupported dtype.
-    let header = br#"{"w":{"dtype":"U16","shape":[2],"data_offsets":[0,4]}}"#;
-    let mut b = (header.len() as u64).to_le_bytes().to_vec();
-    b.extend_from_slice(header);
-    b.extend_from_slice(&[0; 4]);
+    let b = file(
+        br#"{"w":{"dtype":"U16","shape":[2],"data_offsets":[0,4]}}"#,
+        4,
+    );
     assert!(matches!(
         read_state_dict_bytes(&b, Role::Any),
         Err(CheckpointError::UnsupportedDType(_))

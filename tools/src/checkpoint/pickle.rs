@@ -932,17 +932,11 @@ impl<'a, R: Resolver> Machine<'a, R> {
                     let v = self.call(&callable, &args)?;
                     self.stack.push(v);
                 }
-                // NEWOBJ
-                0x81 => {
-                    let args = self.pop()?;
-                    let cls = self.pop()?;
-                    let args = self.tuple_args(&args)?;
-                    let v = self.new_obj(&cls, &args)?;
-                    self.stack.push(v);
-                }
-                // NEWOBJ_EX
-                0x92 => {
-                    let _kwargs = self.pop()?;
+                // NEWOBJ, and NEWOBJ_EX whose keyword arguments are dropped
+                0x81 | 0x92 => {
+                    if op == 0x92 {
+                        let _kwargs = self.pop()?;
+                    }
                     let args = self.pop()?;
                     let cls = self.pop()?;
                     let args = self.tuple_args(&args)?;
