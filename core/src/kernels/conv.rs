@@ -49,6 +49,33 @@ pub const fn conv_out_side(
     }
 }
 
+/// The input of one convolution: a `cin × h × w` map (channel-major; `cin` is the [`Conv`]'s)
+/// and how the kernel steps over it.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvInput<'a> {
+    /// The map, at least `cin · h · w` floats.
+    pub x: &'a [f32],
+    /// Rows of the map.
+    pub h: usize,
+    /// Columns of the map.
+    pub w: usize,
+    /// Step of the kernel, the same along rows and columns.
+    pub stride: usize,
+    /// Zero padding around the map.
+    pub pad: Pad,
+}
+
+impl ConvInput<'_> {
+    /// Output rows and columns of a kernel of side `k` over this input.
+    pub const fn out_sides(&self, k: usize) -> (usize, usize) {
+        let (p, s) = (self.pad, self.stride);
+        (
+            conv_out_side(self.h, k, s, p.top, p.bottom),
+            conv_out_side(self.w, k, s, p.left, p.right),
+        )
+    }
+}
+
 /// Scratch for [`conv2d`] with int8 weights.
 pub struct ConvScratch<'s> {
     /// Unfolded int8 input, `h · wo · cin · k` bytes: for each input row and output column, the
@@ -130,22 +157,16 @@ pub(crate) fn axpy_tile_with(
 #[inline(never)]
 fn conv_s1_block(
     isa: Isa,
-    x: &[f32],
-    h: usize,
-    w: usize,
-    k: usize,
-    pad: Pad,
-    cin: usize,
-    co: usize,
-    nc: usize,
+    input: &ConvInput<'_>,
+    c: &Conv<'_>,
+    (co, nc): (usize, usize),
     (oy0, oy1): (usize, usize),
-    ho: usize,
-    wo: usize,
+    (ho, wo): (usize, usize),
     wv: &dyn Fn(usize) -> f32,
-    f32w: Option<&[f32]>,
-    b: &[f32],
     y: &SharedMut<'_, f32>,
 ) {
+    let ConvInput { x, h, w, pad, .. } = *input;
+    let (cin, k, b) = (c.cin, c.k, c.b);
     let plane_len = ho * wo;
     // Columns [x0, x0 + ncols) of output row oy, any position (taps outside the row skipped).
     let generic = |oy: usize, x0: usize, ncols: usize| {
@@ -196,7 +217,7 @@ fn conv_s1_block(
     };
     for oy in oy0..oy1 {
         #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
-        if let (true, Some(wts)) = (isa >= Isa::Avx, f32w) {
+        if let (true, Weight::F32(wts)) = (isa >= Isa::Avx, c.w) {
             if nc == CO_BLOCK && wo >= 8 {
                 // Tiles of 16 (or 8) columns over the whole row, the last one shifted left to end
                 // at `wo` (overlapping columns are recomputed to the same values).
@@ -211,13 +232,13 @@ fn conv_s1_block(
                         dst.copy_from_slice(vals);
                     };
                     if tile == COL_BLOCK {
-                        let acc = x86::conv_tile_avx::<2>(x, h, w, k, pad, cin, co, oy, xs, wts, b);
+                        let acc = x86::conv_tile_avx::<2>(input, c, wts, co, oy, xs);
                         for (c, a) in acc.iter().enumerate() {
                             put(c, 0, &a[0]);
                             put(c, 1, &a[1]);
                         }
                     } else {
-                        let acc = x86::conv_tile_avx::<1>(x, h, w, k, pad, cin, co, oy, xs, wts, b);
+                        let acc = x86::conv_tile_avx::<1>(input, c, wts, co, oy, xs);
                         for (c, a) in acc.iter().enumerate() {
                             put(c, 0, &a[0]);
                         }
@@ -230,7 +251,6 @@ fn conv_s1_block(
                 continue;
             }
         }
-        let _ = f32w;
         for x0 in (0..wo).step_by(COL_BLOCK) {
             generic(oy, x0, (wo - x0).min(COL_BLOCK));
         }
@@ -255,27 +275,35 @@ pub fn conv2d(
     s: Option<&mut ConvScratch<'_>>,
     par: &dyn Parallel,
 ) {
-    conv2d_with(Isa::active(), x, h, w, c, stride, pad, y, s, par)
+    let input = ConvInput {
+        x,
+        h,
+        w,
+        stride,
+        pad,
+    };
+    conv2d_with(Isa::active(), par, &input, c, y, s)
 }
 
 /// [`conv2d`] on the kernels of `isa` (which must be [supported](Isa::supported); the results are
-/// the same bits on every ISA).
-#[allow(clippy::too_many_arguments)]
+/// the same bits on every ISA) and `par`'s tasks.
 pub fn conv2d_with(
     isa: Isa,
-    x: &[f32],
-    h: usize,
-    w: usize,
+    par: &dyn Parallel,
+    input: &ConvInput<'_>,
     c: &Conv<'_>,
-    stride: usize,
-    pad: Pad,
     y: &mut [f32],
     s: Option<&mut ConvScratch<'_>>,
-    par: &dyn Parallel,
 ) {
+    let ConvInput {
+        x,
+        h,
+        w,
+        stride,
+        pad,
+    } = *input;
     let (cin, cout, k) = (c.cin, c.cout, c.k);
-    let ho = conv_out_side(h, k, stride, pad.top, pad.bottom);
-    let wo = conv_out_side(w, k, stride, pad.left, pad.right);
+    let (ho, wo) = input.out_sides(k);
     let plane_len = ho * wo;
     let y = SharedMut::new(&mut y[..cout * plane_len]);
     let iy_of = |oy: usize, ky: usize| -> Option<usize> {
@@ -299,11 +327,6 @@ pub fn conv2d_with(
             if stride == 1 {
                 par.run(tasks, &|task| {
                     let (c0, c1) = split(cout, par.width() * 2, 1, task);
-                    let f32w = if let Weight::F32(wt) = c.w {
-                        Some(wt)
-                    } else {
-                        None
-                    };
                     // Row tiles outside, channel blocks inside: the few input rows a tile reads
                     // stay in cache while every output channel of the task passes over them.
                     for oy0 in (0..ho).step_by(ROW_TILE) {
@@ -311,24 +334,8 @@ pub fn conv2d_with(
                         let mut co = c0;
                         while co < c1 {
                             let nc = (c1 - co).min(CO_BLOCK);
-                            conv_s1_block(
-                                isa,
-                                x,
-                                h,
-                                w,
-                                k,
-                                pad,
-                                cin,
-                                co,
-                                nc,
-                                (oy0, oy1),
-                                ho,
-                                wo,
-                                &wv,
-                                f32w,
-                                c.b,
-                                &y,
-                            );
+                            let (rows, sides) = ((oy0, oy1), (ho, wo));
+                            conv_s1_block(isa, input, c, (co, nc), rows, sides, &wv, &y);
                             co += nc;
                         }
                     }

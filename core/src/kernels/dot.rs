@@ -15,26 +15,18 @@ pub(crate) fn reduce_lanes(a: &[f32; 8], tail: f32) -> f32 {
 /// `Σ a[i]·b[i]` with eight accumulator lanes.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; 8];
-    let mut ca = a.chunks_exact(8);
-    let mut cb = b.chunks_exact(8);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut tail = 0f32;
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        tail += x * y;
-    }
-    reduce_lanes(&acc, tail)
+    dot_lanes(a, b, |v| v)
 }
 
 /// `Σ a[i]·b[i]` with f16 `b`, in the same lane order as [`dot`].
 #[inline]
 pub fn dot_f16(a: &[f32], b: &[half::f16]) -> f32 {
+    dot_lanes(a, b, half::f16::to_f32)
+}
+
+/// The eight-lane dot product of [`dot`] and [`dot_f16`], `b` widened to f32 by `to_f32`.
+#[inline(always)]
+fn dot_lanes<B: Copy>(a: &[f32], b: &[B], to_f32: impl Fn(B) -> f32) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; 8];
@@ -42,12 +34,12 @@ pub fn dot_f16(a: &[f32], b: &[half::f16]) -> f32 {
     let mut cb = b.chunks_exact(8);
     for (x, y) in (&mut ca).zip(&mut cb) {
         for l in 0..8 {
-            acc[l] += x[l] * y[l].to_f32();
+            acc[l] += x[l] * to_f32(y[l]);
         }
     }
     let mut tail = 0f32;
     for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        tail += x * y.to_f32();
+        tail += x * to_f32(*y);
     }
     reduce_lanes(&acc, tail)
 }

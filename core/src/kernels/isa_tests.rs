@@ -6,7 +6,9 @@ extern crate std;
 
 use super::conv::{axpy_tile_with, COL_BLOCK, CO_BLOCK};
 use super::dot::{dot_block_with, dot_i8_block_with};
-use super::tests::{bits, int8_conv, storage_types, Lcg, VAE_CONV_GEOMETRIES};
+use super::tests::{
+    bits, conv_on, int8_conv, linear_layer, linear_on, storage_types, Lcg, VAE_CONV_GEOMETRIES,
+};
 use super::*;
 use crate::parallel::Sequential;
 use half::f16;
@@ -93,57 +95,72 @@ fn i8_rows(rng: &mut Lcg, n: usize) -> Vec<Vec<i8>> {
     ]
 }
 
-#[test]
-fn f32_dot_block_matches_the_reference() {
-    let mut rng = Lcg(11);
-    let isas = simd_isas("f32_dot_block_matches_the_reference");
+/// Every 4 × 2 dot block of `rows`: four consecutive rows as tokens, two consecutive rows as
+/// weight rows.
+fn dot_blocks<T>(rows: &[Vec<T>]) -> impl Iterator<Item = ([&[T]; 4], [&[T]; 2])> {
+    rows.windows(4).flat_map(move |xs| {
+        rows.windows(2)
+            .map(move |ws| ([&xs[0][..], &xs[1], &xs[2], &xs[3]], [&ws[0][..], &ws[1]]))
+    })
+}
+
+/// A 4 tokens × 2 weight rows dot-block kernel on an ISA, over the first `n` values.
+type DotBlock<T, A> = fn(Isa, [&[T]; 4], [&[T]; 2], usize) -> [[A; 2]; 4];
+
+/// Checks a 4 × 2 dot-block kernel on every block of `rows` of each length: the scalar block
+/// against the one-row references (`check_entry(x row, w row, value)`), every SIMD ISA against
+/// the scalar block, entry by entry through `bits_of`.
+fn check_dot_block<T, A: Copy, K: PartialEq + core::fmt::Debug>(
+    test: &str,
+    mut rng: Lcg,
+    rows: fn(&mut Lcg, usize) -> Vec<Vec<T>>,
+    block: DotBlock<T, A>,
+    check_entry: impl Fn(&[T], &[T], A),
+    bits_of: fn(A) -> K,
+) {
+    let isas = simd_isas(test);
     for n in LENGTHS {
-        let rows = f32_rows(&mut rng, n);
-        for xs in rows.windows(4).chain([&rows[..4]]) {
-            for ws in rows.windows(2) {
-                let x = [&xs[0][..], &xs[1], &xs[2], &xs[3]];
-                let w = [&ws[0][..], &ws[1]];
-                let reference = dot_block_with(Isa::Scalar, x, w, n);
-                for t in 0..4 {
-                    for o in 0..2 {
-                        assert_eq!(reference[t][o].to_bits(), dot(x[t], w[o]).to_bits());
-                    }
+        for (x, w) in dot_blocks(&rows(&mut rng, n)) {
+            let reference = block(Isa::Scalar, x, w, n);
+            for t in 0..4 {
+                for o in 0..2 {
+                    check_entry(x[t], w[o], reference[t][o]);
                 }
-                for &isa in &isas {
-                    let got = dot_block_with(isa, x, w, n);
-                    for t in 0..4 {
-                        assert_eq!(bits(&got[t]), bits(&reference[t]), "{isa:?} n {n} row {t}");
-                    }
-                }
+            }
+            for &isa in &isas {
+                let got = block(isa, x, w, n).map(|r| r.map(bits_of));
+                assert_eq!(got, reference.map(|r| r.map(bits_of)), "{isa:?} n {n}");
             }
         }
     }
 }
 
 #[test]
+fn f32_dot_block_matches_the_reference() {
+    check_dot_block(
+        "f32_dot_block_matches_the_reference",
+        Lcg(11),
+        f32_rows,
+        dot_block_with,
+        |x, w, value| assert_eq!(value.to_bits(), dot(x, w).to_bits()),
+        f32::to_bits,
+    );
+}
+
+#[test]
 fn int8_dot_block_matches_the_reference() {
-    let mut rng = Lcg(12);
-    let isas = simd_isas("int8_dot_block_matches_the_reference");
-    for n in LENGTHS {
-        let rows = i8_rows(&mut rng, n);
-        for xs in rows.windows(4) {
-            for ws in rows.windows(2).chain([&rows[1..3], &rows[2..4]]) {
-                let x = [&xs[0][..], &xs[1], &xs[2], &xs[3]];
-                let w = [&ws[0][..], &ws[1]];
-                let reference = dot_i8_block_with(Isa::Scalar, x, w, n);
-                for t in 0..4 {
-                    for o in 0..2 {
-                        let exact: i64 = (0..n).map(|i| x[t][i] as i64 * w[o][i] as i64).sum();
-                        assert_eq!(reference[t][o] as i64, exact);
-                        assert_eq!(reference[t][o], dot_i8(x[t], w[o]));
-                    }
-                }
-                for &isa in &isas {
-                    assert_eq!(dot_i8_block_with(isa, x, w, n), reference, "{isa:?} n {n}");
-                }
-            }
-        }
-    }
+    check_dot_block(
+        "int8_dot_block_matches_the_reference",
+        Lcg(12),
+        i8_rows,
+        dot_i8_block_with,
+        |x, w, value| {
+            let exact: i64 = x.iter().zip(w).map(|(a, b)| *a as i64 * *b as i64).sum();
+            assert_eq!(value as i64, exact);
+            assert_eq!(value, dot_i8(x, w));
+        },
+        |v| v,
+    );
 }
 
 #[test]
@@ -202,24 +219,9 @@ fn linear_matches_the_reference_in_every_storage_type() {
             .collect();
         let scales: Vec<f32> = (0..dout).map(|_| 0.01 * (rng.next() + 1.5)).collect();
         let b = rng.vec(dout, 0.5);
-        let (nf, nq) = linear_scratch_len(n, din);
         for w in storage_types(&wf, &w16, &q, &scales) {
-            let l = Linear {
-                w,
-                b: Some(&b),
-                out_dim: dout,
-                in_dim: din,
-            };
-            let run = |isa: Isa| {
-                let (mut f, mut qs) = (vec![f32::NAN; nf], vec![0x55i8; nq]);
-                let mut y = vec![f32::NAN; n * dout];
-                let mut s = LinearScratch {
-                    f: &mut f,
-                    q: &mut qs,
-                };
-                linear_with(isa, &x, n, &l, &mut y, &mut s, &Sequential);
-                y
-            };
+            let l = linear_layer(w, Some(&b), din, dout);
+            let run = |isa: Isa| linear_on(isa, &Sequential, &x, n, &l);
             let reference = run(Isa::Scalar);
             for &isa in &isas {
                 assert_eq!(
@@ -244,13 +246,7 @@ fn conv_matches_the_reference_in_every_storage_type() {
             let wt = int8_conv(&mut rng, cout, cin, k);
             let d16: Vec<f16> = wt.deq.iter().map(|v| f16::from_f32(*v)).collect();
             for w_store in storage_types(&wt.deq, &d16, &wt.q, &wt.scales) {
-                let c = Conv {
-                    w: w_store,
-                    b: &wt.bias,
-                    cout,
-                    cin,
-                    k,
-                };
+                let c = wt.layer(w_store);
                 let geometries: &[(usize, Pad)] = if k == 1 {
                     &[one_by_one]
                 } else {
@@ -259,38 +255,20 @@ fn conv_matches_the_reference_in_every_storage_type() {
                 for &(stride, pad) in geometries {
                     for h in [1usize, 2, 5] {
                         for w in [1usize, 3, 7, 8, 9, 16, 17, 33] {
-                            let ho = conv_out_side(h, k, stride, pad.top, pad.bottom);
-                            let wo = conv_out_side(w, k, stride, pad.left, pad.right);
                             for kind in 0..3 {
                                 let x: Vec<f32> = match kind {
                                     0 => rng.vec(cin * h * w, 3.0),
                                     1 => vec![0.0; cin * h * w],
                                     _ => vec![0.75; cin * h * w],
                                 };
-                                let run = |isa: Isa| {
-                                    let (nu, nr, nf) = conv_scratch_len(cin, h, w, wo, k);
-                                    let (mut u, mut r, mut f) =
-                                        (vec![0x55i8; nu], vec![0x55i8; nr], vec![f32::NAN; nf]);
-                                    let mut s = ConvScratch {
-                                        unfold: &mut u,
-                                        qrow: &mut r,
-                                        row_scale: &mut f,
-                                    };
-                                    let mut y = vec![f32::NAN; cout * ho * wo];
-                                    conv2d_with(
-                                        isa,
-                                        &x,
-                                        h,
-                                        w,
-                                        &c,
-                                        stride,
-                                        pad,
-                                        &mut y,
-                                        Some(&mut s),
-                                        &Sequential,
-                                    );
-                                    y
+                                let input = ConvInput {
+                                    x: &x,
+                                    h,
+                                    w,
+                                    stride,
+                                    pad,
                                 };
+                                let run = |isa: Isa| conv_on(isa, &Sequential, &input, &c).0;
                                 let reference = run(Isa::Scalar);
                                 assert!(reference.iter().all(|v| v.is_finite()));
                                 for &isa in &isas {

@@ -90,19 +90,19 @@ pub fn linear(
     s: &mut LinearScratch<'_>,
     par: &dyn Parallel,
 ) {
-    linear_with(Isa::active(), x, n, l, y, s, par)
+    linear_with(Isa::active(), par, x, n, l, y, s)
 }
 
 /// [`linear`] on the kernels of `isa` (which must be [supported](Isa::supported); the results are
-/// the same bits on every ISA).
+/// the same bits on every ISA) and `par`'s tasks.
 pub fn linear_with(
     isa: Isa,
+    par: &dyn Parallel,
     x: &[f32],
     n: usize,
     l: &Linear<'_>,
     y: &mut [f32],
     s: &mut LinearScratch<'_>,
-    par: &dyn Parallel,
 ) {
     let (din, dout) = (l.in_dim, l.out_dim);
     let x = &x[..n * din];

@@ -10,7 +10,7 @@
 //! | [`layers`] | the views the kernels read: [`Weight`], [`Linear`], [`Conv`], [`Norm`] |
 //! | [`dot`](mod@dot) | [`dot`](dot()), [`dot_f16`], [`dot_i8`], the 4 × 2 register blocks |
 //! | [`linear`](mod@linear) | [`linear`](linear()), [`LinearScratch`], [`linear_scratch_len`] |
-//! | [`conv`] | [`conv2d`], [`Pad`], [`conv_out_side`], [`ConvScratch`], [`conv_scratch_len`] |
+//! | [`conv`] | [`conv2d`], [`ConvInput`], [`Pad`], [`conv_out_side`], [`ConvScratch`], [`conv_scratch_len`] |
 //! | [`norm`] | [`layer_norm`], [`group_norm`] and its steps `gn_*` |
 //! | [`activation`] | [`silu`], [`gelu_tanh`], [`softmax`] |
 //! | [`quant`] | [`quantize_row`], the one activation quantizer (Linear and Conv) |
@@ -41,8 +41,8 @@
 //! - **Executors.** Outputs are split into disjoint tasks over [`crate::parallel::Parallel`];
 //!   each value is computed exactly as the sequential loop would.
 //! - **Dispatch.** [`linear`](linear()) and [`conv2d`] run on [`Isa::active`];
-//!   [`linear_with`] and [`conv2d_with`] take an explicit [`Isa`] (the scalar reference is
-//!   always compiled).
+//!   [`linear_with`] and [`conv2d_with`] take an explicit [`Isa`] and executor (the scalar
+//!   reference is always compiled).
 
 pub mod activation;
 mod arch;
@@ -60,7 +60,7 @@ mod isa_tests;
 mod tests;
 
 pub use activation::{gelu_tanh, silu, softmax};
-pub use conv::{conv2d, conv2d_with, conv_out_side, conv_scratch_len, ConvScratch, Pad};
+pub use conv::{conv2d, conv2d_with, conv_out_side, conv_scratch_len, ConvInput, ConvScratch, Pad};
 pub use dispatch::Isa;
 pub use dot::{dot, dot_f16, dot_i8};
 pub use layers::{Conv, Linear, Norm, Weight};

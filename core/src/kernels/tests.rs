@@ -31,6 +31,21 @@ pub(super) fn storage_types<'a>(
     [Weight::F32(f), Weight::F16(h), Weight::I8 { q, scales }]
 }
 
+/// A `dout × din` Linear with weights `w` and bias `b`.
+pub(super) fn linear_layer<'a>(
+    w: Weight<'a>,
+    b: Option<&'a [f32]>,
+    din: usize,
+    dout: usize,
+) -> Linear<'a> {
+    Linear {
+        w,
+        b,
+        out_dim: dout,
+        in_dim: din,
+    }
+}
+
 /// Deterministic pseudo-random values in [−1, 1).
 pub(super) struct Lcg(pub(super) u64);
 impl Lcg {
@@ -97,6 +112,30 @@ pub(super) struct Int8Conv {
     pub(super) scales: Vec<f32>,
     pub(super) deq: Vec<f32>,
     pub(super) bias: Vec<f32>,
+    cout: usize,
+    cin: usize,
+    k: usize,
+}
+
+impl Int8Conv {
+    /// The int8 weights `q` with their `scales`.
+    pub(super) fn int8(&self) -> Weight<'_> {
+        Weight::I8 {
+            q: &self.q,
+            scales: &self.scales,
+        }
+    }
+
+    /// This conv's layer with weights `w` (in any storage type) and its bias.
+    pub(super) fn layer<'a>(&'a self, w: Weight<'a>) -> Conv<'a> {
+        Conv {
+            w,
+            b: &self.bias,
+            cout: self.cout,
+            cin: self.cin,
+            k: self.k,
+        }
+    }
 }
 
 pub(super) fn int8_conv(rng: &mut Lcg, cout: usize, cin: usize, k: usize) -> Int8Conv {
@@ -135,41 +174,82 @@ pub(super) fn int8_conv(rng: &mut Lcg, cout: usize, cin: usize, k: usize) -> Int
         scales,
         deq,
         bias,
+        cout,
+        cin,
+        k,
     }
 }
 
-pub(super) fn run_conv_on(
-    x: &[f32],
-    h: usize,
-    w: usize,
-    c: &Conv<'_>,
-    stride: usize,
-    pad: Pad,
+/// [`conv2d_with`] on `isa` and `par`, its scratch and output filled with junk first: the output
+/// and its sides.
+pub(super) fn conv_on(
+    isa: Isa,
     par: &dyn Parallel,
+    input: &ConvInput<'_>,
+    c: &Conv<'_>,
 ) -> (Vec<f32>, usize, usize) {
-    let ho = conv_out_side(h, c.k, stride, pad.top, pad.bottom);
-    let wo = conv_out_side(w, c.k, stride, pad.left, pad.right);
+    let (ho, wo) = input.out_sides(c.k);
     let mut y = vec![f32::NAN; c.cout * ho * wo];
-    let (nu, nr, nf) = conv_scratch_len(c.cin, h, w, wo, c.k);
+    let (nu, nr, nf) = conv_scratch_len(c.cin, input.h, input.w, wo, c.k);
     let (mut u, mut r, mut f) = (vec![0x55i8; nu], vec![0x55i8; nr], vec![f32::NAN; nf]);
     let mut s = ConvScratch {
         unfold: &mut u,
         qrow: &mut r,
         row_scale: &mut f,
     };
-    conv2d(x, h, w, c, stride, pad, &mut y, Some(&mut s), par);
+    conv2d_with(isa, par, input, c, &mut y, Some(&mut s));
     (y, ho, wo)
 }
 
+/// [`conv_on`] the active ISA with a `cin × h × w` map `x` and `(stride, pad)`.
 fn run_conv(
     x: &[f32],
     h: usize,
     w: usize,
     c: &Conv<'_>,
-    stride: usize,
-    pad: Pad,
+    (stride, pad): (usize, Pad),
+    par: &dyn Parallel,
 ) -> (Vec<f32>, usize, usize) {
-    run_conv_on(x, h, w, c, stride, pad, &Sequential)
+    let input = ConvInput {
+        x,
+        h,
+        w,
+        stride,
+        pad,
+    };
+    conv_on(Isa::active(), par, &input, c)
+}
+
+/// [`linear_with`] of the `n` rows `x` on `isa` and `par`, its scratch and output filled with junk
+/// first.
+pub(super) fn linear_on(
+    isa: Isa,
+    par: &dyn Parallel,
+    x: &[f32],
+    n: usize,
+    l: &Linear<'_>,
+) -> Vec<f32> {
+    let (nf, nq) = linear_scratch_len(n, l.in_dim);
+    let (mut f, mut q) = (vec![f32::NAN; nf], vec![0x55i8; nq]);
+    let mut s = LinearScratch {
+        f: &mut f,
+        q: &mut q,
+    };
+    let mut y = vec![f32::NAN; n * l.out_dim];
+    linear_with(isa, par, x, n, l, &mut y, &mut s);
+    y
+}
+
+/// A [`banded_input`] `cin × h × w` map and an [`int8_conv`] `cin → cout` of side `k` from `rng`.
+fn banded_case(
+    mut rng: Lcg,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    (h, w): (usize, usize),
+) -> (Vec<f32>, Int8Conv) {
+    let x = banded_input(&mut rng, cin, h, w);
+    (x, int8_conv(&mut rng, cout, cin, k))
 }
 
 /// Output rows `r0..r0 + n` of a `cout × ho × wo` map.
@@ -187,27 +267,16 @@ fn out_rows(y: &[f32], cout: usize, ho: usize, wo: usize, r0: usize, n: usize) -
 
 #[test]
 fn conv_rows_do_not_depend_on_the_band_split() {
-    let mut rng = Lcg(1);
     let (cin, cout, k, h, w) = (5, 6, 3, 12, 9);
-    let x = banded_input(&mut rng, cin, h, w);
-    let wt = int8_conv(&mut rng, cout, cin, k);
+    let (x, wt) = banded_case(Lcg(1), cin, cout, k, (h, w));
     for int8 in [true, false] {
-        let conv = Conv {
-            w: if int8 {
-                Weight::I8 {
-                    q: &wt.q,
-                    scales: &wt.scales,
-                }
-            } else {
-                Weight::F32(&wt.deq)
-            },
-            b: &wt.bias,
-            cout,
-            cin,
-            k,
-        };
+        let conv = wt.layer(if int8 {
+            wt.int8()
+        } else {
+            Weight::F32(&wt.deq)
+        });
         // Stride 1, padding 1 (decoder convs).
-        let (full, ho, wo) = run_conv(&x, h, w, &conv, 1, Pad::same(1));
+        let (full, ho, wo) = run_conv(&x, h, w, &conv, (1, Pad::same(1)), &Sequential);
         assert_eq!(ho, h);
         assert!(full.iter().all(|v| v.is_finite()));
         for r in 1..h {
@@ -219,7 +288,7 @@ fn conv_rows_do_not_depend_on_the_band_split() {
                 bottom: 0,
                 right: 1,
             };
-            let (yt, hot, _) = run_conv(&top, r + 1, w, &conv, 1, pad_top);
+            let (yt, hot, _) = run_conv(&top, r + 1, w, &conv, (1, pad_top), &Sequential);
             assert_eq!(hot, r);
             assert_eq!(
                 out_rows(&yt, cout, hot, wo, 0, r),
@@ -233,7 +302,7 @@ fn conv_rows_do_not_depend_on_the_band_split() {
                 bottom: 1,
                 right: 1,
             };
-            let (yb, hob, _) = run_conv(&bot, h - r + 1, w, &conv, 1, pad_bot);
+            let (yb, hob, _) = run_conv(&bot, h - r + 1, w, &conv, (1, pad_bot), &Sequential);
             assert_eq!(hob, h - r);
             assert_eq!(
                 out_rows(&yb, cout, hob, wo, 0, h - r),
@@ -243,11 +312,18 @@ fn conv_rows_do_not_depend_on_the_band_split() {
         }
         // Stride 2, padding right/bottom only (encoder downsampling).
         let down = DOWNSAMPLE_PAD;
-        let (full, ho, wo) = run_conv(&x, h, w, &conv, 2, down);
+        let (full, ho, wo) = run_conv(&x, h, w, &conv, (2, down), &Sequential);
         assert_eq!(ho, h / 2);
         for r in 1..ho {
             let top = rows(&x, cin, h, w, 0, 2 * r + 1);
-            let (yt, hot, _) = run_conv(&top, 2 * r + 1, w, &conv, 2, Pad { bottom: 0, ..down });
+            let (yt, hot, _) = run_conv(
+                &top,
+                2 * r + 1,
+                w,
+                &conv,
+                (2, Pad { bottom: 0, ..down }),
+                &Sequential,
+            );
             assert_eq!(hot, r);
             assert_eq!(
                 out_rows(&yt, cout, hot, wo, 0, r),
@@ -255,7 +331,7 @@ fn conv_rows_do_not_depend_on_the_band_split() {
                 "int8 {int8} stride 2 split {r}: top"
             );
             let bot = rows(&x, cin, h, w, 2 * r, h);
-            let (yb, hob, _) = run_conv(&bot, h - 2 * r, w, &conv, 2, down);
+            let (yb, hob, _) = run_conv(&bot, h - 2 * r, w, &conv, (2, down), &Sequential);
             assert_eq!(hob, ho - r);
             assert_eq!(
                 out_rows(&yb, cout, hob, wo, 0, ho - r),
@@ -270,26 +346,12 @@ fn conv_rows_do_not_depend_on_the_band_split() {
 fn int8_conv_error_is_bounded_by_the_activation_rounding() {
     // x = q·s + e with |e| ≤ s/2 per row, so |y_int8 − y_f32(dequantized W)| ≤ Σ |w|·s/2.
     // This also pins the int8 storage layout: a transposed kernel would break the bound.
-    let mut rng = Lcg(2);
     let (cin, cout, k, h, w) = (6, 3, 3, 10, 7);
-    let x = banded_input(&mut rng, cin, h, w);
-    let wt = int8_conv(&mut rng, cout, cin, k);
-    let c8 = Conv {
-        w: Weight::I8 {
-            q: &wt.q,
-            scales: &wt.scales,
-        },
-        b: &wt.bias,
-        cout,
-        cin,
-        k,
-    };
-    let cf = Conv {
-        w: Weight::F32(&wt.deq),
-        ..c8
-    };
-    let (y8, ho, wo) = run_conv(&x, h, w, &c8, 1, Pad::same(1));
-    let (yf, _, _) = run_conv(&x, h, w, &cf, 1, Pad::same(1));
+    let (x, wt) = banded_case(Lcg(2), cin, cout, k, (h, w));
+    let c8 = wt.layer(wt.int8());
+    let cf = wt.layer(Weight::F32(&wt.deq));
+    let (y8, ho, wo) = run_conv(&x, h, w, &c8, (1, Pad::same(1)), &Sequential);
+    let (yf, _, _) = run_conv(&x, h, w, &cf, (1, Pad::same(1)), &Sequential);
     let row_scale: Vec<f32> = (0..h)
         .map(|iy| {
             (0..cin)
@@ -358,8 +420,8 @@ fn f16_conv_equals_f32_conv_on_f16_values() {
             w: Weight::F32(&w32),
             ..c16
         };
-        let (a, _, _) = run_conv(&x, h, w, &c16, stride, pad);
-        let (z, _, _) = run_conv(&x, h, w, &c32, stride, pad);
+        let (a, _, _) = run_conv(&x, h, w, &c16, (stride, pad), &Sequential);
+        let (z, _, _) = run_conv(&x, h, w, &c32, (stride, pad), &Sequential);
         assert_eq!(bits(&a), bits(&z), "stride {stride}");
     }
 }
@@ -379,22 +441,10 @@ fn f16_linear_equals_f32_linear_on_f16_values() {
         let w32: Vec<f32> = w16.iter().map(|h| h.to_f32()).collect();
         let b = rng.vec(dout, 1.0);
         let x = rng.vec(n * din, 3.0);
-        let mut y = [vec![0f32; n * dout], vec![0f32; n * dout]];
-        for (yi, w) in y.iter_mut().zip([Weight::F32(&w32), Weight::F16(&w16)]) {
-            let (nf, _) = linear_scratch_len(n, din);
-            let mut f = vec![f32::NAN; nf];
-            let mut s = LinearScratch {
-                f: &mut f,
-                q: &mut [],
-            };
-            let l = Linear {
-                w,
-                b: Some(&b),
-                out_dim: dout,
-                in_dim: din,
-            };
-            linear(&x, n, &l, yi, &mut s, &Sequential);
-        }
+        let y = [Weight::F32(&w32), Weight::F16(&w16)].map(|w| {
+            let l = linear_layer(w, Some(&b), din, dout);
+            linear_on(Isa::active(), &Sequential, &x, n, &l)
+        });
         assert_eq!(bits(&y[0]), bits(&y[1]), "n {n} in {din} out {dout}");
         // And both are the dot products.
         for t in 0..n {
@@ -429,28 +479,9 @@ fn int8_linear_error_is_bounded() {
         row.iter_mut()
             .for_each(|v| *v *= [0.01f32, 1.0, 30.0, 0.5, 4.0, 0.1][t]);
     }
-    let (nf, nq) = linear_scratch_len(n, din);
     let run = |w: Weight<'_>| {
-        let (mut f, mut qs) = (vec![0f32; nf], vec![0i8; nq]);
-        let mut s = LinearScratch {
-            f: &mut f,
-            q: &mut qs,
-        };
-        let mut y = vec![0f32; n * dout];
-        linear(
-            &x,
-            n,
-            &Linear {
-                w,
-                b: None,
-                out_dim: dout,
-                in_dim: din,
-            },
-            &mut y,
-            &mut s,
-            &Sequential,
-        );
-        y
+        let l = linear_layer(w, None, din, dout);
+        linear_on(Isa::active(), &Sequential, &x, n, &l)
     };
     let y8 = run(Weight::I8 {
         q: &q,
@@ -486,29 +517,11 @@ fn results_do_not_depend_on_the_executor() {
         .collect();
     let b = rng.vec(dout, 0.1);
     let x = rng.vec(n * din, 1.0);
-    let (nf, nq) = linear_scratch_len(n, din);
     for w in storage_types(&wf, &w16, &q, &scales) {
-        let l = Linear {
-            w,
-            b: Some(&b),
-            out_dim: dout,
-            in_dim: din,
-        };
+        let l = linear_layer(w, Some(&b), din, dout);
         let mut outs = Vec::new();
         for par in [&Sequential as &dyn Parallel, &Reversed] {
-            let (mut f, mut qs) = (vec![0f32; nf], vec![0i8; nq]);
-            let mut y = vec![f32::NAN; n * dout];
-            linear(
-                &x,
-                n,
-                &l,
-                &mut y,
-                &mut LinearScratch {
-                    f: &mut f,
-                    q: &mut qs,
-                },
-                par,
-            );
+            let y = linear_on(Isa::active(), par, &x, n, &l);
             assert!(y.iter().all(|v| v.is_finite()));
             outs.push(bits(&y));
         }
@@ -520,16 +533,10 @@ fn results_do_not_depend_on_the_executor() {
     let wt = int8_conv(&mut rng, cout, cin, k);
     let d16: Vec<f16> = wt.deq.iter().map(|v| f16::from_f32(*v)).collect();
     for w in storage_types(&wt.deq, &d16, &wt.q, &wt.scales) {
-        let c = Conv {
-            w,
-            b: &wt.bias,
-            cout,
-            cin,
-            k,
-        };
+        let c = wt.layer(w);
         for (stride, pad) in VAE_CONV_GEOMETRIES {
-            let (a, _, _) = run_conv_on(&xc, h, wd, &c, stride, pad, &Sequential);
-            let (z, _, _) = run_conv_on(&xc, h, wd, &c, stride, pad, &Reversed);
+            let (a, _, _) = run_conv(&xc, h, wd, &c, (stride, pad), &Sequential);
+            let (z, _, _) = run_conv(&xc, h, wd, &c, (stride, pad), &Reversed);
             assert!(a.iter().all(|v| v.is_finite()));
             assert_eq!(bits(&a), bits(&z), "conv stride {stride}");
         }

@@ -6,7 +6,8 @@
 //! runtime choice would mark them `#[target_feature(enable = …)]` and route through
 //! [`crate::kernels::Isa`].
 
-use crate::kernels::conv::{Pad, COL_BLOCK, CO_BLOCK};
+use crate::kernels::conv::{ConvInput, COL_BLOCK, CO_BLOCK};
+use crate::kernels::layers::Conv;
 use core::arch::x86_64::*;
 
 /// Lane sums of the 4 × 2 f32 dot block over `0..full` (a multiple of 8): lane `l` of
@@ -112,21 +113,17 @@ pub(crate) fn axpy_tile_avx(
 /// `co..co+4 × (oy, x0..x0+16)`, accumulators in registers for the whole (ci, ky, kx) sum, in the
 /// same order and with the same separate multiply/add as the scalar loop (bit-identical).
 /// The caller guarantees every column `x0 + kx − pad_left .. +16` lies inside the row.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn conv_tile_avx<const NV: usize>(
     // NV is 1 or 2 (8 or 16 columns); CO_BLOCK is 4.
-    x: &[f32],
-    h: usize,
-    w: usize,
-    k: usize,
-    pad: Pad,
-    cin: usize,
+    input: &ConvInput<'_>,
+    c: &Conv<'_>,
+    wts: &[f32],
     co: usize,
     oy: usize,
     x0: usize,
-    wts: &[f32],
-    b: &[f32],
 ) -> [[[f32; 8]; NV]; CO_BLOCK] {
+    let ConvInput { x, h, w, pad, .. } = *input;
+    let (cin, k, b) = (c.cin, c.k, c.b);
     const { assert!(CO_BLOCK == 4 && (NV == 1 || NV == 2)) };
     assert!(
         x.len() >= cin * h * w
