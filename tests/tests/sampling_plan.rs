@@ -7,7 +7,7 @@ use common::{bits, run_full, tokenize_image, with_each_model, with_model, RunOut
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::edit::EditHook;
 use srdd_core::generate::{
-    Generator, Guidance, Plan, SampleOptions, StepHook, StepSettings, StepTable,
+    Both, Generator, Guidance, Plan, SampleOptions, StepHook, StepSettings, StepTable,
 };
 use srdd_core::parallel::Sequential;
 use srdd_core::resample::{ConfidenceThreshold, FixedFraction, KeepAll, ResamplePolicy};
@@ -42,23 +42,13 @@ fn run_policy(
     let plan = Plan::new(&model.config, &o, sched)?;
     let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
     let mut gen = Generator::new(model, o, sched.clone(), arena.as_bytes_mut())?;
-    struct Both<'a, 'b>(&'a mut dyn StepHook, &'b mut Vec<Vec<u32>>);
-    impl StepHook for Both<'_, '_> {
-        fn force(&mut self, k: usize, pn: usize, t: &mut [u32]) {
-            self.0.force(k, pn, t)
-        }
-        fn scale_done(&mut self, k: usize, t: &[u32], f: &[f32]) {
-            self.1.push(t.to_vec());
-            self.0.scale_done(k, t, f)
-        }
-    }
-    let mut tokens = Vec::new();
-    gen.run_with(&mut Both(hook, &mut tokens), policy)?;
+    let mut rec = common::Recorder::default();
+    gen.run_with(&mut Both(hook, &mut rec), policy)?;
     let f_hat = gen.f_hat().to_vec();
     let mut image = Vec::new();
     gen.decode(&mut |_y, row| image.extend_from_slice(row))?;
     Ok(RunOut {
-        tokens,
+        tokens: rec.tokens,
         logits: Vec::new(),
         f_hat,
         image,
