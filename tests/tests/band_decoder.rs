@@ -168,6 +168,18 @@ fn decoder_scratch_is_exact() {
                     .collect();
                 assert!(sizes.windows(2).all(|s| s[0] <= s[1]), "{sizes:?}");
                 assert!(sizes[0] < whole, "{fixture} {w:?}: {} >= {whole}", sizes[0]);
+                // The listing inspect prints comes from the same tables: whole-image rows sum to
+                // the scratch; banded rows overlay (latent part, then streamed part), so they sum
+                // to at least the scratch.
+                let listed =
+                    |b| -> usize { vae::decoder_buffers(cfg, b).iter().map(|r| r.1).sum() };
+                assert_eq!(listed(0), whole, "{fixture} {w:?}");
+                for b in band_sizes(cfg.image_side()) {
+                    assert!(
+                        listed(b) >= vae::decoder_scratch_bytes(cfg, b),
+                        "{fixture} band {b}"
+                    );
+                }
             });
         }
     }

@@ -169,18 +169,23 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
             s,
             "\narena layout of one sample (markov, CFG, {what}), in arena order:"
         );
-        let _ = writeln!(s, "  {:<46} {:>12}  lives", "buffer", "bytes");
+        let _ = writeln!(s, "  {:<62} {:>12}  lives", "buffer", "bytes");
         for (name, b, life) in &plan.buffers {
             let lives = match life {
                 srdd_core::generate::Lifetime::Run => "whole run",
                 srdd_core::generate::Lifetime::Step => "one scale (then reused)",
                 srdd_core::generate::Lifetime::Decode => "decoding (overlays the step scratch)",
             };
-            let _ = writeln!(s, "  {:<46} {:>12}  {}", name, b, lives);
+            let _ = writeln!(s, "  {:<62} {:>12}  {}", name, b, lives);
+            if *life == srdd_core::generate::Lifetime::Decode {
+                for (part, pb) in srdd_core::vae::decoder_buffers(cfg, o.band_rows as usize) {
+                    let _ = writeln!(s, "    {:<60} {:>12}", part, pb);
+                }
+            }
         }
         let _ = writeln!(
             s,
-            "  {:<46} {:>12}  = persistent + max(step, decode)",
+            "  {:<62} {:>12}  = persistent + max(step, decode)",
             "total",
             plan.arena_bytes()
         );

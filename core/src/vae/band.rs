@@ -275,6 +275,29 @@ pub(super) fn scratch_bytes(cfg: &ModelConfig, band_rows: usize) -> Option<usize
     Some(SourceBuf::bytes(&latent) + LatentBufs::bytes(&latent).max(stream))
 }
 
+/// The band decoder's buffers for `srdd-tools inspect`: the source map, the latent part's
+/// buffers, then the streamed part's (which reuse the latent part's bytes), with every node's
+/// ring and affine vectors summed into one row. `None` when the config has no band plan.
+pub(super) fn buffers(cfg: &ModelConfig, band_rows: usize) -> Option<super::BufferList> {
+    let shapes = band_shapes(cfg).ok()?;
+    let latent = Latent::new(cfg);
+    let mut out = super::BufferList::new();
+    let rings: usize = shapes
+        .iter()
+        .map(|s| NodeBufs::bytes(&node_lens(s, band_rows)))
+        .sum();
+    let stream = StreamBufs::buffers(&stream_sizes(cfg, &shapes, band_rows));
+    let all = SourceBuf::buffers(&latent)
+        .into_iter()
+        .chain(LatentBufs::buffers(&latent))
+        .chain([("streamed part: node rings and GroupNorm affines", rings)])
+        .chain(stream);
+    for b in all {
+        out.push(b).ok()?;
+    }
+    Some(out)
+}
+
 /// A node of the streamed part with its weights and ring buffer (row `y` in slot `y % rows`,
 /// each slot `cout × side` values).
 struct Node<'d, 's> {

@@ -177,6 +177,21 @@ pub fn decoder_scratch_bytes(cfg: &ModelConfig, band_rows: usize) -> usize {
     band.unwrap_or_else(|| encoder_scratch_bytes(cfg))
 }
 
+/// Names (with shapes) and arena bytes of a layout's buffers.
+pub type BufferList = heapless::Vec<(&'static str, usize), 32>;
+
+/// The buffers behind [`decoder_scratch_bytes`], in arena order, for listings. With bands, the
+/// latent part's buffers are given back before the streamed part takes its own, so the rows sum
+/// to more than the scratch.
+pub fn decoder_buffers(cfg: &ModelConfig, band_rows: usize) -> BufferList {
+    let band = if banded(cfg, band_rows) && band_rows <= cfg.image_side() {
+        band::buffers(cfg, band_rows)
+    } else {
+        None
+    };
+    band.unwrap_or_else(|| WholeBufs::buffers(&Whole::new(cfg)).into_iter().collect())
+}
+
 /// Exact scratch bytes of [`encode`] (and of the whole-image decoder).
 pub fn encoder_scratch_bytes(cfg: &ModelConfig) -> usize {
     WholeBufs::bytes(&Whole::new(cfg))
