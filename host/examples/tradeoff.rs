@@ -14,12 +14,12 @@
 //!     [--cfg 3]
 //! ```
 
+use srdd::pool::Pool;
 use srdd::zero_shot::{box_mask, keep_mask, psnr, sample_forced, tokens_of};
 use srdd::{png_bytes, read_png_rgb, sample_one, Image, ModelBytes, ResampleChoice};
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::generate::SampleOptions;
 use srdd_core::macs::sample_macs;
-use srdd_core::parallel::StdThreads;
 use srdd_core::resample::{KeepAll, ResamplePolicy};
 use srdd_core::{Attention, Model, Schedule};
 use std::path::PathBuf;
@@ -108,7 +108,7 @@ fn main() {
         configs.retain(|c| keep.contains(&c.name.as_str()));
     }
     std::fs::create_dir_all(&out).unwrap();
-    let par = StdThreads(1);
+    let par = Pool::new(1);
     let mut summary = Vec::new();
     let classes = cfg.var.num_classes;
     for c in &configs {

@@ -4,10 +4,10 @@
 
 use std::path::PathBuf;
 
+use crate::pool::Pool;
 use clap::{Args, ValueEnum};
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::config::ModelConfig;
-use srdd_core::parallel::StdThreads;
 use srdd_core::{Attention, Model, Schedule};
 
 use crate::ModelBytes;
@@ -140,8 +140,9 @@ impl ThreadsArg {
             .max(1)
     }
 
-    /// A thread pool of [`ThreadsArg::count`] threads for the kernels.
-    pub fn parallel(self) -> StdThreads {
-        StdThreads(self.count())
+    /// A thread pool of [`ThreadsArg::count`] threads for the kernels, started once for the
+    /// command.
+    pub fn parallel(self) -> Pool {
+        Pool::new(self.count())
     }
 }

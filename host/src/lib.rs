@@ -46,6 +46,7 @@ pub struct Image {
 pub use srdd_core::vae::to_rgb8;
 
 pub mod args;
+pub mod pool;
 pub mod zero_shot;
 
 /// A resampling policy as the CLI names it (`keep`, `fraction:F`, `threshold:P`, `learned`);

@@ -4,6 +4,7 @@
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use srdd::args::{AttentionArg, ModelArg, ScheduleArg, ThreadsArg};
+use srdd::pool::Pool;
 use srdd::zero_shot::{
     box_mask, downscale_box, keep_mask, psnr, read_mask, reconstruct, sample_forced, tokens_of,
     upscale,
@@ -11,7 +12,6 @@ use srdd::zero_shot::{
 use srdd::{grid, png_bytes, read_png_rgb, sample_batch, write_atomic, Image, ResampleChoice};
 use srdd_core::forward::MAX_BATCH;
 use srdd_core::generate::{Guidance, Plan, SampleOptions, StepSettings, StepTable};
-use srdd_core::parallel::StdThreads;
 use srdd_core::{Attention, Model, Schedule};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -385,26 +385,31 @@ fn run(cli: Cli) -> Result<(), String> {
                 .map(|i0| (i0, batch.min(count - i0)))
                 .collect();
             let threads = cores.min(batches.len());
-            let inner = StdThreads((cores / threads).max(1));
+            let inner = (cores / threads).max(1);
             let results: Mutex<Vec<Option<srdd_core::Result<Vec<Image>>>>> =
                 Mutex::new(batches.iter().map(|_| None).collect());
             let next = Mutex::new(0usize);
             std::thread::scope(|sc| {
                 for _ in 0..threads {
-                    sc.spawn(|| loop {
-                        let j = {
-                            let mut n = next.lock().unwrap();
-                            if *n >= batches.len() {
-                                return;
-                            }
-                            *n += 1;
-                            *n - 1
-                        };
-                        let (i0, len) = batches[j];
-                        let mut o = opts;
-                        o.seed = s.seed.wrapping_add(i0 as u64);
-                        let r = sample_batch(&m, o, &sched, len, &policy, &inner, &|| bar.inc(1));
-                        results.lock().unwrap()[j] = Some(r);
+                    // One persistent pool per outer thread, for all of its batches.
+                    sc.spawn(|| {
+                        let inner = Pool::new(inner);
+                        loop {
+                            let j = {
+                                let mut n = next.lock().unwrap();
+                                if *n >= batches.len() {
+                                    return;
+                                }
+                                *n += 1;
+                                *n - 1
+                            };
+                            let (i0, len) = batches[j];
+                            let mut o = opts;
+                            o.seed = s.seed.wrapping_add(i0 as u64);
+                            let r =
+                                sample_batch(&m, o, &sched, len, &policy, &inner, &|| bar.inc(1));
+                            results.lock().unwrap()[j] = Some(r);
+                        }
                     });
                 }
             });
