@@ -96,7 +96,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
-    let par = srdd_core::parallel::StdThreads(threads);
+    let par = srdd::pool::Pool::new(threads);
     let mut gen =
         Generator::with_parallel(&model, opts, sched.clone(), arena.as_bytes_mut(), &par).unwrap();
     let mut cap = Cap::new(None);
