@@ -46,6 +46,7 @@ pub struct Image {
 pub use srdd_core::vae::to_rgb8;
 
 pub mod args;
+pub mod bench;
 pub mod pool;
 pub mod zero_shot;
 

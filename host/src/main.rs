@@ -151,6 +151,30 @@ enum Cmd {
         #[command(flatten)]
         z: ZeroShot,
     },
+    /// Measure sampling speed: images/s, seconds per scale and decoder, GMAC/s against a
+    /// kernel peak measured on the spot, peak RSS, ISA and CPU.
+    Bench {
+        #[command(flatten)]
+        model: ModelArg,
+        /// Images measured (after one warm-up batch).
+        #[arg(long, default_value_t = 16)]
+        images: usize,
+        /// Images per batch (batches run one after another on one pool).
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Class: a number, a class name stored in the model, or `null`.
+        #[arg(long, default_value = "0")]
+        class: String,
+        #[command(flatten)]
+        schedule: ScheduleArg,
+        #[command(flatten)]
+        attention: AttentionArg,
+        #[command(flatten)]
+        threads: ThreadsArg,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a model's configuration and arena sizes.
     Info {
         /// Model file (default: the built-in model).
@@ -307,6 +331,38 @@ fn save(img: &Image, output: &Path) -> Result<(), String> {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
+        Cmd::Bench {
+            model,
+            images,
+            batch,
+            class,
+            schedule,
+            attention,
+            threads,
+            json,
+        } => {
+            srdd::bench::check_counts(images, batch)?;
+            let bytes = model.read()?;
+            let m = model.open(&bytes)?;
+            let label = label_of(&m, &class)?;
+            let settings = srdd::bench::BenchSettings {
+                images,
+                batch,
+                threads: threads.count(),
+                opts: SampleOptions {
+                    attention: attention.or(m.config.attention),
+                    ..SampleOptions::for_model(&m, label)
+                },
+                sched: schedule.resolve(&m.config)?,
+            };
+            let report = srdd::bench::run(&m, &settings)?;
+            if json {
+                println!("{}", report.json(&settings, &m));
+            } else {
+                println!("{}", report.text(&settings, &m));
+            }
+            Ok(())
+        }
         Cmd::Info { file } => {
             let file = ModelArg { model: file };
             let bytes = file.read()?;

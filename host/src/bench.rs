@@ -1,0 +1,518 @@
+//! `srdd bench`: sampling throughput of a model on this machine, as llama-bench users expect it:
+//! images/s, seconds per phase (each scale, the decoder), GMAC/s against a kernel peak measured on
+//! the spot, peak RSS, the kernels' ISA and the CPU.
+//!
+//! The batches run one after another on one pool of `threads` threads (not on outer threads as
+//! `srdd sample` does), so that each phase's time is the time of that phase alone.
+
+use std::time::{Duration, Instant};
+
+use srdd_core::aligned::AlignedBytes;
+use srdd_core::config::WeightFormat;
+use srdd_core::forward::MAX_BATCH;
+use srdd_core::generate::{Compute, Plan, SampleOptions, Sampler, StepHook};
+use srdd_core::kernels::dispatch::Isa;
+use srdd_core::kernels::{linear, linear_scratch_len, LinearScratch};
+use srdd_core::macs::sample_macs;
+use srdd_core::parallel::{Parallel, Sequential};
+use srdd_core::resample::ResamplePolicy;
+use srdd_core::weights::{Linear, Weight};
+use srdd_core::{Model, Schedule};
+
+use crate::pool::Pool;
+use crate::{rgb_image, ResampleChoice};
+
+/// Most images one run may sample (as `srdd sample --count`).
+pub const MAX_IMAGES: usize = 4096;
+
+/// What to measure.
+pub struct BenchSettings {
+    /// Images measured (after the warm-up batch).
+    pub images: usize,
+    /// Images per batch.
+    pub batch: usize,
+    /// Worker threads of the pool.
+    pub threads: usize,
+    /// Sampling options (class label, seed, guidance, attention…); image `i` uses seed
+    /// `opts.seed + i`.
+    pub opts: SampleOptions,
+    /// Scales run.
+    pub sched: Schedule,
+}
+
+/// One measured phase: a scale of the schedule, or the decoder.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Phase {
+    /// `Some(k)` for step `k`, `None` for the decoder.
+    pub step: Option<usize>,
+    /// Patch size of the step (0 for the decoder).
+    pub pn: usize,
+    /// Seconds, summed over every measured batch.
+    pub seconds: f64,
+}
+
+/// A kernel peak: GMAC/s of `linear` on a cache-resident shape.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Peak {
+    /// On one thread.
+    pub one_thread: f64,
+    /// On the bench's pool.
+    pub all_threads: f64,
+}
+
+/// CPU identity as `/proc/cpuinfo` gives it (`None` where it is absent).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CpuInfo {
+    /// The first `model name`.
+    pub model: Option<String>,
+    /// Which of avx2, avx512f, avx512_vnni, avxvnni (`avx_vnni` in cpuinfo) are present.
+    pub flags: Option<[(&'static str, bool); 4]>,
+}
+
+/// What a bench run measured.
+pub struct BenchReport {
+    /// Images measured.
+    pub images: usize,
+    /// Wall seconds of the measured batches (arena, sampling, decoding).
+    pub wall_s: f64,
+    /// Scales then the decoder.
+    pub phases: Vec<Phase>,
+    /// Transformer MACs of all measured images.
+    pub transformer_macs: u64,
+    /// Decoder MACs of all measured images.
+    pub decoder_macs: u64,
+    /// The measured kernel peak.
+    pub peak: Peak,
+    /// `VmHWM` in bytes.
+    pub peak_rss: Option<u64>,
+    /// The kernels' ISA.
+    pub isa: Isa,
+    /// This CPU.
+    pub cpu: CpuInfo,
+}
+
+/// Checks the counts before any work: one-line messages naming the flag.
+pub fn check_counts(images: usize, batch: usize) -> Result<(), String> {
+    if images == 0 || images > MAX_IMAGES {
+        return Err(format!("--images must be in 1..={MAX_IMAGES}"));
+    }
+    if batch == 0 || batch > MAX_BATCH {
+        return Err(format!("--batch must be in 1..={MAX_BATCH}"));
+    }
+    Ok(())
+}
+
+struct NoHook;
+impl StepHook for NoHook {}
+
+/// Samples one batch of `len` images with seed `seed0`, adding each step's and the decoder's
+/// seconds to `phases` (steps first, the decoder last).
+fn run_batch(
+    model: &Model<'_>,
+    opts: SampleOptions,
+    sched: &Schedule,
+    len: usize,
+    par: &dyn Parallel,
+    phases: &mut [f64],
+) -> Result<(), String> {
+    let err = |e: srdd_core::Error| e.to_string();
+    let plan = Plan::batch(&model.config, &opts, sched, len, Compute::Cpu).map_err(err)?;
+    let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
+    let mut sampler =
+        Sampler::cpu(model, opts, sched.clone(), len, arena.as_bytes_mut(), par).map_err(err)?;
+    let mut hooks: Vec<NoHook> = (0..len).map(|_| NoHook).collect();
+    // The sampling command's default policy (it only matters with refinement passes).
+    let mut policies: Vec<Box<dyn ResamplePolicy>> = (0..len)
+        .map(|_| ResampleChoice::Fraction(0.25).instance())
+        .collect();
+    while !sampler.finished() {
+        let k = sampler.steps_done();
+        let mut h: Vec<&mut dyn StepHook> = hooks.iter_mut().map(|t| t as _).collect();
+        let mut p: Vec<&mut dyn ResamplePolicy> =
+            policies.iter_mut().map(|p| p.as_mut() as _).collect();
+        let t0 = Instant::now();
+        sampler.step(&mut h, &mut p).map_err(err)?;
+        phases[k] += t0.elapsed().as_secs_f64();
+    }
+    let side = model.config.image_side();
+    let t0 = Instant::now();
+    for i in 0..len {
+        let img = rgb_image(side, |sink| sampler.decode(i, sink)).map_err(err)?;
+        std::hint::black_box(img.rgb);
+    }
+    phases[sched.len()] += t0.elapsed().as_secs_f64();
+    Ok(())
+}
+
+/// Samples one warm-up batch, then `s.images` images in batches of `s.batch`, and measures.
+pub fn run(model: &Model<'_>, s: &BenchSettings) -> Result<BenchReport, String> {
+    check_counts(s.images, s.batch)?;
+    let steps = s.sched.len();
+    let pool = Pool::new(s.threads.max(1));
+    let opts = s.opts;
+    // Validate and warm up (caches, pool threads, page faults) before measuring.
+    let mut scratch = vec![0f64; steps + 1];
+    run_batch(
+        model,
+        opts,
+        &s.sched,
+        s.batch.min(s.images),
+        &pool,
+        &mut scratch,
+    )?;
+    let mut phase_s = vec![0f64; steps + 1];
+    let t0 = Instant::now();
+    for i0 in (0..s.images).step_by(s.batch) {
+        let mut o = opts;
+        o.seed = opts.seed.wrapping_add(i0 as u64);
+        let len = s.batch.min(s.images - i0);
+        run_batch(model, o, &s.sched, len, &pool, &mut phase_s)?;
+    }
+    let wall_s = t0.elapsed().as_secs_f64();
+    let macs = sample_macs(model, &opts, &s.sched);
+    let phases = phase_s
+        .iter()
+        .enumerate()
+        .map(|(k, &seconds)| Phase {
+            step: (k < steps).then_some(k),
+            pn: if k < steps { s.sched.pn[k] as usize } else { 0 },
+            seconds,
+        })
+        .collect();
+    let peak = Peak {
+        one_thread: linear_peak(model.config.weights, &Sequential),
+        all_threads: linear_peak(model.config.weights, &pool),
+    };
+    Ok(BenchReport {
+        images: s.images,
+        wall_s,
+        phases,
+        transformer_macs: macs.transformer * s.images as u64,
+        decoder_macs: macs.decoder * s.images as u64,
+        peak,
+        peak_rss: peak_rss(),
+        isa: Isa::active(),
+        cpu: cpu_info(),
+    })
+}
+
+/// Shape of the peak measurement: 64 tokens × 256 → 256, whose weights (64 KiB in int8) and
+/// activations stay in L2, so the time is the kernel's, not memory's.
+const PEAK_SHAPE: (usize, usize, usize) = (64, 256, 256);
+
+/// GMAC/s of `linear` on [`PEAK_SHAPE`] in the weight format `format`, timed for about 0.2 s.
+pub fn linear_peak(format: WeightFormat, par: &dyn Parallel) -> f64 {
+    let (n, din, dout) = PEAK_SHAPE;
+    // Values in [−1, 1) from a xorshift: the kernels' speed does not depend on them.
+    let mut state = 0x9e37_79b9u32;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        (state as f32 / u32::MAX as f32) * 2.0 - 1.0
+    };
+    let x: Vec<f32> = (0..n * din).map(|_| next()).collect();
+    let w: Vec<f32> = (0..dout * din).map(|_| next()).collect();
+    let b: Vec<f32> = (0..dout).map(|_| next()).collect();
+    let q: Vec<i8> = w.iter().map(|v| (v * 127.0).round() as i8).collect();
+    let h: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
+    let scales = vec![1.0 / 127.0; dout];
+    let weight = match format {
+        WeightFormat::F32 => Weight::F32(&w),
+        WeightFormat::F16 => Weight::F16(&h),
+        WeightFormat::Int8 => Weight::I8 {
+            q: &q,
+            scales: &scales,
+        },
+    };
+    let l = Linear {
+        w: weight,
+        b: Some(&b),
+        out_dim: dout,
+        in_dim: din,
+    };
+    let mut y = vec![0f32; n * dout];
+    let (lf, lq) = linear_scratch_len(n, din);
+    let (mut sf, mut sq) = (vec![0f32; lf], vec![0i8; lq]);
+    let mut call = || {
+        linear(
+            &x,
+            n,
+            &l,
+            &mut y,
+            &mut LinearScratch {
+                f: &mut sf,
+                q: &mut sq,
+            },
+            par,
+        );
+    };
+    call();
+    let budget = Duration::from_millis(200);
+    let t0 = Instant::now();
+    let mut calls = 0u64;
+    while t0.elapsed() < budget {
+        for _ in 0..8 {
+            call();
+        }
+        calls += 8;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    (calls * (n * din * dout) as u64) as f64 / secs / 1e9
+}
+
+/// `VmHWM` of this process in bytes, from `/proc/self/status`.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// The flags reported, as cpuinfo spells them (`avx_vnni` is reported as `avxvnni`).
+const FLAGS: [(&str, &str); 4] = [
+    ("avx2", "avx2"),
+    ("avx512f", "avx512f"),
+    ("avx512_vnni", "avx512_vnni"),
+    ("avxvnni", "avx_vnni"),
+];
+
+/// The CPU model and flags of `/proc/cpuinfo`.
+pub fn cpu_info() -> CpuInfo {
+    parse_cpuinfo(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default())
+}
+
+/// [`cpu_info`] of a cpuinfo text.
+pub fn parse_cpuinfo(text: &str) -> CpuInfo {
+    let field = |name: &str| {
+        text.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == name).then(|| v.trim().to_string())
+        })
+    };
+    let flags = field("flags").map(|f| {
+        let present: Vec<&str> = f.split_whitespace().collect();
+        FLAGS.map(|(name, spelled)| (name, present.contains(&spelled)))
+    });
+    CpuInfo {
+        model: field("model name"),
+        flags,
+    }
+}
+
+fn gmacs(macs: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        macs as f64 / seconds / 1e9
+    } else {
+        0.0
+    }
+}
+
+impl BenchReport {
+    /// Seconds of the transformer (every step).
+    pub fn transformer_s(&self) -> f64 {
+        self.phases
+            .iter()
+            .filter(|p| p.step.is_some())
+            .map(|p| p.seconds)
+            .sum()
+    }
+
+    /// Seconds of the decoder.
+    pub fn decoder_s(&self) -> f64 {
+        self.phases
+            .iter()
+            .filter(|p| p.step.is_none())
+            .map(|p| p.seconds)
+            .sum()
+    }
+
+    /// Transformer GMAC/s.
+    pub fn transformer_gmacs(&self) -> f64 {
+        gmacs(self.transformer_macs, self.transformer_s())
+    }
+
+    /// Decoder GMAC/s.
+    pub fn decoder_gmacs(&self) -> f64 {
+        gmacs(self.decoder_macs, self.decoder_s())
+    }
+
+    /// Images per wall second.
+    pub fn images_per_s(&self) -> f64 {
+        self.images as f64 / self.wall_s
+    }
+
+    /// The report as one JSON object.
+    pub fn json(&self, s: &BenchSettings, model: &Model<'_>) -> serde_json::Value {
+        let phases: Vec<serde_json::Value> = self
+            .phases
+            .iter()
+            .map(|p| match p.step {
+                Some(k) => serde_json::json!({
+                    "phase": "step", "step": k, "pn": p.pn, "seconds": p.seconds,
+                }),
+                None => serde_json::json!({ "phase": "decoder", "seconds": p.seconds }),
+            })
+            .collect();
+        let flags: serde_json::Map<String, serde_json::Value> = self
+            .cpu
+            .flags
+            .iter()
+            .flatten()
+            .map(|(n, on)| (n.to_string(), (*on).into()))
+            .collect();
+        serde_json::json!({
+            "images": self.images,
+            "wall_s": self.wall_s,
+            "images_per_s": self.images_per_s(),
+            "ms_per_image": 1e3 * self.wall_s / self.images as f64,
+            "phases": phases,
+            "transformer_s": self.transformer_s(),
+            "decoder_s": self.decoder_s(),
+            "transformer_gmac": self.transformer_macs as f64 / 1e9,
+            "decoder_gmac": self.decoder_macs as f64 / 1e9,
+            "transformer_gmac_per_s": self.transformer_gmacs(),
+            "decoder_gmac_per_s": self.decoder_gmacs(),
+            "peak_gmac_per_s_one_thread": self.peak.one_thread,
+            "peak_gmac_per_s_all_threads": self.peak.all_threads,
+            "transformer_fraction_of_peak": self.transformer_gmacs() / self.peak.all_threads,
+            "peak_rss_bytes": self.peak_rss,
+            "isa": format!("{:?}", self.isa),
+            "cpu_model": self.cpu.model,
+            "cpu_flags": flags,
+            "threads": s.threads,
+            "batch": s.batch,
+            "class": s.opts.label,
+            "schedule": s.sched.pn.as_slice(),
+            "attention": format!("{:?}", s.opts.attention),
+            "weights": format!("{:?}", model.config.weights),
+        })
+    }
+
+    /// The report as text lines.
+    pub fn text(&self, s: &BenchSettings, model: &Model<'_>) -> String {
+        use std::fmt::Write;
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "settings: threads {}, batch {}, class {}, schedule {:?}, attention {:?}, weights {:?}",
+            s.threads,
+            s.batch,
+            s.opts.label,
+            s.sched.pn.as_slice(),
+            s.opts.attention,
+            model.config.weights
+        );
+        let _ = writeln!(
+            o,
+            "{} images in {:.3} s: {:.2} images/s, {:.2} ms/image (wall, after one warm-up batch)",
+            self.images,
+            self.wall_s,
+            self.images_per_s(),
+            1e3 * self.wall_s / self.images as f64
+        );
+        let _ = writeln!(o, "phase seconds (summed over batches):");
+        for p in &self.phases {
+            match p.step {
+                Some(k) => writeln!(
+                    o,
+                    "  step {k:2} {:<7} {:.4}",
+                    format!("{0}x{0}", p.pn),
+                    p.seconds
+                ),
+                None => writeln!(o, "  decoder         {:.4}", p.seconds),
+            }
+            .ok();
+        }
+        let t = self.transformer_gmacs();
+        let _ = writeln!(
+            o,
+            "transformer: {:.3} GMAC in {:.3} s = {:.2} GMAC/s ({:.1}% of the {}-thread peak)",
+            self.transformer_macs as f64 / 1e9,
+            self.transformer_s(),
+            t,
+            100.0 * t / self.peak.all_threads,
+            s.threads
+        );
+        let _ = writeln!(
+            o,
+            "decoder:     {:.3} GMAC in {:.3} s = {:.2} GMAC/s",
+            self.decoder_macs as f64 / 1e9,
+            self.decoder_s(),
+            self.decoder_gmacs()
+        );
+        let (n, din, dout) = PEAK_SHAPE;
+        let _ = writeln!(
+            o,
+            "kernel peak (linear {n}x{din}x{dout}, {:?}): {:.2} GMAC/s on 1 thread, {:.2} GMAC/s on {}",
+            model.config.weights, self.peak.one_thread, self.peak.all_threads, s.threads
+        );
+        let _ = writeln!(
+            o,
+            "peak RSS: {}",
+            self.peak_rss.map_or("n/a".to_string(), |b| format!(
+                "{:.1} MiB",
+                b as f64 / 1048576.0
+            ))
+        );
+        let _ = writeln!(o, "isa: {:?}", self.isa);
+        let flags = match &self.cpu.flags {
+            Some(f) => f
+                .iter()
+                .map(|(n, on)| format!("{n} {}", if *on { "yes" } else { "no" }))
+                .collect::<Vec<_>>()
+                .join(", "),
+            None => "n/a".into(),
+        };
+        let _ = write!(
+            o,
+            "cpu: {} ({flags})",
+            self.cpu.model.as_deref().unwrap_or("n/a")
+        );
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpuinfo_model_and_flags() {
+        let text = "processor\t: 0\nmodel name\t: Some CPU @ 3GHz\nflags\t\t: fpu avx2 avx_vnni\n\
+                    processor\t: 1\nmodel name\t: Other\n";
+        let c = parse_cpuinfo(text);
+        assert_eq!(c.model.as_deref(), Some("Some CPU @ 3GHz"));
+        assert_eq!(
+            c.flags,
+            Some([
+                ("avx2", true),
+                ("avx512f", false),
+                ("avx512_vnni", false),
+                ("avxvnni", true)
+            ])
+        );
+        assert_eq!(
+            parse_cpuinfo(""),
+            CpuInfo {
+                model: None,
+                flags: None
+            }
+        );
+    }
+
+    #[test]
+    fn counts_are_checked() {
+        assert!(check_counts(0, 1).is_err());
+        assert!(check_counts(1, 0).is_err());
+        assert!(check_counts(1, MAX_BATCH + 1).is_err());
+        assert!(check_counts(MAX_IMAGES + 1, 1).is_err());
+        assert!(check_counts(2, 2).is_ok());
+    }
+}
