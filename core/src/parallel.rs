@@ -4,6 +4,7 @@
 //! depend on the executor: every task computes exactly what the sequential loop computes.
 
 use core::marker::PhantomData;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Runs `n` independent tasks.
 pub trait Parallel: Sync {
@@ -34,7 +35,6 @@ pub struct StdThreads(pub usize);
 #[cfg(feature = "std")]
 impl Parallel for StdThreads {
     fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
-        use core::sync::atomic::{AtomicUsize, Ordering};
         let workers = self.0.min(n);
         if workers <= 1 {
             return Sequential.run(n, f);
@@ -75,6 +75,47 @@ pub fn split_count(len: usize, tasks: usize, grain: usize) -> usize {
     let chunks = len.div_ceil(grain.max(1));
     let tasks = tasks.clamp(1, chunks.max(1));
     chunks.div_ceil(chunks.div_ceil(tasks).max(1))
+}
+
+/// Least work, in floats touched, that is worth a task of [`for_rows`] (about 64 KiB): below it
+/// waking a helper costs more than the work it takes over.
+pub const MIN_TASK_FLOATS: usize = 16 * 1024;
+
+static MIN_TASK_FLOATS_NOW: AtomicUsize = AtomicUsize::new(MIN_TASK_FLOATS);
+
+/// Sets the least work per task of [`for_rows`] (default [`MIN_TASK_FLOATS`]). Only tests lower
+/// it, so that tiny models take the split path; results never depend on it.
+#[doc(hidden)]
+pub fn set_min_task_floats(floats: usize) {
+    MIN_TASK_FLOATS_NOW.store(floats.max(1), Ordering::Relaxed);
+}
+
+/// Calls `f(lo, hi)` on contiguous ranges that cover rows `0..rows` once, as tasks on `par` when
+/// every task gets at least the least work per task (`row_floats` per row), else once with the
+/// whole range. Each row is computed by exactly one call, so per-row results do not depend on
+/// the split.
+pub fn for_rows(
+    par: &dyn Parallel,
+    rows: usize,
+    row_floats: usize,
+    f: &(dyn Fn(usize, usize) + Sync),
+) {
+    let grain = MIN_TASK_FLOATS_NOW
+        .load(Ordering::Relaxed)
+        .div_ceil(row_floats.max(1))
+        .max(1);
+    let width = par.width();
+    let tasks = split_count(rows, width, grain);
+    if tasks <= 1 {
+        if rows > 0 {
+            f(0, rows);
+        }
+        return;
+    }
+    par.run(tasks, &|i| {
+        let (lo, hi) = split(rows, width, grain, i);
+        f(lo, hi)
+    });
 }
 
 /// A mutable slice shared by tasks that write disjoint elements.
@@ -125,6 +166,48 @@ impl<'a, T> SharedMut<'a, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs tasks in order, claiming `width` lanes.
+    struct Wide(usize);
+    impl Parallel for Wide {
+        fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+            Sequential.run(n, f)
+        }
+        fn width(&self) -> usize {
+            self.0
+        }
+    }
+
+    #[test]
+    fn for_rows_covers_every_row_once_and_splits_only_big_work() {
+        use core::sync::atomic::AtomicUsize;
+        for rows in [0usize, 1, 5, 64, 1000] {
+            for width in 1..5 {
+                for row_floats in [1usize, 64, 4096, MIN_TASK_FLOATS] {
+                    let seen: [AtomicUsize; 1000] = core::array::from_fn(|_| AtomicUsize::new(0));
+                    let calls = AtomicUsize::new(0);
+                    for_rows(&Wide(width), rows, row_floats, &|lo, hi| {
+                        calls.fetch_add(1, Ordering::Relaxed);
+                        for r in &seen[lo..hi] {
+                            r.fetch_add(1, Ordering::Relaxed);
+                        }
+                    });
+                    assert!(seen[..rows].iter().all(|r| r.load(Ordering::Relaxed) == 1));
+                    let calls = calls.load(Ordering::Relaxed);
+                    let most = (rows * row_floats)
+                        .div_ceil(MIN_TASK_FLOATS)
+                        .clamp(1, width);
+                    assert!(
+                        calls <= most,
+                        "rows {rows} width {width} floats {row_floats}"
+                    );
+                    if width > 1 && rows * row_floats >= 2 * MIN_TASK_FLOATS && rows > 1 {
+                        assert!(calls > 1, "rows {rows} width {width} floats {row_floats}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn split_covers_everything_once() {

@@ -7,7 +7,7 @@
 //! values of every earlier scale come from the cache in the arena).
 
 use crate::kernels::{gelu_tanh, layer_norm, linear, silu, softmax, LinearScratch};
-use crate::parallel::Parallel;
+use crate::parallel::{for_rows, Parallel, SharedMut};
 use crate::weights::{AdaLn, Block, Transformer};
 
 /// Default tokens per FFN / head chunk: bounds the FFN hidden activation to `chunk × F` floats
@@ -32,7 +32,8 @@ pub struct StepScratch<'s> {
     pub ffn: &'s mut [f32],
     /// Tokens per chunk.
     pub chunk: usize,
-    /// Attention scores of one query, `keys` floats.
+    /// Attention scores, `chunk × keys` floats: one row per token of a chunk, so the tokens of a
+    /// chunk can attend concurrently.
     pub scores: &'s mut [f32],
     /// Linear-kernel scratch.
     pub lin: LinearScratch<'s>,
@@ -90,14 +91,44 @@ pub fn ada_vectors(
     linear(cond, 1, &t.head_nm, head, lin, par);
 }
 
+/// Calls `f(i, row)` for every `width`-wide row of `buf`, rows split over `par` when each task
+/// gets enough work (`row_floats` per row). Every row sees exactly the sequential computation.
+fn each_row(
+    par: &dyn Parallel,
+    buf: &mut [f32],
+    width: usize,
+    row_floats: usize,
+    f: &(dyn Fn(usize, &mut [f32]) + Sync),
+) {
+    let rows = buf.len() / width;
+    let shared = SharedMut::new(&mut buf[..rows * width]);
+    for_rows(par, rows, row_floats, &|lo, hi| {
+        // SAFETY: `for_rows` hands every row to exactly one call.
+        let part = unsafe { shared.slice(lo * width, (hi - lo) * width) };
+        for (i, row) in part.chunks_exact_mut(width).enumerate() {
+            f(lo + i, row);
+        }
+    });
+}
+
 /// `y = LN(x)·(1 + scale) + shift` for `n` rows.
-fn modulate(x: &[f32], y: &mut [f32], n: usize, c: usize, eps: f32, scale: &[f32], shift: &[f32]) {
-    layer_norm(&x[..n * c], &mut y[..n * c], c, eps);
-    for row in y[..n * c].chunks_exact_mut(c) {
+#[allow(clippy::too_many_arguments)]
+fn modulate(
+    x: &[f32],
+    y: &mut [f32],
+    n: usize,
+    c: usize,
+    eps: f32,
+    scale: &[f32],
+    shift: &[f32],
+    par: &dyn Parallel,
+) {
+    each_row(par, &mut y[..n * c], c, 2 * c, &|i, row| {
+        layer_norm(&x[i * c..(i + 1) * c], row, c, eps);
         for ((v, s), b) in row.iter_mut().zip(scale).zip(shift) {
             *v = *v * (*s + 1.0) + *b;
         }
-    }
+    });
 }
 
 /// Scales `v` to unit L2 norm (eps 1e-12, as `F.normalize`), then multiplies by `mul`.
@@ -160,13 +191,13 @@ pub fn block_forward(
     let mut t0 = 0;
     while t0 < n {
         let m = ch.min(n - t0);
-        modulate(&x[t0 * c..], xn, m, c, eps, scale1, shift1);
+        modulate(&x[t0 * c..], xn, m, c, eps, scale1, shift1, par);
         let out: &mut [f32] = match cache {
             None => &mut kv_buf[t0 * 2 * c..(t0 + m) * 2 * c],
             Some(_) => &mut ffn[..m * 2 * c],
         };
         linear(xn, m, &kv_rows, out, lin, par);
-        for row in out.chunks_exact_mut(2 * c) {
+        each_row(par, out, 2 * c, 2 * c, &|_, row| {
             for (v, bias) in row[c..].iter_mut().zip(b.v_bias) {
                 *v += *bias;
             }
@@ -175,7 +206,7 @@ pub fn block_forward(
                     l2_normalize(&mut row[h * hd..(h + 1) * hd], 1.0);
                 }
             }
-        }
+        });
         if let Some((k, v)) = &mut cache {
             for (j, row) in out.chunks_exact(2 * c).enumerate() {
                 let at = (begin + t0 + j) * c;
@@ -199,13 +230,12 @@ pub fn block_forward(
 
     // 2. Per chunk: queries (the LayerNorm is recomputed rather than kept for all tokens:
     //    O(n·C) work instead of n × C floats of arena), attention, projection, residual.
-    let scores = &mut scores[..nkeys];
     let mut t0 = 0;
     while t0 < n {
         let m = ch.min(n - t0);
-        modulate(&x[t0 * c..], xn, m, c, eps, scale1, shift1);
+        modulate(&x[t0 * c..], xn, m, c, eps, scale1, shift1, par);
         linear(xn, m, &q_rows, q, lin, par);
-        for row in q[..m * c].chunks_exact_mut(c) {
+        each_row(par, &mut q[..m * c], c, 2 * c, &|_, row| {
             for (v, bias) in row.iter_mut().zip(b.q_bias) {
                 *v += *bias;
             }
@@ -216,8 +246,13 @@ pub fn block_forward(
                     l2_normalize(&mut row[h * hd..(h + 1) * hd], mul);
                 }
             }
-        }
-        for t in 0..m {
+        });
+        // Tokens attend independently, each with its own row of scores.
+        let q = &q[..m * c];
+        let scores = SharedMut::new(&mut scores[..m * nkeys]);
+        each_row(par, &mut att[..m * c], c, 2 * c * nkeys, &|t, out_row| {
+            // SAFETY: row `t` of the scores belongs to the call for token `t` only.
+            let scores = unsafe { scores.slice(t * nkeys, nkeys) };
             for h in 0..heads {
                 let qh = &q[t * c + h * hd..t * c + (h + 1) * hd];
                 for (j, sc) in scores.iter_mut().enumerate() {
@@ -225,7 +260,7 @@ pub fn block_forward(
                     *sc = crate::kernels::dot(qh, k) * logit_scale;
                 }
                 softmax(scores);
-                let out = &mut att[t * c + h * hd..t * c + (h + 1) * hd];
+                let out = &mut out_row[h * hd..(h + 1) * hd];
                 out.iter_mut().for_each(|o| *o = 0.0);
                 for (j, p) in scores.iter().enumerate() {
                     let v = &vals[j * kstride + h * hd..j * kstride + (h + 1) * hd];
@@ -234,9 +269,9 @@ pub fn block_forward(
                     }
                 }
             }
-        }
+        });
         linear(att, m, &b.proj, tmp, lin, par);
-        residual(&mut x[t0 * c..(t0 + m) * c], tmp, gamma1, c);
+        residual(&mut x[t0 * c..(t0 + m) * c], tmp, gamma1, c, par);
         t0 += m;
     }
 
@@ -245,22 +280,24 @@ pub fn block_forward(
     let mut t0 = 0;
     while t0 < n {
         let m = ch.min(n - t0);
-        modulate(&x[t0 * c..], xn, m, c, eps, scale2, shift2);
+        modulate(&x[t0 * c..], xn, m, c, eps, scale2, shift2, par);
         linear(xn, m, &b.fc1, ffn, lin, par);
-        ffn[..m * f].iter_mut().for_each(|v| *v = gelu_tanh(*v));
+        each_row(par, &mut ffn[..m * f], f, f, &|_, row| {
+            row.iter_mut().for_each(|v| *v = gelu_tanh(*v));
+        });
         linear(ffn, m, &b.fc2, tmp, lin, par);
-        residual(&mut x[t0 * c..(t0 + m) * c], tmp, gamma2, c);
+        residual(&mut x[t0 * c..(t0 + m) * c], tmp, gamma2, c, par);
         t0 += m;
     }
 }
 
 /// `x += branch · γ`, row by row.
-fn residual(x: &mut [f32], branch: &[f32], gamma: &[f32], c: usize) {
-    for (xr, tr) in x.chunks_exact_mut(c).zip(branch.chunks_exact(c)) {
-        for ((xv, tv), g) in xr.iter_mut().zip(tr).zip(gamma) {
+fn residual(x: &mut [f32], branch: &[f32], gamma: &[f32], c: usize, par: &dyn Parallel) {
+    each_row(par, x, c, 2 * c, &|i, xr| {
+        for ((xv, tv), g) in xr.iter_mut().zip(&branch[i * c..(i + 1) * c]).zip(gamma) {
             *xv += *tv * *g;
         }
-    }
+    });
 }
 
 /// Logits of `m` tokens: `head(LN(x)·(1 + scale) + shift)`; `xn` needs `m·C` floats, `logits`
@@ -279,6 +316,6 @@ pub fn head_logits(
     par: &dyn Parallel,
 ) {
     let (scale, shift) = head_ada.split_at(c);
-    modulate(x, xn, m, c, eps, scale, shift);
+    modulate(x, xn, m, c, eps, scale, shift, par);
     linear(xn, m, &t.head, logits, lin, par);
 }

@@ -73,8 +73,8 @@ arena_layout! {
         tmp: [f32; s.chunk * s.c] = "branch output (chunk x C)",
         /// FFN hidden of a chunk (also the causal K/V staging of a chunk).
         ffn: [f32; s.chunk * s.f.max(2 * s.c)] = "FFN hidden (chunk x F)",
-        /// Attention scores of one query.
-        scores: [f32; s.keys] = "attention scores (keys)",
+        /// Attention scores, one row per token of a chunk (the tokens attend concurrently).
+        scores: [f32; s.chunk * s.keys] = "attention scores (chunk x keys)",
         /// Per-row activation scales (int8) / f32 staging of the linear kernels.
         lin_f: [f32; s.lin_len().0] = "activation scales",
         /// Quantized activations.
