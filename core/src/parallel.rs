@@ -4,10 +4,14 @@
 //! depend on the executor: every task computes exactly what the sequential loop computes.
 
 use core::marker::PhantomData;
-use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Runs `n` independent tasks.
 pub trait Parallel: Sync {
+    /// Least work, in floats touched, worth a task of [`for_rows`]; smaller loops run as one
+    /// call. Results never depend on it (tests lower it so that tiny models split too).
+    fn min_task_floats(&self) -> usize {
+        MIN_TASK_FLOATS
+    }
     /// Calls `f(i)` once for every `i` in `0..n`, in any order, possibly concurrently.
     fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync));
     /// How many tasks can run at once (used to size the split).
@@ -35,6 +39,7 @@ pub struct StdThreads(pub usize);
 #[cfg(feature = "std")]
 impl Parallel for StdThreads {
     fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        use core::sync::atomic::{AtomicUsize, Ordering};
         let workers = self.0.min(n);
         if workers <= 1 {
             return Sequential.run(n, f);
@@ -81,17 +86,8 @@ pub fn split_count(len: usize, tasks: usize, grain: usize) -> usize {
 /// waking a helper costs more than the work it takes over.
 pub const MIN_TASK_FLOATS: usize = 16 * 1024;
 
-static MIN_TASK_FLOATS_NOW: AtomicUsize = AtomicUsize::new(MIN_TASK_FLOATS);
-
-/// Sets the least work per task of [`for_rows`] (default [`MIN_TASK_FLOATS`]). Only tests lower
-/// it, so that tiny models take the split path; results never depend on it.
-#[doc(hidden)]
-pub fn set_min_task_floats(floats: usize) {
-    MIN_TASK_FLOATS_NOW.store(floats.max(1), Ordering::Relaxed);
-}
-
 /// Calls `f(lo, hi)` on contiguous ranges that cover rows `0..rows` once, as tasks on `par` when
-/// every task gets at least the least work per task (`row_floats` per row), else once with the
+/// every task gets at least [`Parallel::min_task_floats`] (`row_floats` per row), else once with the
 /// whole range. Each row is computed by exactly one call, so per-row results do not depend on
 /// the split.
 pub fn for_rows(
@@ -100,8 +96,9 @@ pub fn for_rows(
     row_floats: usize,
     f: &(dyn Fn(usize, usize) + Sync),
 ) {
-    let grain = MIN_TASK_FLOATS_NOW
-        .load(Ordering::Relaxed)
+    let grain = par
+        .min_task_floats()
+        .max(1)
         .div_ceil(row_floats.max(1))
         .max(1);
     let width = par.width();
@@ -180,7 +177,7 @@ mod tests {
 
     #[test]
     fn for_rows_covers_every_row_once_and_splits_only_big_work() {
-        use core::sync::atomic::AtomicUsize;
+        use core::sync::atomic::{AtomicUsize, Ordering};
         for rows in [0usize, 1, 5, 64, 1000] {
             for width in 1..5 {
                 for row_floats in [1usize, 64, 4096, MIN_TASK_FLOATS] {

@@ -10,13 +10,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use common::{bits, run_recorded, RunOut, OFFICIAL, SIX};
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::generate::{Generator, Plan, SampleOptions};
-use srdd_core::parallel::{set_min_task_floats, Parallel, StdThreads, MIN_TASK_FLOATS};
+use srdd_core::parallel::{Parallel, StdThreads, MIN_TASK_FLOATS};
 use srdd_core::{Attention, Model, Schedule, WeightFormat};
 
-/// Threads that count the tasks they are given.
+/// Threads that count the tasks they are given, with a chosen least work per task.
 struct Counting {
     threads: StdThreads,
     tasks: AtomicUsize,
+    least: usize,
 }
 
 impl Parallel for Counting {
@@ -26,6 +27,9 @@ impl Parallel for Counting {
     }
     fn width(&self) -> usize {
         self.threads.width()
+    }
+    fn min_task_floats(&self) -> usize {
+        self.least
     }
 }
 
@@ -49,8 +53,6 @@ fn assert_same_bits(got: &RunOut, want: &RunOut, what: &str) {
     assert_eq!(bits(&got.image), bits(&want.image), "{what}: image");
 }
 
-// One test: the least work per task is process-wide, and the counts below compare runs at two
-// settings of it.
 #[test]
 fn threaded_runs_equal_the_sequential_run_bit_for_bit() {
     for fixture in [SIX, OFFICIAL] {
@@ -70,10 +72,10 @@ fn threaded_runs_equal_the_sequential_run_bit_for_bit() {
                         // The default grain (the tiny models' rows are mostly below it), then
                         // a grain of one row, so every row loop splits.
                         for (i, least) in [MIN_TASK_FLOATS, 1].into_iter().enumerate() {
-                            set_min_task_floats(least);
                             let par = Counting {
                                 threads: StdThreads(threads),
                                 tasks: AtomicUsize::new(0),
+                                least,
                             };
                             let got = run(model, o, &sched, Some(&par));
                             let what = format!(
@@ -83,7 +85,6 @@ fn threaded_runs_equal_the_sequential_run_bit_for_bit() {
                             assert_same_bits(&got, &want, &what);
                             tasks[i] = par.tasks.load(Ordering::Relaxed);
                         }
-                        set_min_task_floats(MIN_TASK_FLOATS);
                         assert!(
                             tasks[1] > tasks[0],
                             "{fixture} {w:?} {attention:?}: the row loops never split ({tasks:?})"
