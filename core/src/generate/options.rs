@@ -77,7 +77,7 @@ pub struct SampleOptions {
     /// Per-step settings; when present they replace `cfg`/`guidance`/`top_k`/`top_p`/
     /// `temperature`/`refine` step by step.
     pub table: Option<StepTable>,
-    /// Tokens per FFN / head chunk (0: [`DEFAULT_CHUNK`]). Results do not depend on it; smaller
+    /// Tokens per FFN / head chunk (0: the default, 64). Results do not depend on it; smaller
     /// chunks need fewer arena bytes.
     pub chunk: u16,
     /// Decode in bands of this many image rows (0: the whole image at once). Results do not
