@@ -317,18 +317,19 @@ fn gmacs(macs: u64, seconds: f64) -> f64 {
 impl BenchReport {
     /// Seconds of the transformer (every step).
     pub fn transformer_s(&self) -> f64 {
-        self.phases
-            .iter()
-            .filter(|p| p.step.is_some())
-            .map(|p| p.seconds)
-            .sum()
+        self.phase_seconds(true)
     }
 
     /// Seconds of the decoder.
     pub fn decoder_s(&self) -> f64 {
+        self.phase_seconds(false)
+    }
+
+    /// Seconds of the step phases (`steps`) or of the decoder.
+    fn phase_seconds(&self, steps: bool) -> f64 {
         self.phases
             .iter()
-            .filter(|p| p.step.is_none())
+            .filter(|p| p.step.is_some() == steps)
             .map(|p| p.seconds)
             .sum()
     }

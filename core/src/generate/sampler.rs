@@ -202,7 +202,6 @@ impl<'m, 'a, F: Forward> Sampler<'m, 'a, F> {
             branches,
             null: self.model.config.var.num_classes,
             label: self.opts.label,
-            refine: settings.refine > 0,
             settings,
         };
         let mut active: heapless::Vec<usize, MAX_BATCH> = (0..images).collect();
@@ -313,7 +312,6 @@ struct StepCtx {
     branches: usize,
     null: u32,
     label: u32,
-    refine: bool,
     settings: super::StepSettings,
 }
 
@@ -382,7 +380,7 @@ impl<F: Forward> Pass<'_, '_, F> {
         let tg = s.guidance as f64;
         let c1 = (1.0 + tg) as f32;
         let t32 = tg as f32;
-        let stats = ctx.refine || only_flagged;
+        let stats = s.refine > 0 || only_flagged;
         let mut t0 = 0;
         while t0 < n {
             let m = chunk.min(n - t0);

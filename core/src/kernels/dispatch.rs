@@ -2,7 +2,7 @@
 //!
 //! Today the SIMD kernels are compiled in by target features (`.cargo/config.toml` builds x86-64
 //! hosts for x86-64-v3), so [`Isa::compiled`] is a compile-time answer. With `std`,
-//! [`Isa::supported`] also asks the CPU, and [`Isa::active`] caches the choice once per process:
+//! [`Isa::supported`] also asks the CPU (std caches the answer) and [`Isa::active`] takes the best:
 //! this is where runtime choices (AVX2 or AVX-512 VNNI kernels compiled with
 //! `#[target_feature]`) plug in. The scalar reference is always compiled, and every kernel with a
 //! SIMD variant has a `*_with(isa, …)` form, so tests can run both and compare bits.
@@ -67,25 +67,10 @@ impl Isa {
         best
     }
 
-    /// The ISA the plain kernels ([`super::linear()`], [`super::conv2d`]) use: [`Isa::best`],
-    /// chosen once (cached per process with `std`; a compile-time constant without).
+    /// The ISA the plain kernels ([`super::linear()`], [`super::conv2d`]) use: [`Isa::best`].
+    /// Not cached here: the core keeps no global state, and std's feature detection is already
+    /// a cached load.
     pub fn active() -> Isa {
-        #[cfg(feature = "std")]
-        {
-            use core::sync::atomic::{AtomicU8, Ordering};
-            const UNSET: u8 = u8::MAX;
-            static ACTIVE: AtomicU8 = AtomicU8::new(UNSET);
-            match ACTIVE.load(Ordering::Relaxed) {
-                UNSET => {
-                    // Racing first calls compute the same value; no ordering is needed.
-                    let isa = Isa::best();
-                    ACTIVE.store(isa as u8, Ordering::Relaxed);
-                    isa
-                }
-                v => Isa::ALL[v as usize],
-            }
-        }
-        #[cfg(not(feature = "std"))]
         Isa::best()
     }
 }
