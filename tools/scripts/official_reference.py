@@ -15,7 +15,8 @@ Sub-commands
   sample          greedy (top_k=1, default) or top-k/top-p CFG sampling, Markovian (block-diagonal: every
                   scale run alone, no KV cache) or causal (official block-causal with KV cache); saves tokens
                   per scale, f_hat per scale, CFG-mixed logits per scale (--save-logits) and the image to a
-                  .safetensors file.
+                  .safetensors file. --timings also prints one line 'timings: {json}' with the load, scale-loop
+                  and decoder seconds (read by scripts/bench-vs-pytorch).
   verify-fixture  run every case of a golden fixture (tests/fixtures/<name>/manifest.json) and compare with
                   its reference.safetensors: tokenize, decode, teacher_forced, sample, edit.
 
@@ -434,7 +435,7 @@ def bilinear_force(keep_mask, pn):
 @torch.no_grad()
 def sample(var, vae, label, cfg=1.5, seed=0, attention="markov", top_k=1, top_p=0.0, more_smooth=False,
            schedule=None, levels=None, phi_index=None, cfg_table=None, edit_source=None, edit_keep_mask=None,
-           save_logits=False, B=1):
+           save_logits=False, B=1, timings=None):
     """VAR.autoregressive_infer_cfg (attention='causal': KV cache, no mask) or its Markovian variant
     (attention='markov': every scale run alone, no cache, no mask).
 
@@ -443,6 +444,8 @@ def sample(var, vae, label, cfg=1.5, seed=0, attention="markov", top_k=1, top_p=
     phi_index: Phi conv per step (default: official tick rule with SN = len(schedule));
     cfg_table: per-step guidance t (default cfg*si/(SN-1)); edit_source / edit_keep_mask: zero-shot
     in-painting as in the official demo notebook (force-replace embeddings with the source tokens).
+    timings: a dict to receive wall seconds of the scale loop ("transformer", which includes the per-scale
+    f_hat updates) and of the VQVAE decoder ("decode"); it only reads the clock.
     Returns a dict of tensors and a diagnostics dict."""
     assert attention in ("markov", "causal")
     full = var.patch_nums
@@ -471,6 +474,7 @@ def sample(var, vae, label, cfg=1.5, seed=0, attention="markov", top_k=1, top_p=
     out = OrderedDict()
     diag = {"min_top1_top2_gap": [], "unique_tokens": [], "phi_index": list(phi_index), "levels": list(levels),
             "cfg_t": [float(t) for t in cfg_table]}
+    t_loop = time.perf_counter()
     for si, pn in enumerate(schedule):
         ratio = si / (SN - 1)
         x = next_token_map
@@ -506,7 +510,11 @@ def sample(var, vae, label, cfg=1.5, seed=0, attention="markov", top_k=1, top_p=
             next_token_map = next_token_map.view(B, var.Cvae, -1).transpose(1, 2)
             next_token_map = var.lin("word_embed", next_token_map) + lvl_pos[:, b:b + pn_next ** 2]
             next_token_map = next_token_map.repeat(2, 1, 1)
+    t_decode = time.perf_counter()
     out["image"] = vae.fhat_to_img(f_hat).add_(1).mul_(0.5)
+    if timings is not None:
+        timings["transformer"] = t_decode - t_loop
+        timings["decode"] = time.perf_counter() - t_decode
     return out, diag
 
 
@@ -629,9 +637,10 @@ def cmd_sample(args):
     t_load = time.time() - t0
     schedule = [int(s) for s in args.schedule.split(",")] if args.schedule else None
     t1 = time.time()
+    phases = {}
     out, diag = sample(var, vae, args.label, cfg=args.cfg, seed=args.seed, attention=args.attention,
                        top_k=args.top_k, top_p=args.top_p, more_smooth=args.more_smooth, schedule=schedule,
-                       save_logits=args.save_logits)
+                       save_logits=args.save_logits, timings=phases)
     t_sample = time.time() - t1
     meta = {"args": json.dumps(vars(args)), "var_config": json.dumps(var.config()),
             "vae_config": json.dumps(vae.config()), "diagnostics": json.dumps(diag),
@@ -647,6 +656,10 @@ def cmd_sample(args):
     print(f"image {tuple(img.shape)} mean {img.mean():.4f} std {img.std():.4f} "
           f"min {img.min():.4f} max {img.max():.4f}")
     print(f"load {t_load:.2f}s, sample+decode {t_sample:.2f}s ({args.threads} threads); wrote {args.out}")
+    if args.timings:
+        # One machine-readable line for scripts/bench-vs-pytorch.
+        print("timings: " + json.dumps({"load": round(t_load, 4), "transformer": round(phases["transformer"], 4),
+                                        "decode": round(phases["decode"], 4), "threads": args.threads}))
 
 
 def main():
@@ -665,6 +678,8 @@ def main():
     s.add_argument("--schedule", default=None, help="comma-separated subset of the model's patch sizes")
     s.add_argument("--save-logits", action="store_true", help="also store CFG-mixed logits per scale")
     s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--timings", action="store_true",
+                   help="also print one line 'timings: {json}' with load / transformer / decode seconds")
     s.add_argument("--out", required=True)
     v = sub.add_parser("verify-fixture", help="reproduce every case of a golden fixture")
     v.add_argument("fixture_dir")
