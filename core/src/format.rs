@@ -18,6 +18,7 @@
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::kernels::{panels_len, PanelsI8};
 use crate::weights::{TensorSource, Weight};
 use core::fmt;
 use half::f16;
@@ -26,8 +27,10 @@ use serde::{Deserialize, Serialize};
 
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"SRDDMDL\0";
-/// Format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// Format version this build reads and writes. Version 2 stores int8 weights in the panel
+/// layout of [`crate::kernels::pack`] and records each tensor's [`WeightLayout`]; version 1 files
+/// (int8 rows) are refused with [`Error::UnsupportedVersion`] (repack them with `srdd-tools pack`).
+pub const FORMAT_VERSION: u32 = 2;
 /// Size of the fixed prefix before the postcard header.
 pub const PREFIX_LEN: usize = 32;
 /// Alignment of the data section and of every tensor in it.
@@ -43,8 +46,34 @@ pub enum TensorDType {
     F32,
     /// f16 values.
     F16,
-    /// int8 values in [−127, 127] with one f32 scale per output channel (first dimension).
+    /// int8 values with one f32 scale per output channel (first dimension), in the layout its
+    /// [`WeightLayout`] names.
     I8,
+}
+
+/// How the values of a tensor are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum WeightLayout {
+    /// Row-major in the official shape (every f32 and f16 tensor).
+    Plain,
+    /// int8 panels of `nr` output channels × groups of `kr` inputs
+    /// ([`crate::kernels::pack`]; a conv is one packed `cout × (cin·kw)` weight per kernel row
+    /// `kh`). This build reads `nr = 16, kr = 4`.
+    Panels {
+        /// Output channels per panel.
+        nr: u8,
+        /// Inputs per group.
+        kr: u8,
+    },
+}
+
+impl WeightLayout {
+    /// The panel layout this build's int8 kernels read and `srdd-tools pack` writes.
+    pub const PANELS: WeightLayout = WeightLayout::Panels {
+        nr: crate::kernels::pack::PANEL_NR as u8,
+        kr: crate::kernels::pack::PANEL_KR as u8,
+    };
 }
 
 impl TensorDType {
@@ -81,11 +110,13 @@ pub struct TensorEntry<'a> {
     pub name: &'a str,
     /// Storage type.
     pub dtype: TensorDType,
+    /// Layout of the values: [`WeightLayout::Plain`], or [`WeightLayout::PANELS`] for int8.
+    pub layout: WeightLayout,
     /// Shape, official layout (`[out, in]` for Linear, `[out, in, kh, kw]` for Conv).
     pub shape: Vec<u32, 4>,
     /// Byte offset of the values, relative to the data section.
     pub offset: u64,
-    /// Byte length of the values.
+    /// Byte length of the values (int8 panels include their zero padding).
     pub len: u64,
     /// Byte offset of the per-output-channel f32 scales (int8 only), relative to the data section.
     pub scales_offset: u64,
@@ -339,10 +370,10 @@ impl<'a> TensorSource<'a> for FileSource<'a> {
     fn float(&mut self, name: fmt::Arguments<'_>, shape: &[usize]) -> Result<&'a [f32]> {
         let index = self.index;
         let e = self.next_entry(name, shape)?;
-        if e.dtype != TensorDType::F32 {
+        if e.dtype != TensorDType::F32 || e.layout != WeightLayout::Plain {
             return Err(Error::TensorMismatch {
                 index,
-                what: "this tensor must be stored as f32",
+                what: "this tensor must be stored as plain f32",
             });
         }
         self.values::<f32>(index, &e, shape.iter().product())
@@ -365,16 +396,41 @@ impl<'a> TensorSource<'a> for FileSource<'a> {
                 what: "tensor dtype differs from the header's weight format",
             });
         }
+        let layout = match e.dtype {
+            TensorDType::I8 => WeightLayout::PANELS,
+            TensorDType::F32 | TensorDType::F16 => WeightLayout::Plain,
+        };
+        if e.layout != layout {
+            return Err(Error::TensorMismatch {
+                index,
+                what: "unsupported weight layout (int8 must be 16x4 panels, floats plain)",
+            });
+        }
         Ok(match e.dtype {
             TensorDType::F32 => Weight::F32(self.values::<f32>(index, &e, numel)?),
             TensorDType::F16 => Weight::F16(self.values::<f16>(index, &e, numel)?),
             TensorDType::I8 => {
-                let q = self.values::<i8>(index, &e, numel)?;
-                let rows = shape[0];
+                // Linear [out, in]: one packed weight; conv [out, in, kh, kw]: kh of them.
+                let (rows, k, groups) = match *shape {
+                    [rows, k] => (rows, k, 1),
+                    [rows, cin, kh, kw] => (rows, cin * kw, kh),
+                    _ => {
+                        return Err(Error::TensorMismatch {
+                            index,
+                            what: "an int8 tensor must be a Linear or a conv weight",
+                        })
+                    }
+                };
+                let q = self.values::<i8>(index, &e, groups * panels_len(rows, k))?;
                 let raw = self.slice(index, e.scales_offset, rows as u64 * 4, 4)?;
                 let scales: &[f32] = bytemuck::try_cast_slice(raw)
                     .map_err(|_| Error::TensorOutOfBounds { index })?;
-                Weight::I8 { q, scales }
+                Weight::I8(PanelsI8::new(q, scales, rows, k, groups).ok_or(
+                    Error::TensorMismatch {
+                        index,
+                        what: "int8 panel lengths differ from the shape",
+                    },
+                )?)
             }
         })
     }

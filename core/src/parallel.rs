@@ -147,6 +147,18 @@ impl<'a, T> SharedMut<'a, T> {
         unsafe { *self.ptr.add(i) = v }
     }
 
+    /// Element `i`, mutably.
+    ///
+    /// # Safety
+    /// No other task may access element `i` concurrently.
+    #[inline]
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn get_mut(&self, i: usize) -> &mut T {
+        assert!(i < self.len);
+        // SAFETY: in bounds (checked), exclusive by the caller's contract.
+        unsafe { &mut *self.ptr.add(i) }
+    }
+
     /// A mutable view of `start..start + len`.
     ///
     /// # Safety

@@ -6,7 +6,8 @@
 //! Attention is block-diagonal (Markov: keys are this scale's tokens) or block-causal (keys and
 //! values of every earlier scale come from the cache in the arena).
 
-use crate::kernels::{gelu_tanh, layer_norm, linear, silu, softmax, LinearScratch};
+use crate::kernels::attention::{attend_row, KeyValues};
+use crate::kernels::{gelu_tanh, layer_norm, linear, silu, Isa, LinearScratch};
 use crate::parallel::{for_rows, Parallel, SharedMut};
 use crate::weights::{AdaLn, Block, Transformer};
 
@@ -250,25 +251,18 @@ pub fn block_forward(
         // Tokens attend independently, each with its own row of scores.
         let q = &q[..m * c];
         let scores = SharedMut::new(&mut scores[..m * nkeys]);
+        let kvs = KeyValues {
+            keys,
+            vals,
+            stride: kstride,
+            n: nkeys,
+        };
+        let isa = Isa::active();
         each_row(par, &mut att[..m * c], c, 2 * c * nkeys, &|t, out_row| {
             // SAFETY: row `t` of the scores belongs to the call for token `t` only.
             let scores = unsafe { scores.slice(t * nkeys, nkeys) };
-            for h in 0..heads {
-                let qh = &q[t * c + h * hd..t * c + (h + 1) * hd];
-                for (j, sc) in scores.iter_mut().enumerate() {
-                    let k = &keys[j * kstride + h * hd..j * kstride + (h + 1) * hd];
-                    *sc = crate::kernels::dot(qh, k) * logit_scale;
-                }
-                softmax(scores);
-                let out = &mut out_row[h * hd..(h + 1) * hd];
-                out.iter_mut().for_each(|o| *o = 0.0);
-                for (j, p) in scores.iter().enumerate() {
-                    let v = &vals[j * kstride + h * hd..j * kstride + (h + 1) * hd];
-                    for (o, vv) in out.iter_mut().zip(v) {
-                        *o += *p * *vv;
-                    }
-                }
-            }
+            let q = &q[t * c..(t + 1) * c];
+            attend_row(isa, q, &kvs, heads, hd, logit_scale, scores, out_row);
         });
         linear(att, m, &b.proj, tmp, lin, par);
         residual(&mut x[t0 * c..(t0 + m) * c], tmp, gamma1, c, par);

@@ -12,7 +12,9 @@ use srdd_core::config::WeightFormat;
 use srdd_core::forward::MAX_BATCH;
 use srdd_core::generate::{Compute, Plan, SampleOptions, Sampler, StepHook};
 use srdd_core::kernels::dispatch::Isa;
-use srdd_core::kernels::{linear, linear_scratch_len, LinearScratch};
+use srdd_core::kernels::{
+    linear, linear_scratch_len, pack_panels, panels_len, LinearScratch, PanelsI8,
+};
 use srdd_core::macs::sample_macs;
 use srdd_core::parallel::{Parallel, Sequential};
 use srdd_core::resample::ResamplePolicy;
@@ -214,16 +216,17 @@ pub fn linear_peak(format: WeightFormat, par: &dyn Parallel) -> f64 {
     let x: Vec<f32> = (0..n * din).map(|_| next()).collect();
     let w: Vec<f32> = (0..dout * din).map(|_| next()).collect();
     let b: Vec<f32> = (0..dout).map(|_| next()).collect();
-    let q: Vec<i8> = w.iter().map(|v| (v * 127.0).round() as i8).collect();
+    let rows: Vec<i8> = w.iter().map(|v| (v * 127.0).round() as i8).collect();
+    let mut q = vec![0i8; panels_len(dout, din)];
+    pack_panels(&rows, dout, din, &mut q);
     let h: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
     let scales = vec![1.0 / 127.0; dout];
     let weight = match format {
         WeightFormat::F32 => Weight::F32(&w),
         WeightFormat::F16 => Weight::F16(&h),
-        WeightFormat::Int8 => Weight::I8 {
-            q: &q,
-            scales: &scales,
-        },
+        WeightFormat::Int8 => {
+            Weight::I8(PanelsI8::new(&q, &scales, dout, din, 1).expect("packed lengths"))
+        }
     };
     let l = Linear {
         w: weight,

@@ -7,9 +7,10 @@ use srdd_core::config::{
     official_phi_index, Attention, ModelConfig, VaeConfig, VarConfig, WeightFormat, MAX_SCALES,
 };
 use srdd_core::format::{
-    align_up, file_checksum, Header, TensorDType, TensorEntry, FORMAT_VERSION, MAGIC, PREFIX_LEN,
-    TENSOR_ALIGN,
+    align_up, file_checksum, Header, TensorDType, TensorEntry, WeightLayout, FORMAT_VERSION, MAGIC,
+    PREFIX_LEN, TENSOR_ALIGN,
 };
+use srdd_core::kernels::{pack_official, panels_len};
 use srdd_core::weights::{TensorSource, Weight};
 use srdd_core::Weights;
 use std::collections::BTreeSet;
@@ -375,22 +376,6 @@ pub fn quantize_rows(values: &[f32], rows: usize) -> (Vec<i8>, Vec<f32>) {
     (q, scales)
 }
 
-/// Permutes a conv weight `[co, ci, kh, kw]` to `[co, kh, ci, kw]`.
-pub fn conv_to_row_major_kernel(w: &[f32], shape: &[usize]) -> Vec<f32> {
-    let (co, ci, kh, kw) = (shape[0], shape[1], shape[2], shape[3]);
-    let mut out = vec![0f32; w.len()];
-    for o in 0..co {
-        for i in 0..ci {
-            for y in 0..kh {
-                for x in 0..kw {
-                    out[((o * kh + y) * ci + i) * kw + x] = w[((o * ci + i) * kh + y) * kw + x];
-                }
-            }
-        }
-    }
-    out
-}
-
 /// Converts two official state dicts into `.srdd` bytes.
 pub fn pack(var: &StateDict, vae: &StateDict, opts: &PackOptions) -> Result<Vec<u8>, ConvertError> {
     let cfg = infer_config(var, vae, opts)?;
@@ -443,14 +428,16 @@ pub fn pack(var: &StateDict, vae: &StateDict, opts: &PackOptions) -> Result<Vec<
                 }
             }
             WeightFormat::Int8 => {
-                // Conv weights go to [cout, kh, cin, kw]: one kernel row = one contiguous vector
-                // (the layout the int8 conv kernel dots against unfolded input rows).
-                let values = if e.shape.len() == 4 {
-                    conv_to_row_major_kernel(&values, &e.shape)
-                } else {
-                    values
-                };
+                // One scale per output channel, then the kernels' panel layout.
                 let (q, s) = quantize_rows(&values, e.shape[0]);
+                let groups = if e.shape.len() == 4 { e.shape[2] } else { 1 };
+                let k = e.shape[1] * e.shape.get(3).copied().unwrap_or(1);
+                let mut packed_q = vec![0i8; groups * panels_len(e.shape[0], k)];
+                assert!(
+                    pack_official(&q, &e.shape, &mut packed_q),
+                    "weights are 2-D or 4-D"
+                );
+                let q = packed_q;
                 Packed {
                     name: e.name.clone(),
                     shape: e.shape.clone(),
@@ -533,6 +520,10 @@ fn write_file(cfg: &ModelConfig, packed: &[Packed], metadata: &str) -> Vec<u8> {
         let e = TensorEntry {
             name: &p.name,
             dtype: p.dtype,
+            layout: match p.dtype {
+                TensorDType::I8 => WeightLayout::PANELS,
+                TensorDType::F32 | TensorDType::F16 => WeightLayout::Plain,
+            },
             shape: p.shape.iter().map(|&d| d as u32).collect(),
             offset: *off as u64,
             len: p.data.len() as u64,

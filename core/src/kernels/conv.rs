@@ -1,11 +1,11 @@
 //! 2-D convolution (f32, f16 and int8 weights), its padding type, output-size and scratch-size
 //! functions.
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+#[cfg(target_arch = "x86_64")]
 use super::arch::x86;
-use super::dot::{dot_i8, dot_i8_block_with};
+use super::conv_i8::conv2d_i8;
+pub use super::conv_i8::{conv_scratch_len, ConvScratch};
 use super::layers::{Conv, Weight};
-use super::quant::quantize_pieces;
 use super::Isa;
 use crate::parallel::{split, split_count, Parallel, SharedMut};
 
@@ -76,29 +76,6 @@ impl ConvInput<'_> {
     }
 }
 
-/// Scratch for [`conv2d`] with int8 weights.
-pub struct ConvScratch<'s> {
-    /// Unfolded int8 input, `h · wo · cin · k` bytes: for each input row and output column, the
-    /// `cin × k` patch row the kernel sees (zero outside the image).
-    pub unfold: &'s mut [i8],
-    /// One quantized input row, `cin · w` bytes.
-    pub qrow: &'s mut [i8],
-    /// Per-input-row activation scales, `h` floats.
-    pub row_scale: &'s mut [f32],
-}
-
-/// Scratch sizes (unfold i8, row i8, f32) of [`conv2d`] with int8 weights on a `cin × h × w`
-/// input with kernel `k` and `wo` output columns.
-pub fn conv_scratch_len(
-    cin: usize,
-    h: usize,
-    w: usize,
-    wo: usize,
-    k: usize,
-) -> (usize, usize, usize) {
-    (h * wo * cin * k, cin * w, h)
-}
-
 const ROW_TILE: usize = 2;
 
 /// Valid output columns `[lo, hi)` for kernel column `kx`.
@@ -137,9 +114,10 @@ pub(crate) fn axpy_tile_with(
     wk: &[f32; CO_BLOCK],
     xs: &[f32; COL_BLOCK],
 ) {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
-    if isa >= Isa::Avx {
-        x86::axpy_tile_avx(acc, wk, xs);
+    #[cfg(target_arch = "x86_64")]
+    if isa.has_avx() {
+        // SAFETY: `isa` is supported (the caller's contract), so the CPU has AVX.
+        unsafe { x86::axpy_tile_avx(acc, wk, xs) };
         return;
     }
     let _ = isa;
@@ -216,8 +194,8 @@ fn conv_s1_block(
         }
     };
     for oy in oy0..oy1 {
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
-        if let (true, Weight::F32(wts)) = (isa >= Isa::Avx, c.w) {
+        #[cfg(target_arch = "x86_64")]
+        if let (true, Weight::F32(wts)) = (isa.has_avx(), c.w) {
             if nc == CO_BLOCK && wo >= 8 {
                 // Tiles of 16 (or 8) columns over the whole row, the last one shifted left to end
                 // at `wo` (overlapping columns are recomputed to the same values).
@@ -232,13 +210,15 @@ fn conv_s1_block(
                         dst.copy_from_slice(vals);
                     };
                     if tile == COL_BLOCK {
-                        let acc = x86::conv_tile_avx::<2>(input, c, wts, co, oy, xs);
+                        // SAFETY: the CPU has AVX (above).
+                        let acc = unsafe { x86::conv_tile_avx::<2>(input, c, wts, co, oy, xs) };
                         for (c, a) in acc.iter().enumerate() {
                             put(c, 0, &a[0]);
                             put(c, 1, &a[1]);
                         }
                     } else {
-                        let acc = x86::conv_tile_avx::<1>(input, c, wts, co, oy, xs);
+                        // SAFETY: the CPU has AVX (above).
+                        let acc = unsafe { x86::conv_tile_avx::<1>(input, c, wts, co, oy, xs) };
                         for (c, a) in acc.iter().enumerate() {
                             put(c, 0, &a[0]);
                         }
@@ -305,6 +285,15 @@ pub fn conv2d_with(
     let (cin, cout, k) = (c.cin, c.cout, c.k);
     let (ho, wo) = input.out_sides(k);
     let plane_len = ho * wo;
+    if let Weight::I8(wp) = c.w {
+        let y = &mut y[..cout * plane_len];
+        match s {
+            Some(s) => conv2d_i8(isa, par, input, c, &wp, y, s),
+            // Without scratch the int8 conv cannot run: NaN, never stale values.
+            None => y.iter_mut().for_each(|v| *v = f32::NAN),
+        }
+        return;
+    }
     let y = SharedMut::new(&mut y[..cout * plane_len]);
     let iy_of = |oy: usize, ky: usize| -> Option<usize> {
         let iy = (oy * stride + ky) as isize - pad.top as isize;
@@ -381,93 +370,7 @@ pub fn conv2d_with(
                 }
             });
         }
-        Weight::I8 { q: wq, scales } => {
-            let Some(s) = s else {
-                // SAFETY: no tasks run; exclusive access.
-                unsafe { y.slice(0, cout * plane_len) }
-                    .iter_mut()
-                    .for_each(|v| *v = f32::NAN);
-                return;
-            };
-            // int8 conv weights are stored [cout, kh, cin, kw] so that one kernel row is one
-            // contiguous `cin·k` vector matching an unfolded patch row.
-            let kk = cin * k;
-            let unfold = &mut s.unfold[..h * wo * kk];
-            let qrow = &mut s.qrow[..cin * w];
-            let rs = &mut s.row_scale[..h];
-            for iy in 0..h {
-                // One scale per image row over all channels (the row-band decoder's exactness
-                // rests on it), from the one row quantizer.
-                let row = (0..cin).map(|ci| &x[(ci * h + iy) * w..(ci * h + iy + 1) * w]);
-                rs[iy] = quantize_pieces(row, qrow);
-                for ox in 0..wo {
-                    let dst = &mut unfold[(iy * wo + ox) * kk..(iy * wo + ox + 1) * kk];
-                    for ci in 0..cin {
-                        for kx in 0..k {
-                            let ix = (ox * stride + kx) as isize - pad.left as isize;
-                            dst[ci * k + kx] = if ix >= 0 && (ix as usize) < w {
-                                qrow[ci * w + ix as usize]
-                            } else {
-                                0
-                            };
-                        }
-                    }
-                }
-            }
-            let (unfold, rs) = (&*unfold, &*rs);
-            par.run(tasks, &|task| {
-                let (c0, c1) = split(cout, par.width() * 2, 1, task);
-                let wrow = |co: usize, ky: usize| &wq[(co * k + ky) * kk..(co * k + ky + 1) * kk];
-                let mut co = c0;
-                while co < c1 {
-                    // Two output channels at a time share every unfolded patch row they read.
-                    let pair = co + 1 < c1;
-                    for oy in 0..ho {
-                        for cc in co..co + if pair { 2 } else { 1 } {
-                            // SAFETY: output plane cc belongs to this task only.
-                            let yrow = unsafe { y.slice(cc * plane_len + oy * wo, wo) };
-                            yrow.iter_mut().for_each(|v| *v = c.b[cc]);
-                        }
-                        for ky in 0..k {
-                            let Some(iy) = iy_of(oy, ky) else { continue };
-                            let urow = &unfold[iy * wo * kk..(iy + 1) * wo * kk];
-                            let u = |ox: usize| &urow[ox * kk..(ox + 1) * kk];
-                            let sc0 = rs[iy] * scales[co];
-                            // SAFETY: output planes co (and co + 1) belong to this task only.
-                            let y0 = unsafe { y.slice(co * plane_len + oy * wo, wo) };
-                            if pair {
-                                let sc1 = rs[iy] * scales[co + 1];
-                                // SAFETY: as above.
-                                let y1 = unsafe { y.slice((co + 1) * plane_len + oy * wo, wo) };
-                                let (w0, w1) = (wrow(co, ky), wrow(co + 1, ky));
-                                let ox4 = wo / 4 * 4;
-                                for ox in (0..ox4).step_by(4) {
-                                    let r = dot_i8_block_with(
-                                        isa,
-                                        [u(ox), u(ox + 1), u(ox + 2), u(ox + 3)],
-                                        [w0, w1],
-                                        kk,
-                                    );
-                                    for j in 0..4 {
-                                        y0[ox + j] += r[j][0] as f32 * sc0;
-                                        y1[ox + j] += r[j][1] as f32 * sc1;
-                                    }
-                                }
-                                for ox in ox4..wo {
-                                    y0[ox] += dot_i8(u(ox), w0) as f32 * sc0;
-                                    y1[ox] += dot_i8(u(ox), w1) as f32 * sc1;
-                                }
-                            } else {
-                                let w0 = wrow(co, ky);
-                                for ox in 0..wo {
-                                    y0[ox] += dot_i8(u(ox), w0) as f32 * sc0;
-                                }
-                            }
-                        }
-                    }
-                    co += if pair { 2 } else { 1 };
-                }
-            });
-        }
+        // Handled above.
+        Weight::I8(_) => {}
     }
 }

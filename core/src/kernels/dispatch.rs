@@ -1,62 +1,89 @@
 //! The one place that picks the instruction set the kernels run on.
 //!
-//! Today the SIMD kernels are compiled in by target features (`.cargo/config.toml` builds x86-64
-//! hosts for x86-64-v3), so [`Isa::compiled`] is a compile-time answer. With `std`,
-//! [`Isa::supported`] also asks the CPU (std caches the answer) and [`Isa::active`] takes the best:
-//! this is where runtime choices (AVX2 or AVX-512 VNNI kernels compiled with
-//! `#[target_feature]`) plug in. The scalar reference is always compiled, and every kernel with a
-//! SIMD variant has a `*_with(isa, …)` form, so tests can run both and compare bits.
+//! On x86-64 every SIMD kernel is compiled in with `#[target_feature]`, whatever the build's
+//! target CPU, so one binary runs the best kernels of whatever machine it lands on: with `std`,
+//! [`Isa::supported`] asks the CPU (`is_x86_feature_detected!`, cached by std) and
+//! [`Isa::active`] takes the best. Without `std` (the firmware, `nostd-check`) only the ISAs the
+//! compile-time target features guarantee count. The scalar reference is always compiled, and
+//! every kernel with a SIMD variant has a `*_with(isa, …)` form, so tests run them all and
+//! compare bits.
 
 /// An instruction set the kernels can run on, ordered from the portable reference upwards (each
-/// one includes the kernels of the ones before it).
+/// one's CPUs also have the ones before it, except that AVX-VNNI and AVX-512BW are independent:
+/// a CPU may have either).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Isa {
     /// The portable reference loops, compiled on every target (Cortex-M included).
     Scalar,
     /// x86-64 AVX: the f32 register blocks of Linear and the stride-1 conv tiles.
     Avx,
-    /// x86-64 AVX2: AVX plus the int8 `vpmaddwd` blocks of Linear and Conv.
+    /// x86-64 AVX2: AVX plus the int8 GEMM on `vpmaddubsw` (sign trick, cannot saturate).
     Avx2,
+    /// x86-64 AVX2 + AVX-VNNI: the int8 GEMM on ymm `vpdpbusd`.
+    AvxVnni,
+    /// x86-64 AVX-512F/BW (and AVX2): the int8 GEMM on zmm `vpmaddubsw`.
+    Avx512Bw,
+    /// x86-64 AVX-512F/BW + AVX-512 VNNI (and AVX2): the int8 GEMM on zmm `vpdpbusd`.
+    Avx512Vnni,
 }
 
 impl Isa {
     /// Every ISA, reference first.
-    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx, Isa::Avx2];
+    pub const ALL: [Isa; 6] = [
+        Isa::Scalar,
+        Isa::Avx,
+        Isa::Avx2,
+        Isa::AvxVnni,
+        Isa::Avx512Bw,
+        Isa::Avx512Vnni,
+    ];
 
-    /// Whether this build contains the kernels of `self` (decided by the compile-time target
-    /// features).
+    /// Whether this build contains the kernels of `self`: on x86-64 all of them (compiled with
+    /// `#[target_feature]`), elsewhere the scalar reference only.
     pub const fn compiled(self) -> bool {
         match self {
             Isa::Scalar => true,
-            Isa::Avx => cfg!(all(target_arch = "x86_64", target_feature = "avx")),
-            Isa::Avx2 => cfg!(all(
-                target_arch = "x86_64",
-                target_feature = "avx",
-                target_feature = "avx2"
-            )),
+            _ => cfg!(target_arch = "x86_64"),
         }
     }
 
-    /// Whether `self` can run here: compiled in and, with `std`, present on this CPU.
+    /// Whether `self` can run here: compiled in and present on this CPU (with `std`, asked at
+    /// run time; without it, guaranteed by the compile-time target features).
     pub fn supported(self) -> bool {
         if !self.compiled() {
             return false;
         }
         #[cfg(all(feature = "std", target_arch = "x86_64"))]
         {
+            use std::is_x86_feature_detected as has;
+            let avx2 = has!("avx") && has!("avx2");
             match self {
                 Isa::Scalar => true,
-                Isa::Avx => std::is_x86_feature_detected!("avx"),
-                Isa::Avx2 => {
-                    std::is_x86_feature_detected!("avx") && std::is_x86_feature_detected!("avx2")
+                Isa::Avx => has!("avx"),
+                Isa::Avx2 => avx2,
+                Isa::AvxVnni => avx2 && has!("avxvnni"),
+                Isa::Avx512Bw => avx2 && has!("avx512f") && has!("avx512bw"),
+                Isa::Avx512Vnni => {
+                    avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512vnni")
                 }
             }
         }
         #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
-        true
+        {
+            let avx2 = cfg!(all(target_feature = "avx", target_feature = "avx2"));
+            let avx512 = avx2 && cfg!(all(target_feature = "avx512f", target_feature = "avx512bw"));
+            match self {
+                Isa::Scalar => true,
+                Isa::Avx => cfg!(target_feature = "avx"),
+                Isa::Avx2 => avx2,
+                Isa::AvxVnni => avx2 && cfg!(target_feature = "avxvnni"),
+                Isa::Avx512Bw => avx512,
+                Isa::Avx512Vnni => avx512 && cfg!(target_feature = "avx512vnni"),
+            }
+        }
     }
 
-    /// The widest supported ISA.
+    /// The best supported ISA (the last supported one of [`Isa::ALL`]).
     pub fn best() -> Isa {
         let mut best = Isa::Scalar;
         for isa in Isa::ALL {
@@ -72,5 +99,10 @@ impl Isa {
     /// a cached load.
     pub fn active() -> Isa {
         Isa::best()
+    }
+
+    /// Whether the f32 AVX blocks run on `self` (every x86 SIMD ISA here includes AVX).
+    pub(crate) fn has_avx(self) -> bool {
+        self >= Isa::Avx
     }
 }

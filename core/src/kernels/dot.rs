@@ -1,7 +1,8 @@
-//! Dot products: the scalar references (f32, f16 × f32, int8) and the 4 × 2 register blocks the
-//! Linear and the int8 conv are built from, with their per-ISA variants.
+//! Dot products: the scalar references (f32, f16 × f32, int8) and the f32 4 × 2 register block
+//! the f32 Linear is built from, with its per-ISA variants (the int8 Linear and conv run on the
+//! panel GEMM of [`super::gemm`]).
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+#[cfg(target_arch = "x86_64")]
 use super::arch::x86;
 use super::Isa;
 
@@ -92,9 +93,10 @@ pub(crate) fn dot_block_with(isa: Isa, x: [&[f32]; 4], w: [&[f32]; 2], n: usize)
 /// Lane sums of [`dot_block_with`] over `0..full` (a multiple of 8 within every slice).
 #[inline(always)]
 fn dot_block_lanes(isa: Isa, x: [&[f32]; 4], w: [&[f32]; 2], full: usize) -> [[[f32; 8]; 2]; 4] {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
-    if isa >= Isa::Avx {
-        return x86::dot_block_lanes_avx(x, w, full);
+    #[cfg(target_arch = "x86_64")]
+    if isa.has_avx() {
+        // SAFETY: `isa` is supported (the caller's contract), so the CPU has AVX.
+        return unsafe { x86::dot_block_lanes_avx(x, w, full) };
     }
     let _ = isa;
     let mut acc = [[[0f32; 8]; 2]; 4];
@@ -110,34 +112,4 @@ fn dot_block_lanes(isa: Isa, x: [&[f32]; 4], w: [&[f32]; 2], full: usize) -> [[[
         i += 8;
     }
     acc
-}
-
-/// 4 × 2 int8 dot products at once (exact i32, so identical to [`dot_i8`] by construction). With
-/// AVX2 the leading multiple of 16 goes through `vpmaddwd`, the rest through [`dot_i8`].
-#[inline]
-pub(crate) fn dot_i8_block_with(isa: Isa, x: [&[i8]; 4], w: [&[i8]; 2], n: usize) -> [[i32; 2]; 4] {
-    for s in x.iter() {
-        assert!(s.len() >= n);
-    }
-    for s in w.iter() {
-        assert!(s.len() >= n);
-    }
-    let (mut out, done) = dot_i8_block_head(isa, x, w, n);
-    for t in 0..4 {
-        for o in 0..2 {
-            out[t][o] += dot_i8(&x[t][done..n], &w[o][done..n]);
-        }
-    }
-    out
-}
-
-/// The part of [`dot_i8_block_with`] `isa`'s kernel computes: partial sums over `0..done`.
-#[inline(always)]
-fn dot_i8_block_head(isa: Isa, x: [&[i8]; 4], w: [&[i8]; 2], n: usize) -> ([[i32; 2]; 4], usize) {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    if isa >= Isa::Avx2 {
-        return x86::dot_i8_block_avx2(x, w, n);
-    }
-    let _ = (isa, x, w, n);
-    ([[0; 2]; 4], 0)
 }

@@ -5,9 +5,12 @@
 extern crate std;
 
 use super::conv::{axpy_tile_with, COL_BLOCK, CO_BLOCK};
-use super::dot::{dot_block_with, dot_i8_block_with};
+use super::dot::dot_block_with;
+use super::gemm::{encode_activations, gemm_i8_with};
+use super::pack::PANEL_NR;
 use super::tests::{
-    bits, conv_on, int8_conv, linear_layer, linear_on, storage_types, Lcg, VAE_CONV_GEOMETRIES,
+    bits, conv_on, int8_conv, int8_linear, linear_layer, linear_on, packed, storage_types, Lcg,
+    VAE_CONV_GEOMETRIES,
 };
 use super::*;
 use crate::parallel::Sequential;
@@ -19,16 +22,20 @@ use std::vec::Vec;
 /// Odd and boundary lengths around the 8-lane (f32) and 16-lane (int8) chunks.
 const LENGTHS: [usize; 16] = [1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 65, 127, 129];
 
-/// Whether this CPU has `isa` (the build may have it compiled in for a newer CPU).
+/// Whether this CPU has `isa`: asked at run time, whatever the core's `std` feature.
 fn on_this_cpu(isa: Isa) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
+        use std::is_x86_feature_detected as has;
+        let avx2 = has!("avx") && has!("avx2");
+        let avx512 = avx2 && has!("avx512f") && has!("avx512bw");
         match isa {
             Isa::Scalar => true,
-            Isa::Avx => std::is_x86_feature_detected!("avx"),
-            Isa::Avx2 => {
-                std::is_x86_feature_detected!("avx") && std::is_x86_feature_detected!("avx2")
-            }
+            Isa::Avx => has!("avx"),
+            Isa::Avx2 => avx2,
+            Isa::AvxVnni => avx2 && has!("avxvnni"),
+            Isa::Avx512Bw => avx512,
+            Isa::Avx512Vnni => avx512 && has!("avx512vnni"),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -74,24 +81,6 @@ fn f32_rows(rng: &mut Lcg, n: usize) -> Vec<Vec<f32>> {
         wide,
         cancel,
         subnormal,
-    ]
-}
-
-/// int8 test rows of length `n`: random over the full range, ±127/−128 extremes, zero, all-equal,
-/// alternating extremes.
-fn i8_rows(rng: &mut Lcg, n: usize) -> Vec<Vec<i8>> {
-    let random = (0..n).map(|_| (rng.next() * 128.0) as i8).collect();
-    let alternating = (0..n)
-        .map(|i| if i % 2 == 0 { 127 } else { -128 })
-        .collect();
-    vec![
-        random,
-        vec![127; n],
-        vec![-128; n],
-        vec![-127; n],
-        vec![0; n],
-        vec![5; n],
-        alternating,
     ]
 }
 
@@ -147,20 +136,99 @@ fn f32_dot_block_matches_the_reference() {
     );
 }
 
+/// int8 GEMM activation rows of length `k`: random, and the extremes the quantizer can give
+/// (±127; never −128), which with −128 weights make the largest `vpmaddubsw` pair sums
+/// (2 · 128 · 127 = 32,512, just under the i16 limit).
+fn gemm_activation_rows(rng: &mut Lcg, k: usize) -> Vec<Vec<i8>> {
+    let random = (0..k).map(|_| (rng.next() * 127.5) as i8).collect();
+    let alternating = (0..k)
+        .map(|i| if i % 2 == 0 { 127 } else { -127 })
+        .collect();
+    vec![random, vec![127; k], vec![-127; k], vec![0; k], alternating]
+}
+
+/// int8 GEMM weights `rows × k`: random over the full byte range, −128 and 127 runs, zeros.
+fn gemm_weights(rng: &mut Lcg, rows: usize, k: usize) -> Vec<i8> {
+    (0..rows * k)
+        .map(|i| match (i / k) % 4 {
+            0 => (rng.next() * 128.0) as i8,
+            1 => -128,
+            2 => {
+                if i % 2 == 0 {
+                    -128
+                } else {
+                    127
+                }
+            }
+            _ => [0, 127, -128, 1][i % 4],
+        })
+        .collect()
+}
+
 #[test]
-fn int8_dot_block_matches_the_reference() {
-    check_dot_block(
-        "int8_dot_block_matches_the_reference",
-        Lcg(12),
-        i8_rows,
-        dot_i8_block_with,
-        |x, w, value| {
-            let exact: i64 = x.iter().zip(w).map(|(a, b)| *a as i64 * *b as i64).sum();
-            assert_eq!(value as i64, exact);
-            assert_eq!(value, dot_i8(x, w));
-        },
-        |v| v,
-    );
+fn int8_gemm_matches_the_exact_sums_on_every_isa() {
+    let isas = simd_isas("int8_gemm_matches_the_exact_sums_on_every_isa");
+    let mut rng = Lcg(12);
+    let mut compared = 0;
+    for k in LENGTHS.into_iter().chain([480, 1027]) {
+        for rows in [1usize, 5, 16, 17, 40] {
+            let w = gemm_weights(&mut rng, rows, k);
+            let p = packed(&w, rows, k);
+            let scales = vec![1.0f32; rows];
+            let full = match int8_linear(&p, &scales, rows, k) {
+                Weight::I8(full) => full,
+                _ => unreachable!(),
+            };
+            let lda = act_row_len(k) + 3;
+            let mut act = Vec::new();
+            for r in 0..3 {
+                act.extend(gemm_activation_rows(&mut rng, k).into_iter().skip(r));
+            }
+            let m = act.len();
+            let mut a = vec![0i8; m * lda];
+            for (t, row) in act.iter().enumerate() {
+                a[t * lda..t * lda + k].copy_from_slice(row);
+            }
+            // Views: the whole weight, and one starting inside a panel with a sub-range.
+            let views = [
+                (0usize, 0usize, rows),
+                (rows / 3, rows / 7, rows - rows / 3),
+            ];
+            for (o0, c0, c1) in views {
+                let view = PanelsI8 { o0, ..full };
+                let exact = |t: usize, o: usize| -> i64 {
+                    (0..k)
+                        .map(|i| act[t][i] as i64 * w[(o0 + o) * k + i] as i64)
+                        .sum()
+                };
+                let run = |isa: Isa| {
+                    let mut enc = a.clone();
+                    encode_activations(isa, &mut enc);
+                    let mut out = vec![None; m * rows];
+                    gemm_i8_with(isa, &enc, lda, m, &view, (c0, c1), |t, o, sums| {
+                        for (j, acc) in sums.iter().enumerate() {
+                            let slot = &mut out[t * rows + o + j];
+                            assert!(slot.replace(*acc).is_none(), "written twice");
+                        }
+                    });
+                    out
+                };
+                let reference = run(Isa::Scalar);
+                for t in 0..m {
+                    for o in 0..rows {
+                        let want = (c0..c1).contains(&o).then(|| exact(t, o) as i32);
+                        assert_eq!(reference[t * rows + o], want, "scalar t {t} o {o} k {k}");
+                    }
+                }
+                for &isa in &isas {
+                    assert_eq!(run(isa), reference, "{isa:?} k {k} rows {rows} view {o0}");
+                    compared += 1;
+                }
+            }
+        }
+    }
+    assert!(isas.is_empty() || compared > 0);
+    assert_eq!(PANEL_NR, 16);
 }
 
 #[test]
@@ -219,7 +287,8 @@ fn linear_matches_the_reference_in_every_storage_type() {
             .collect();
         let scales: Vec<f32> = (0..dout).map(|_| 0.01 * (rng.next() + 1.5)).collect();
         let b = rng.vec(dout, 0.5);
-        for w in storage_types(&wf, &w16, &q, &scales) {
+        let p = packed(&q, dout, din);
+        for w in storage_types(&wf, &w16, int8_linear(&p, &scales, dout, din)) {
             let l = linear_layer(w, Some(&b), din, dout);
             let run = |isa: Isa| linear_on(isa, &Sequential, &x, n, &l);
             let reference = run(Isa::Scalar);
@@ -245,7 +314,7 @@ fn conv_matches_the_reference_in_every_storage_type() {
         for k in [1usize, 3] {
             let wt = int8_conv(&mut rng, cout, cin, k);
             let d16: Vec<f16> = wt.deq.iter().map(|v| f16::from_f32(*v)).collect();
-            for w_store in storage_types(&wt.deq, &d16, &wt.q, &wt.scales) {
+            for w_store in storage_types(&wt.deq, &d16, wt.int8()) {
                 let c = wt.layer(w_store);
                 let geometries: &[(usize, Pad)] = if k == 1 {
                     &[one_by_one]
@@ -298,4 +367,40 @@ fn the_active_isa_is_supported_and_the_best() {
     assert_eq!(active, Isa::best());
     assert!(Isa::Scalar.compiled() && Isa::Scalar.supported());
     println!("kernels: active ISA {active:?}");
+}
+
+#[test]
+fn attention_row_matches_the_reference() {
+    use super::attention::{attend_row, KeyValues};
+    let isas = simd_isas("attention_row_matches_the_reference");
+    let mut rng = Lcg(16);
+    for hd in [8usize, 12, 16, 64, 72] {
+        for n in [1usize, 3, 4, 5, 17, 64] {
+            let heads = 2;
+            let c = heads * hd;
+            let stride = 2 * c + 3;
+            let q = rng.vec(c, 2.0);
+            // Keys and values with wide magnitudes, so any change of summation order shows.
+            let keys: Vec<f32> = (0..n * stride + c)
+                .map(|i| rng.next() * libm::ldexpf(1.0, (i as i32 * 13) % 30 - 15))
+                .collect();
+            let vals = rng.vec(n * stride + c, 3.0);
+            let kv = KeyValues {
+                keys: &keys,
+                vals: &vals[1..],
+                stride,
+                n,
+            };
+            let run = |isa: Isa| {
+                let mut scores = vec![0f32; n];
+                let mut out = vec![0f32; c];
+                attend_row(isa, &q, &kv, heads, hd, 0.37, &mut scores, &mut out);
+                bits(&out)
+            };
+            let reference = run(Isa::Scalar);
+            for &isa in &isas {
+                assert_eq!(run(isa), reference, "{isa:?} hd {hd} n {n}");
+            }
+        }
+    }
 }

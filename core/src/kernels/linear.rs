@@ -1,7 +1,8 @@
 //! Linear (`y = x Wᵀ + b`) in f32, f16 and int8 weights, blocked 4 tokens × 2 output rows, with
 //! its scratch type and scratch-size function.
 
-use super::dot::{dot, dot_block_with, dot_f16, dot_i8, dot_i8_block_with};
+use super::dot::{dot, dot_block_with, dot_f16};
+use super::gemm::{act_row_len, encode_activations, gemm_i8_with};
 use super::layers::{Linear, Weight};
 use super::quant::quantize_row;
 use super::Isa;
@@ -11,13 +12,14 @@ use crate::parallel::{split, split_count, Parallel, SharedMut};
 pub struct LinearScratch<'s> {
     /// At least `n` floats.
     pub f: &'s mut [f32],
-    /// At least `n · in_dim` bytes (int8 weights only).
+    /// At least `n · act_row_len(in_dim)` bytes (int8 weights only): each row quantized once
+    /// and read by every output channel.
     pub q: &'s mut [i8],
 }
 
 /// Scratch sizes (f32 count, i8 count) [`linear`] needs for `n` rows of `in_dim`.
 pub fn linear_scratch_len(n: usize, in_dim: usize) -> (usize, usize) {
-    (n, n * in_dim)
+    (n, n * act_row_len(in_dim))
 }
 
 /// Tokens per block in [`linear`]: a block of activations stays in cache while the weight rows
@@ -28,8 +30,7 @@ const TOKEN_BLOCK: usize = 64;
 /// the register block `block`, the ragged edges through `single`; `out(t, per_o(o), acc)` turns
 /// an accumulator into the output value, with the per-output parameters (bias, scale) fetched
 /// once per output row, outside the token loop (bounds checks in that loop measurably slow the
-/// block down). The same loop serves f32 (`dot_block_with`/`dot`) and int8 (`dot_i8_block_with`/`dot_i8`)
-/// weights; every value equals `out(t, per_o(o), single(x[t], w[o]))`.
+/// block down). Every value equals `out(t, per_o(o), single(x[t], w[o]))`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn blocked_outputs<T, A: Copy, P: Copy>(
@@ -140,28 +141,28 @@ pub fn linear_with(
                 }
             }
         }),
-        Weight::I8 { q: w, scales } => {
-            let qx = &mut s.q[..n * din];
+        Weight::I8(wp) => {
+            // Each token row is quantized once (one scale per row) and read by every output
+            // channel, in the encoding `isa`'s GEMM wants.
+            let lda = act_row_len(din);
+            let qx = &mut s.q[..n * lda];
             let sx = &mut s.f[..n];
-            for t in 0..n {
-                sx[t] = quantize_row(&x[t * din..(t + 1) * din], &mut qx[t * din..(t + 1) * din]);
+            for (t, (qrow, st)) in qx.chunks_exact_mut(lda).zip(sx.iter_mut()).enumerate() {
+                *st = quantize_row(&x[t * din..(t + 1) * din], &mut qrow[..din]);
+                qrow[din..].iter_mut().for_each(|v| *v = 0);
             }
+            encode_activations(isa, qx);
             let (qx, sx) = (&*qx, &*sx);
             par.run(tasks, &|i| {
                 let (o0, o1) = split(dout, par.width() * 4, 16, i);
-                blocked_outputs(
-                    qx,
-                    n,
-                    din,
-                    dout,
-                    w,
-                    (o0, o1),
-                    &y,
-                    |x, w, n| dot_i8_block_with(isa, x, w, n),
-                    dot_i8,
-                    |o| (scales[o], bias(o)),
-                    |t, (so, b), acc| acc as f32 * (sx[t] * so) + b,
-                );
+                gemm_i8_with(isa, qx, lda, n, &wp, (o0, o1), |t, o, sums| {
+                    // SAFETY: output columns o0..o1 belong to this task only.
+                    let yr = unsafe { y.slice(t * dout + o, sums.len()) };
+                    let scales = &wp.scales[wp.o0 + o..][..sums.len()];
+                    for (j, ((yv, acc), so)) in yr.iter_mut().zip(sums).zip(scales).enumerate() {
+                        *yv = *acc as f32 * (sx[t] * so) + bias(o + j);
+                    }
+                });
             });
         }
     }

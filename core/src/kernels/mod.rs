@@ -8,14 +8,19 @@
 //! | file | kernels |
 //! |---|---|
 //! | [`layers`] | the views the kernels read: [`Weight`], [`Linear`], [`Conv`], [`Norm`] |
-//! | [`dot`](mod@dot) | [`dot`](dot()), [`dot_f16`], [`dot_i8`], the 4 × 2 register blocks |
+//! | [`dot`](mod@dot) | [`dot`](dot()), [`dot_f16`], [`dot_i8`], the f32 4 × 2 register block |
+//! | [`pack`] | the int8 weight panel layout: [`pack_official`], [`pack_panels`], [`panels_len`] |
+//! | [`gemm`] | the int8 GEMM on panels every int8 Linear and conv runs on, [`act_row_len`] |
 //! | [`linear`](mod@linear) | [`linear`](linear()), [`LinearScratch`], [`linear_scratch_len`] |
-//! | [`conv`] | [`conv2d`], [`ConvInput`], [`Pad`], [`conv_out_side`], [`ConvScratch`], [`conv_scratch_len`] |
+//! | [`conv`] | [`conv2d`], [`ConvInput`], [`Pad`], [`conv_out_side`]; f32/f16 weights |
+//! | [`conv_i8`] | the int8 conv (implicit GEMM), [`ConvScratch`], [`conv_scratch_len`] |
 //! | [`norm`] | [`layer_norm`], [`group_norm`] and its steps `gn_*` |
 //! | [`activation`] | [`silu`], [`gelu_tanh`], [`softmax`] |
+//! | [`attention`] | [`attention::attend_row`]: one query row over its keys and values |
 //! | [`quant`] | [`quantize_row`], the one activation quantizer (Linear and Conv) |
 //! | [`dispatch`] | [`Isa`]: which instruction set runs, chosen in one place |
-//! | `arch/x86.rs` | AVX f32 blocks and conv tiles, AVX2 int8 blocks |
+//! | `arch/x86.rs` | AVX f32 blocks and conv tiles |
+//! | `arch/x86_gemm.rs` | the int8 GEMM on AVX2, AVX-VNNI, AVX-512BW, AVX-512 VNNI |
 //!
 //! # Contract
 //!
@@ -35,7 +40,8 @@
 //!   - LayerNorm and GroupNorm statistics: f64 sums in index order (GroupNorm per channel, then
 //!     channels in order); softmax: f32 sum in index order.
 //! - **Bit identity across ISAs.** int8 × int8 → i32 paths are exact, so they are identical on
-//!   every ISA by construction. f32 and f16 results of every ISA equal the scalar reference bit
+//!   every ISA by construction (activations in [−127, 127] keep `vpmaddubsw` from saturating;
+//!   see `arch/x86_gemm.rs`). f32 and f16 results of every ISA equal the scalar reference bit
 //!   for bit (with the one zero-sign caveat above). The ISA tests (`isa_tests.rs`) check every
 //!   kernel with a SIMD variant against the reference on random and adversarial inputs.
 //! - **Executors.** Outputs are split into disjoint tasks over [`crate::parallel::Parallel`];
@@ -46,12 +52,16 @@
 
 pub mod activation;
 mod arch;
+pub mod attention;
 pub mod conv;
+pub mod conv_i8;
 pub mod dispatch;
 pub mod dot;
+pub mod gemm;
 pub mod layers;
 pub mod linear;
 pub mod norm;
+pub mod pack;
 pub mod quant;
 
 #[cfg(test)]
@@ -63,9 +73,11 @@ pub use activation::{gelu_tanh, silu, softmax};
 pub use conv::{conv2d, conv2d_with, conv_out_side, conv_scratch_len, ConvInput, ConvScratch, Pad};
 pub use dispatch::Isa;
 pub use dot::{dot, dot_f16, dot_i8};
-pub use layers::{Conv, Linear, Norm, Weight};
+pub use gemm::act_row_len;
+pub use layers::{Conv, Linear, Norm, PanelsI8, Weight};
 pub use linear::{linear, linear_scratch_len, linear_with, LinearScratch};
 pub use norm::{
     gn_accumulate, gn_apply, gn_channel_affine, gn_group_stats, group_norm, layer_norm,
 };
+pub use pack::{pack_official, pack_panels, panel_value, panels_len};
 pub use quant::quantize_row;

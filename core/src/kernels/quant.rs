@@ -4,31 +4,71 @@
 /// Symmetric dynamic quantization of one activation vector to [−127, 127]; returns the scale.
 #[inline]
 pub fn quantize_row(x: &[f32], q: &mut [i8]) -> f32 {
-    quantize_pieces(core::iter::once(x), q)
+    let (scale, inv) = row_scale(core::iter::once(x));
+    encode(x, inv, q);
+    scale
 }
 
-/// [`quantize_row`] of the concatenation of `pieces` (one scale for all of them) into `q`: the
-/// int8 conv quantizes an image row over all channels, which lie apart in the input map.
+/// The scale of a row made of `pieces` (the int8 conv quantizes an image row over all channels,
+/// which lie apart in the input map), and the factor [`code`] multiplies by.
 ///
 /// The scale is `max|x| / 127` and codes are `round(x · 127 / max|x|)` clamped to ±127. NaN
 /// values do not raise the maximum and code to 0; an all-zero row gives scale 0, and a
-/// non-finite maximum gives scale NaN, both with all codes 0 (never garbage).
+/// non-finite maximum gives scale NaN, both with all codes 0 (`inv = None`, never garbage).
 #[inline]
-pub(crate) fn quantize_pieces<'x>(
-    pieces: impl Iterator<Item = &'x [f32]> + Clone,
-    q: &mut [i8],
-) -> f32 {
-    let amax = pieces
-        .clone()
-        .flatten()
-        .fold(0f32, |m, v| m.max(libm::fabsf(*v)));
+pub(crate) fn row_scale<'x>(pieces: impl Iterator<Item = &'x [f32]>) -> (f32, Option<f32>) {
+    let amax = f32::from_bits(pieces.map(abs_max_bits).max().unwrap_or(0));
     if amax.partial_cmp(&0.0) != Some(core::cmp::Ordering::Greater) || !amax.is_finite() {
-        q.iter_mut().for_each(|v| *v = 0);
-        return if amax.is_finite() { 0.0 } else { f32::NAN };
+        return (if amax.is_finite() { 0.0 } else { f32::NAN }, None);
     }
-    let inv = 127.0 / amax;
-    for (o, v) in q.iter_mut().zip(pieces.flatten()) {
-        *o = libm::roundf(v * inv).clamp(-127.0, 127.0) as i8;
+    (amax / 127.0, Some(127.0 / amax))
+}
+
+/// The bits of `max |x|` over the values that are not NaN (0 for none): for non-negative floats
+/// the bit patterns order as the values, and integer maxima vectorize where `f32::max` does not.
+#[inline]
+fn abs_max_bits(x: &[f32]) -> u32 {
+    x.iter()
+        .map(|v| {
+            let b = v.to_bits() & 0x7fff_ffff;
+            if b > 0x7f80_0000 {
+                0
+            } else {
+                b
+            }
+        })
+        .fold(0, u32::max)
+}
+
+/// The code of `v` under the factor of [`row_scale`].
+#[inline(always)]
+pub(crate) fn code(v: f32, inv: Option<f32>) -> i8 {
+    match inv {
+        Some(inv) => round_half_away(v * inv).clamp(-127, 127) as i8,
+        None => 0,
     }
-    amax / 127.0
+}
+
+/// Codes of `x` into `q` (the same length).
+#[inline]
+pub(crate) fn encode(x: &[f32], inv: Option<f32>, q: &mut [i8]) {
+    match inv {
+        Some(inv) => {
+            for (o, v) in q.iter_mut().zip(x) {
+                *o = round_half_away(v * inv).clamp(-127, 127) as i8;
+            }
+        }
+        None => q.iter_mut().for_each(|o| *o = 0),
+    }
+}
+
+/// `libm::roundf(r) as i32` (halves away from zero) for |r| < 2²³, without the library call:
+/// `r − trunc(r)` is exact in that range, so comparing it with ½ decides exactly as `roundf`.
+/// NaN gives 0, as `roundf(NaN) as i32` does.
+#[inline(always)]
+pub(crate) fn round_half_away(r: f32) -> i32 {
+    let t = r as i32;
+    let frac = r - t as f32;
+    // Branch-free, so loops over it vectorize.
+    t + (frac >= 0.5) as i32 - (frac <= -0.5) as i32
 }

@@ -21,14 +21,26 @@ pub(super) const DOWNSAMPLE_PAD: Pad = Pad {
 /// The VQVAE's two conv geometries `(stride, pad)`: decoder/ResBlock convs, encoder downsampling.
 pub(super) const VAE_CONV_GEOMETRIES: [(usize, Pad); 2] = [(1, Pad::same(1)), (2, DOWNSAMPLE_PAD)];
 
-/// The same weights in the three storage types: f32, f16, int8 (codes `q`, per-row `scales`).
-pub(super) fn storage_types<'a>(
-    f: &'a [f32],
-    h: &'a [f16],
-    q: &'a [i8],
+/// The same weights in the three storage types: f32, f16, int8 (a packed weight).
+pub(super) fn storage_types<'a>(f: &'a [f32], h: &'a [f16], int8: Weight<'a>) -> [Weight<'a>; 3] {
+    [Weight::F32(f), Weight::F16(h), int8]
+}
+
+/// Row-major `dout × din` int8 codes packed into panels.
+pub(super) fn packed(q: &[i8], dout: usize, din: usize) -> Vec<i8> {
+    let mut p = vec![0i8; panels_len(dout, din)];
+    assert!(pack_panels(q, dout, din, &mut p));
+    p
+}
+
+/// The int8 Linear weight of packed codes `p` (from [`packed`]) and per-row `scales`.
+pub(super) fn int8_linear<'a>(
+    p: &'a [i8],
     scales: &'a [f32],
-) -> [Weight<'a>; 3] {
-    [Weight::F32(f), Weight::F16(h), Weight::I8 { q, scales }]
+    dout: usize,
+    din: usize,
+) -> Weight<'a> {
+    Weight::I8(PanelsI8::new(p, scales, dout, din, 1).unwrap())
 }
 
 /// A `dout × din` Linear with weights `w` and bias `b`.
@@ -120,10 +132,8 @@ pub(super) struct Int8Conv {
 impl Int8Conv {
     /// The int8 weights `q` with their `scales`.
     pub(super) fn int8(&self) -> Weight<'_> {
-        Weight::I8 {
-            q: &self.q,
-            scales: &self.scales,
-        }
+        let (cout, k) = (self.cout, self.k);
+        Weight::I8(PanelsI8::new(&self.q, &self.scales, cout, self.cin * k, k).unwrap())
     }
 
     /// This conv's layer with weights `w` (in any storage type) and its bias.
@@ -157,17 +167,8 @@ pub(super) fn int8_conv(rng: &mut Lcg, cout: usize, cin: usize, k: usize) -> Int
         .enumerate()
         .map(|(i, v)| *v as f32 * scales[i / per])
         .collect();
-    let mut q = vec![0i8; official.len()];
-    for co in 0..cout {
-        for ci in 0..cin {
-            for ky in 0..k {
-                for kx in 0..k {
-                    q[((co * k + ky) * cin + ci) * k + kx] =
-                        official[((co * cin + ci) * k + ky) * k + kx];
-                }
-            }
-        }
-    }
+    let mut q = vec![0i8; k * panels_len(cout, cin * k)];
+    assert!(pack_official(&official, &[cout, cin, k, k], &mut q));
     let bias = rng.vec(cout, 0.5);
     Int8Conv {
         q,
@@ -483,10 +484,8 @@ fn int8_linear_error_is_bounded() {
         let l = linear_layer(w, None, din, dout);
         linear_on(Isa::active(), &Sequential, &x, n, &l)
     };
-    let y8 = run(Weight::I8 {
-        q: &q,
-        scales: &scales,
-    });
+    let p = packed(&q, dout, din);
+    let y8 = run(int8_linear(&p, &scales, dout, din));
     let yf = run(Weight::F32(&deq));
     for t in 0..n {
         let sx = x[t * din..(t + 1) * din]
@@ -517,7 +516,8 @@ fn results_do_not_depend_on_the_executor() {
         .collect();
     let b = rng.vec(dout, 0.1);
     let x = rng.vec(n * din, 1.0);
-    for w in storage_types(&wf, &w16, &q, &scales) {
+    let p = packed(&q, dout, din);
+    for w in storage_types(&wf, &w16, int8_linear(&p, &scales, dout, din)) {
         let l = linear_layer(w, Some(&b), din, dout);
         let mut outs = Vec::new();
         for par in [&Sequential as &dyn Parallel, &Reversed] {
@@ -532,7 +532,7 @@ fn results_do_not_depend_on_the_executor() {
     let xc = banded_input(&mut rng, cin, h, wd);
     let wt = int8_conv(&mut rng, cout, cin, k);
     let d16: Vec<f16> = wt.deq.iter().map(|v| f16::from_f32(*v)).collect();
-    for w in storage_types(&wt.deq, &d16, &wt.q, &wt.scales) {
+    for w in storage_types(&wt.deq, &d16, wt.int8()) {
         let c = wt.layer(w);
         for (stride, pad) in VAE_CONV_GEOMETRIES {
             let (a, _, _) = run_conv(&xc, h, wd, &c, (stride, pad), &Sequential);
@@ -640,4 +640,27 @@ fn ox_range_is_exact() {
             }
         }
     }
+}
+
+#[test]
+fn round_half_away_equals_libm_roundf() {
+    use super::quant::round_half_away;
+    let mut cases = vec![
+        0.0f32, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 126.5, -126.5, 127.0, 127.49,
+    ];
+    for k in -300..=300 {
+        let h = k as f32 * 0.5;
+        // The halves, and their neighbours one ulp away on both sides.
+        cases.extend([
+            h,
+            f32::from_bits(h.to_bits() + 1),
+            f32::from_bits(h.to_bits().max(1) - 1),
+        ]);
+    }
+    let mut rng = Lcg(77);
+    cases.extend(rng.vec(10_000, 130.0));
+    for r in cases {
+        assert_eq!(round_half_away(r), libm::roundf(r) as i32, "{r:e}");
+    }
+    assert_eq!(round_half_away(f32::NAN), libm::roundf(f32::NAN) as i32);
 }

@@ -9,7 +9,8 @@ use crate::arena::Arena;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::kernels::{
-    conv2d, gn_accumulate, gn_apply, gn_channel_affine, gn_group_stats, ConvScratch, Pad,
+    conv2d, conv_scratch_len, gn_accumulate, gn_apply, gn_channel_affine, gn_group_stats,
+    ConvScratch, Pad,
 };
 use crate::layout::arena_layout;
 use crate::parallel::Parallel;
@@ -184,7 +185,7 @@ arena_layout! {
         /// Attention scores of one query.
         scores: [f32; l.scores] = "latent attention scores (P x P)",
         /// Int8 conv: unfolded input.
-        unfold: [i8; int8_len(l.int8, 3 * l.map)] =
+        unfold: [i8; int8_len(l.int8, conv_scratch_len(l.maxc, l.p, l.p, l.p, 3).0)] =
             "latent int8 conv unfold (3 x max(Cvae, C_deep) x P x P)",
         /// Int8 conv: one quantized input row.
         qrow: [i8; int8_len(l.int8, l.maxc * l.p)] = "latent int8 conv row (max(Cvae, C_deep) x P)",
@@ -218,7 +219,9 @@ fn stream_sizes(cfg: &ModelConfig, shapes: &[Shape], band_rows: usize) -> Stream
         let n = band_rows.min(s.side);
         z.win = z.win.max(s.cin * r * s.side);
         z.out = z.out.max(s.cout * n * s.side);
-        z.unfold = z.unfold.max(r * s.side * s.cin * 3);
+        z.unfold = z
+            .unfold
+            .max(conv_scratch_len(s.cin, r, s.side, s.side, 3).0);
         z.qrow = z.qrow.max(s.cin * s.side);
         z.row_scale = z.row_scale.max(r);
         if s.kind == Kind::NormConv {
@@ -228,7 +231,7 @@ fn stream_sizes(cfg: &ModelConfig, shapes: &[Shape], band_rows: usize) -> Stream
             let cs = shapes[k].cout;
             z.win = z.win.max(cs * n * s.side);
             z.out2 = z.out2.max(s.cout * n * s.side);
-            z.unfold = z.unfold.max(n * s.side * cs);
+            z.unfold = z.unfold.max(conv_scratch_len(cs, n, s.side, s.side, 1).0);
             z.qrow = z.qrow.max(cs * s.side);
             z.row_scale = z.row_scale.max(n);
         }

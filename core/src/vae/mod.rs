@@ -19,7 +19,7 @@ pub use band::MAX_BAND_NODES;
 use crate::arena::Arena;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::kernels::{conv2d, ConvScratch, Pad};
+use crate::kernels::{conv2d, conv_scratch_len, ConvScratch, Pad};
 use crate::layout::arena_layout;
 use crate::parallel::Parallel;
 use crate::weights::{Decoder, Encoder};
@@ -38,6 +38,9 @@ pub struct VaeSizes {
     pub image_side: usize,
     /// Values of the widest conv input row (`channels × side`), for the int8 row buffer.
     pub max_row: usize,
+    /// Bytes of the largest int8 conv input ([`crate::kernels::conv_scratch_len`] of a 3 × 3
+    /// conv on the largest map, which bounds the 1 × 1 and strided ones of the same map).
+    pub max_unfold: usize,
 }
 
 /// Maps a decoder value in [−1, 1] to an 8-bit channel: `round(((v + 1) / 2) · 255)`, the same
@@ -50,17 +53,21 @@ fn sizes(cfg: &ModelConfig) -> VaeSizes {
     let nl = cfg.num_levels();
     let p = cfg.latent_side();
     let cv = cfg.vae.cvae as usize;
+    let unfold = |c: usize, side: usize| conv_scratch_len(c, side, side, side, 3).0;
     let mut max_act = cv * p * p;
+    let mut max_unfold = unfold(cv, p);
     let mut block_in = cfg.level_channels(nl - 1);
     for lvl in (0..nl).rev() {
         let side = p << (nl - 1 - lvl);
         let out = cfg.level_channels(lvl);
         max_act = max_act.max(block_in.max(out) * side * side);
+        max_unfold = max_unfold.max(unfold(block_in.max(out), side));
         block_in = out;
     }
     // Encoder input side: the image, 3 channels then ch.
     let image_side = cfg.image_side();
     max_act = max_act.max(3 * image_side * image_side);
+    max_unfold = max_unfold.max(unfold(3, image_side));
     let deep = cfg.level_channels(nl - 1);
     let attn = cfg.vae.using_sa || cfg.vae.using_mid_sa;
     let mut max_row = cv.max(3) * image_side;
@@ -69,6 +76,7 @@ fn sizes(cfg: &ModelConfig) -> VaeSizes {
     }
     VaeSizes {
         max_row,
+        max_unfold,
         max_act,
         qkv: if attn { 3 * deep * p * p } else { 0 },
         attn_tokens: if attn { p * p } else { 0 },
@@ -123,8 +131,8 @@ arena_layout! {
         /// Attention scores of one query.
         scores: [f32; w.s.attn_tokens] = "attention scores (P x P)",
         /// Int8 conv: unfolded input.
-        unfold: [i8; int8_len(w.int8, 3 * w.s.max_act)] =
-            "int8 conv unfold (3 x max channels x side x side)",
+        unfold: [i8; int8_len(w.int8, w.s.max_unfold)] =
+            "int8 conv input (3 x max channels x side x side)",
         /// Int8 conv: one quantized input row.
         qrow: [i8; int8_len(w.int8, w.s.max_row)] = "int8 conv row (max channels x side)",
         /// Int8 conv: per-row activation scales.

@@ -1,6 +1,10 @@
 //! Per-architecture kernels. Each file holds the SIMD variants of kernels whose portable
-//! reference lives in the family files (`dot.rs`, `conv.rs`, …); the reference is the fallback
-//! on every other target. Which variant runs is decided in one place, [`super::Isa`].
+//! reference lives in the family files (`dot.rs`, `conv.rs`, `gemm.rs`, …); the reference is
+//! the fallback on every other target. The variants are compiled for their instruction sets with
+//! `#[target_feature]` whatever the build's target CPU, and which one runs is decided at run
+//! time in one place, [`super::Isa`].
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_gemm;

@@ -1,10 +1,10 @@
-//! x86-64 kernels: AVX f32 register blocks and tiles, AVX2 int8 blocks.
+//! x86-64 f32 kernels: AVX register blocks of the Linear and tiles of the stride-1 conv (the int8
+//! GEMM is in `x86_gemm.rs`).
 //!
 //! Each function computes exactly what its scalar reference computes, in the same lane order and
 //! with separate multiply and add (never FMA), so the results are bit-identical (checked by the
-//! kernel ISA tests). They are compiled in by target features today (`.cargo/config.toml`); a
-//! runtime choice would mark them `#[target_feature(enable = …)]` and route through
-//! [`crate::kernels::Isa`].
+//! kernel ISA tests). They are compiled with `#[target_feature(enable = "avx")]` and called only
+//! when [`crate::kernels::Isa`] says the CPU has AVX.
 
 use crate::kernels::conv::{ConvInput, COL_BLOCK, CO_BLOCK};
 use crate::kernels::layers::Conv;
@@ -12,8 +12,11 @@ use core::arch::x86_64::*;
 
 /// Lane sums of the 4 × 2 f32 dot block over `0..full` (a multiple of 8): lane `l` of
 /// `[t][o]` is `Σ_j x[t][8j + l]·w[o][8j + l]` in `j` order, as in the scalar loop.
-#[inline]
-pub(crate) fn dot_block_lanes_avx(
+///
+/// # Safety
+/// The CPU has AVX.
+#[target_feature(enable = "avx")]
+pub(crate) unsafe fn dot_block_lanes_avx(
     x: [&[f32]; 4],
     w: [&[f32]; 2],
     full: usize,
@@ -45,49 +48,13 @@ pub(crate) fn dot_block_lanes_avx(
     acc
 }
 
-/// 4 × 2 int8 dot products over the leading multiple of 16 of `n`: AVX2 sign-extends 16 values to
-/// i16 and pair-sums with `vpmaddwd` (exact in i32). Returns the partial sums and that length.
-#[cfg(target_feature = "avx2")]
-#[inline]
-pub(crate) fn dot_i8_block_avx2(x: [&[i8]; 4], w: [&[i8]; 2], n: usize) -> ([[i32; 2]; 4], usize) {
-    for s in x.iter() {
-        assert!(s.len() >= n);
-    }
-    for s in w.iter() {
-        assert!(s.len() >= n);
-    }
-    let mut out = [[0i32; 2]; 4];
-    let full = n / 16 * 16;
-    // SAFETY: every 16-byte load starts at i < full ≤ n ≤ the slice's length (asserted).
-    unsafe {
-        let mut a = [[_mm256_setzero_si256(); 2]; 4];
-        let mut i = 0;
-        while i < full {
-            let w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(w[0].as_ptr().add(i) as *const __m128i));
-            let w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(w[1].as_ptr().add(i) as *const __m128i));
-            for t in 0..4 {
-                let xv =
-                    _mm256_cvtepi8_epi16(_mm_loadu_si128(x[t].as_ptr().add(i) as *const __m128i));
-                a[t][0] = _mm256_add_epi32(a[t][0], _mm256_madd_epi16(xv, w0));
-                a[t][1] = _mm256_add_epi32(a[t][1], _mm256_madd_epi16(xv, w1));
-            }
-            i += 16;
-        }
-        for t in 0..4 {
-            for o in 0..2 {
-                let mut lanes = [0i32; 8];
-                _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, a[t][o]);
-                out[t][o] = lanes.iter().sum();
-            }
-        }
-    }
-    (out, full)
-}
-
 /// `acc[c][j] += wk[c] · xs[j]` for the whole conv register tile (separate multiply and add, as
 /// the scalar loop).
-#[inline(always)]
-pub(crate) fn axpy_tile_avx(
+///
+/// # Safety
+/// The CPU has AVX.
+#[target_feature(enable = "avx")]
+pub(crate) unsafe fn axpy_tile_avx(
     acc: &mut [[f32; COL_BLOCK]; CO_BLOCK],
     wk: &[f32; CO_BLOCK],
     xs: &[f32; COL_BLOCK],
@@ -113,7 +80,11 @@ pub(crate) fn axpy_tile_avx(
 /// `co..co+4 × (oy, x0..x0+16)`, accumulators in registers for the whole (ci, ky, kx) sum, in the
 /// same order and with the same separate multiply/add as the scalar loop (bit-identical).
 /// The caller guarantees every column `x0 + kx − pad_left .. +16` lies inside the row.
-pub(crate) fn conv_tile_avx<const NV: usize>(
+///
+/// # Safety
+/// The CPU has AVX.
+#[target_feature(enable = "avx")]
+pub(crate) unsafe fn conv_tile_avx<const NV: usize>(
     // NV is 1 or 2 (8 or 16 columns); CO_BLOCK is 4.
     input: &ConvInput<'_>,
     c: &Conv<'_>,
@@ -196,4 +167,88 @@ pub(crate) fn conv_tile_avx<const NV: usize>(
         }
     }
     out
+}
+
+/// Scores of one head: `scores[j] = dot(q, keys[j·stride ..][..hd]) · logit_scale` for every key,
+/// each exactly as [`crate::kernels::dot`] computes it (eight lanes over the 8-wide chunks in
+/// order, reduced `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))`, plus the zero tail), four
+/// keys at a time so that the reductions share their shuffles. `hd` is a multiple of 8.
+///
+/// # Safety
+/// The CPU has AVX; `q` holds `hd` floats, `keys` every `j·stride + hd ≤ keys.len()`, `scores`
+/// at least `n`.
+#[target_feature(enable = "avx")]
+pub(crate) unsafe fn head_scores_avx(
+    q: &[f32],
+    keys: &[f32],
+    stride: usize,
+    n: usize,
+    logit_scale: f32,
+    scores: &mut [f32],
+) {
+    let hd = q.len();
+    assert!(hd % 8 == 0 && scores.len() >= n && (n == 0 || (n - 1) * stride + hd <= keys.len()));
+    let kp = keys.as_ptr();
+    let qp = q.as_ptr();
+    let scale = _mm_set1_ps(logit_scale);
+    let zero = _mm_setzero_ps();
+    let mut j = 0;
+    // SAFETY (whole body): every load is inside q or inside key row j < n (asserted above).
+    while j + 4 <= n {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i < hd {
+            let qv = unsafe { _mm256_loadu_ps(qp.add(i)) };
+            for (r, a) in acc.iter_mut().enumerate() {
+                let kv = unsafe { _mm256_loadu_ps(kp.add((j + r) * stride + i)) };
+                *a = _mm256_add_ps(*a, _mm256_mul_ps(qv, kv));
+            }
+            i += 8;
+        }
+        // Per key: (l0 + l4, l1 + l5, l2 + l6, l3 + l7), then the two pair sums, then their sum.
+        let s = acc.map(|a| _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1)));
+        let h01 = _mm_hadd_ps(s[0], s[1]);
+        let h23 = _mm_hadd_ps(s[2], s[3]);
+        let dots = _mm_add_ps(_mm_hadd_ps(h01, h23), zero);
+        unsafe { _mm_storeu_ps(scores.as_mut_ptr().add(j), _mm_mul_ps(dots, scale)) };
+        j += 4;
+    }
+    while j < n {
+        let k = &keys[j * stride..j * stride + hd];
+        scores[j] = crate::kernels::dot(q, k) * logit_scale;
+        j += 1;
+    }
+}
+
+/// `out = Σ_j p[j] · vals[j·stride ..][..hd]`, keys in order (one multiply, one add per term,
+/// as the reference loop), with the output kept in registers 64 floats at a time. `hd` is a
+/// multiple of 8.
+///
+/// # Safety
+/// The CPU has AVX; `out` holds `hd` floats, `vals` every `j·stride + hd ≤ vals.len()` for
+/// `j < p.len()`.
+#[target_feature(enable = "avx")]
+pub(crate) unsafe fn weighted_values_avx(p: &[f32], vals: &[f32], stride: usize, out: &mut [f32]) {
+    let hd = out.len();
+    let n = p.len();
+    assert!(hd % 8 == 0 && (n == 0 || (n - 1) * stride + hd <= vals.len()));
+    let vp = vals.as_ptr();
+    let mut d0 = 0;
+    // SAFETY (whole body): every load is inside value row j < n, every store inside `out`.
+    while d0 < hd {
+        let lanes = ((hd - d0) / 8).min(8);
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (j, pj) in p.iter().enumerate() {
+            let pv = _mm256_set1_ps(*pj);
+            let row = unsafe { vp.add(j * stride + d0) };
+            for (c, a) in acc.iter_mut().enumerate().take(lanes) {
+                let v = unsafe { _mm256_loadu_ps(row.add(8 * c)) };
+                *a = _mm256_add_ps(*a, _mm256_mul_ps(pv, v));
+            }
+        }
+        for (c, a) in acc.iter().enumerate().take(lanes) {
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(d0 + 8 * c), *a) };
+        }
+        d0 += 8 * lanes;
+    }
 }

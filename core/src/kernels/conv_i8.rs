@@ -1,0 +1,166 @@
+//! The int8 conv as an implicit GEMM on the panel kernels of [`super::gemm`], with its scratch
+//! type and scratch-size function.
+//!
+//! Each input row is quantized once (one scale over all channels: the row-band decoder's
+//! exactness rests on it) into pixel-major codes `qt[ix][ci]` with zero columns for the padding.
+//! The weight of kernel row `ky` is packed as a `cout × (kw·cin)` matrix whose inputs run tap by
+//! tap (`i = kx·cin + ci`), so for stride 1 the inputs output column `ox` needs are the `kw·cin`
+//! consecutive bytes of `qt` from pixel `ox`: the activation rows of the GEMM are overlapping
+//! windows `cin` bytes apart and nothing is unfolded. Other strides copy the patch rows out
+//! (`unfold`). Either way each output adds, kernel row by kernel row, the exact i32 sum of that
+//! row rescaled by `row scale · weight scale`, so the result is the same on every ISA and for
+//! every split into row bands.
+
+use super::conv::ConvInput;
+use super::gemm::{act_row_len, encode_activations, gemm_i8_with};
+use super::layers::{Conv, PanelsI8};
+use super::quant::{code, encode, row_scale};
+use super::Isa;
+use crate::parallel::{for_rows, split, split_count, Parallel, SharedMut};
+
+/// Scratch for [`super::conv2d`] with int8 weights.
+pub struct ConvScratch<'s> {
+    /// Quantized input: pixel-major padded rows (stride 1) or unfolded patch rows, the first
+    /// element of [`conv_scratch_len`].
+    pub unfold: &'s mut [i8],
+    /// One quantized input row, `cin · w` bytes (strided convs).
+    pub qrow: &'s mut [i8],
+    /// Per-input-row activation scales, `h` floats.
+    pub row_scale: &'s mut [f32],
+}
+
+/// Bytes the GEMM may read past the last pixel-major row: its inputs are padded to groups of 4.
+const TAIL: usize = 4;
+
+/// Scratch sizes (unfold i8, row i8, f32) of an int8 conv with kernel side `k` on a
+/// `cin × h × w` input with `wo` output columns, enough for either path (pixel-major rows
+/// `h · (wo + k − 1) · cin + 4`, or unfolded patch rows `h · wo · act_row_len(k · cin)`).
+pub fn conv_scratch_len(
+    cin: usize,
+    h: usize,
+    w: usize,
+    wo: usize,
+    k: usize,
+) -> (usize, usize, usize) {
+    let pixel_major = h * (wo + k - 1).max(w) * cin + TAIL;
+    let unfolded = h * wo * act_row_len(cin * k);
+    (pixel_major.max(unfolded), cin * w, h)
+}
+
+/// The int8 conv of [`super::conv2d_with`] into `y` (`cout × ho × wo`).
+pub(crate) fn conv2d_i8(
+    isa: Isa,
+    par: &dyn Parallel,
+    input: &ConvInput<'_>,
+    c: &Conv<'_>,
+    wp: &PanelsI8<'_>,
+    y: &mut [f32],
+    s: &mut ConvScratch<'_>,
+) {
+    let ConvInput {
+        x,
+        h,
+        w,
+        stride,
+        pad,
+    } = *input;
+    let (cin, cout, k) = (c.cin, c.cout, c.k);
+    let (ho, wo) = input.out_sides(k);
+    let plane_len = ho * wo;
+    let kk = cin * k;
+    let rs = &mut s.row_scale[..h];
+    // Pixel-major rows serve stride 1 when the padded row is exactly what the outputs read.
+    let wpad = wo + k - 1;
+    let pixel_major = stride == 1 && wpad == w + pad.left + pad.right;
+    let (row_len, lda) = if pixel_major {
+        (wpad * cin, cin)
+    } else {
+        (wo * act_row_len(kk), act_row_len(kk))
+    };
+    let qa = &mut s.unfold[..h * row_len + if pixel_major { TAIL } else { 0 }];
+    if pixel_major {
+        let rows = SharedMut::new(&mut qa[..h * row_len]);
+        let scales = SharedMut::new(&mut *rs);
+        for_rows(par, h, cin * w, &|lo, hi| {
+            for iy in lo..hi {
+                // SAFETY: row iy (and its scale) belongs to this call only.
+                let (qt, st) = unsafe { (rows.slice(iy * row_len, row_len), scales.slice(iy, 1)) };
+                let pieces = (0..cin).map(|ci| &x[(ci * h + iy) * w..(ci * h + iy + 1) * w]);
+                let (scale, inv) = row_scale(pieces.clone());
+                st[0] = scale;
+                qt[..pad.left * cin].iter_mut().for_each(|v| *v = 0);
+                qt[(pad.left + w) * cin..].iter_mut().for_each(|v| *v = 0);
+                // Codes of a channel's row a block at a time (a loop the compiler vectorizes),
+                // then stored pixel-major.
+                let mut block = [0i8; 64];
+                for (ci, xr) in pieces.enumerate() {
+                    for (b, xs) in xr.chunks(block.len()).enumerate() {
+                        encode(xs, inv, &mut block[..xs.len()]);
+                        let at = (pad.left + b * block.len()) * cin + ci;
+                        for (j, q) in block[..xs.len()].iter().enumerate() {
+                            qt[at + j * cin] = *q;
+                        }
+                    }
+                }
+                encode_activations(isa, qt);
+            }
+        });
+        let tail = &mut qa[h * row_len..];
+        tail.iter_mut().for_each(|v| *v = 0);
+        encode_activations(isa, tail);
+    } else {
+        let qrow = &mut s.qrow[..cin * w];
+        for iy in 0..h {
+            let pieces = (0..cin).map(|ci| &x[(ci * h + iy) * w..(ci * h + iy + 1) * w]);
+            let (scale, inv) = row_scale(pieces.clone());
+            rs[iy] = scale;
+            for (q, v) in qrow.iter_mut().zip(pieces.flatten()) {
+                *q = code(*v, inv);
+            }
+            for ox in 0..wo {
+                let dst = &mut qa[iy * row_len + ox * lda..iy * row_len + (ox + 1) * lda];
+                dst.iter_mut().for_each(|v| *v = 0);
+                for kx in 0..k {
+                    let ix = (ox * stride + kx) as isize - pad.left as isize;
+                    if ix >= 0 && (ix as usize) < w {
+                        for ci in 0..cin {
+                            dst[kx * cin + ci] = qrow[ci * w + ix as usize];
+                        }
+                    }
+                }
+            }
+        }
+        encode_activations(isa, qa);
+    }
+
+    let (qa, rs) = (&*qa, &*rs);
+    let y = SharedMut::new(y);
+    let tasks = split_count(cout, par.width() * 2, 16);
+    par.run(tasks, &|task| {
+        let (c0, c1) = split(cout, par.width() * 2, 16, task);
+        for oy in 0..ho {
+            for co in c0..c1 {
+                // SAFETY: output planes c0..c1 belong to this task only.
+                let yrow = unsafe { y.slice(co * plane_len + oy * wo, wo) };
+                yrow.iter_mut().for_each(|v| *v = c.b[co]);
+            }
+            // Kernel rows in order: each output adds one rescaled i32 sum per kernel row.
+            for ky in 0..k {
+                let iy = (oy * stride + ky) as isize - pad.top as isize;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                let iy = iy as usize;
+                let a = &qa[iy * row_len..];
+                let at = oy * wo;
+                gemm_i8_with(isa, a, lda, wo, &wp.group(ky), (c0, c1), |ox, co, sums| {
+                    for (j, acc) in sums.iter().enumerate() {
+                        // SAFETY: output planes c0..c1 belong to this task only.
+                        let v = unsafe { y.get_mut((co + j) * plane_len + at + ox) };
+                        *v += *acc as f32 * (rs[iy] * wp.scales[co + j]);
+                    }
+                });
+            }
+        }
+    });
+}

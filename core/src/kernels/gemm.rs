@@ -1,0 +1,121 @@
+//! The int8 GEMM every int8 Linear and conv runs on: `acc[t][o] = Σ_i a[t][i] · w[o][i]` in
+//! i32, over activation rows `a` (int8, quantized per row by [`super::quantize_row`]) and a
+//! weight in the panel layout of [`super::pack`], with an epilogue per output.
+//!
+//! The sums are exact integers, so every ISA gives the same bits by construction; the scalar
+//! loop here is the reference the SIMD kernels (`arch/x86.rs`) are tested against.
+//!
+//! Activations are in [−127, 127] (the quantizer never gives −128): that is what makes the AVX2
+//! `vpmaddubsw` kernel unable to saturate (see `arch/x86.rs`). Rows are `lda` bytes apart and
+//! hold [`panel_k`] values, the padding zero ([`act_row_len`]).
+
+#[cfg(target_arch = "x86_64")]
+use super::arch::x86_gemm as x86;
+use super::layers::PanelsI8;
+use super::pack::{panel_k, PANEL_KR, PANEL_NR};
+use super::Isa;
+
+/// Bytes of one activation row of the GEMM for `k` inputs: padded to the panel groups.
+pub const fn act_row_len(k: usize) -> usize {
+    panel_k(k)
+}
+
+/// How the activation bytes are encoded for `isa`'s kernel: VNNI's `vpdpbusd` multiplies
+/// unsigned by signed bytes, so its kernels read `a + 128` (the sign bit flipped) and subtract
+/// `128 · Σ_i w[o][i]`, which keeps the sums exact.
+pub(crate) fn wants_offset_activations(isa: Isa) -> bool {
+    matches!(isa, Isa::AvxVnni | Isa::Avx512Vnni)
+}
+
+/// Re-encodes activation bytes quantized by [`super::quantize_row`] for `isa`'s kernel (see
+/// [`wants_offset_activations`]); a no-op on every other ISA.
+pub(crate) fn encode_activations(isa: Isa, a: &mut [i8]) {
+    if wants_offset_activations(isa) {
+        a.iter_mut().for_each(|v| *v = (*v as u8 ^ 0x80) as i8);
+    }
+}
+
+/// `store(t, o, sums)` with the sums of row `t` and channels `o .. o + sums.len()` (channel
+/// numbers of the view `w`; `w.o0` is added to reach the tensor's), at most one panel at a time,
+/// covering every row `t < m` and every channel in `c0..c1` once. `a` must be encoded for `isa`
+/// ([`encode_activations`]) and `isa` supported. The order of the calls is unspecified.
+#[inline(always)]
+pub(crate) fn gemm_i8_with<F: FnMut(usize, usize, &[i32])>(
+    isa: Isa,
+    a: &[i8],
+    lda: usize,
+    m: usize,
+    w: &PanelsI8<'_>,
+    (c0, c1): (usize, usize),
+    mut store: F,
+) {
+    if m == 0 || c0 >= c1 {
+        return;
+    }
+    let kp = panel_k(w.k);
+    // Rows may overlap (`lda < kp`: the stride-1 int8 conv reads windows of one pixel-major row).
+    assert!(lda > 0 && a.len() >= (m - 1) * lda + kp && w.o0 + c1 <= w.rows);
+    assert!(w.q.len() >= w.rows.div_ceil(PANEL_NR) * w.panel_bytes());
+    let panels = ((w.o0 + c0) / PANEL_NR, (w.o0 + c1).div_ceil(PANEL_NR));
+    // Hands on the channels of panel `p`'s tile that lie in the view's range.
+    let (lo, hi) = (w.o0 + c0, w.o0 + c1);
+    let mut emit = |t: usize, p: usize, acc: &[i32; PANEL_NR]| {
+        let first = (p * PANEL_NR).max(lo);
+        let end = (p * PANEL_NR + PANEL_NR).min(hi);
+        store(
+            t,
+            first - w.o0,
+            &acc[first - p * PANEL_NR..end - p * PANEL_NR],
+        );
+    };
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `isa` is supported (the caller's contract, checked by `Isa::supported`), and
+        // the asserts above bound every row and panel the kernels read.
+        match isa {
+            Isa::Avx2 => return unsafe { x86::gemm_i8_avx2(a, lda, m, w, panels, &mut emit) },
+            Isa::AvxVnni => {
+                return unsafe { x86::gemm_i8_avxvnni(a, lda, m, w, panels, &mut emit) }
+            }
+            Isa::Avx512Bw => {
+                return unsafe { x86::gemm_i8_avx512bw(a, lda, m, w, panels, &mut emit) }
+            }
+            Isa::Avx512Vnni => {
+                return unsafe { x86::gemm_i8_avx512vnni(a, lda, m, w, panels, &mut emit) }
+            }
+            Isa::Scalar | Isa::Avx => {}
+        }
+    }
+    gemm_i8_scalar(a, lda, m, w, panels, &mut emit);
+}
+
+/// The reference: per output, the inputs in index order (group by group of the panel).
+fn gemm_i8_scalar(
+    a: &[i8],
+    lda: usize,
+    m: usize,
+    w: &PanelsI8<'_>,
+    (p0, p1): (usize, usize),
+    emit: &mut impl FnMut(usize, usize, &[i32; PANEL_NR]),
+) {
+    let kp = panel_k(w.k);
+    let bytes = w.panel_bytes();
+    for p in p0..p1 {
+        let panel = &w.q[p * bytes..(p + 1) * bytes];
+        for t in 0..m {
+            let row = &a[t * lda..t * lda + kp];
+            let mut acc = [0i32; PANEL_NR];
+            for (x4, w4) in row
+                .chunks_exact(PANEL_KR)
+                .zip(panel.chunks_exact(PANEL_KR * PANEL_NR))
+            {
+                for (v, wj) in acc.iter_mut().zip(w4.chunks_exact(PANEL_KR)) {
+                    for (x, wv) in x4.iter().zip(wj) {
+                        *v += *x as i32 * *wv as i32;
+                    }
+                }
+            }
+            emit(t, p, &acc);
+        }
+    }
+}
