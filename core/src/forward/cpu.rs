@@ -1,14 +1,16 @@
 //! The CPU forward backend: the transformer of `var` and the decoder of `vae` over the arena.
 //!
 //! ```text
-//! prepare   per row: AdaLN vectors (copied from an earlier row with the same label)
-//!           input = SOS (step 0) | word_embed(area(f_hat, pn)) + lvl_pos (shared by an image's rows)
-//!           → blocks (markov: this scale only | causal: + the row's KV cache slot)
-//! logits    per row: head(LN(x)·(1 + scale) + shift) of tokens t0 .. t0 + m
+//! prepare   AdaLN vectors of each distinct label (one pass over the AdaLN weights)
+//!           per row: input = SOS (step 0) | word_embed(area(f_hat, pn)) + lvl_pos (shared by an
+//!           image's rows)
+//!           → blocks, every row through each block's Linears at once (attention: markov: the
+//!           row's tokens of this scale | causal: + the row's KV cache slot)
+//! logits    every row at once: head(LN(x)·(1 + scale) + shift) of tokens t0 .. t0 + m
 //! decode    VQVAE decoder, whole image or row bands
 //! ```
 
-use super::{Chunk, Forward, Io, Step, TensorId};
+use super::{Chunk, Forward, Io, Step, TensorId, MAX_ROWS};
 use crate::arena::Arena;
 use crate::error::{Error, Result};
 use crate::generate::plan::Shape;
@@ -17,7 +19,7 @@ use crate::kernels::{linear, linear_scratch_len, LinearScratch};
 use crate::layout::arena_layout;
 use crate::parallel::Parallel;
 use crate::schedule::Schedule;
-use crate::var::{ada_vectors, block_forward, head_logits, Kv, StepScratch};
+use crate::var::{ada_vectors, block_forward, head_logits, Kv, Rows, StepScratch};
 use crate::{vae, Model};
 
 impl Shape {
@@ -30,12 +32,16 @@ impl Shape {
         if self.cache > 0 {
             0
         } else {
-            self.n * 2 * self.c
+            self.group * self.n * 2 * self.c
         }
+    }
+    /// Tokens of one chunk: `chunk` tokens of every row of a group.
+    fn chunk_tokens(&self) -> usize {
+        self.group * self.chunk
     }
     /// Linear-kernel scratch: (f32 values, int8 values).
     fn lin_len(&self) -> (usize, usize) {
-        let (fa, qa) = linear_scratch_len(self.chunk, self.c.max(self.f));
+        let (fa, qa) = linear_scratch_len(self.chunk_tokens(), self.c.max(self.f));
         let (fc, qc) = linear_scratch_len(self.n, self.cv);
         let q = if self.int8 { qa.max(qc) } else { 0 };
         (fa.max(fc).max(1), q)
@@ -55,36 +61,36 @@ arena_layout! {
 arena_layout! {
     /// What the CPU backend uses during one step (kept between `prepare` and `logits`).
     pub(crate) struct CpuStep<'s>(s: &Shape) {
-        /// Six AdaLN vectors of every block, per row.
-        ada: [f32; s.rows * s.depth * 6 * s.c] = "AdaLN vectors (rows x depth x 6C)",
+        /// Six AdaLN vectors of every row, per block (a block's rows side by side).
+        ada: [f32; s.depth * s.rows * 6 * s.c] = "AdaLN vectors (depth x rows x 6C)",
         /// Head scale and shift, per row.
         head_ada: [f32; s.rows * 2 * s.c] = "head scale/shift (rows x 2C)",
         /// Hidden states of every row.
         hidden: [f32; s.rows * s.n * s.c] = "hidden states (rows x tokens x C)",
-        /// This scale's keys and values (Markov).
-        kv: [f32; s.kv_scale_len()] = "keys, values of this scale (tokens x 2C, markov)",
-        /// Modulated LayerNorm of a chunk.
-        xn: [f32; s.chunk * s.c] = "modulated LN (chunk x C)",
+        /// This scale's keys and values of every row of a group (Markov).
+        kv: [f32; s.kv_scale_len()] = "keys, values of this scale (group x tokens x 2C, markov)",
+        /// Modulated LayerNorm of a chunk (`chunk` tokens of every row of a group).
+        xn: [f32; s.chunk_tokens() * s.c] = "modulated LN (group x chunk x C)",
         /// Queries of a chunk.
-        q: [f32; s.chunk * s.c] = "queries (chunk x C)",
+        q: [f32; s.chunk_tokens() * s.c] = "queries (group x chunk x C)",
         /// Attention output of a chunk.
-        att: [f32; s.chunk * s.c] = "attention out (chunk x C)",
+        att: [f32; s.chunk_tokens() * s.c] = "attention out (group x chunk x C)",
         /// Branch output of a chunk.
-        tmp: [f32; s.chunk * s.c] = "branch output (chunk x C)",
-        /// FFN hidden of a chunk (also the causal K/V staging of a chunk).
-        ffn: [f32; s.chunk * s.f.max(2 * s.c)] = "FFN hidden (chunk x F)",
+        tmp: [f32; s.chunk_tokens() * s.c] = "branch output (group x chunk x C)",
+        /// FFN hidden of a chunk (also the K/V staging of a chunk).
+        ffn: [f32; s.chunk_tokens() * s.f.max(2 * s.c)] = "FFN hidden (group x chunk x F)",
         /// Attention scores, one row per token of a chunk (the tokens attend concurrently).
-        scores: [f32; s.chunk * s.keys] = "attention scores (chunk x keys)",
+        scores: [f32; s.chunk_tokens() * s.keys] = "attention scores (group x chunk x keys)",
         /// Per-row activation scales (int8) / f32 staging of the linear kernels.
         lin_f: [f32; s.lin_len().0] = "activation scales",
         /// Quantized activations.
         lin_q: [i8; s.lin_len().1] = "int8 activations",
-        /// SiLU(class embedding) and the shared AdaLN output.
-        ada_tmp: [f32; 7 * s.c] = "AdaLN condition tmp (7C)",
+        /// SiLU(class embedding) and the shared AdaLN output of up to a group of labels.
+        ada_tmp: [f32; s.group * 7 * s.c] = "AdaLN condition tmp (group x 7C)",
         /// The input map transposed to token-major.
         win: [f32; s.n * s.cv] = "word-embed input (tokens x Cvae)",
-        /// Modulated LayerNorm of a head chunk.
-        head_xn: [f32; s.chunk * s.c] = "head LN (chunk x C)",
+        /// Modulated LayerNorm of a head chunk (`chunk` tokens of every row of a group).
+        head_xn: [f32; s.chunk_tokens() * s.c] = "head LN (group x chunk x C)",
     }
 }
 
@@ -154,6 +160,7 @@ impl Forward for CpuForward<'_, '_> {
             cv,
             depth,
             cache,
+            group,
             ..
         } = self.shape;
         let mut ar = Arena::new(scratch)?;
@@ -170,26 +177,49 @@ impl Forward for CpuForward<'_, '_> {
             q: b.lin_q,
         };
 
-        // AdaLN vectors of each row's condition (rows of the same label share them).
-        let ada_len = depth * 6 * c;
+        // AdaLN vectors of each distinct label, computed into the first places of each block's
+        // rows, then spread to every row of that label. A row's label is first seen at or before
+        // the row (`label_at[r] <= r`), so spreading from the last row down reads no place that
+        // was already overwritten.
+        let nr = step.rows.len();
+        let mut labels = [0u32; MAX_ROWS];
+        let mut label_at = [0u8; MAX_ROWS];
+        let mut distinct = 0;
         for (r, row) in step.rows.iter().enumerate() {
-            match step.rows[..r].iter().position(|o| o.label == row.label) {
-                Some(e) => {
-                    b.ada
-                        .copy_within(e * ada_len..(e + 1) * ada_len, r * ada_len);
-                    b.head_ada
-                        .copy_within(e * 2 * c..(e + 1) * 2 * c, r * 2 * c);
+            label_at[r] = match labels[..distinct].iter().position(|l| *l == row.label) {
+                Some(u) => u as u8,
+                None => {
+                    labels[distinct] = row.label;
+                    distinct += 1;
+                    (distinct - 1) as u8
                 }
-                None => ada_vectors(
-                    t,
-                    c,
-                    row.label as usize,
-                    &mut b.ada[r * ada_len..(r + 1) * ada_len],
-                    &mut b.head_ada[r * 2 * c..(r + 1) * 2 * c],
-                    b.ada_tmp,
-                    &mut lin,
-                    par,
-                ),
+            };
+        }
+        let block_len = nr * 6 * c;
+        for u0 in (0..distinct).step_by(group) {
+            let u1 = distinct.min(u0 + group);
+            ada_vectors(
+                t,
+                c,
+                &labels[u0..u1],
+                &mut b.ada[u0 * 6 * c..],
+                block_len,
+                &mut b.head_ada[u0 * 2 * c..],
+                b.ada_tmp,
+                &mut lin,
+                par,
+            );
+        }
+        for r in (0..nr).rev() {
+            let u = label_at[r] as usize;
+            if u != r {
+                for bi in 0..depth {
+                    let o = bi * block_len;
+                    b.ada
+                        .copy_within(o + u * 6 * c..o + (u + 1) * 6 * c, o + r * 6 * c);
+                }
+                b.head_ada
+                    .copy_within(u * 2 * c..(u + 1) * 2 * c, r * 2 * c);
             }
         }
 
@@ -226,7 +256,7 @@ impl Forward for CpuForward<'_, '_> {
             probe.tensor(tensor("input", 0, r), x);
         }
 
-        // Blocks, row by row.
+        // Blocks, the rows of a group through each block at once.
         let mut st = StepScratch {
             kv: b.kv,
             xn: b.xn,
@@ -239,23 +269,37 @@ impl Forward for CpuForward<'_, '_> {
             lin,
         };
         let run = &mut self.run;
-        for (r, row) in step.rows.iter().enumerate() {
-            let x = &mut hidden[r * nmax * c..r * nmax * c + n * c];
+        let slot_len = cache * c;
+        for g0 in (0..nr).step_by(group) {
+            let gn = group.min(nr - g0);
+            let slot = |r: usize| step.rows[g0 + r].slot as usize * slot_len;
             for (bi, blk) in t.blocks.iter().enumerate() {
-                let ada = &b.ada[r * ada_len + bi * 6 * c..r * ada_len + (bi + 1) * 6 * c];
                 let kv = if cache > 0 {
-                    let len = cache * c;
-                    let off = (bi * self.shape.rows + row.slot as usize) * len;
+                    let len = self.shape.rows * slot_len;
                     Kv::Causal {
-                        k: &mut run.kv_k[off..off + len],
-                        v: &mut run.kv_v[off..off + len],
+                        k: &mut run.kv_k[bi * len..(bi + 1) * len],
+                        v: &mut run.kv_v[bi * len..(bi + 1) * len],
                         begin: step.cache_begin,
+                        slot: &slot,
                     }
                 } else {
                     Kv::Markov
                 };
-                block_forward(blk, c, heads, eps, ada, x, n, kv, &mut st, par);
-                probe.tensor(tensor("block", bi, r), x);
+                let ada0 = bi * block_len + g0 * 6 * c;
+                let rows = Rows {
+                    x: &mut hidden[g0 * nmax * c..(g0 + gn) * nmax * c],
+                    stride: nmax * c,
+                    count: gn,
+                    n,
+                    ada: &b.ada[ada0..ada0 + gn * 6 * c],
+                };
+                block_forward(blk, c, heads, eps, rows, kv, &mut st, par);
+                for r in g0..g0 + gn {
+                    probe.tensor(
+                        tensor("block", bi, r),
+                        &hidden[r * nmax * c..r * nmax * c + n * c],
+                    );
+                }
             }
         }
         Ok(())
@@ -277,27 +321,29 @@ impl Forward for CpuForward<'_, '_> {
             f: b.lin_f,
             q: b.lin_q,
         };
-        for r in 0..step.rows.len() {
-            let x = &b.hidden[(r * nmax + t0) * c..(r * nmax + t0 + m) * c];
-            let o = &mut out[r * m * v..(r + 1) * m * v];
+        let (nr, group) = (step.rows.len(), self.shape.group);
+        for g0 in (0..nr).step_by(group) {
+            let gn = group.min(nr - g0);
             head_logits(
                 &self.model.weights.var,
                 c,
                 cfg.var.norm_eps,
-                &b.head_ada[r * 2 * c..(r + 1) * 2 * c],
-                x,
-                m,
+                &b.head_ada[g0 * 2 * c..],
+                (&b.hidden[g0 * nmax * c..], nmax * c, gn),
+                (t0, m),
                 b.head_xn,
-                o,
+                &mut out[g0 * m * v..(g0 + gn) * m * v],
                 &mut lin,
                 self.par,
             );
+        }
+        for r in 0..nr {
             probe.tensor(
                 TensorId {
                     token: t0,
                     ..tensor("logits", 0, r)
                 },
-                o,
+                &out[r * m * v..(r + 1) * m * v],
             );
         }
         Ok(())

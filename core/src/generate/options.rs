@@ -77,8 +77,10 @@ pub struct SampleOptions {
     /// Per-step settings; when present they replace `cfg`/`guidance`/`top_k`/`top_p`/
     /// `temperature`/`refine` step by step.
     pub table: Option<StepTable>,
-    /// Tokens per FFN / head chunk (0: the default, 64). Results do not depend on it; smaller
-    /// chunks need fewer arena bytes.
+    /// Tokens per FFN / head chunk, per CFG row (0: the default, 64); every row's chunk goes
+    /// through a block's weights together. Results do not depend on it; smaller chunks need
+    /// fewer arena bytes, and 1 also runs the rows through the blocks one at a time (smallest
+    /// arena, slowest).
     pub chunk: u16,
     /// Decode in bands of this many image rows (0: the whole image at once). Results do not
     /// depend on it; bands need far fewer arena bytes and take longer (one pass per banded

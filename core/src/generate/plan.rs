@@ -38,8 +38,12 @@ pub(crate) struct Shape {
     pub p: usize,
     pub depth: usize,
     pub int8: bool,
-    /// Tokens per FFN / head chunk.
+    /// Tokens per FFN / head chunk, per row.
     pub chunk: usize,
+    /// Rows that go through each block's weights together (their chunks stacked): all rows,
+    /// except with one-token chunks (the low-memory options), where one row's step scratch at
+    /// a time keeps the arena smallest.
+    pub group: usize,
     /// Whether any step refines.
     pub refine: bool,
     /// Decoder band rows (0: whole image).
@@ -59,10 +63,11 @@ impl Shape {
             Attention::Markov => 0,
         };
         let branches = opts.rows();
+        let rows = images * branches;
         Shape {
             images,
             branches,
-            rows: images * branches,
+            rows,
             n,
             keys: if cache > 0 { cache } else { n },
             cache,
@@ -74,6 +79,7 @@ impl Shape {
             depth: cfg.var.depth as usize,
             int8: cfg.weights == WeightFormat::Int8,
             chunk: opts.chunk_tokens().min(n).max(1),
+            group: if opts.chunk_tokens() == 1 { 1 } else { rows },
             refine: opts.any_refine(),
             band_rows: opts.band_rows as usize,
         }
