@@ -1,8 +1,18 @@
 //! The transcendental functions of the hot paths (exp in softmax/SiLU/sampling, tanh in GELU,
-//! sqrt in the q/k L2 norms): `libm` by default (correctly rounded enough to match PyTorch to
-//! ~1e-6 and identical on every target), or `micromath`'s fast approximations with the
-//! `fast-math` feature (for microcontrollers; its cost in tokens and PSNR is measured in
-//! docs/QUANTIZATION.md). Everything else keeps using `libm`.
+//! sqrt in the q/k L2 norms).
+//!
+//! - `exp` and `tanh` by default: branch-free polynomial forms (Cody–Waite range reduction and
+//!   the Cephes minimax polynomials; see [`exp`]) written in plain f32 operations, within 2 ulp
+//!   of `libm` (a test checks it over the whole range). Branch-free means the loops over rows
+//!   (softmax, SiLU, GELU) vectorize; plain f32 operations (Rust never contracts to FMA) mean
+//!   they give the same bits on every target and instruction set, so the int8 engine stays
+//!   bit-identical between the host's ISAs and the Cortex-M firmware.
+//! - `sqrt`: `libm` (correctly rounded; the hardware instruction where there is one).
+//! - With the `fast-math` feature: `micromath`'s cruder approximations of all three (for
+//!   microcontrollers without an FPU to spare; its cost in tokens and PSNR is measured in
+//!   docs/QUANTIZATION.md).
+//!
+//! Everything else keeps using `libm`.
 
 /// `e^x`.
 #[inline]
@@ -17,7 +27,74 @@ pub fn exp(x: f32) -> f32 {
     }
     #[cfg(not(feature = "fast-math"))]
     {
-        libm::expf(x)
+        exp_poly(x)
+    }
+}
+
+/// `e^x` from plain f32 operations: `x = n·ln 2 + r` with `n` rounded to nearest (by adding
+/// and removing 1.5·2²³) and `ln 2` split in two (Cody–Waite, `n·C1` exact), then the Cephes
+/// `expf` polynomial of `r` (|r| ≤ ½ ln 2) and `2ⁿ` built in the exponent bits. Above
+/// ln(f32::MAX) it gives +∞, below the smallest normal's log 0, NaN stays NaN; every branch is
+/// a select.
+#[inline(always)]
+pub fn exp_poly(x: f32) -> f32 {
+    const LOG2E: f32 = core::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23
+    const HI: f32 = 88.722_83; // ln(f32::MAX)
+    const LO: f32 = -87.336_55; // ln(f32::MIN_POSITIVE)
+                                // Clamped to [LO, HI] (n in [−126, 128]); outside, the ends are replaced below.
+    let xc = if x > HI {
+        HI
+    } else if x < LO {
+        LO
+    } else {
+        x
+    };
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
+    let r = (xc - n * C1) - n * C2;
+    let z = r * r;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 5.000_000_1e-1;
+    let y = (p * z + r) + 1.0;
+    // 2ⁿ as two exact power-of-two factors (2¹²⁸ itself is not an f32).
+    let ni = t.to_bits() as i32 - ROUND.to_bits() as i32;
+    let pow2 = |k: i32| f32::from_bits(((k + 127) as u32) << 23);
+    let v = y * pow2(ni >> 1) * pow2(ni - (ni >> 1));
+    let v = if x > HI { f32::INFINITY } else { v };
+    let v = if x < LO { 0.0 } else { v };
+    if x.is_nan() {
+        x
+    } else {
+        v
+    }
+}
+
+/// `tanh(x)` from plain f32 operations: the Cephes `tanhf` odd polynomial below |x| = 0.625,
+/// `1 − 2/(e^{2|x|} + 1)` with the sign of `x` above (through [`exp_poly`]); branch-free.
+#[inline(always)]
+pub fn tanh_poly(x: f32) -> f32 {
+    let a = if x < 0.0 { -x } else { x };
+    let z = x * x;
+    let small =
+        ((((-5.704_988_7e-3 * z + 2.063_908_9e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z
+            - 3.333_328_2e-1)
+            * z
+            * x
+            + x;
+    let large = 1.0 - 2.0 / (exp_poly(a + a) + 1.0);
+    let large = if x < 0.0 { -large } else { large };
+    // ±0 keeps its sign (the polynomial form would give +0 for −0).
+    if a == 0.0 {
+        x
+    } else if a < 0.625 {
+        small
+    } else {
+        large
     }
 }
 
@@ -37,7 +114,7 @@ pub fn tanh(x: f32) -> f32 {
     }
     #[cfg(not(feature = "fast-math"))]
     {
-        libm::tanhf(x)
+        tanh_poly(x)
     }
 }
 
@@ -51,5 +128,57 @@ pub fn sqrt(x: f32) -> f32 {
     #[cfg(not(feature = "fast-math"))]
     {
         libm::sqrtf(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{exp_poly, tanh_poly};
+
+    /// Distance in units in the last place between two finite floats of the same sign.
+    fn ulps(a: f32, b: f32) -> u32 {
+        (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
+    }
+
+    /// Every 97th f32 bit pattern over the range, plus the ends.
+    fn sweep(lo: f32, hi: f32) -> impl Iterator<Item = f32> {
+        let grid = (0..u32::MAX / 97).map(|i| f32::from_bits(i * 97));
+        grid.chain(grid_neg()).filter(move |x| *x >= lo && *x <= hi)
+    }
+    fn grid_neg() -> impl Iterator<Item = f32> {
+        (0..u32::MAX / 97).map(|i| -f32::from_bits(i * 97))
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_of_libm() {
+        let mut worst = 0;
+        for x in sweep(-87.3, 88.7) {
+            let (got, want) = (exp_poly(x), libm::expf(x));
+            let d = ulps(got, want);
+            assert!(d <= 2, "exp({x:e}) = {got:e}, libm {want:e}");
+            worst = worst.max(d);
+        }
+        assert!(worst >= 1, "the sweep must reach the polynomial's error");
+        assert_eq!(exp_poly(0.0), 1.0);
+        assert_eq!(exp_poly(89.0), f32::INFINITY);
+        assert_eq!(exp_poly(f32::INFINITY), f32::INFINITY);
+        assert_eq!(exp_poly(-88.0), 0.0);
+        assert_eq!(exp_poly(f32::NEG_INFINITY), 0.0);
+        assert!(exp_poly(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn tanh_is_within_two_ulp_of_libm_and_odd() {
+        for x in sweep(-20.0, 20.0) {
+            let (got, want) = (tanh_poly(x), libm::tanhf(x));
+            // Near 0 both are x to within the last bit; compare in ulps of the result.
+            assert!(ulps(got, want) <= 2, "tanh({x:e}) = {got:e}, libm {want:e}");
+            assert_eq!(tanh_poly(-x).to_bits(), (-got).to_bits(), "odd at {x:e}");
+        }
+        assert_eq!(tanh_poly(50.0), 1.0);
+        assert_eq!(tanh_poly(-50.0), -1.0);
+        assert_eq!(tanh_poly(f32::INFINITY), 1.0);
+        assert!(tanh_poly(f32::NAN).is_nan());
+        assert_eq!(tanh_poly(-0.0).to_bits(), (-0.0f32).to_bits());
     }
 }

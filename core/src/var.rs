@@ -10,7 +10,7 @@
 //! scale come from the row's cache slot in the arena).
 
 use crate::kernels::attention::{attend_row, KeyValues};
-use crate::kernels::{gelu_tanh, layer_norm, linear, silu, Isa, LinearScratch};
+use crate::kernels::{gelu_row, layer_norm, linear, silu, Isa, LinearScratch};
 use crate::parallel::{for_rows, Parallel, SharedMut};
 use crate::weights::{AdaLn, Block, Transformer};
 
@@ -364,6 +364,7 @@ pub fn block_forward(
 
     // 3. Per chunk: FFN and residual.
     let f = b.fc1.out_dim;
+    let isa = Isa::active();
     let mut t0 = 0;
     while t0 < n {
         let sp = span(t0);
@@ -371,7 +372,7 @@ pub fn block_forward(
         modulate(x, sp, xn, c, eps, ada, (6, SCALE2, SHIFT2), par);
         linear(xn, sm, &b.fc1, ffn, lin, par);
         each_row(par, &mut ffn[..sm * f], f, f, &|_, row| {
-            row.iter_mut().for_each(|v| *v = gelu_tanh(*v));
+            gelu_row(isa, row);
         });
         linear(ffn, sm, &b.fc2, tmp, lin, par);
         residual(x, sp, tmp, ada, GAMMA2, c, par);

@@ -3,11 +3,12 @@
 //! weight in the panel layout of [`super::pack`], with an epilogue per output.
 //!
 //! The sums are exact integers, so every ISA gives the same bits by construction; the scalar
-//! loop here is the reference the SIMD kernels (`arch/x86.rs`) are tested against.
+//! loop here is the reference the SIMD kernels (`arch/x86_gemm.rs`) are tested against. Sums
+//! wrap in i32 like the SIMD lanes (they are exact whenever the true value fits).
 //!
 //! Activations are in [−127, 127] (the quantizer never gives −128): that is what makes the AVX2
-//! `vpmaddubsw` kernel unable to saturate (see `arch/x86.rs`). Rows are `lda` bytes apart and
-//! hold [`panel_k`] values, the padding zero ([`act_row_len`]).
+//! `vpmaddubsw` kernel unable to saturate (see `arch/x86_gemm.rs`). Rows are `lda` bytes apart and
+//! hold [`panel_k`] values, the padding zero ([`act_row_len`]); they may overlap.
 
 #[cfg(target_arch = "x86_64")]
 use super::arch::x86_gemm as x86;
@@ -111,7 +112,7 @@ fn gemm_i8_scalar(
             {
                 for (v, wj) in acc.iter_mut().zip(w4.chunks_exact(PANEL_KR)) {
                     for (x, wv) in x4.iter().zip(wj) {
-                        *v += *x as i32 * *wv as i32;
+                        *v = v.wrapping_add(*x as i32 * *wv as i32);
                     }
                 }
             }

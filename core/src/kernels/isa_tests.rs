@@ -404,3 +404,265 @@ fn attention_row_matches_the_reference() {
         }
     }
 }
+
+/// Scalar models of the x86 int8 GEMM kernels (`arch/x86_gemm.rs`), instruction by instruction
+/// as Intel's pseudo-code defines them, run in the kernels' order on the packed layout. They
+/// prove each scheme exact on a CPU that lacks the instructions (AVX-512, AVX-VNNI), and where
+/// the CPU has a kernel its model is checked against the hardware too.
+mod kernel_models {
+    use super::*;
+
+    /// Bytes of one panel group: 16 channels × 4 inputs.
+    const GROUP: usize = 64;
+
+    /// `vpdpbusd`: every i32 lane adds the four products of unsigned `a` × signed `b` bytes
+    /// (each exact in i16), wrapping in i32 (not the saturating `vpdpbusds`).
+    fn dpbusd(acc: &mut [i32], a: &[u8], b: &[i8]) {
+        for (j, v) in acc.iter_mut().enumerate() {
+            for i in 4 * j..4 * j + 4 {
+                *v = v.wrapping_add(a[i] as i32 * b[i] as i32);
+            }
+        }
+    }
+
+    /// `vpmaddubsw` (unsigned `a` × signed `b`, pairs added into i16 **with saturation**), then
+    /// `vpmaddwd` against ones (pairs of i16 into i32), then `vpaddd` into the lanes.
+    fn maddubs_madd_ones(acc: &mut [i32], a: &[u8], b: &[i8]) {
+        let pair = |l: usize| {
+            let s = a[2 * l] as i32 * b[2 * l] as i32 + a[2 * l + 1] as i32 * b[2 * l + 1] as i32;
+            s.clamp(i16::MIN.into(), i16::MAX.into())
+        };
+        for (j, v) in acc.iter_mut().enumerate() {
+            *v = v.wrapping_add(pair(2 * j) + pair(2 * j + 1));
+        }
+    }
+
+    /// `vpabsb`: |−128| is the byte 0x80, i.e. 128 read unsigned.
+    fn abs_u8(w: &[i8]) -> Vec<u8> {
+        w.iter().map(|v| v.unsigned_abs()).collect()
+    }
+
+    /// `set1_epi32` of the group's 4 activation bytes (little-endian: byte `i` of every lane is
+    /// input `4g + i`), over `n` bytes.
+    fn broadcast(x4: [i8; 4], n: usize) -> Vec<i8> {
+        (0..n).map(|b| x4[b % 4]).collect()
+    }
+
+    /// One kernel: the encoding it reads, its rows per tile, the start of every sum of a panel,
+    /// and one group step (`acc`, 4 activation bytes, the 64-byte group).
+    struct Model {
+        name: &'static str,
+        isa: Isa,
+        mr: usize,
+        start: fn(&[i8]) -> [i32; 16],
+        step: fn(&mut [i32; 16], [i8; 4], &[i8]),
+    }
+
+    fn zero_start(_: &[i8]) -> [i32; 16] {
+        [0; 16]
+    }
+
+    /// −128 · Σ w per channel, as the VNNI kernels make it: `vpdpbusd` of ones against each
+    /// `half`-byte register of every group, `vpslld 7`, `vpsubd` from zero.
+    fn vnni_start(panel: &[i8], half: usize) -> [i32; 16] {
+        let mut sum = [0i32; 16];
+        for group in panel.chunks_exact(GROUP) {
+            for (s, w) in sum.chunks_mut(half / 4).zip(group.chunks_exact(half)) {
+                dpbusd(s, &vec![1u8; half], w);
+            }
+        }
+        sum.map(|s| 0i32.wrapping_sub(s.wrapping_shl(7)))
+    }
+
+    /// AVX2: per ymm half, `vpabsb` of w, `vpsignb(x, w)` (0 where w = 0), maddubs, madd.
+    fn avx2_step(acc: &mut [i32; 16], x4: [i8; 4], group: &[i8]) {
+        for (a, w) in acc.chunks_mut(8).zip(group.chunks_exact(32)) {
+            let s: Vec<i8> = broadcast(x4, 32)
+                .iter()
+                .zip(w)
+                .map(|(x, w)| match w.signum() {
+                    -1 => x.wrapping_neg(),
+                    0 => 0,
+                    _ => *x,
+                })
+                .collect();
+            maddubs_madd_ones(a, &abs_u8(w), &s);
+        }
+    }
+
+    /// AVX-512BW: `vpabsb` of w, x negated under `vpmovb2m` of w (`vpsubb` from zero, masked).
+    fn avx512bw_step(acc: &mut [i32; 16], x4: [i8; 4], group: &[i8]) {
+        let negative = |b: usize| group[b] as u8 & 0x80 != 0;
+        let s: Vec<i8> = broadcast(x4, GROUP)
+            .iter()
+            .enumerate()
+            .map(|(b, x)| {
+                if negative(b) {
+                    0i8.wrapping_sub(*x)
+                } else {
+                    *x
+                }
+            })
+            .collect();
+        maddubs_madd_ones(acc, &abs_u8(group), &s);
+    }
+
+    /// VNNI: `vpdpbusd(acc, x + 128, w)` per register of `half` bytes.
+    fn vnni_step(acc: &mut [i32; 16], x4: [i8; 4], group: &[i8], half: usize) {
+        let xb: Vec<u8> = broadcast(x4, GROUP).iter().map(|x| *x as u8).collect();
+        for ((a, x), w) in acc
+            .chunks_mut(half / 4)
+            .zip(xb.chunks_exact(half))
+            .zip(group.chunks_exact(half))
+        {
+            dpbusd(a, x, w);
+        }
+    }
+
+    /// The kernels, and (last) a control that must fail: `vpmaddubsw` on the VNNI encoding
+    /// (unsigned x + 128 against signed w), whose pair sums saturate (2 · 255 · 127 > 32,767).
+    const MODELS: [Model; 5] = [
+        Model {
+            name: "AVX2",
+            isa: Isa::Avx2,
+            mr: 4,
+            start: zero_start,
+            step: avx2_step,
+        },
+        Model {
+            name: "AVX-VNNI",
+            isa: Isa::AvxVnni,
+            mr: 4,
+            start: |panel| vnni_start(panel, 32),
+            step: |acc, x4, group| vnni_step(acc, x4, group, 32),
+        },
+        Model {
+            name: "AVX-512BW",
+            isa: Isa::Avx512Bw,
+            mr: 8,
+            start: zero_start,
+            step: avx512bw_step,
+        },
+        Model {
+            name: "AVX-512 VNNI",
+            isa: Isa::Avx512Vnni,
+            mr: 8,
+            start: |panel| vnni_start(panel, GROUP),
+            step: |acc, x4, group| vnni_step(acc, x4, group, GROUP),
+        },
+        Model {
+            name: "saturating control",
+            isa: Isa::Avx512Vnni,
+            mr: 8,
+            start: |panel| vnni_start(panel, GROUP),
+            step: |acc, x4, group| {
+                let xb: Vec<u8> = broadcast(x4, GROUP).iter().map(|x| *x as u8).collect();
+                maddubs_madd_ones(acc, &xb, group);
+            },
+        },
+    ];
+
+    /// `model` over `m` rows of `a` (encoded for it) and a packed `rows × k` weight, tile by
+    /// tile as the kernel goes (rows past `m` repeat the last one; only `m - t0` are stored).
+    fn run(
+        model: &Model,
+        a: &[i8],
+        lda: usize,
+        m: usize,
+        q: &[i8],
+        rows: usize,
+        k: usize,
+    ) -> Vec<i32> {
+        let groups = act_row_len(k) / 4;
+        let mut out = vec![None; m * rows];
+        for (p, panel) in q.chunks_exact(groups * GROUP).enumerate() {
+            let start = (model.start)(panel);
+            for t0 in (0..m).step_by(model.mr) {
+                let tile: Vec<usize> = (0..model.mr).map(|r| (t0 + r).min(m - 1)).collect();
+                let mut acc = vec![start; model.mr];
+                for (g, group) in panel.chunks_exact(GROUP).enumerate() {
+                    for (ar, t) in acc.iter_mut().zip(&tile) {
+                        let x4 = a[t * lda + 4 * g..][..4].try_into().unwrap();
+                        (model.step)(ar, x4, group);
+                    }
+                }
+                for (r, ar) in acc.iter().enumerate().take(m - t0) {
+                    for (j, v) in ar.iter().enumerate().filter(|(j, _)| 16 * p + j < rows) {
+                        let slot = &mut out[(t0 + r) * rows + 16 * p + j];
+                        assert!(slot.replace(*v).is_none(), "{} written twice", model.name);
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|v| v.expect("every sum written"))
+            .collect()
+    }
+
+    /// `(k, rows, row-major rows × k weight, activation rows)`.
+    type Case = (usize, usize, Vec<i8>, Vec<Vec<i8>>);
+
+    #[test]
+    fn int8_gemm_kernel_models_give_the_exact_sums() {
+        let mut rng = Lcg(17);
+        let mut cases: Vec<Case> = Vec::new();
+        for k in [1usize, 3, 4, 7, 16, 17, 65, 129, 1027] {
+            for rows in [1usize, 16, 17, 40] {
+                let w = gemm_weights(&mut rng, rows, k);
+                // 13 rows: ragged for the 4- and the 8-row tiles.
+                let act = (0..3).flat_map(|_| gemm_activation_rows(&mut rng, k));
+                cases.push((k, rows, w, act.take(13).collect()));
+            }
+        }
+        // So long that Σ (x + 128)·w leaves i32 (255 · 128 · k > 2³¹): the VNNI sums wrap on
+        // the way and must still land on the exact value.
+        let k = 66_000;
+        let wrap_w = (0..16 * k)
+            .map(|i| if i < 8 * k { -128 } else { 127 })
+            .collect();
+        cases.push((k, 16, wrap_w, vec![vec![127; k], vec![-127; k]]));
+        assert!(255 * -128 * (k as i64) < i32::MIN.into());
+
+        let mut control_failed = false;
+        for (k, rows, w, act) in &cases {
+            let (k, rows, m) = (*k, *rows, act.len());
+            let q = packed(w, rows, k);
+            let lda = act_row_len(k) + 3;
+            let mut a = vec![0i8; m * lda];
+            for (t, x) in act.iter().enumerate() {
+                a[t * lda..t * lda + k].copy_from_slice(x);
+            }
+            let exact: Vec<i32> = (0..m * rows)
+                .map(|i| {
+                    let (t, o) = (i / rows, i % rows);
+                    let s: i64 = (0..k).map(|j| act[t][j] as i64 * w[o * k + j] as i64).sum();
+                    i32::try_from(s).unwrap()
+                })
+                .collect();
+            for model in &MODELS {
+                let mut enc = a.clone();
+                encode_activations(model.isa, &mut enc);
+                let got = run(model, &enc, lda, m, &q, rows, k);
+                if model.name == "saturating control" {
+                    control_failed |= got != exact;
+                    continue;
+                }
+                assert_eq!(got, exact, "{} model k {k} rows {rows}", model.name);
+                // Where this CPU has the kernel, the model must match it too.
+                if on_this_cpu(model.isa) {
+                    let scales = vec![1.0; rows];
+                    let full = PanelsI8::new(&q, &scales, rows, k, 1).unwrap();
+                    let mut hw = vec![0i32; m * rows];
+                    gemm_i8_with(model.isa, &enc, lda, m, &full, (0, rows), |t, o, sums| {
+                        hw[t * rows + o..][..sums.len()].copy_from_slice(sums)
+                    });
+                    assert_eq!(hw, got, "{} hardware k {k} rows {rows}", model.name);
+                }
+            }
+        }
+        assert!(
+            control_failed,
+            "the saturating control never saturated: the inputs are too mild"
+        );
+    }
+}

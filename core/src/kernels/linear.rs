@@ -6,7 +6,7 @@ use super::gemm::{act_row_len, encode_activations, gemm_i8_with};
 use super::layers::{Linear, Weight};
 use super::quant::quantize_row;
 use super::Isa;
-use crate::parallel::{split, split_count, Parallel, SharedMut};
+use crate::parallel::{for_rows, split, split_count, Parallel, SharedMut};
 
 /// Scratch for [`linear`] with int8 weights: per-row activation scales and int8 activations.
 pub struct LinearScratch<'s> {
@@ -147,11 +147,18 @@ pub fn linear_with(
             let lda = act_row_len(din);
             let qx = &mut s.q[..n * lda];
             let sx = &mut s.f[..n];
-            for (t, (qrow, st)) in qx.chunks_exact_mut(lda).zip(sx.iter_mut()).enumerate() {
-                *st = quantize_row(&x[t * din..(t + 1) * din], &mut qrow[..din]);
-                qrow[din..].iter_mut().for_each(|v| *v = 0);
+            {
+                let (rows, scales) = (SharedMut::new(&mut *qx), SharedMut::new(&mut *sx));
+                for_rows(par, n, din, &|lo, hi| {
+                    for t in lo..hi {
+                        // SAFETY: row t (and its scale) belongs to this call only.
+                        let (qrow, st) = unsafe { (rows.slice(t * lda, lda), scales.get_mut(t)) };
+                        *st = quantize_row(&x[t * din..(t + 1) * din], &mut qrow[..din]);
+                        qrow[din..].iter_mut().for_each(|v| *v = 0);
+                        encode_activations(isa, qrow);
+                    }
+                });
             }
-            encode_activations(isa, qx);
             let (qx, sx) = (&*qx, &*sx);
             par.run(tasks, &|i| {
                 let (o0, o1) = split(dout, par.width() * 4, 16, i);

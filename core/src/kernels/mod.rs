@@ -15,7 +15,7 @@
 //! | [`conv`] | [`conv2d`], [`ConvInput`], [`Pad`], [`conv_out_side`]; f32/f16 weights |
 //! | [`conv_i8`] | the int8 conv (implicit GEMM), [`ConvScratch`], [`conv_scratch_len`] |
 //! | [`norm`] | [`layer_norm`], [`group_norm`] and its steps `gn_*` |
-//! | [`activation`] | [`silu`], [`gelu_tanh`], [`softmax`] |
+//! | [`activation`] | [`silu`], [`gelu_tanh`], [`gelu_row`], [`softmax`] |
 //! | [`attention`] | [`attention::attend_row`]: one query row over its keys and values |
 //! | [`quant`] | [`quantize_row`], the one activation quantizer (Linear and Conv) |
 //! | [`dispatch`] | [`Isa`]: which instruction set runs, chosen in one place |
@@ -69,7 +69,7 @@ mod isa_tests;
 #[cfg(test)]
 mod tests;
 
-pub use activation::{gelu_tanh, silu, softmax};
+pub use activation::{gelu_row, gelu_tanh, silu, softmax};
 pub use conv::{conv2d, conv2d_with, conv_out_side, conv_scratch_len, ConvInput, ConvScratch, Pad};
 pub use dispatch::Isa;
 pub use dot::{dot, dot_f16, dot_i8};

@@ -3,6 +3,8 @@
 
 use super::activation::silu;
 use super::layers::Norm;
+use super::Isa;
+use crate::parallel::{for_rows, Parallel, SharedMut};
 
 /// LayerNorm without affine parameters over each `c`-wide row of `x`, written to `y`.
 pub fn layer_norm(x: &[f32], y: &mut [f32], c: usize, eps: f32) {
@@ -61,11 +63,39 @@ pub fn gn_channel_affine(mean: f64, rstd: f64, w: f32, b: f32) -> (f32, f32) {
 }
 
 /// `y = x · scale + shift`, optionally followed by SiLU (the application step of GroupNorm).
+/// Runs on [`Isa::active`] (the same bits on every ISA: the AVX2 variant only widens the
+/// vectorized loop).
 #[inline]
 pub fn gn_apply(x: &[f32], y: &mut [f32], scale: f32, shift: f32, silu_after: bool) {
-    for (o, v) in y.iter_mut().zip(x) {
-        let t = *v * scale + shift;
-        *o = if silu_after { silu(t) } else { t };
+    #[cfg(target_arch = "x86_64")]
+    if Isa::active() >= Isa::Avx2 {
+        // SAFETY: the active ISA is supported, so the CPU has AVX2.
+        unsafe { gn_apply_avx2(x, y, scale, shift, silu_after) };
+        return;
+    }
+    gn_apply_body(x, y, scale, shift, silu_after);
+}
+
+/// [`gn_apply_body`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn gn_apply_avx2(x: &[f32], y: &mut [f32], scale: f32, shift: f32, silu_after: bool) {
+    gn_apply_body(x, y, scale, shift, silu_after);
+}
+
+#[inline(always)]
+fn gn_apply_body(x: &[f32], y: &mut [f32], scale: f32, shift: f32, silu_after: bool) {
+    if silu_after {
+        for (o, v) in y.iter_mut().zip(x) {
+            *o = silu(*v * scale + shift);
+        }
+    } else {
+        for (o, v) in y.iter_mut().zip(x) {
+            *o = *v * scale + shift;
+        }
     }
 }
 
@@ -81,26 +111,34 @@ pub fn group_norm(
     eps: f32,
     n: &Norm<'_>,
     silu_after: bool,
+    par: &dyn Parallel,
 ) {
     let cg = c / groups;
-    for g in 0..groups {
-        let (mut s, mut q) = (0f64, 0f64);
-        for ci in g * cg..(g + 1) * cg {
-            let (mut cs, mut cq) = (0f64, 0f64);
-            gn_accumulate(&x[ci * hw..(ci + 1) * hw], &mut cs, &mut cq);
-            s += cs;
-            q += cq;
+    let y = SharedMut::new(&mut y[..c * hw]);
+    // Groups are independent: split over `par`'s tasks (each group computed as the loop would).
+    for_rows(par, groups, 2 * cg * hw, &|g0, g1| {
+        // SAFETY: the channels of groups g0..g1 belong to this call only.
+        let y = unsafe { y.slice(g0 * cg * hw, (g1 - g0) * cg * hw) };
+        let y0 = g0 * cg * hw;
+        for g in g0..g1 {
+            let (mut s, mut q) = (0f64, 0f64);
+            for ci in g * cg..(g + 1) * cg {
+                let (mut cs, mut cq) = (0f64, 0f64);
+                gn_accumulate(&x[ci * hw..(ci + 1) * hw], &mut cs, &mut cq);
+                s += cs;
+                q += cq;
+            }
+            let (mean, rstd) = gn_group_stats(s, q, cg * hw, eps);
+            for ci in g * cg..(g + 1) * cg {
+                let (scale, shift) = gn_channel_affine(mean, rstd, n.w[ci], n.b[ci]);
+                gn_apply(
+                    &x[ci * hw..(ci + 1) * hw],
+                    &mut y[ci * hw - y0..(ci + 1) * hw - y0],
+                    scale,
+                    shift,
+                    silu_after,
+                );
+            }
         }
-        let (mean, rstd) = gn_group_stats(s, q, cg * hw, eps);
-        for ci in g * cg..(g + 1) * cg {
-            let (scale, shift) = gn_channel_affine(mean, rstd, n.w[ci], n.b[ci]);
-            gn_apply(
-                &x[ci * hw..(ci + 1) * hw],
-                &mut y[ci * hw..(ci + 1) * hw],
-                scale,
-                shift,
-                silu_after,
-            );
-        }
-    }
+    });
 }

@@ -97,6 +97,7 @@ impl Bufs<'_, '_> {
             eps,
             norm,
             silu,
+            self.par,
         );
     }
 
