@@ -85,23 +85,8 @@ pub(crate) fn conv2d_i8(
             for iy in lo..hi {
                 // SAFETY: row iy (and its scale) belongs to this call only.
                 let (qt, st) = unsafe { (rows.slice(iy * row_len, row_len), scales.slice(iy, 1)) };
-                let pieces = (0..cin).map(|ci| &x[(ci * h + iy) * w..(ci * h + iy + 1) * w]);
-                let (scale, inv) = row_scale(pieces.clone());
-                st[0] = scale;
-                qt[..pad.left * cin].iter_mut().for_each(|v| *v = 0);
-                qt[(pad.left + w) * cin..].iter_mut().for_each(|v| *v = 0);
-                // Codes of a channel's row a block at a time (a loop the compiler vectorizes),
-                // then stored pixel-major.
-                let mut block = [0i8; 64];
-                for (ci, xr) in pieces.enumerate() {
-                    for (b, xs) in xr.chunks(block.len()).enumerate() {
-                        encode(xs, inv, &mut block[..xs.len()]);
-                        let at = (pad.left + b * block.len()) * cin + ci;
-                        for (j, q) in block[..xs.len()].iter().enumerate() {
-                            qt[at + j * cin] = *q;
-                        }
-                    }
-                }
+                let row = (0..cin).map(|ci| &x[(ci * h + iy) * w..(ci * h + iy + 1) * w]);
+                st[0] = pixel_major_row(isa, row, (pad.left, w, cin), qt);
                 encode_activations(isa, qt);
             }
         });
@@ -163,4 +148,60 @@ pub(crate) fn conv2d_i8(
             }
         }
     });
+}
+
+/// Quantizes one input row given as its channels' rows (`cin` pieces of `w`) into pixel-major
+/// codes `qt[(left + ix)·cin + ci]`, zero in the padding columns; returns the row's scale. On
+/// `isa` (the same bytes on every ISA: the AVX2 variant only widens the vectorized loops).
+fn pixel_major_row<'x>(
+    isa: Isa,
+    row: impl Iterator<Item = &'x [f32]> + Clone,
+    geometry: (usize, usize, usize),
+    qt: &mut [i8],
+) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        // SAFETY: `isa` is supported (the caller's contract), so the CPU has AVX2.
+        return unsafe { pixel_major_row_avx2(row, geometry, qt) };
+    }
+    let _ = isa;
+    pixel_major_row_body(row, geometry, qt)
+}
+
+/// [`pixel_major_row_body`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pixel_major_row_avx2<'x>(
+    row: impl Iterator<Item = &'x [f32]> + Clone,
+    geometry: (usize, usize, usize),
+    qt: &mut [i8],
+) -> f32 {
+    pixel_major_row_body(row, geometry, qt)
+}
+
+#[inline(always)]
+fn pixel_major_row_body<'x>(
+    row: impl Iterator<Item = &'x [f32]> + Clone,
+    (left, w, cin): (usize, usize, usize),
+    qt: &mut [i8],
+) -> f32 {
+    let (scale, inv) = row_scale(row.clone());
+    qt[..left * cin].iter_mut().for_each(|v| *v = 0);
+    qt[(left + w) * cin..].iter_mut().for_each(|v| *v = 0);
+    // Codes of a channel's row a block at a time (a loop the compiler vectorizes), then stored
+    // pixel-major.
+    let mut block = [0i8; 64];
+    for (ci, xr) in row.enumerate() {
+        for (b, xs) in xr.chunks(block.len()).enumerate() {
+            encode(xs, inv, &mut block[..xs.len()]);
+            let at = (left + b * block.len()) * cin + ci;
+            for (j, q) in block[..xs.len()].iter().enumerate() {
+                qt[at + j * cin] = *q;
+            }
+        }
+    }
+    scale
 }

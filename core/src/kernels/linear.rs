@@ -4,7 +4,7 @@
 use super::dot::{dot, dot_block_with, dot_f16};
 use super::gemm::{act_row_len, encode_activations, gemm_i8_with};
 use super::layers::{Linear, Weight};
-use super::quant::quantize_row;
+use super::quant::quantize_row_with;
 use super::Isa;
 use crate::parallel::{for_rows, split, split_count, Parallel, SharedMut};
 
@@ -153,7 +153,7 @@ pub fn linear_with(
                     for t in lo..hi {
                         // SAFETY: row t (and its scale) belongs to this call only.
                         let (qrow, st) = unsafe { (rows.slice(t * lda, lda), scales.get_mut(t)) };
-                        *st = quantize_row(&x[t * din..(t + 1) * din], &mut qrow[..din]);
+                        *st = quantize_row_with(isa, &x[t * din..(t + 1) * din], &mut qrow[..din]);
                         qrow[din..].iter_mut().for_each(|v| *v = 0);
                         encode_activations(isa, qrow);
                     }
@@ -166,8 +166,23 @@ pub fn linear_with(
                     // SAFETY: output columns o0..o1 belong to this task only.
                     let yr = unsafe { y.slice(t * dout + o, sums.len()) };
                     let scales = &wp.scales[wp.o0 + o..][..sums.len()];
-                    for (j, ((yv, acc), so)) in yr.iter_mut().zip(sums).zip(scales).enumerate() {
-                        *yv = *acc as f32 * (sx[t] * so) + bias(o + j);
+                    let st = sx[t];
+                    // Zipped slices, no per-value branch: the loop vectorizes.
+                    let ys = yr.iter_mut().zip(sums).zip(scales);
+                    match l.b {
+                        Some(b) => {
+                            for ((yv, acc), (so, bv)) in ys
+                                .zip(&b[o..o + sums.len()])
+                                .map(|(((yv, acc), so), bv)| ((yv, acc), (so, bv)))
+                            {
+                                *yv = *acc as f32 * (st * so) + bv;
+                            }
+                        }
+                        None => {
+                            for ((yv, acc), so) in ys {
+                                *yv = *acc as f32 * (st * so) + 0.0;
+                            }
+                        }
                     }
                 });
             });

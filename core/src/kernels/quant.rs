@@ -1,12 +1,37 @@
 //! The row quantizer: symmetric dynamic int8 quantization of activations (used by the int8
 //! Linear per token row and by the int8 conv per image row) and of weights at conversion time.
 
+use super::Isa;
+
 /// Symmetric dynamic quantization of one activation vector to [−127, 127]; returns the scale.
 #[inline]
 pub fn quantize_row(x: &[f32], q: &mut [i8]) -> f32 {
     let (scale, inv) = row_scale(core::iter::once(x));
     encode(x, inv, q);
     scale
+}
+
+/// [`quantize_row`] on `isa` (the same codes and scale on every ISA: the AVX2 variant only
+/// widens the vectorized loops).
+#[inline]
+pub fn quantize_row_with(isa: Isa, x: &[f32], q: &mut [i8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        // SAFETY: `isa` is supported (the caller's contract), so the CPU has AVX2.
+        return unsafe { quantize_row_avx2(x, q) };
+    }
+    let _ = isa;
+    quantize_row(x, q)
+}
+
+/// [`quantize_row`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_row_avx2(x: &[f32], q: &mut [i8]) -> f32 {
+    quantize_row(x, q)
 }
 
 /// The scale of a row made of `pieces` (the int8 conv quantizes an image row over all channels,
