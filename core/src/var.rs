@@ -10,7 +10,7 @@
 //! scale come from the row's cache slot in the arena).
 
 use crate::kernels::attention::{attend_row, KeyValues};
-use crate::kernels::{gelu_row, layer_norm, linear, silu, Isa, LinearScratch};
+use crate::kernels::{gelu_row, layer_norm, linear, linear_shared, silu, Isa, LinearScratch};
 use crate::parallel::{for_rows, Parallel, SharedMut};
 use crate::weights::{AdaLn, Block, Transformer};
 
@@ -264,6 +264,8 @@ pub fn block_forward(
     };
     let q_rows = b.mat_qkv.rows(0, c);
     let kv_rows = b.mat_qkv.rows(c, 3 * c);
+    // One chunk holds every token: step 2's queries come from step 1's LayerNorm output.
+    let single_chunk = n <= ch;
     let (mut cache, begin) = match kv {
         Kv::Markov => (None, 0),
         Kv::Causal { k, v, begin, slot } => (Some((k, v, slot)), begin),
@@ -276,7 +278,14 @@ pub fn block_forward(
         let sp = span(t0);
         modulate(x, sp, xn, c, eps, ada, (6, SCALE1, SHIFT1), par);
         let out = &mut ffn[..sp.len() * 2 * c];
-        linear(xn, sp.len(), &kv_rows, out, lin, par);
+        if single_chunk {
+            // The queries come from the same LayerNorm output: quantized once for both.
+            let q = &mut q[..sp.len() * c];
+            linear_shared(xn, sp.len(), [(&kv_rows, out), (&q_rows, q)], lin, par);
+        } else {
+            linear(xn, sp.len(), &kv_rows, out, lin, par);
+        }
+        let out = &mut ffn[..sp.len() * 2 * c];
         each_row(par, out, 2 * c, 2 * c, &|_, row| {
             for (v, bias) in row[c..].iter_mut().zip(b.v_bias) {
                 *v += *bias;
@@ -326,8 +335,10 @@ pub fn block_forward(
     while t0 < n {
         let sp = span(t0);
         let sm = sp.len();
-        modulate(x, sp, xn, c, eps, ada, (6, SCALE1, SHIFT1), par);
-        linear(xn, sm, &q_rows, q, lin, par);
+        if !single_chunk {
+            modulate(x, sp, xn, c, eps, ada, (6, SCALE1, SHIFT1), par);
+            linear(xn, sm, &q_rows, q, lin, par);
+        }
         each_row(par, &mut q[..sm * c], c, 2 * c, &|_, row| {
             for (v, bias) in row.iter_mut().zip(b.q_bias) {
                 *v += *bias;

@@ -48,7 +48,7 @@ pub(crate) fn gemm_i8_with<F: FnMut(usize, usize, &[i32])>(
     m: usize,
     w: &PanelsI8<'_>,
     (c0, c1): (usize, usize),
-    mut store: F,
+    store: F,
 ) {
     if m == 0 || c0 >= c1 {
         return;
@@ -58,16 +58,11 @@ pub(crate) fn gemm_i8_with<F: FnMut(usize, usize, &[i32])>(
     assert!(lda > 0 && a.len() >= (m - 1) * lda + kp && w.o0 + c1 <= w.rows);
     assert!(w.q.len() >= w.rows.div_ceil(PANEL_NR) * w.panel_bytes());
     let panels = ((w.o0 + c0) / PANEL_NR, (w.o0 + c1).div_ceil(PANEL_NR));
-    // Hands on the channels of panel `p`'s tile that lie in the view's range.
-    let (lo, hi) = (w.o0 + c0, w.o0 + c1);
-    let mut emit = |t: usize, p: usize, acc: &[i32; PANEL_NR]| {
-        let first = (p * PANEL_NR).max(lo);
-        let end = (p * PANEL_NR + PANEL_NR).min(hi);
-        store(
-            t,
-            first - w.o0,
-            &acc[first - p * PANEL_NR..end - p * PANEL_NR],
-        );
+    let mut emit = Emit {
+        store,
+        lo: w.o0 + c0,
+        hi: w.o0 + c1,
+        o0: w.o0,
     };
     #[cfg(target_arch = "x86_64")]
     {
@@ -90,6 +85,30 @@ pub(crate) fn gemm_i8_with<F: FnMut(usize, usize, &[i32])>(
     gemm_i8_scalar(a, lda, m, w, panels, &mut emit);
 }
 
+/// Hands the sums of a finished tile to the caller's `store`: the channels of panel `p` that lie
+/// in the view's range `lo..hi` (tensor channels), renumbered from the view's first channel `o0`.
+/// Forced inline so that the store (the caller's epilogue) compiles into each kernel, with its
+/// instruction set.
+pub(crate) struct Emit<F> {
+    store: F,
+    lo: usize,
+    hi: usize,
+    o0: usize,
+}
+
+impl<F: FnMut(usize, usize, &[i32])> Emit<F> {
+    #[inline(always)]
+    pub(crate) fn tile(&mut self, t: usize, p: usize, acc: &[i32; PANEL_NR]) {
+        let first = (p * PANEL_NR).max(self.lo);
+        let end = (p * PANEL_NR + PANEL_NR).min(self.hi);
+        (self.store)(
+            t,
+            first - self.o0,
+            &acc[first - p * PANEL_NR..end - p * PANEL_NR],
+        );
+    }
+}
+
 /// The reference: per output, the inputs in index order (group by group of the panel).
 fn gemm_i8_scalar(
     a: &[i8],
@@ -97,7 +116,7 @@ fn gemm_i8_scalar(
     m: usize,
     w: &PanelsI8<'_>,
     (p0, p1): (usize, usize),
-    emit: &mut impl FnMut(usize, usize, &[i32; PANEL_NR]),
+    emit: &mut Emit<impl FnMut(usize, usize, &[i32])>,
 ) {
     let kp = panel_k(w.k);
     let bytes = w.panel_bytes();
@@ -116,7 +135,7 @@ fn gemm_i8_scalar(
                     }
                 }
             }
-            emit(t, p, &acc);
+            emit.tile(t, p, &acc);
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use super::dot::{dot, dot_block_with, dot_f16};
 use super::gemm::{act_row_len, encode_activations, gemm_i8_with};
-use super::layers::{Linear, Weight};
+use super::layers::{Linear, PanelsI8, Weight};
 use super::quant::quantize_row_with;
 use super::Isa;
 use crate::parallel::{for_rows, split, split_count, Parallel, SharedMut};
@@ -142,50 +142,103 @@ pub fn linear_with(
             }
         }),
         Weight::I8(wp) => {
-            // Each token row is quantized once (one scale per row) and read by every output
-            // channel, in the encoding `isa`'s GEMM wants.
-            let lda = act_row_len(din);
-            let qx = &mut s.q[..n * lda];
-            let sx = &mut s.f[..n];
-            {
-                let (rows, scales) = (SharedMut::new(&mut *qx), SharedMut::new(&mut *sx));
-                for_rows(par, n, din, &|lo, hi| {
-                    for t in lo..hi {
-                        // SAFETY: row t (and its scale) belongs to this call only.
-                        let (qrow, st) = unsafe { (rows.slice(t * lda, lda), scales.get_mut(t)) };
-                        *st = quantize_row_with(isa, &x[t * din..(t + 1) * din], &mut qrow[..din]);
-                        qrow[din..].iter_mut().for_each(|v| *v = 0);
-                        encode_activations(isa, qrow);
+            let lda = quantize_activations(isa, par, x, n, din, s);
+            int8_outputs(isa, par, (&s.q[..n * lda], lda, &s.f[..n]), n, l, &wp, &y);
+        }
+    }
+}
+
+/// Quantizes each of the `n` rows of `x` once (one scale per row, into `s.f`) into `s.q`, padded
+/// and encoded for `isa`'s GEMM; returns the row stride.
+fn quantize_activations(
+    isa: Isa,
+    par: &dyn Parallel,
+    x: &[f32],
+    n: usize,
+    din: usize,
+    s: &mut LinearScratch<'_>,
+) -> usize {
+    let lda = act_row_len(din);
+    let (rows, scales) = (
+        SharedMut::new(&mut s.q[..n * lda]),
+        SharedMut::new(&mut s.f[..n]),
+    );
+    for_rows(par, n, din, &|lo, hi| {
+        for t in lo..hi {
+            // SAFETY: row t (and its scale) belongs to this call only.
+            let (qrow, st) = unsafe { (rows.slice(t * lda, lda), scales.get_mut(t)) };
+            *st = quantize_row_with(isa, &x[t * din..(t + 1) * din], &mut qrow[..din]);
+            qrow[din..].iter_mut().for_each(|v| *v = 0);
+            encode_activations(isa, qrow);
+        }
+    });
+    lda
+}
+
+/// The outputs of an int8 Linear from quantized activations `(codes, stride, scales)`:
+/// `y[t][o] = acc · (scale_t · scale_o) + b[o]`, output channels split over `par`'s tasks.
+fn int8_outputs(
+    isa: Isa,
+    par: &dyn Parallel,
+    (qx, lda, sx): (&[i8], usize, &[f32]),
+    n: usize,
+    l: &Linear<'_>,
+    wp: &PanelsI8<'_>,
+    y: &SharedMut<'_, f32>,
+) {
+    let dout = l.out_dim;
+    let tasks = split_count(dout, par.width() * 4, 16);
+    par.run(tasks, &|i| {
+        let (o0, o1) = split(dout, par.width() * 4, 16, i);
+        gemm_i8_with(isa, qx, lda, n, wp, (o0, o1), |t, o, sums| {
+            // SAFETY: output columns o0..o1 belong to this task only.
+            let yr = unsafe { y.slice(t * dout + o, sums.len()) };
+            let scales = &wp.scales[wp.o0 + o..][..sums.len()];
+            let st = sx[t];
+            // Zipped slices, no per-value branch: the loop vectorizes.
+            let ys = yr.iter_mut().zip(sums).zip(scales);
+            match l.b {
+                Some(b) => {
+                    for (((yv, acc), so), bv) in ys.zip(&b[o..o + sums.len()]) {
+                        *yv = *acc as f32 * (st * so) + bv;
                     }
-                });
+                }
+                None => {
+                    for ((yv, acc), so) in ys {
+                        *yv = *acc as f32 * (st * so) + 0.0;
+                    }
+                }
             }
-            let (qx, sx) = (&*qx, &*sx);
-            par.run(tasks, &|i| {
-                let (o0, o1) = split(dout, par.width() * 4, 16, i);
-                gemm_i8_with(isa, qx, lda, n, &wp, (o0, o1), |t, o, sums| {
-                    // SAFETY: output columns o0..o1 belong to this task only.
-                    let yr = unsafe { y.slice(t * dout + o, sums.len()) };
-                    let scales = &wp.scales[wp.o0 + o..][..sums.len()];
-                    let st = sx[t];
-                    // Zipped slices, no per-value branch: the loop vectorizes.
-                    let ys = yr.iter_mut().zip(sums).zip(scales);
-                    match l.b {
-                        Some(b) => {
-                            for ((yv, acc), (so, bv)) in ys
-                                .zip(&b[o..o + sums.len()])
-                                .map(|(((yv, acc), so), bv)| ((yv, acc), (so, bv)))
-                            {
-                                *yv = *acc as f32 * (st * so) + bv;
-                            }
-                        }
-                        None => {
-                            for ((yv, acc), so) in ys {
-                                *yv = *acc as f32 * (st * so) + 0.0;
-                            }
-                        }
-                    }
-                });
-            });
+        });
+    });
+}
+
+/// Several Linears of the same input: `ys[i] = x Wᵢᵀ + bᵢ` for `n` rows. With int8 weights the
+/// rows are quantized once and shared by every Linear (the attention's q and k/v from one
+/// LayerNorm output); the results are the same bits as one [`linear`] call each.
+pub fn linear_shared<const N: usize>(
+    x: &[f32],
+    n: usize,
+    mut outs: [(&Linear<'_>, &mut [f32]); N],
+    s: &mut LinearScratch<'_>,
+    par: &dyn Parallel,
+) {
+    let isa = Isa::active();
+    let din = outs.first().map_or(0, |(l, _)| l.in_dim);
+    let all_int8 = outs
+        .iter()
+        .all(|(l, _)| matches!(l.w, Weight::I8(_)) && l.in_dim == din);
+    if !all_int8 || N < 2 {
+        for (l, y) in outs.iter_mut() {
+            linear_with(isa, par, x, n, l, y, s);
+        }
+        return;
+    }
+    let lda = quantize_activations(isa, par, &x[..n * din], n, din, s);
+    for (l, y) in outs.iter_mut() {
+        if let Weight::I8(wp) = l.w {
+            let y = SharedMut::new(&mut y[..n * l.out_dim]);
+            int8_outputs(isa, par, (&s.q[..n * lda], lda, &s.f[..n]), n, l, &wp, &y);
         }
     }
 }

@@ -11,7 +11,7 @@
 //! | [`dot`](mod@dot) | [`dot`](dot()), [`dot_f16`], [`dot_i8`], the f32 4 × 2 register block |
 //! | [`pack`] | the int8 weight panel layout: [`pack_official`], [`pack_panels`], [`panels_len`] |
 //! | [`gemm`] | the int8 GEMM on panels every int8 Linear and conv runs on, [`act_row_len`] |
-//! | [`linear`](mod@linear) | [`linear`](linear()), [`LinearScratch`], [`linear_scratch_len`] |
+//! | [`linear`](mod@linear) | [`linear`](linear()), [`linear_shared`], [`LinearScratch`], [`linear_scratch_len`] |
 //! | [`conv`] | [`conv2d`], [`ConvInput`], [`Pad`], [`conv_out_side`]; f32/f16 weights |
 //! | [`conv_i8`] | the int8 conv (implicit GEMM), [`ConvScratch`], [`conv_scratch_len`] |
 //! | [`norm`] | [`layer_norm`], [`group_norm`] and its steps `gn_*` |
@@ -75,7 +75,7 @@ pub use dispatch::Isa;
 pub use dot::{dot, dot_f16, dot_i8};
 pub use gemm::act_row_len;
 pub use layers::{Conv, Linear, Norm, PanelsI8, Weight};
-pub use linear::{linear, linear_scratch_len, linear_with, LinearScratch};
+pub use linear::{linear, linear_scratch_len, linear_shared, linear_with, LinearScratch};
 pub use norm::{
     gn_accumulate, gn_apply, gn_channel_affine, gn_group_stats, group_norm, layer_norm,
 };

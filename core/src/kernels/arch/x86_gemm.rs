@@ -14,6 +14,7 @@
 //!   `gemm::encode_activations`) and starts each sum at `−128 · Σ w`, which a `vpdpbusd` of the
 //!   panel against ones gives once per panel.
 
+use crate::kernels::gemm::Emit;
 use crate::kernels::layers::PanelsI8;
 use crate::kernels::pack::{panel_k, PANEL_KR, PANEL_NR};
 use core::arch::x86_64::*;
@@ -46,7 +47,7 @@ pub(crate) unsafe fn gemm_i8_avx2(
     m: usize,
     w: &PanelsI8<'_>,
     (p0, p1): (usize, usize),
-    emit: &mut impl FnMut(usize, usize, &[i32; PANEL_NR]),
+    emit: &mut Emit<impl FnMut(usize, usize, &[i32])>,
 ) {
     const MR: usize = 4;
     let groups = panel_k(w.k) / PANEL_KR;
@@ -77,7 +78,7 @@ pub(crate) unsafe fn gemm_i8_avx2(
                     _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, ar[0]);
                     _mm256_storeu_si256(out.as_mut_ptr().add(8) as *mut __m256i, ar[1]);
                 }
-                emit(t0 + r, p, &out);
+                emit.tile(t0 + r, p, &out);
             }
         }
     }
@@ -95,7 +96,7 @@ pub(crate) unsafe fn gemm_i8_avxvnni(
     m: usize,
     w: &PanelsI8<'_>,
     (p0, p1): (usize, usize),
-    emit: &mut impl FnMut(usize, usize, &[i32; PANEL_NR]),
+    emit: &mut Emit<impl FnMut(usize, usize, &[i32])>,
 ) {
     const MR: usize = 4;
     let groups = panel_k(w.k) / PANEL_KR;
@@ -131,7 +132,7 @@ pub(crate) unsafe fn gemm_i8_avxvnni(
                     _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, ar[0]);
                     _mm256_storeu_si256(out.as_mut_ptr().add(8) as *mut __m256i, ar[1]);
                 }
-                emit(t0 + r, p, &out);
+                emit.tile(t0 + r, p, &out);
             }
         }
     }
@@ -150,7 +151,7 @@ pub(crate) unsafe fn gemm_i8_avx512bw(
     m: usize,
     w: &PanelsI8<'_>,
     (p0, p1): (usize, usize),
-    emit: &mut impl FnMut(usize, usize, &[i32; PANEL_NR]),
+    emit: &mut Emit<impl FnMut(usize, usize, &[i32])>,
 ) {
     const MR: usize = 8;
     let groups = panel_k(w.k) / PANEL_KR;
@@ -176,7 +177,7 @@ pub(crate) unsafe fn gemm_i8_avx512bw(
             for (r, ar) in acc.iter().enumerate().take(m - t0) {
                 let mut out = [0i32; PANEL_NR];
                 unsafe { _mm512_storeu_si512(out.as_mut_ptr() as *mut __m512i, *ar) };
-                emit(t0 + r, p, &out);
+                emit.tile(t0 + r, p, &out);
             }
         }
     }
@@ -193,7 +194,7 @@ pub(crate) unsafe fn gemm_i8_avx512vnni(
     m: usize,
     w: &PanelsI8<'_>,
     (p0, p1): (usize, usize),
-    emit: &mut impl FnMut(usize, usize, &[i32; PANEL_NR]),
+    emit: &mut Emit<impl FnMut(usize, usize, &[i32])>,
 ) {
     const MR: usize = 8;
     let groups = panel_k(w.k) / PANEL_KR;
@@ -222,7 +223,7 @@ pub(crate) unsafe fn gemm_i8_avx512vnni(
             for (r, ar) in acc.iter().enumerate().take(m - t0) {
                 let mut out = [0i32; PANEL_NR];
                 unsafe { _mm512_storeu_si512(out.as_mut_ptr() as *mut __m512i, *ar) };
-                emit(t0 + r, p, &out);
+                emit.tile(t0 + r, p, &out);
             }
         }
     }
