@@ -216,9 +216,25 @@ fn group_norm_matches_an_f64_reference() {
     let w: Vec<f32> = (0..c).map(|i| 0.5 + i as f32 * 0.1).collect();
     let b: Vec<f32> = (0..c).map(|i| i as f32 * 0.03 - 0.2).collect();
     let norm = Norm { w: &w, b: &b };
+    /// Three threads that split even the smallest work (GroupNorm splits over groups).
+    struct Eager;
+    impl Parallel for Eager {
+        fn run(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+            StdThreads(3).run(n, f)
+        }
+        fn width(&self) -> usize {
+            3
+        }
+        fn min_task_floats(&self) -> usize {
+            1
+        }
+    }
     for silu in [false, true] {
         let mut y = vec![0f32; c * hw];
-        group_norm(&x, &mut y, c, hw, groups, eps, &norm, silu);
+        group_norm(&x, &mut y, c, hw, groups, eps, &norm, silu, &Sequential);
+        let mut y3 = vec![0f32; c * hw];
+        group_norm(&x, &mut y3, c, hw, groups, eps, &norm, silu, &Eager);
+        assert_eq!(bits(&y), bits(&y3), "threads change no bit");
         let cg = c / groups;
         for g in 0..groups {
             let xs = &x[g * cg * hw..(g + 1) * cg * hw];
