@@ -14,8 +14,9 @@
 //! | [`Isa::Avx512Vnni`] | zmm `vpdpbusd` | 10 rows |
 //!
 //! [`Isa::Avx`] has no int8 kernel of its own (its int8 GEMM is the reference), so its peak is
-//! the reference's. The loops load no panels and write no outputs: real layers stay below this
-//! figure by what loads, broadcasts and epilogues cost.
+//! the reference's. The SIMD loops load no panels and write no outputs: real layers stay below
+//! their figure by what loads, broadcasts and epilogues cost. The scalar figure is the reference
+//! kernel itself on cached data, so layers come close to it.
 
 #[cfg(target_arch = "x86_64")]
 use super::arch::x86_peak as x86;
@@ -27,8 +28,9 @@ use core::hint::black_box;
 
 /// Rows of the scalar probe's GEMM.
 const SCALAR_ROWS: usize = 4;
-/// Inputs of the scalar probe's GEMM (one 1 KiB panel: L1-resident).
-const SCALAR_K: usize = 64;
+/// Inputs of the scalar probe's GEMM: long rows, as in the layers (the per-call work of the
+/// reference is then negligible), and one 8 KiB panel, L1-resident.
+const SCALAR_K: usize = 512;
 
 /// Runs `isa`'s int8 inner step `iters` times on this thread and returns the multiply-accumulates
 /// performed (the count depends on the ISA: time the call and divide). `None` when `isa` is not
