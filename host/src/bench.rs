@@ -214,7 +214,7 @@ pub fn run(model: &Model<'_>, s: &BenchSettings) -> Result<BenchReport, String> 
     })
 }
 
-/// Iterations of [`int8_peak_probe`] per timed call: a few microseconds of SIMD work (a few
+/// Iterations of [`int8_peak_probe`] per timed call: about ten microseconds of SIMD work (tens of
 /// milliseconds of the scalar reference), long against a clock read.
 const PROBE_ITERS: usize = 4096;
 
@@ -501,7 +501,7 @@ impl BenchReport {
         );
         let _ = writeln!(
             o,
-            "int8 micro-kernel peak ({:?}, registers only): {:.2} GMAC/s on 1 thread, ideal x {threads} = {:.2} GMAC/s",
+            "int8 micro-kernel peak ({:?}, measured now): {:.2} GMAC/s on 1 thread, ideal x {threads} = {:.2} GMAC/s",
             self.isa, self.peak.kernel_one_thread, ideal
         );
         let (n, din, dout) = PEAK_SHAPE;
