@@ -1,6 +1,7 @@
 //! `srdd bench`: sampling throughput of a model on this machine, as llama-bench users expect it:
-//! images/s, seconds per phase (each scale, the decoder), GMAC/s against a kernel peak measured on
-//! the spot, peak RSS, the kernels' ISA and the CPU.
+//! images/s, seconds per phase (each scale, the decoder), GMAC/s against the int8 micro-kernel peak
+//! of the active ISA measured on the spot ([`int8_peak_probe`]), a `linear` figure on a
+//! cache-resident shape, peak RSS, the kernels' ISA and the CPU.
 //!
 //! The batches run one after another on one pool of `threads` threads (not on outer threads as
 //! `srdd sample` does), so that each phase's time is the time of that phase alone.
@@ -13,7 +14,7 @@ use srdd_core::forward::MAX_BATCH;
 use srdd_core::generate::{Compute, Plan, SampleOptions, Sampler, StepHook};
 use srdd_core::kernels::dispatch::Isa;
 use srdd_core::kernels::{
-    linear, linear_scratch_len, pack_panels, panels_len, LinearScratch, PanelsI8,
+    int8_peak_probe, linear, linear_scratch_len, pack_panels, panels_len, LinearScratch, PanelsI8,
 };
 use srdd_core::macs::sample_macs;
 use srdd_core::parallel::{Parallel, Sequential};
@@ -53,13 +54,25 @@ pub struct Phase {
     pub seconds: f64,
 }
 
-/// A kernel peak: GMAC/s of `linear` on a cache-resident shape.
+/// The peaks the phases are compared with, measured on the spot.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Peak {
-    /// On one thread.
-    pub one_thread: f64,
-    /// On the bench's pool.
-    pub all_threads: f64,
+    /// GMAC/s of the active ISA's int8 micro-kernel ([`int8_peak_probe`]) on one thread.
+    pub kernel_one_thread: f64,
+    /// Threads of the bench's pool: the ideal is [`Peak::kernel_one_thread`] times this.
+    pub threads: usize,
+    /// GMAC/s of `linear` on [`PEAK_SHAPE`] in the model's weight format, on one thread.
+    pub linear_one_thread: f64,
+    /// The same on the bench's pool.
+    pub linear_all_threads: f64,
+}
+
+impl Peak {
+    /// The micro-kernel peak of every thread of the pool: one thread's times the threads (the
+    /// ideal; shared caches, SMT and clocks keep real threads below it).
+    pub fn kernel_ideal(&self) -> f64 {
+        self.kernel_one_thread * self.threads as f64
+    }
 }
 
 /// CPU identity as `/proc/cpuinfo` gives it (`None` where it is absent).
@@ -83,7 +96,7 @@ pub struct BenchReport {
     pub transformer_macs: u64,
     /// Decoder MACs of all measured images.
     pub decoder_macs: u64,
-    /// The measured kernel peak.
+    /// The measured peaks.
     pub peak: Peak,
     /// `VmHWM` in bytes.
     pub peak_rss: Option<u64>,
@@ -181,9 +194,12 @@ pub fn run(model: &Model<'_>, s: &BenchSettings) -> Result<BenchReport, String> 
             seconds,
         })
         .collect();
+    let isa = Isa::active();
     let peak = Peak {
-        one_thread: linear_peak(model.config.weights, &Sequential),
-        all_threads: linear_peak(model.config.weights, &pool),
+        kernel_one_thread: int8_kernel_peak(isa),
+        threads: pool.width(),
+        linear_one_thread: linear_peak(model.config.weights, &Sequential),
+        linear_all_threads: linear_peak(model.config.weights, &pool),
     };
     Ok(BenchReport {
         images: s.images,
@@ -193,12 +209,37 @@ pub fn run(model: &Model<'_>, s: &BenchSettings) -> Result<BenchReport, String> 
         decoder_macs: macs.decoder * s.images as u64,
         peak,
         peak_rss: peak_rss(),
-        isa: Isa::active(),
+        isa,
         cpu: cpu_info(),
     })
 }
 
-/// Shape of the peak measurement: 64 tokens × 256 → 256, whose weights (64 KiB in int8) and
+/// Iterations of [`int8_peak_probe`] per timed call: about ten microseconds of SIMD work (tens of
+/// milliseconds of the scalar reference), long against a clock read.
+const PROBE_ITERS: usize = 4096;
+
+/// GMAC/s of `isa`'s int8 micro-kernel on this thread ([`int8_peak_probe`]): the best of 8
+/// windows of 25 ms after a warm-up call (which also lets the core reach its vector clock). The
+/// best, not the mean: on a shared machine a window without interference shows what the core
+/// can do. 0 when `isa` is not supported.
+pub fn int8_kernel_peak(isa: Isa) -> f64 {
+    if int8_peak_probe(isa, PROBE_ITERS).is_none() {
+        return 0.0;
+    }
+    let window = Duration::from_millis(25);
+    (0..8)
+        .map(|_| {
+            let t0 = Instant::now();
+            let mut macs = 0u64;
+            while t0.elapsed() < window {
+                macs += int8_peak_probe(isa, PROBE_ITERS).unwrap_or(0);
+            }
+            macs as f64 / t0.elapsed().as_secs_f64() / 1e9
+        })
+        .fold(0.0, f64::max)
+}
+
+/// Shape of the `linear` measurement: 64 tokens × 256 → 256, whose weights (64 KiB in int8) and
 /// activations stay in L2, so the time is the kernel's, not memory's.
 const PEAK_SHAPE: (usize, usize, usize) = (64, 256, 256);
 
@@ -383,9 +424,13 @@ impl BenchReport {
             "decoder_gmac": self.decoder_macs as f64 / 1e9,
             "transformer_gmac_per_s": self.transformer_gmacs(),
             "decoder_gmac_per_s": self.decoder_gmacs(),
-            "peak_gmac_per_s_one_thread": self.peak.one_thread,
-            "peak_gmac_per_s_all_threads": self.peak.all_threads,
-            "transformer_fraction_of_peak": self.transformer_gmacs() / self.peak.all_threads,
+            "int8_kernel_peak_gmac_per_s_one_thread": self.peak.kernel_one_thread,
+            "int8_kernel_peak_gmac_per_s_ideal": self.peak.kernel_ideal(),
+            "transformer_fraction_of_int8_kernel_peak": self.transformer_gmacs() / self.peak.kernel_ideal(),
+            "decoder_fraction_of_int8_kernel_peak": self.decoder_gmacs() / self.peak.kernel_ideal(),
+            "linear_peak_shape": [PEAK_SHAPE.0, PEAK_SHAPE.1, PEAK_SHAPE.2],
+            "linear_peak_gmac_per_s_one_thread": self.peak.linear_one_thread,
+            "linear_peak_gmac_per_s_all_threads": self.peak.linear_all_threads,
             "peak_rss_bytes": self.peak_rss,
             "isa": format!("{:?}", self.isa),
             "cpu_model": self.cpu.model,
@@ -434,28 +479,36 @@ impl BenchReport {
             }
             .ok();
         }
+        let ideal = self.peak.kernel_ideal();
+        let threads = self.peak.threads;
         let t = self.transformer_gmacs();
         let _ = writeln!(
             o,
-            "transformer: {:.3} GMAC in {:.3} s = {:.2} GMAC/s ({:.1}% of the {}-thread peak)",
+            "transformer: {:.3} GMAC in {:.3} s = {:.2} GMAC/s ({:.1}% of the int8 micro-kernel peak x {threads})",
             self.transformer_macs as f64 / 1e9,
             self.transformer_s(),
             t,
-            100.0 * t / self.peak.all_threads,
-            s.threads
+            100.0 * t / ideal,
+        );
+        let d = self.decoder_gmacs();
+        let _ = writeln!(
+            o,
+            "decoder:     {:.3} GMAC in {:.3} s = {:.2} GMAC/s ({:.1}% of the int8 micro-kernel peak x {threads})",
+            self.decoder_macs as f64 / 1e9,
+            self.decoder_s(),
+            d,
+            100.0 * d / ideal,
         );
         let _ = writeln!(
             o,
-            "decoder:     {:.3} GMAC in {:.3} s = {:.2} GMAC/s",
-            self.decoder_macs as f64 / 1e9,
-            self.decoder_s(),
-            self.decoder_gmacs()
+            "int8 micro-kernel peak ({:?}, measured now): {:.2} GMAC/s on 1 thread, ideal x {threads} = {:.2} GMAC/s",
+            self.isa, self.peak.kernel_one_thread, ideal
         );
         let (n, din, dout) = PEAK_SHAPE;
         let _ = writeln!(
             o,
-            "kernel peak (linear {n}x{din}x{dout}, {:?}): {:.2} GMAC/s on 1 thread, {:.2} GMAC/s on {}",
-            model.config.weights, self.peak.one_thread, self.peak.all_threads, s.threads
+            "linear {n}x{din}x{dout} ({:?}, L2-resident): {:.2} GMAC/s on 1 thread, {:.2} GMAC/s on {threads}",
+            model.config.weights, self.peak.linear_one_thread, self.peak.linear_all_threads
         );
         let _ = writeln!(
             o,

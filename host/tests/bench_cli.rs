@@ -56,14 +56,31 @@ fn json_report_has_every_field() {
     for k in [
         "transformer_gmac_per_s",
         "decoder_gmac_per_s",
-        "peak_gmac_per_s_one_thread",
-        "peak_gmac_per_s_all_threads",
+        "int8_kernel_peak_gmac_per_s_one_thread",
+        "int8_kernel_peak_gmac_per_s_ideal",
+        "linear_peak_gmac_per_s_one_thread",
+        "linear_peak_gmac_per_s_all_threads",
     ] {
         let x = num(k);
         assert!(x > 0.0 && x.is_finite(), "{k} = {x}");
     }
-    let fraction = num("transformer_fraction_of_peak");
-    assert!(fraction > 0.0 && fraction.is_finite());
+    // The ideal is the one-thread peak times the pool's threads.
+    let one = num("int8_kernel_peak_gmac_per_s_one_thread");
+    let ideal = num("int8_kernel_peak_gmac_per_s_ideal");
+    assert!(
+        (ideal - 2.0 * one).abs() <= 1e-9 * ideal,
+        "{one} x 2 != {ideal}"
+    );
+    // Fractions of a peak the layers cannot beat (a loose bound: a noisy machine may slow the
+    // probe, but not by half; a unit slip would be off by orders of magnitude).
+    for k in [
+        "transformer_fraction_of_int8_kernel_peak",
+        "decoder_fraction_of_int8_kernel_peak",
+    ] {
+        let x = num(k);
+        assert!(x > 0.0 && x < 2.0, "{k} = {x}");
+    }
+    assert_eq!(v["linear_peak_shape"], serde_json::json!([64, 256, 256]));
     assert!(!v["isa"].as_str().unwrap().is_empty());
     assert_eq!(v["weights"], "Int8");
     assert_eq!(v["attention"], "Markov");

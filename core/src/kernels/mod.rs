@@ -19,8 +19,10 @@
 //! | [`attention`] | [`attention::attend_row`]: one query row over its keys and values |
 //! | [`quant`] | [`quantize_row`], the one activation quantizer (Linear and Conv) |
 //! | [`dispatch`] | [`Isa`]: which instruction set runs, chosen in one place |
+//! | [`peak`] | [`int8_peak_probe`]: an ISA's int8 inner step in a register-resident loop |
 //! | `arch/x86.rs` | AVX f32 blocks and conv tiles |
 //! | `arch/x86_gemm.rs` | the int8 GEMM on AVX2, AVX-VNNI, AVX-512BW, AVX-512 VNNI |
+//! | `arch/x86_peak.rs` | the int8 peak probes of those four ISAs |
 //!
 //! # Contract
 //!
@@ -62,6 +64,7 @@ pub mod layers;
 pub mod linear;
 pub mod norm;
 pub mod pack;
+pub mod peak;
 pub mod quant;
 
 #[cfg(test)]
@@ -80,4 +83,5 @@ pub use norm::{
     gn_accumulate, gn_apply, gn_channel_affine, gn_group_stats, group_norm, layer_norm,
 };
 pub use pack::{pack_official, pack_panels, panel_value, panels_len};
+pub use peak::int8_peak_probe;
 pub use quant::quantize_row;

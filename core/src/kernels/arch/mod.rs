@@ -8,3 +8,5 @@
 pub(crate) mod x86;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_gemm;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_peak;
