@@ -45,13 +45,7 @@ pub fn exp_poly(x: f32) -> f32 {
     const HI: f32 = 88.722_83; // ln(f32::MAX)
     const LO: f32 = -87.336_55; // ln(f32::MIN_POSITIVE)
                                 // Clamped to [LO, HI] (n in [−126, 128]); outside, the ends are replaced below.
-    let xc = if x > HI {
-        HI
-    } else if x < LO {
-        LO
-    } else {
-        x
-    };
+    let xc = x.clamp(LO, HI);
     let t = xc * LOG2E + ROUND;
     let n = t - ROUND;
     let r = (xc - n * C1) - n * C2;
@@ -59,7 +53,7 @@ pub fn exp_poly(x: f32) -> f32 {
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 5e-1;
     let y = (p * z + r) + 1.0;
     // 2ⁿ as two exact power-of-two factors (2¹²⁸ itself is not an f32).
     let ni = t.to_bits() as i32 - ROUND.to_bits() as i32;
@@ -81,8 +75,8 @@ pub fn tanh_poly(x: f32) -> f32 {
     let a = if x < 0.0 { -x } else { x };
     let z = x * x;
     let small =
-        ((((-5.704_988_7e-3 * z + 2.063_908_9e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z
-            - 3.333_328_2e-1)
+        ((((-5.704_988_7e-3 * z + 2.063_909e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z
+            - 3.333_328e-1)
             * z
             * x
             + x;

@@ -65,7 +65,7 @@ unsafe fn attend_row_avx(
     out: &mut [f32],
 ) {
     use super::arch::x86::{head_scores_avx, weighted_values_avx};
-    if hd % 8 != 0 {
+    if !hd.is_multiple_of(8) {
         return attend_row_body(q, kv, heads, hd, logit_scale, scores, out);
     }
     let scores = &mut scores[..kv.n];

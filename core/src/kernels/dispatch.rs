@@ -102,6 +102,7 @@ impl Isa {
     }
 
     /// Whether the f32 AVX blocks run on `self` (every x86 SIMD ISA here includes AVX).
+    #[cfg(target_arch = "x86_64")]
     pub(crate) fn has_avx(self) -> bool {
         self >= Isa::Avx
     }

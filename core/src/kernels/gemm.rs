@@ -82,6 +82,7 @@ pub(crate) fn gemm_i8_with<F: FnMut(usize, usize, &[i32])>(
             Isa::Scalar | Isa::Avx => {}
         }
     }
+    let _ = isa;
     gemm_i8_scalar(a, lda, m, w, panels, &mut emit);
 }
 

@@ -3,6 +3,7 @@
 
 use super::activation::silu;
 use super::layers::Norm;
+#[cfg(target_arch = "x86_64")]
 use super::Isa;
 use crate::parallel::{for_rows, Parallel, SharedMut};
 

@@ -187,7 +187,11 @@ pub(crate) unsafe fn head_scores_avx(
     scores: &mut [f32],
 ) {
     let hd = q.len();
-    assert!(hd % 8 == 0 && scores.len() >= n && (n == 0 || (n - 1) * stride + hd <= keys.len()));
+    assert!(
+        hd.is_multiple_of(8)
+            && scores.len() >= n
+            && (n == 0 || (n - 1) * stride + hd <= keys.len())
+    );
     let kp = keys.as_ptr();
     let qp = q.as_ptr();
     let scale = _mm_set1_ps(logit_scale);
@@ -231,7 +235,7 @@ pub(crate) unsafe fn head_scores_avx(
 pub(crate) unsafe fn weighted_values_avx(p: &[f32], vals: &[f32], stride: usize, out: &mut [f32]) {
     let hd = out.len();
     let n = p.len();
-    assert!(hd % 8 == 0 && (n == 0 || (n - 1) * stride + hd <= vals.len()));
+    assert!(hd.is_multiple_of(8) && (n == 0 || (n - 1) * stride + hd <= vals.len()));
     let vp = vals.as_ptr();
     let mut d0 = 0;
     // SAFETY (whole body): every load is inside value row j < n, every store inside `out`.
