@@ -14,6 +14,7 @@
 use super::conv::ConvInput;
 use super::gemm::{act_row_len, encode_activations, gemm_i8_with};
 use super::layers::{Conv, PanelsI8};
+use super::pack::PANEL_NR;
 use super::quant::{code, encode, row_scale};
 use super::Isa;
 use crate::parallel::{for_rows, split, split_count, Parallel, SharedMut};
@@ -123,32 +124,52 @@ pub(crate) fn conv2d_i8(
     let tasks = split_count(cout, par.width() * 2, 16);
     par.run(tasks, &|task| {
         let (c0, c1) = split(cout, par.width() * 2, 16, task);
+        // The outputs of `OX_BLOCK` columns × one panel's channels stay in this tile over the
+        // kernel rows, then go to their channel planes in runs of columns (the planes lie far
+        // apart: writing them a value at a time per kernel row cost more than the GEMM).
+        let mut tile = [[0f32; PANEL_NR]; OX_BLOCK];
         for oy in 0..ho {
-            for co in c0..c1 {
-                // SAFETY: output planes c0..c1 belong to this task only.
-                let yrow = unsafe { y.slice(co * plane_len + oy * wo, wo) };
-                yrow.iter_mut().for_each(|v| *v = c.b[co]);
-            }
-            // Kernel rows in order: each output adds one rescaled i32 sum per kernel row.
-            for ky in 0..k {
-                let iy = (oy * stride + ky) as isize - pad.top as isize;
-                if iy < 0 || iy >= h as isize {
-                    continue;
-                }
-                let iy = iy as usize;
-                let a = &qa[iy * row_len..];
-                let at = oy * wo;
-                gemm_i8_with(isa, a, lda, wo, &wp.group(ky), (c0, c1), |ox, co, sums| {
-                    for (j, acc) in sums.iter().enumerate() {
-                        // SAFETY: output planes c0..c1 belong to this task only.
-                        let v = unsafe { y.get_mut((co + j) * plane_len + at + ox) };
-                        *v += *acc as f32 * (rs[iy] * wp.scales[co + j]);
+            for ox0 in (0..wo).step_by(OX_BLOCK) {
+                let nox = (wo - ox0).min(OX_BLOCK);
+                let mut cp = c0;
+                while cp < c1 {
+                    let ce = ((cp / PANEL_NR + 1) * PANEL_NR).min(c1);
+                    for row in tile.iter_mut().take(nox) {
+                        row[..ce - cp].copy_from_slice(&c.b[cp..ce]);
                     }
-                });
+                    // Kernel rows in order: each output adds one rescaled i32 sum per row.
+                    for ky in 0..k {
+                        let iy = (oy * stride + ky) as isize - pad.top as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        let iy = iy as usize;
+                        let a = &qa[iy * row_len + ox0 * lda..];
+                        let sr = rs[iy];
+                        gemm_i8_with(isa, a, lda, nox, &wp.group(ky), (cp, ce), |ox, co, sums| {
+                            let scales = &wp.scales[co..co + sums.len()];
+                            let dst = &mut tile[ox][co - cp..co - cp + sums.len()];
+                            for ((v, acc), sw) in dst.iter_mut().zip(sums).zip(scales) {
+                                *v += *acc as f32 * (sr * sw);
+                            }
+                        });
+                    }
+                    for j in 0..ce - cp {
+                        // SAFETY: output planes c0..c1 belong to this task only.
+                        let dst = unsafe { y.slice((cp + j) * plane_len + oy * wo + ox0, nox) };
+                        for (d, row) in dst.iter_mut().zip(&tile) {
+                            *d = row[j];
+                        }
+                    }
+                    cp = ce;
+                }
             }
         }
     });
 }
+
+/// Output columns per tile of the int8 conv's epilogue (a 2 KiB stack tile with 16 channels).
+const OX_BLOCK: usize = 32;
 
 /// Quantizes one input row given as its channels' rows (`cin` pieces of `w`) into pixel-major
 /// codes `qt[(left + ix)·cin + ci]`, zero in the padding columns; returns the row's scale. On
