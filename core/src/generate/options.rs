@@ -77,7 +77,7 @@ pub struct SampleOptions {
     /// Per-step settings; when present they replace `cfg`/`guidance`/`top_k`/`top_p`/
     /// `temperature`/`refine` step by step.
     pub table: Option<StepTable>,
-    /// Tokens per FFN / head chunk, per CFG row (0: the default, 64); every row's chunk goes
+    /// Tokens per FFN / head chunk, per CFG row (0: the default, 256); every row's chunk goes
     /// through a block's weights together. Results do not depend on it; smaller chunks need
     /// fewer arena bytes, and 1 also runs the rows through the blocks one at a time (smallest
     /// arena, slowest).
