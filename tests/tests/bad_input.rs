@@ -470,3 +470,34 @@ fn converter_rejects_a_nonzero_k_bias() {
         other => panic!("{:?}", other.map(|b| b.len())),
     }
 }
+
+#[test]
+fn an_int8_weight_in_another_layout_is_refused() {
+    let b = common::packed(&common::fixture(FIXTURE), WeightFormat::Int8);
+    let bytes = b.as_bytes();
+    // The entry of the first int8 weight: its name, then dtype I8 (variant 2) and the layout
+    // Panels { nr: 16, kr: 4 } (variant 1, then the two bytes) in postcard.
+    let name = b"word_embed.weight";
+    let at = bytes
+        .windows(name.len())
+        .position(|w| w == name)
+        .expect("the entry is in the table")
+        + name.len();
+    assert_eq!(
+        &bytes[at..at + 4],
+        &[2, 1, 16, 4],
+        "dtype and layout follow the name"
+    );
+    for (i, v) in [(2, 8u8), (3, 8), (1, 0)] {
+        let mut buf = AlignedBytes::new(bytes);
+        let m = buf.as_bytes_mut();
+        m[at + i] = v;
+        reseal(m);
+        match load(buf.as_bytes()) {
+            Err(Error::TensorMismatch { what, .. }) => assert!(what.contains("layout"), "{what}"),
+            // Panels → Plain shortens the entry by two bytes: the table no longer decodes.
+            Err(Error::BadHeader) if i == 1 => {}
+            other => panic!("byte {i} = {v}: {other:?}"),
+        }
+    }
+}

@@ -75,7 +75,7 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
             "config": serde_json::to_value(cfg).unwrap_or_default(),
             "image_side": cfg.image_side(),
             "tensors": entries.iter().map(|e| json!({
-                "name": e.name, "dtype": format!("{:?}", e.dtype), "shape": e.shape.as_slice(),
+                "name": e.name, "dtype": format!("{:?}", e.dtype), "layout": layout(&e.layout), "shape": e.shape.as_slice(),
                 "offset": e.offset, "bytes": e.len, "scales_offset": e.scales_offset,
             })).collect::<Vec<_>>(),
             "arena_bytes": arena.iter().map(|(k, v)| json!({"operation": k, "bytes": v})).collect::<Vec<_>>(),
@@ -131,15 +131,16 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
     let _ = writeln!(s, "\ntensors ({}):", entries.len());
     let _ = writeln!(
         s,
-        "  {:<48} {:>5} {:>22} {:>12} {:>12}",
-        "name", "dtype", "shape", "offset", "bytes"
+        "  {:<48} {:>5} {:>11} {:>22} {:>12} {:>12}",
+        "name", "dtype", "layout", "shape", "offset", "bytes"
     );
     for e in &entries {
         let _ = writeln!(
             s,
-            "  {:<48} {:>5} {:>22} {:>12} {:>12}",
+            "  {:<48} {:>5} {:>11} {:>22} {:>12} {:>12}",
             e.name,
             format!("{:?}", e.dtype),
+            layout(&e.layout),
             format!("{:?}", e.shape.as_slice()),
             e.offset,
             e.len
@@ -191,4 +192,12 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
         );
     }
     Ok(s)
+}
+
+/// A tensor's layout as `inspect` shows it: `plain`, or `panels16x4` (int8 GEMM panels).
+fn layout(l: &srdd_core::format::WeightLayout) -> String {
+    match l {
+        srdd_core::format::WeightLayout::Plain => "plain".into(),
+        srdd_core::format::WeightLayout::Panels { nr, kr } => format!("panels{nr}x{kr}"),
+    }
 }
