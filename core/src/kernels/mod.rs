@@ -20,7 +20,7 @@
 //! | [`quant`] | [`quantize_row`], the one activation quantizer (Linear and Conv) |
 //! | [`dispatch`] | [`Isa`]: which instruction set runs, chosen in one place |
 //! | [`peak`] | [`int8_peak_probe`]: an ISA's int8 inner step in a register-resident loop |
-//! | `arch/x86.rs` | AVX f32 blocks and conv tiles |
+//! | `arch/x86.rs` | AVX f32 blocks, conv tiles, attention scores and weighted values |
 //! | `arch/x86_gemm.rs` | the int8 GEMM on AVX2, AVX-VNNI, AVX-512BW, AVX-512 VNNI |
 //! | `arch/x86_peak.rs` | the int8 peak probes of those four ISAs |
 //!
@@ -41,6 +41,10 @@
 //!     output that started from a `−0.0` bias into `+0.0`.
 //!   - LayerNorm and GroupNorm statistics: f64 sums in index order (GroupNorm per channel, then
 //!     channels in order); softmax: f32 sum in index order.
+//!   - Attention: each score is a [`dot`](dot()) (the AVX kernel reduces four keys' lanes at once
+//!     with the same tree); the output adds `p_j · v_j` key by key.
+//!   - exp and tanh (SiLU, GELU, softmax): branch-free polynomials of plain f32 operations
+//!     (`crate::math`), so the vectorized rows give the scalar bits on every target.
 //! - **Bit identity across ISAs.** int8 × int8 → i32 paths are exact, so they are identical on
 //!   every ISA by construction (activations in [−127, 127] keep `vpmaddubsw` from saturating;
 //!   see `arch/x86_gemm.rs`). f32 and f16 results of every ISA equal the scalar reference bit
