@@ -53,8 +53,21 @@ pub fn sample_token(
     rng: &mut Rng,
     scratch: &mut [f32],
 ) -> u32 {
-    let v = logits.len();
     let u = rng.next_f32();
+    sample_token_at(logits, top_k, top_p, temperature, u, scratch)
+}
+
+/// [`sample_token`] with its uniform draw `u` already taken (so that tokens whose draws were
+/// taken in order can be filtered and drawn concurrently).
+pub fn sample_token_at(
+    logits: &mut [f32],
+    top_k: u32,
+    top_p: f32,
+    temperature: f32,
+    u: f32,
+    scratch: &mut [f32],
+) -> u32 {
+    let v = logits.len();
     if temperature != 1.0 && temperature > 0.0 {
         let inv = 1.0 / temperature;
         logits.iter_mut().for_each(|l| *l *= inv);

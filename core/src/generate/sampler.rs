@@ -21,9 +21,9 @@ use crate::forward::{
     Chunk, CpuForward, Forward, Io, NoProbe, Probe, Row, Step, MAX_BATCH, MAX_ROWS,
 };
 use crate::layout::zeroed_flags;
-use crate::parallel::Parallel;
+use crate::parallel::{Parallel, SharedMut};
 use crate::resample::{token_stats, ResamplePolicy, TokenStats};
-use crate::sample::{sample_token, Rng};
+use crate::sample::{sample_token, sample_token_at, Rng};
 use crate::schedule::Schedule;
 use crate::vq::{area_resize, VqScratch};
 use crate::Model;
@@ -217,6 +217,7 @@ impl<'m, 'a, F: Forward> Sampler<'m, 'a, F> {
             rngs: &mut self.rngs,
             run: &mut self.run,
             shape: &self.shape,
+            par: self.par,
         };
         pass.draw(&ctx, &active, false, hooks, probe)?;
 
@@ -326,6 +327,7 @@ struct Pass<'p, 's, F: Forward> {
     rngs: &'p mut [Rng],
     run: &'p mut SamplerRun<'s>,
     shape: &'p Shape,
+    par: &'p dyn Parallel,
 }
 
 impl<F: Forward> Pass<'_, '_, F> {
@@ -377,9 +379,6 @@ impl<F: Forward> Pass<'_, '_, F> {
         )?;
 
         let s = &ctx.settings;
-        let tg = s.guidance as f64;
-        let c1 = (1.0 + tg) as f32;
-        let t32 = tg as f32;
         let stats = s.refine > 0 || only_flagged;
         let mut t0 = 0;
         while t0 < n {
@@ -391,17 +390,33 @@ impl<F: Forward> Pass<'_, '_, F> {
                 probe: &mut *probe,
             };
             self.forward.logits(&step, chunk, io)?;
+            if ctx.branches == 2 {
+                let bufs = GuidedBufs {
+                    logits: &mut self.logits[..],
+                    rngs: &mut self.rngs[..],
+                    flags: &self.flags[..],
+                    tokens: &mut self.run.tokens[..],
+                    stats: &mut self.stats[..],
+                };
+                draw_guided(
+                    bufs,
+                    self.shape,
+                    self.par,
+                    ctx,
+                    active,
+                    only_flagged,
+                    hooks,
+                    (t0, m),
+                );
+                t0 += m;
+                continue;
+            }
             for (a, &i) in active.iter().enumerate() {
-                let (cond, rest) = logits[a * ctx.branches * m * v..].split_at_mut(m * v);
+                let cond = &mut logits[a * m * v..(a + 1) * m * v];
                 for j in 0..m {
                     let tok = t0 + j;
                     let lc = &mut cond[j * v..(j + 1) * v];
                     hooks[i].logits(ctx.k, tok, lc);
-                    if ctx.branches == 2 {
-                        for (c, u) in lc.iter_mut().zip(&rest[j * v..(j + 1) * v]) {
-                            *c = c1 * *c - t32 * *u;
-                        }
-                    }
                     hooks[i].guided_logits(ctx.k, tok, lc);
                     if only_flagged && !self.flags[i * nmax + tok] {
                         continue;
@@ -434,4 +449,82 @@ impl<F: Forward> Pass<'_, '_, F> {
         }
         Ok(())
     }
+}
+
+/// The buffers [`draw_guided`] works on (fields of the [`Pass`] borrowed apart from the step's
+/// input).
+struct GuidedBufs<'b> {
+    logits: &'b mut [f32],
+    rngs: &'b mut [Rng],
+    flags: &'b [bool],
+    tokens: &'b mut [u32],
+    stats: &'b mut [TokenStats],
+}
+
+/// The draw of a chunk of a guided step: per image and token, in order, the hooks, the CFG
+/// mix (`(1 + g)·cond − g·uncond`) and the token's uniform draw from the image's stream
+/// (kept in the spent unconditional row); then every token's filtering and inverse-CDF draw,
+/// concurrently on `par`, each with its unconditional row as scratch. The same tokens as
+/// drawing one by one.
+#[allow(clippy::too_many_arguments)]
+fn draw_guided(
+    b: GuidedBufs<'_>,
+    shape: &Shape,
+    par: &dyn Parallel,
+    ctx: &StepCtx,
+    active: &[usize],
+    only_flagged: bool,
+    hooks: &mut [&mut dyn StepHook],
+    (t0, m): (usize, usize),
+) {
+    let (nmax, v) = (shape.n, shape.v);
+    let logits = &mut b.logits[..active.len() * 2 * m * v];
+    let s = &ctx.settings;
+    let tg = s.guidance as f64;
+    let c1 = (1.0 + tg) as f32;
+    let t32 = tg as f32;
+    let stats = s.refine > 0 || only_flagged;
+    // Per image, 2·m rows of v: the m conditional rows, then the m unconditional ones.
+    for (a, &i) in active.iter().enumerate() {
+        let (cond, rest) = logits[a * 2 * m * v..(a + 1) * 2 * m * v].split_at_mut(m * v);
+        for j in 0..m {
+            let tok = t0 + j;
+            let lc = &mut cond[j * v..(j + 1) * v];
+            hooks[i].logits(ctx.k, tok, lc);
+            for (c, u) in lc.iter_mut().zip(&rest[j * v..(j + 1) * v]) {
+                *c = c1 * *c - t32 * *u;
+            }
+            hooks[i].guided_logits(ctx.k, tok, lc);
+            if only_flagged && !b.flags[i * nmax + tok] {
+                continue;
+            }
+            rest[j * v] = b.rngs[i].next_f32();
+        }
+    }
+    let flags = b.flags;
+    let tokens = SharedMut::new(b.tokens);
+    let token_stats_out = SharedMut::new(b.stats);
+    let all = SharedMut::new(logits);
+    let count = active.len() * m;
+    let per_task = count.div_ceil(par.width().max(1) * 4).max(1);
+    par.run(count.div_ceil(per_task), &|task| {
+        for at in task * per_task..((task + 1) * per_task).min(count) {
+            let (a, j) = (at / m, at % m);
+            let (i, tok) = (active[a], t0 + j);
+            if only_flagged && !flags[i * nmax + tok] {
+                continue;
+            }
+            let base = a * 2 * m * v;
+            // SAFETY: token (a, j) alone owns its conditional row, its unconditional row
+            // (its draw, then its scratch) and its slots of the tokens and stats.
+            let (lc, scratch) =
+                unsafe { (all.slice(base + j * v, v), all.slice(base + (m + j) * v, v)) };
+            let u = scratch[0];
+            let token = sample_token_at(lc, s.top_k, s.top_p, s.temperature, u, scratch);
+            unsafe { tokens.set(i * nmax + tok, token) };
+            if stats {
+                unsafe { token_stats_out.set(i * nmax + tok, token_stats(lc, token)) };
+            }
+        }
+    });
 }
