@@ -38,10 +38,46 @@ impl ModelArg {
         }
     }
 
-    /// Parses the bytes [`ModelArg::read`] gave; errors name the file.
+    /// Parses the bytes [`ModelArg::read`] gave; errors name the file. A PyTorch checkpoint
+    /// (the common mistake) gets a hint how to convert it instead of the parser's complaint.
     pub fn open<'b>(&self, bytes: &'b ModelBytes) -> Result<Model<'b>, String> {
-        Model::from_bytes(bytes.as_bytes()).map_err(|e| format!("{}: {e}", self.name()))
+        Model::from_bytes(bytes.as_bytes()).map_err(|e| {
+            if is_pytorch_checkpoint(bytes.as_bytes()) {
+                format!(
+                    "{}: this is a PyTorch checkpoint, not a .srdd model; convert it with \
+                     `srdd-tools pack --vae VAE.pth --var VAR.pth -o model.srdd`",
+                    self.name()
+                )
+            } else {
+                format!("{}: {e}", self.name())
+            }
+        })
     }
+}
+
+/// Whether `bytes` look like a `torch.save` file: a zip archive (the format since PyTorch 1.6)
+/// or a bare pickle (the legacy format starts with the PROTO opcode 0x80).
+pub fn is_pytorch_checkpoint(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"PK\x03\x04") || bytes.first() == Some(&0x80)
+}
+
+/// Refuses an output path that does not end in `.png` (any case): every image command writes
+/// PNG, and a `.jpg` holding PNG bytes would mislead; checked before any work.
+pub fn png_output(path: &std::path::Path) -> Result<(), String> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(e) if e.eq_ignore_ascii_case("png") => Ok(()),
+        _ => Err(format!(
+            "-o {}: srdd writes PNG: give an output ending in .png",
+            path.display()
+        )),
+    }
+}
+
+/// `--seed`: a whole number in 0..=2^64-1 (clap's own message for `-3` would only say
+/// "invalid digit").
+pub fn parse_seed(s: &str) -> Result<u64, String> {
+    s.parse::<u64>()
+        .map_err(|_| format!("a seed is a whole number in 0..={}", u64::MAX))
 }
 
 /// `--schedule`: the scales to run (`srdd`) or to pack (`srdd-tools pack`). `--patch-nums` is

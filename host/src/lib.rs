@@ -48,6 +48,7 @@ pub use srdd_core::vae::to_rgb8;
 pub mod args;
 pub mod bench;
 pub mod pool;
+pub mod report;
 pub mod zero_shot;
 
 /// A resampling policy as the CLI names it (`keep`, `fraction:F`, `threshold:P`, `learned`);

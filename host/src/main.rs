@@ -1,10 +1,12 @@
 //! `srdd`: sample SRDD / VAR images from a `.srdd` model (the built-in default when `--model` is
 //! not given), and run the zero-shot tasks: reconstruct, edit (inpaint / outpaint), upscale.
 
+use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use srdd::args::{AttentionArg, ModelArg, ScheduleArg, ThreadsArg};
+use srdd::args::{parse_seed, png_output, AttentionArg, ModelArg, ScheduleArg, ThreadsArg};
 use srdd::pool::Pool;
+use srdd::report::Timing;
 use srdd::zero_shot::{
     box_mask, downscale_box, keep_mask, psnr, read_mask, reconstruct, sample_forced, tokens_of,
     upscale,
@@ -17,6 +19,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
+use std::time::Instant;
 
 #[derive(Parser)]
 #[command(
@@ -35,26 +38,31 @@ struct Sampling {
     #[command(flatten)]
     model: ModelArg,
     /// RNG seed (of the first image; image i uses seed + i).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = parse_seed)]
     seed: u64,
     /// Classifier-free guidance strength (0 disables guidance; default: the model's
     /// `default_cfg`, else the official 1.5).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     cfg: Option<f32>,
     /// Guidance per step: `linear` (official ramp cfg·k/(steps−1)), `constant` (cfg at every
     /// step), or a comma list of per-step weights t.
-    #[arg(long, default_value = "linear")]
+    #[arg(long, default_value = "linear", allow_negative_numbers = true)]
     cfg_schedule: String,
     /// Keep the K most likely tokens (0: all; default: the model's `default_top_k`, else
     /// min(900, vocabulary)); one value, or a comma list with one value per step.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     top_k: Vec<u32>,
     /// Nucleus mass (0: off; default: the model's `default_top_p`, else 0.96); one value or one
     /// per step.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
     top_p: Vec<f32>,
     /// Logit temperature; one value or one per step.
-    #[arg(long, value_delimiter = ',', default_value = "1.0")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1.0",
+        allow_negative_numbers = true
+    )]
     temperature: Vec<f32>,
     /// Refinement passes per step (the first step is never refined); one value or one per step.
     #[arg(long, value_delimiter = ',', default_value = "0")]
@@ -92,6 +100,9 @@ struct ZeroShot {
     /// Output PNG.
     #[arg(short, long)]
     output: PathBuf,
+    /// Print one JSON object (settings, timings, output) instead of the text lines.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -113,6 +124,9 @@ enum Cmd {
         /// Output PNG.
         #[arg(short, long)]
         output: PathBuf,
+        /// Print one JSON object (settings, timings, output) instead of the text lines.
+        #[arg(long)]
+        json: bool,
     },
     /// Encode an image to tokens and decode it again; prints the PSNR.
     Reconstruct {
@@ -127,12 +141,15 @@ enum Cmd {
         /// Output PNG.
         #[arg(short, long)]
         output: PathBuf,
+        /// Print one JSON object (timings, PSNR, output) instead of the text lines.
+        #[arg(long)]
+        json: bool,
     },
     /// Inpaint or outpaint: regenerate the masked region, keep the rest (official rule: the
     /// source tokens are forced where the keep mask, resized to each step, is above 0.5).
     Edit {
         /// Mask PNG of the same size: white = generate, black = keep.
-        #[arg(long, conflicts_with = "r#box")]
+        #[arg(long)]
         mask: Option<PathBuf>,
         /// Generate inside the pixel box x0,y0,x1,y1 (instead of a mask file).
         #[arg(long = "box", value_delimiter = ',')]
@@ -329,6 +346,66 @@ fn save(img: &Image, output: &Path) -> Result<(), String> {
     write_atomic(output, &png).map_err(|e| format!("{}: {e}", output.display()))
 }
 
+/// A per-step option as given: the list when one value per step was given, else the value used.
+fn one_or_list<T: Copy + Into<serde_json::Value>>(given: &[T], used: T) -> serde_json::Value {
+    if given.len() > 1 {
+        given.iter().map(|v| (*v).into()).collect()
+    } else {
+        used.into()
+    }
+}
+
+/// The sampling settings of a command for its `--json` object: what `s` asked for, resolved
+/// against the model's defaults (`o`, `sched`).
+fn sampling_json(
+    s: &Sampling,
+    o: &SampleOptions,
+    sched: &Schedule,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut j = serde_json::Map::new();
+    j.insert("model".into(), s.model.name().into());
+    j.insert("class".into(), o.label.into());
+    j.insert("seed".into(), s.seed.into());
+    j.insert("cfg".into(), o.cfg.into());
+    j.insert("cfg_schedule".into(), s.cfg_schedule.as_str().into());
+    j.insert("top_k".into(), one_or_list(&s.top_k, o.top_k));
+    j.insert("top_p".into(), one_or_list(&s.top_p, o.top_p));
+    j.insert(
+        "temperature".into(),
+        one_or_list(&s.temperature, o.temperature),
+    );
+    j.insert("refine".into(), one_or_list(&s.refine, o.refine));
+    j.insert("resample".into(), s.resample.as_str().into());
+    j.insert("schedule".into(), sched.pn.as_slice().into());
+    j.insert("attention".into(), format!("{:?}", o.attention).into());
+    j
+}
+
+/// How a command ends: with `--json`, one object (`fields`, the output path and `timing`) on
+/// stdout; else the text line (on stderr where it always went: `sample`) and the closing
+/// timing line on stderr.
+fn finish(
+    json: bool,
+    text: String,
+    text_on_stderr: bool,
+    mut fields: serde_json::Map<String, serde_json::Value>,
+    output: &Path,
+    timing: Timing,
+) {
+    if json {
+        fields.insert("output".into(), output.display().to_string().into());
+        timing.add_to(&mut fields);
+        println!("{}", serde_json::Value::Object(fields));
+        return;
+    }
+    if text_on_stderr {
+        eprintln!("{text}");
+    } else {
+        println!("{text}");
+    }
+    eprintln!("{}", timing.line());
+}
+
 fn run(cli: Cli) -> Result<(), String> {
     match cli.cmd {
         Cmd::Bench {
@@ -422,7 +499,10 @@ fn run(cli: Cli) -> Result<(), String> {
             batch,
             s,
             output,
+            json,
         } => {
+            let start = Instant::now();
+            png_output(&output)?;
             let bytes = s.model.read()?;
             let m = s.model.open(&bytes)?;
             if count == 0 || count > 4096 {
@@ -484,13 +564,27 @@ fn run(cli: Cli) -> Result<(), String> {
                 grid(&images, 2)
             };
             save(&img, &output)?;
-            eprintln!(
+            let mut j = sampling_json(&s, &opts, &sched);
+            j.insert("count".into(), count.into());
+            j.insert(
+                "seeds".into(),
+                (0..count)
+                    .map(|i| s.seed.wrapping_add(i as u64))
+                    .collect::<Vec<u64>>()
+                    .into(),
+            );
+            j.insert("batch".into(), batch.into());
+            j.insert("width".into(), img.width.into());
+            j.insert("height".into(), img.height.into());
+            let text = format!(
                 "wrote {} ({}x{}, class {label}, seed {})",
                 output.display(),
                 img.width,
                 img.height,
                 s.seed
             );
+            let timing = Timing::since(start, count, cores);
+            finish(json, text, true, j, &output, timing);
             Ok(())
         }
         Cmd::Reconstruct {
@@ -499,7 +593,10 @@ fn run(cli: Cli) -> Result<(), String> {
             schedule,
             threads,
             output,
+            json,
         } => {
+            let start = Instant::now();
+            png_output(&output)?;
             let bytes = model.read()?;
             let m = model.open(&bytes)?;
             let sched = schedule.resolve(&m.config)?;
@@ -507,12 +604,19 @@ fn run(cli: Cli) -> Result<(), String> {
             let par = threads.parallel();
             let out = reconstruct(&m, &sched, &src, &par).map_err(|e| e.to_string())?;
             save(&out, &output)?;
-            println!(
-                "wrote {}: PSNR {:.2} dB against {}",
+            let db = psnr(&src, &out, None);
+            let mut j = serde_json::Map::new();
+            j.insert("model".into(), model.name().into());
+            j.insert("image".into(), image.display().to_string().into());
+            j.insert("schedule".into(), sched.pn.as_slice().into());
+            j.insert("psnr_db".into(), db.into());
+            let text = format!(
+                "wrote {}: PSNR {db:.2} dB against {}",
                 output.display(),
-                psnr(&src, &out, None),
                 image.display()
             );
+            let timing = Timing::since(start, 1, threads.count());
+            finish(json, text, false, j, &output, timing);
             Ok(())
         }
         Cmd::Edit {
@@ -521,7 +625,12 @@ fn run(cli: Cli) -> Result<(), String> {
             invert,
             z,
         } => {
+            let start = Instant::now();
             let (s, image, output) = (&z.s, &z.image, &z.output);
+            png_output(output)?;
+            if mask.is_some() && r#box.is_some() {
+                return Err("give either --mask FILE or --box x0,y0,x1,y1, not both".into());
+            }
             let bytes = s.model.read()?;
             let m = s.model.open(&bytes)?;
             let (opts, sched, policy) = build(s, &m, &z.class)?;
@@ -556,16 +665,25 @@ fn run(cli: Cli) -> Result<(), String> {
             bar.finish_and_clear();
             save(&out, output)?;
             let kept: Vec<bool> = generate.iter().map(|g| !g).collect();
-            println!(
-                "wrote {}: {} of {} pixels generated; PSNR of the kept region {:.2} dB",
+            let generated = generate.iter().filter(|g| **g).count();
+            let db = psnr(&src, &out, Some(&kept));
+            let mut j = sampling_json(s, &opts, &sched);
+            j.insert("image".into(), image.display().to_string().into());
+            j.insert("pixels_generated".into(), generated.into());
+            j.insert("pixels".into(), generate.len().into());
+            j.insert("psnr_kept_db".into(), db.into());
+            let text = format!(
+                "wrote {}: {generated} of {} pixels generated; PSNR of the kept region {db:.2} dB",
                 output.display(),
-                generate.iter().filter(|g| **g).count(),
                 generate.len(),
-                psnr(&src, &out, Some(&kept))
             );
+            let timing = Timing::since(start, 1, s.threads.count());
+            finish(z.json, text, false, j, output, timing);
             Ok(())
         }
         Cmd::Upscale { keep_steps, z } => {
+            let start = Instant::now();
+            png_output(&z.output)?;
             let bytes = z.s.model.read()?;
             let m = z.s.model.open(&bytes)?;
             let (opts, sched, policy) = build(&z.s, &m, &z.class)?;
@@ -586,21 +704,51 @@ fn run(cli: Cli) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
             bar.finish_and_clear();
             save(&out, &z.output)?;
-            println!(
+            let db = psnr(&src, &downscale_box(&out, src.width), None);
+            let mut j = sampling_json(&z.s, &opts, &sched);
+            j.insert("image".into(), z.image.display().to_string().into());
+            j.insert("input_side".into(), src.width.into());
+            j.insert("output_side".into(), out.width.into());
+            j.insert("steps_fixed".into(), kept.into());
+            j.insert("psnr_downscaled_db".into(), db.into());
+            let text = format!(
                 "wrote {path} ({w}x{w} from {lw}x{lw}; {kept} of {steps} steps fixed by the input); PSNR of the output downscaled to the input {db:.2} dB",
                 path = z.output.display(),
                 w = out.width,
                 lw = src.width,
                 steps = sched.len(),
-                db = psnr(&src, &downscale_box(&out, src.width), None)
             );
+            let timing = Timing::since(start, 1, z.s.threads.count());
+            finish(z.json, text, false, j, &z.output, timing);
             Ok(())
         }
     }
 }
 
+/// Clap's complaint about a value (`--seed -3`), as srdd's one line: its first line without
+/// clap's `error: ` prefix and the usage/help lines after it.
+fn value_error_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or("invalid value");
+    first.strip_prefix("error: ").unwrap_or(first).to_string()
+}
+
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::InvalidValue | ErrorKind::ValueValidation
+            ) =>
+        {
+            eprintln!("srdd: {}", value_error_line(&e));
+            return ExitCode::from(2);
+        }
+        // Help, version and unknown arguments: clap's own text and exit status.
+        Err(e) => e.exit(),
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("srdd: {e}");
