@@ -16,7 +16,7 @@ use crate::ModelBytes;
 #[derive(Args, Clone, Debug, Default)]
 pub struct ModelArg {
     /// Model file (default: the built-in model).
-    #[arg(long)]
+    #[arg(short, long)]
     pub model: Option<PathBuf>,
 }
 
@@ -149,7 +149,7 @@ impl From<AttentionChoice> for Attention {
 pub struct AttentionArg {
     /// Attention policy: markov (SRDD, no KV cache) or causal (official VAR). Default: the
     /// model's own; when packing, markov.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, ignore_case = true)]
     pub attention: Option<AttentionChoice>,
 }
 

@@ -38,7 +38,13 @@ struct Sampling {
     #[command(flatten)]
     model: ModelArg,
     /// RNG seed (of the first image; image i uses seed + i).
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = parse_seed)]
+    #[arg(
+        short,
+        long,
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        value_parser = parse_seed
+    )]
     seed: u64,
     /// Classifier-free guidance strength (0 disables guidance; default: the model's
     /// `default_cfg`, else the official 1.5).
@@ -113,7 +119,7 @@ enum Cmd {
         #[arg(long)]
         class: String,
         /// Number of images (image i uses seed + i).
-        #[arg(long, default_value_t = 1)]
+        #[arg(short = 'n', long, default_value_t = 1)]
         count: usize,
         /// Images sampled together as one batch through the backend (2 rows each with guidance;
         /// results are identical to one at a time).
@@ -194,8 +200,13 @@ enum Cmd {
     },
     /// Print a model's configuration and arena sizes.
     Info {
-        /// Model file (default: the built-in model).
+        /// Model file (default: the built-in model); `--model FILE` works too.
         file: Option<PathBuf>,
+        #[command(flatten)]
+        model: ModelArg,
+        /// List the classes, one `label name` line each (the null class last), and nothing else.
+        #[arg(long)]
+        classes: bool,
     },
 }
 
@@ -440,11 +451,33 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Cmd::Info { file } => {
-            let file = ModelArg { model: file };
+        Cmd::Info {
+            file,
+            model,
+            classes,
+        } => {
+            if file.is_some() && model.model.is_some() {
+                return Err("give the model as FILE or as --model FILE, not both".into());
+            }
+            let file = ModelArg {
+                model: file.or(model.model),
+            };
             let bytes = file.read()?;
             let m = file.open(&bytes)?;
             let c = &m.config;
+            if classes {
+                let names: Vec<&str> = m
+                    .meta("class_names")
+                    .map_or(Vec::new(), |n| n.split(',').collect());
+                for label in 0..c.var.num_classes as usize {
+                    match names.get(label) {
+                        Some(name) => println!("{label} {name}"),
+                        None => println!("{label}"),
+                    }
+                }
+                println!("{} null", c.var.num_classes);
+                return Ok(());
+            }
             println!("{}: {} bytes", file.name(), bytes.as_bytes().len());
             println!(
                 "image {0}x{0}, {1} classes, vocabulary {2}, weights {3:?}, attention {4:?}, encoder {5}",
@@ -754,5 +787,16 @@ fn main() -> ExitCode {
             eprintln!("srdd: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own consistency checks (unique short flags, defaults that parse, …), which a
+    /// release build skips at run time.
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

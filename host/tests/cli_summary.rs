@@ -1,6 +1,7 @@
 //! What the image commands say when they finish (a closing timing line; `--json`: one object
 //! instead), and the one-line hints for common mistakes: a PyTorch checkpoint as `--model`,
-//! negative numbers, `--mask` with `--box`, an output that is not `.png`.
+//! negative numbers, `--mask` with `--box`, an output that is not `.png`; short flags and
+//! case-insensitive values; `info --classes`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -353,4 +354,76 @@ fn outputs_must_be_png() {
     );
     // The extension in any case.
     succeeds(&["sample", "--class", "1"], &tmp("UPPER.PNG"));
+}
+
+#[test]
+fn short_flags_and_case_insensitive_values_mean_the_long_ones() {
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/default-int8.srdd");
+    let (long, short) = (tmp("long.png"), tmp("short.png"));
+    succeeds(
+        &[
+            "sample",
+            "--model",
+            model,
+            "--count",
+            "2",
+            "--seed",
+            "4",
+            "--class",
+            "1",
+            "--attention",
+            "causal",
+        ],
+        &long,
+    );
+    succeeds(
+        &[
+            "sample",
+            "-m",
+            model,
+            "-n",
+            "2",
+            "-s",
+            "4",
+            "--class",
+            "1",
+            "--attention",
+            "CAUSAL",
+        ],
+        &short,
+    );
+    assert_eq!(
+        std::fs::read(&long).unwrap(),
+        std::fs::read(&short).unwrap()
+    );
+}
+
+#[test]
+fn info_lists_the_classes_and_takes_the_model_either_way() {
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/default-int8.srdd");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_srdd"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let built_in = run(&["info", "--classes"]);
+    assert!(built_in.status.success());
+    let lines: Vec<String> = text(&built_in.stdout).lines().map(String::from).collect();
+    assert_eq!(lines.first().map(String::as_str), Some("0 smileys"));
+    assert_eq!(lines.last().map(String::as_str), Some("9 null"));
+    assert_eq!(lines.len(), 10);
+    for args in [
+        &["info", model, "--classes"][..],
+        &["info", "--model", model, "--classes"],
+        &["info", "-m", model, "--classes"],
+    ] {
+        assert_eq!(run(args).stdout, built_in.stdout, "{args:?}");
+    }
+    let both = run(&["info", model, "-m", model]);
+    assert_eq!(both.status.code(), Some(2));
+    assert_eq!(
+        text(&both.stderr).trim(),
+        "srdd: give the model as FILE or as --model FILE, not both"
+    );
 }
