@@ -305,15 +305,18 @@ pub fn sample_one(
     sample_image(model, opts, sched, &mut Tick(on_step), policy, par)
 }
 
-/// Lays images out in a near-square grid with `gap` white pixels between them.
-pub fn grid(images: &[Image], gap: usize) -> Image {
+/// Lays images out in a grid of `cols` columns (default: near-square), row by row, with `gap`
+/// mid-grey pixels between them (neutral against white and black backgrounds alike).
+pub fn grid(images: &[Image], cols: Option<usize>, gap: usize) -> Image {
     let n = images.len().max(1);
-    let cols = (n as f64).sqrt().ceil() as usize;
+    let cols = cols
+        .unwrap_or((n as f64).sqrt().ceil() as usize)
+        .clamp(1, n);
     let rows = n.div_ceil(cols);
     let s = images.first().map_or(1, |i| i.width);
     let w = cols * s + (cols - 1) * gap;
     let h = rows * s + (rows - 1) * gap;
-    let mut rgb = vec![255u8; w * h * 3];
+    let mut rgb = vec![GRID_GAP; w * h * 3];
     for (i, im) in images.iter().enumerate() {
         let (r, c) = (i / cols, i % cols);
         for y in 0..s {
@@ -327,6 +330,9 @@ pub fn grid(images: &[Image], gap: usize) -> Image {
         rgb,
     }
 }
+
+/// The grid gap's grey level.
+pub const GRID_GAP: u8 = 128;
 
 /// Encodes RGB8 as PNG bytes.
 pub fn png_bytes(img: &Image) -> Result<Vec<u8>, png::EncodingError> {

@@ -115,10 +115,11 @@ struct ZeroShot {
 enum Cmd {
     /// Sample K images of one class and write a PNG (a grid when K > 1).
     Sample {
-        /// Class: a number, a class name stored in the model, or `null`.
+        /// Class: a number, a class name stored in the model, or `null`; several, comma-separated,
+        /// or `all`, give one grid row per class (`--count` images each).
         #[arg(long)]
         class: String,
-        /// Number of images (image i uses seed + i).
+        /// Number of images per class (image i uses seed + i).
         #[arg(short = 'n', long, default_value_t = 1)]
         count: usize,
         /// Images sampled together as one batch through the backend (2 rows each with guidance;
@@ -127,9 +128,15 @@ enum Cmd {
         batch: usize,
         #[command(flatten)]
         s: Sampling,
-        /// Output PNG.
-        #[arg(short, long)]
-        output: PathBuf,
+        /// Output PNG (one image, or a grid of them).
+        #[arg(short, long, required_unless_present = "out_dir")]
+        output: Option<PathBuf>,
+        /// Also (or instead) write one PNG per image into this directory, named `CLASS-SEED.png`.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// Grid columns (default: `--count` with several classes, else near-square).
+        #[arg(long)]
+        cols: Option<usize>,
         /// Print one JSON object (settings, timings, output) instead of the text lines.
         #[arg(long)]
         json: bool,
@@ -395,6 +402,32 @@ fn sampling_json(
 /// How a command ends: with `--json`, one object (`fields`, the output path and `timing`) on
 /// stdout; else the text line (on stderr where it always went: `sample`) and the closing
 /// timing line on stderr.
+/// A file-name part for class `label`: its stored name (anything but letters, digits, `-` and
+/// `_` replaced by `_`), `null` for the null class, else the number.
+fn class_file_name(m: &Model<'_>, label: u32) -> String {
+    if label == m.config.var.num_classes {
+        return "null".into();
+    }
+    let name = m
+        .meta("class_names")
+        .and_then(|n| n.split(',').nth(label as usize))
+        .map(str::trim)
+        .filter(|n| !n.is_empty());
+    match name {
+        Some(n) => n
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect(),
+        None => label.to_string(),
+    }
+}
+
 fn finish(
     json: bool,
     text: String,
@@ -532,26 +565,51 @@ fn run(cli: Cli) -> Result<(), String> {
             batch,
             s,
             output,
+            out_dir,
+            cols,
             json,
         } => {
             let start = Instant::now();
-            png_output(&output)?;
+            if let Some(o) = &output {
+                png_output(o)?;
+            }
             let bytes = s.model.read()?;
             let m = s.model.open(&bytes)?;
             if count == 0 || count > 4096 {
                 return Err("--count must be in 1..=4096".into());
             }
-            let (opts, sched, policy) = build(&s, &m, &class)?;
+            if cols == Some(0) {
+                return Err("--cols must be at least 1".into());
+            }
+            let classes: Vec<String> = if class.trim().eq_ignore_ascii_case("all") {
+                (0..m.config.var.num_classes)
+                    .map(|l| l.to_string())
+                    .collect()
+            } else {
+                class.split(',').map(|c| c.trim().to_string()).collect()
+            };
+            let mut labels = Vec::new();
+            for c in &classes {
+                labels.push(label_of(&m, c)?);
+            }
+            if labels.len() * count > 4096 {
+                return Err("--count × classes must be at most 4096".into());
+            }
+            let (opts, sched, policy) = build(&s, &m, &classes[0])?;
             let label = opts.label;
             if batch == 0 || batch > MAX_BATCH {
                 return Err(format!("--batch must be in 1..={MAX_BATCH}"));
             }
-            let bar = progress(sched.len() as u64 * count as u64);
+            let bar = progress(sched.len() as u64 * (count * labels.len()) as u64);
             let cores = s.threads.count();
             // Batches in parallel when there are enough of them, else threads inside each batch.
-            let batches: Vec<(usize, usize)> = (0..count)
-                .step_by(batch)
-                .map(|i0| (i0, batch.min(count - i0)))
+            // (class row, first image, images): a batch never mixes classes.
+            let batches: Vec<(usize, usize, usize)> = (0..labels.len())
+                .flat_map(|r| {
+                    (0..count)
+                        .step_by(batch)
+                        .map(move |i0| (r, i0, batch.min(count - i0)))
+                })
                 .collect();
             let threads = cores.min(batches.len());
             let inner = (cores / threads).max(1);
@@ -572,8 +630,9 @@ fn run(cli: Cli) -> Result<(), String> {
                                 *n += 1;
                                 *n - 1
                             };
-                            let (i0, len) = batches[j];
+                            let (r, i0, len) = batches[j];
                             let mut o = opts;
+                            o.label = labels[r];
                             o.seed = s.seed.wrapping_add(i0 as u64);
                             let r =
                                 sample_batch(&m, o, &sched, len, &policy, &inner, &|| bar.inc(1));
@@ -591,14 +650,32 @@ fn run(cli: Cli) -> Result<(), String> {
                     None => return Err("internal: an image was not produced".into()),
                 }
             }
+            // One PNG per image, named after its class and seed.
+            let mut written = Vec::new();
+            if let Some(dir) = &out_dir {
+                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                for (k, im) in images.iter().enumerate() {
+                    let (r, i) = (k / count, k % count);
+                    let seed = s.seed.wrapping_add(i as u64);
+                    let path = dir.join(format!("{}-{seed}.png", class_file_name(&m, labels[r])));
+                    save(im, &path)?;
+                    written.push(path.display().to_string());
+                }
+            }
+            let n_images = images.len();
             let img = if images.len() == 1 {
                 images.pop().unwrap()
             } else {
-                grid(&images, 2)
+                // One row per class when there are several, else near-square.
+                let cols = cols.or((labels.len() > 1).then_some(count));
+                grid(&images, cols, 2)
             };
-            save(&img, &output)?;
+            if let Some(o) = &output {
+                save(&img, o)?;
+            }
             let mut j = sampling_json(&s, &opts, &sched);
             j.insert("count".into(), count.into());
+            j.insert("classes".into(), labels.clone().into());
             j.insert(
                 "seeds".into(),
                 (0..count)
@@ -609,15 +686,33 @@ fn run(cli: Cli) -> Result<(), String> {
             j.insert("batch".into(), batch.into());
             j.insert("width".into(), img.width.into());
             j.insert("height".into(), img.height.into());
-            let text = format!(
-                "wrote {} ({}x{}, class {label}, seed {})",
-                output.display(),
-                img.width,
-                img.height,
-                s.seed
-            );
-            let timing = Timing::since(start, count, cores);
-            finish(json, text, true, j, &output, timing);
+            j.insert("images_written".into(), written.clone().into());
+            let shown: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+            let mut text = match &output {
+                Some(o) => format!(
+                    "wrote {} ({}x{}, class {}, seed {})",
+                    o.display(),
+                    img.width,
+                    img.height,
+                    shown.join(","),
+                    s.seed
+                ),
+                None => String::new(),
+            };
+            if let Some(dir) = &out_dir {
+                if !text.is_empty() {
+                    text.push('\n');
+                }
+                text.push_str(&format!(
+                    "wrote {} images to {}",
+                    written.len(),
+                    dir.display()
+                ));
+            }
+            let _ = label;
+            let timing = Timing::since(start, n_images, cores);
+            let shown_path = output.clone().or(out_dir.clone()).unwrap_or_default();
+            finish(json, text, true, j, &shown_path, timing);
             Ok(())
         }
         Cmd::Reconstruct {
