@@ -45,6 +45,14 @@ pub enum Error {
         /// What is wrong with it.
         what: &'static str,
     },
+    /// A metadata key the engine reads has a value that does not parse or contradicts the
+    /// configuration (e.g. `class_names` with a count other than `num_classes`).
+    BadMetadata {
+        /// The key.
+        key: &'static str,
+        /// What is wrong, with the accepted range.
+        what: &'static str,
+    },
     /// A tensor's bytes lie outside the file or are not aligned as its dtype needs.
     TensorOutOfBounds {
         /// Position in the tensor table.
@@ -113,6 +121,7 @@ impl fmt::Display for Error {
             ),
             Error::BadHeader => write!(f, "model header or tensor table cannot be decoded"),
             Error::BadConfig(what) => write!(f, "bad model configuration: {what}"),
+            Error::BadMetadata { key, what } => write!(f, "model metadata {key}: {what}"),
             Error::TensorMismatch { index, what } => {
                 write!(f, "tensor table entry {index}: {what}")
             }

@@ -83,6 +83,48 @@ pub use generate::{
 pub use schedule::Schedule;
 pub use weights::Weights;
 
+/// Largest guidance strength `cfg` (also the bound of the `default_cfg` metadata).
+pub(crate) const MAX_CFG: f32 = 1000.0;
+
+/// Metadata keys whose values the engine or the CLI parse ([`Model::check_metadata`]).
+pub const TYPED_METADATA: [&str; 5] = [
+    "class_names",
+    "default_cfg",
+    "default_top_k",
+    "default_top_p",
+    "resample_policy",
+];
+
+/// `class_names`: `num_classes` comma-separated names that [`Model::class_index`] can all reach
+/// (its matching is trimmed and case-insensitive, so duplicates are judged the same way).
+fn check_class_names(names: &str, num_classes: u32) -> Result<()> {
+    let bad = |what| {
+        Err(Error::BadMetadata {
+            key: "class_names",
+            what,
+        })
+    };
+    if names.split(',').count() != num_classes as usize {
+        return bad("needs exactly num_classes comma-separated names");
+    }
+    for (i, name) in names.split(',').map(str::trim).enumerate() {
+        if name.is_empty() {
+            return bad("a name is empty");
+        }
+        if name.parse::<u32>().is_ok() || name.eq_ignore_ascii_case("null") {
+            return bad("a name is a number or `null`, which select labels instead");
+        }
+        if names
+            .split(',')
+            .take(i)
+            .any(|other| other.trim().eq_ignore_ascii_case(name))
+        {
+            return bad("a name appears twice (names match case-insensitively)");
+        }
+    }
+    Ok(())
+}
+
 /// A loaded model: its configuration and zero-copy views into the model bytes.
 pub struct Model<'a> {
     /// Hyper-parameters from the header.
@@ -96,8 +138,11 @@ pub struct Model<'a> {
 impl<'a> Model<'a> {
     /// Validates an `.srdd` file (magic, version, length, checksum, every tensor's name, shape,
     /// dtype, bounds and alignment) and returns views into it. Never panics on any input.
+    /// The typed metadata keys must also agree with the configuration
+    /// ([`Model::check_metadata`]).
     pub fn from_bytes(bytes: &'a [u8]) -> Result<Self> {
         let file = format::parse(bytes)?;
+        Model::check_metadata(file.metadata, &file.header.config)?;
         let mut src = format::FileSource::new(&file);
         let weights = Weights::build(&file.header.config, &mut src)?;
         src.finish()?;
@@ -106,6 +151,51 @@ impl<'a> Model<'a> {
             weights,
             metadata: file.metadata,
         })
+    }
+
+    /// Checks the metadata keys the engine reads against `config`: `class_names` (exactly
+    /// `num_classes` distinct, non-empty names that are neither numbers nor `null`, since
+    /// [`Model::class_index`] reads those as labels), `default_cfg` in `[0, 1000]`,
+    /// `default_top_k` a whole number in `[0, vocab_size]`, `default_top_p` in `[0, 1]` (the
+    /// bounds of [`SampleOptions::validate`]) and `resample_policy` (4 finite numbers). Each
+    /// may appear once; other keys are free text.
+    pub fn check_metadata(metadata: &str, config: &ModelConfig) -> Result<()> {
+        let bad = |key, what| Err(Error::BadMetadata { key, what });
+        let number = |v: &str| v.trim().parse::<f32>().ok().filter(|x| x.is_finite());
+        for key in TYPED_METADATA {
+            let mut values = metadata.lines().filter_map(|l| {
+                let (k, v) = l.split_once('=')?;
+                (k == key).then_some(v)
+            });
+            let Some(v) = values.next() else { continue };
+            if values.next().is_some() {
+                return bad(key, "the key appears more than once");
+            }
+            match key {
+                "class_names" => check_class_names(v, config.var.num_classes)?,
+                "default_cfg" if !number(v).is_some_and(|x| (0.0..=MAX_CFG).contains(&x)) => {
+                    return bad(key, "must be a number in [0, 1000]");
+                }
+                "default_top_k"
+                    if !v
+                        .trim()
+                        .parse::<u32>()
+                        .is_ok_and(|k| k <= config.vae.vocab_size) =>
+                {
+                    return bad(key, "must be a whole number in [0, vocab_size]");
+                }
+                "default_top_p" if !number(v).is_some_and(|x| (0.0..=1.0).contains(&x)) => {
+                    return bad(key, "must be a number in [0, 1]");
+                }
+                "resample_policy"
+                    if v.split(',').count() != 4 || v.split(',').any(|x| number(x).is_none()) =>
+                {
+                    return bad(key, "must be 4 comma-separated finite numbers");
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// The value of metadata key `key`, if present.

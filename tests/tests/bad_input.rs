@@ -501,3 +501,118 @@ fn an_int8_weight_in_another_layout_is_refused() {
         }
     }
 }
+
+// ---- Metadata the engine reads ----
+
+/// The fixture packed with valid typed metadata, each value padded so that a same-length
+/// patch can make it invalid.
+fn with_typed_metadata() -> Vec<u8> {
+    let (var, vae, mut opts) = six();
+    opts.metadata = [
+        ("class_names", "aa,bb,cc,dd,ee"),
+        ("default_cfg", "1.5"),
+        ("default_top_k", "00000010"),
+        ("default_top_p", "0.5"),
+        ("resample_policy", "1,2,3,4"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    pack(&var, &vae, &opts).expect("valid metadata packs")
+}
+
+#[test]
+fn metadata_that_contradicts_the_model_is_rejected_on_load() {
+    let bytes = with_typed_metadata();
+    let model_bytes = AlignedBytes::new(&bytes);
+    let model = Model::from_bytes(model_bytes.as_bytes()).expect("the valid file loads");
+    assert_eq!(model.config.var.num_classes, 5);
+    let opts = SampleOptions::for_model(&model, 0);
+    assert_eq!((opts.cfg, opts.top_k, opts.top_p), (1.5, 10, 0.5));
+    let meta_at = data_start(&bytes);
+    for (from, to, key) in [
+        (
+            "class_names=aa,bb,cc,dd,ee",
+            "class_names=aa,bb,cc,dd;ee",
+            "class_names",
+        ),
+        (
+            "class_names=aa,bb,cc,dd,ee",
+            "class_names=aa,bb,cc,dd,AA",
+            "class_names",
+        ),
+        (
+            "class_names=aa,bb,cc,dd,ee",
+            "class_names=aa,bb,  ,dd,ee",
+            "class_names",
+        ),
+        (
+            "class_names=aa,bb,cc,dd,ee",
+            "class_names=aa,bb,cc,dd,12",
+            "class_names",
+        ),
+        ("default_cfg=1.5", "default_cfg=-.5", "default_cfg"),
+        ("default_cfg=1.5", "default_cfg=abc", "default_cfg"),
+        ("default_cfg=1.5", "default_cfg=inf", "default_cfg"),
+        (
+            "default_top_k=00000010",
+            "default_top_k=99999999",
+            "default_top_k",
+        ),
+        (
+            "default_top_k=00000010",
+            "default_top_k=000001.5",
+            "default_top_k",
+        ),
+        (
+            "default_top_k=00000010",
+            "default_top_k=-0000001",
+            "default_top_k",
+        ),
+        ("default_top_p=0.5", "default_top_p=1.5", "default_top_p"),
+        ("default_top_p=0.5", "default_top_p=NaN", "default_top_p"),
+        (
+            "resample_policy=1,2,3,4",
+            "resample_policy=1,2,3;4",
+            "resample_policy",
+        ),
+        (
+            "resample_policy=1,2,3,4",
+            "resample_policy=1,2,3,x",
+            "resample_policy",
+        ),
+        // A second `default_cfg` line: which one would count is not for the reader to guess.
+        ("default_top_p=0.5", "default_cfg=0.500", "default_cfg"),
+    ] {
+        assert_eq!(from.len(), to.len());
+        let mut buf = AlignedBytes::new(&bytes);
+        let m = buf.as_bytes_mut();
+        let at = meta_at
+            + m[meta_at..]
+                .windows(from.len())
+                .position(|w| w == from.as_bytes())
+                .expect("the metadata line is in the data section");
+        m[at..at + to.len()].copy_from_slice(to.as_bytes());
+        reseal(m);
+        let got = catch_unwind(AssertUnwindSafe(|| load(buf.as_bytes())))
+            .unwrap_or_else(|_| panic!("{to}: the loader panicked"));
+        match got {
+            Err(e @ Error::BadMetadata { key: k, .. }) => {
+                assert_eq!(k, key, "{to}: {e}");
+                assert!(e
+                    .to_string()
+                    .starts_with(&format!("model metadata {key}: ")));
+            }
+            other => panic!("{to}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_shipped_model_metadata_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/default-int8.srdd");
+    let bytes = AlignedBytes::read(path.as_ref()).expect("model file");
+    let model = Model::from_bytes(bytes.as_bytes()).expect("the shipped model loads");
+    Model::check_metadata(model.metadata, &model.config).expect("its metadata is valid");
+    assert_eq!(model.class_index("flags"), Some(8));
+}

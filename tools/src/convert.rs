@@ -12,7 +12,7 @@ use srdd_core::format::{
 };
 use srdd_core::kernels::{pack_official, panels_len};
 use srdd_core::weights::{TensorSource, Weight};
-use srdd_core::Weights;
+use srdd_core::{Model, Weights};
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -44,6 +44,19 @@ pub enum ConvertError {
     /// A value that must be a particular constant is not.
     #[error("key {0}: {1}")]
     Value(String, String),
+    /// `--var` holds a VQVAE state dict and `--vae` a VAR one.
+    #[error("--var looks like a VQVAE checkpoint and --vae like a VAR one; swap them")]
+    Swapped,
+    /// A metadata value the engine reads does not parse or contradicts the model.
+    #[error("metadata {key}={value}: {what}")]
+    Metadata {
+        /// Key.
+        key: String,
+        /// Value given.
+        value: String,
+        /// What is wrong, with the accepted range.
+        what: String,
+    },
     /// The core rejected the inferred configuration.
     #[error("{0}")]
     Core(#[from] srdd_core::Error),
@@ -133,6 +146,69 @@ fn phi_naming(vae: &StateDict) -> (PhiNaming, usize) {
     (PhiNaming::None, 0)
 }
 
+fn looks_like_var(sd: &StateDict) -> bool {
+    sd.keys()
+        .any(|k| k == "word_embed.weight" || k == "class_emb.weight" || k.starts_with("blocks."))
+}
+
+fn looks_like_vae(sd: &StateDict) -> bool {
+    sd.keys().any(is_vae_key)
+}
+
+/// The metadata text of the file: one `key=value` line each, after the converter's own line.
+/// Keys the engine parses must agree with `cfg` ([`Model::check_metadata`]), so a bad value is
+/// refused here rather than when the file is loaded.
+fn metadata_text(cfg: &ModelConfig, metadata: &[(String, String)]) -> Result<String, ConvertError> {
+    let mut meta = format!("converter=srdd-tools {}\n", env!("CARGO_PKG_VERSION"));
+    for (i, (k, v)) in metadata.iter().enumerate() {
+        if k.contains('=') || k.contains('\n') || v.contains('\n') {
+            return Err(ConvertError::Value(
+                k.clone(),
+                "metadata keys/values must be single-line, keys without '='".into(),
+            ));
+        }
+        if k == "converter" {
+            return Err(ConvertError::Value(
+                k.clone(),
+                "the converter writes this metadata key itself".into(),
+            ));
+        }
+        if metadata[..i].iter().any(|(other, _)| other == k) {
+            return Err(ConvertError::Value(
+                k.clone(),
+                "the metadata key is given twice".into(),
+            ));
+        }
+        meta.push_str(&format!("{k}={v}\n"));
+    }
+    if let Err(e) = Model::check_metadata(&meta, cfg) {
+        let srdd_core::Error::BadMetadata { key, what } = e else {
+            return Err(e.into());
+        };
+        let value = metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or(String::new(), |(_, v)| v.clone());
+        let what = match key {
+            "class_names" if value.split(',').count() != cfg.var.num_classes as usize => {
+                format!(
+                    "{what} ({} given; the model has {} classes)",
+                    value.split(',').count(),
+                    cfg.var.num_classes
+                )
+            }
+            "default_top_k" => format!("{what} (vocab_size = {})", cfg.vae.vocab_size),
+            _ => what.to_string(),
+        };
+        return Err(ConvertError::Metadata {
+            key: key.to_string(),
+            value,
+            what,
+        });
+    }
+    Ok(meta)
+}
+
 /// Infers every hyper-parameter from key names and shapes.
 pub fn infer_config(
     var: &StateDict,
@@ -140,6 +216,11 @@ pub fn infer_config(
     opts: &PackOptions,
 ) -> Result<ModelConfig, ConvertError> {
     let infer = |s: &str| ConvertError::Infer(s.to_string());
+    // Checked first: otherwise the first complaint is a missing `word_embed.weight`, which does
+    // not say what went wrong.
+    if !looks_like_var(var) && looks_like_var(vae) && looks_like_vae(var) {
+        return Err(ConvertError::Swapped);
+    }
     let we = need(var, "word_embed.weight")?;
     let (c, cvae) = (we[0], we[1]);
     let depth = count_indexed(var, "blocks.");
@@ -379,6 +460,7 @@ pub fn quantize_rows(values: &[f32], rows: usize) -> (Vec<i8>, Vec<f32>) {
 /// Converts two official state dicts into `.srdd` bytes.
 pub fn pack(var: &StateDict, vae: &StateDict, opts: &PackOptions) -> Result<Vec<u8>, ConvertError> {
     let cfg = infer_config(var, vae, opts)?;
+    let meta = metadata_text(&cfg, &opts.metadata)?;
     let (naming, _) = phi_naming(vae);
     let cat = catalog(&cfg)?;
 
@@ -475,16 +557,6 @@ pub fn pack(var: &StateDict, vae: &StateDict, opts: &PackOptions) -> Result<Vec<
     }
     if !unexpected.is_empty() {
         return Err(ConvertError::UnexpectedKeys(unexpected));
-    }
-    let mut meta = format!("converter=srdd-tools {}\n", env!("CARGO_PKG_VERSION"));
-    for (k, v) in &opts.metadata {
-        if k.contains('=') || k.contains('\n') || v.contains('\n') {
-            return Err(ConvertError::Value(
-                k.clone(),
-                "metadata keys/values must be single-line, keys without '='".into(),
-            ));
-        }
-        meta.push_str(&format!("{k}={v}\n"));
     }
     Ok(write_file(&cfg, &packed, &meta))
 }

@@ -4,7 +4,7 @@
 use crate::config::{Attention, ModelConfig, MAX_SCALES};
 use crate::error::{Error, Result};
 use crate::var::DEFAULT_CHUNK;
-use crate::Model;
+use crate::{Model, MAX_CFG};
 
 /// How classifier-free guidance weights each scale (a [`StepTable`] gives any other table).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -112,7 +112,8 @@ impl SampleOptions {
     /// `default_top_k`, `default_top_p`), else the official ones, with top-k at most the
     /// vocabulary. Every front end (CLI, firmware, benches, display) starts here, so the same
     /// class and seed give the same image everywhere. Metadata values that do not parse or are
-    /// out of range are ignored (`srdd-tools pack` refuses them).
+    /// out of range are ignored ([`Model::from_bytes`] and `srdd-tools pack` refuse them; a
+    /// `Model` built by hand may still hold them).
     pub fn for_model(model: &Model<'_>, label: u32) -> Self {
         let cfg = &model.config;
         let meta = |k: &str| {
@@ -122,7 +123,7 @@ impl SampleOptions {
                 .filter(|v| v.is_finite())
         };
         let mut o = SampleOptions::new(label);
-        if let Some(v) = meta("default_cfg").filter(|v| (0.0..=1000.0).contains(v)) {
+        if let Some(v) = meta("default_cfg").filter(|v| (0.0..=MAX_CFG).contains(v)) {
             o.cfg = v;
         }
         if o.cfg == 0.0 {
@@ -167,7 +168,7 @@ impl SampleOptions {
                 num_classes: cfg.var.num_classes,
             });
         }
-        if !(self.cfg.is_finite() && (0.0..=1000.0).contains(&self.cfg)) {
+        if !(self.cfg.is_finite() && (0.0..=MAX_CFG).contains(&self.cfg)) {
             return Err(Error::BadOption("cfg must be a finite value in [0, 1000]"));
         }
         let row = StepSettings {
