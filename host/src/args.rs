@@ -85,12 +85,26 @@ pub fn parse_seed(s: &str) -> Result<u64, String> {
 #[derive(Args, Clone, Debug)]
 pub struct ScheduleArg {
     /// Scale schedule: `full` (the model's own; when packing, the official one), `distilled-6`
-    /// (1,3,5,8,13,16), or patch sizes like 1,2,4,8.
+    /// (1,3,5,8,13,16: only models whose latent is 16×16 and have those patch sizes; `srdd info`
+    /// lists what a model can run), or a subset of the model's patch sizes like 1,2,4,8.
     #[arg(long, alias = "patch-nums", default_value = "full")]
     pub schedule: String,
 }
 
 impl ScheduleArg {
+    /// The named schedules and whether the model of `config` can run each (`srdd info`).
+    pub fn named(config: &ModelConfig) -> Vec<(&'static str, Result<Schedule, String>)> {
+        ["full", "distilled-6"]
+            .into_iter()
+            .map(|name| {
+                let arg = ScheduleArg {
+                    schedule: name.to_string(),
+                };
+                (name, arg.resolve(config))
+            })
+            .collect()
+    }
+
     /// The patch sizes given, or `None` for `full`.
     pub fn patch_nums(&self) -> Result<Option<Vec<u16>>, String> {
         let s = &self.schedule;

@@ -530,6 +530,12 @@ fn run(cli: Cli) -> Result<(), String> {
                 c.patch_nums.as_slice(),
                 c.phi_index.as_slice()
             );
+            for (name, sched) in ScheduleArg::named(c) {
+                match sched {
+                    Ok(sc) => println!("schedule {name}: {:?}", sc.pn.as_slice()),
+                    Err(e) => println!("schedule {name}: not for this model ({e})"),
+                }
+            }
             if let Some(n) = m.meta("class_names") {
                 println!("classes: {n}");
             }

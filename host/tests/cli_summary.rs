@@ -427,3 +427,20 @@ fn info_lists_the_classes_and_takes_the_model_either_way() {
         "srdd: give the model as FILE or as --model FILE, not both"
     );
 }
+
+#[test]
+fn info_says_which_named_schedules_the_model_runs() {
+    let o = Command::new(env!("CARGO_BIN_EXE_srdd"))
+        .arg("info")
+        .output()
+        .unwrap();
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("schedule full: [1, 2, 3, 4, 5, 6, 8]"),
+        "{out}"
+    );
+    assert!(
+        out.contains("schedule distilled-6: not for this model"),
+        "{out}"
+    );
+}
