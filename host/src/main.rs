@@ -347,10 +347,16 @@ fn label_of(m: &Model<'_>, class: &str) -> Result<u32, String> {
 }
 
 fn progress(steps: u64) -> ProgressBar {
+    progress_in(steps, "scales")
+}
+
+/// A progress bar of `len` `unit`s on a terminal's stderr (hidden otherwise).
+fn progress_in(len: u64, unit: &str) -> ProgressBar {
     if std::io::stderr().is_terminal() {
-        let b = ProgressBar::new(steps);
+        let b = ProgressBar::new(len);
+        let template = format!("{{bar:40}} {{pos}}/{{len}} {unit} {{elapsed_precise}} eta {{eta}}");
         b.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} scales {elapsed_precise} eta {eta}")
+            ProgressStyle::with_template(&template)
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         b
@@ -606,7 +612,22 @@ fn run(cli: Cli) -> Result<(), String> {
             if batch == 0 || batch > MAX_BATCH {
                 return Err(format!("--batch must be in 1..={MAX_BATCH}"));
             }
-            let bar = progress(sched.len() as u64 * (count * labels.len()) as u64);
+            // Several images: the bar counts finished images (each image ticks once per scale);
+            // one image: its scales.
+            let steps = sched.len() as u64;
+            let total = (count * labels.len()) as u64;
+            let bar = if total > 1 {
+                progress_in(total, "images")
+            } else {
+                progress(steps)
+            };
+            let ticks = std::sync::atomic::AtomicU64::new(0);
+            let tick = || {
+                let t = ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if total == 1 || t % steps == 0 {
+                    bar.inc(1);
+                }
+            };
             let cores = s.threads.count();
             // Batches in parallel when there are enough of them, else threads inside each batch.
             // (class row, first image, images): a batch never mixes classes.
@@ -640,8 +661,7 @@ fn run(cli: Cli) -> Result<(), String> {
                             let mut o = opts;
                             o.label = labels[r];
                             o.seed = s.seed.wrapping_add(i0 as u64);
-                            let r =
-                                sample_batch(&m, o, &sched, len, &policy, &inner, &|| bar.inc(1));
+                            let r = sample_batch(&m, o, &sched, len, &policy, &inner, &tick);
                             results.lock().unwrap()[j] = Some(r);
                         }
                     });
