@@ -1,16 +1,120 @@
 //! `srdd-tools inspect`: header, tensor table, sizes, and the arena each operation needs.
 
-use serde_json::json;
-use srdd_core::format::{parse, TensorEntry};
-use srdd_core::generate::{Guidance, Plan, SampleOptions};
-use srdd_core::{tokenize, vae, Attention, Model, Schedule};
+use serde_json::{json, Map, Value};
+use srdd_core::format::{parse, TensorDType, TensorEntry, WeightLayout};
+use srdd_core::generate::{Guidance, Lifetime, Plan, SampleOptions};
+use srdd_core::{tokenize, vae, Attention, Model, ModelConfig, Schedule, WeightFormat};
 use std::fmt::Write;
 
-/// Arena bytes per operation for a model.
-pub fn arena_table(model: &Model<'_>) -> Vec<(String, usize)> {
+/// One buffer of an operation's arena, with the buffers it is made of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArenaBuffer {
+    /// What the buffer holds.
+    pub name: String,
+    /// Exact bytes.
+    pub bytes: usize,
+    /// The buffers it is made of (empty when it is one buffer).
+    pub children: Vec<ArenaBuffer>,
+}
+
+/// The arena one operation needs, split into its buffers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArenaOperation {
+    /// The operation, e.g. `sample markov cfg`.
+    pub operation: String,
+    /// Exact arena bytes.
+    pub bytes: usize,
+    /// Of which the KV cache (0 without one).
+    pub kv_cache_bytes: usize,
+    /// Its buffers: for sampling, persistent / per-scale step scratch / decoder scratch.
+    pub buffers: Vec<ArenaBuffer>,
+}
+
+impl ArenaBuffer {
+    fn leaf(name: &str, bytes: usize) -> Self {
+        ArenaBuffer {
+            name: name.to_string(),
+            bytes,
+            children: Vec::new(),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let mut v = json!({"name": self.name, "bytes": self.bytes});
+        // Only a buffer made of others has children, as in the text listing.
+        if !self.children.is_empty() {
+            v["children"] = self.children.iter().map(ArenaBuffer::to_json).collect();
+        }
+        v
+    }
+}
+
+/// The decoder's own buffers, with `band_rows` rows per band (0: the whole image).
+fn decoder_parts(cfg: &ModelConfig, band_rows: usize) -> Vec<ArenaBuffer> {
+    vae::decoder_buffers(cfg, band_rows)
+        .iter()
+        .map(|&(n, b)| ArenaBuffer::leaf(n, b))
+        .collect()
+}
+
+/// The three regions of a sampling plan, each with the plan's buffers of that lifetime
+/// (read from the plan's layout table, so the nesting is the engine's own); a decoder
+/// buffer holds the decoder's parts at the plan's band height.
+fn plan_buffers(
+    cfg: &ModelConfig,
+    plan: &Plan,
+    band_rows: usize,
+    decoder: &str,
+) -> Vec<ArenaBuffer> {
+    let of = |life: Lifetime| -> Vec<ArenaBuffer> {
+        plan.buffers
+            .iter()
+            .filter(|(_, _, l)| *l == life)
+            .map(|&(n, b, l)| ArenaBuffer {
+                name: n.to_string(),
+                bytes: b,
+                children: if l == Lifetime::Decode {
+                    decoder_parts(cfg, band_rows)
+                } else {
+                    Vec::new()
+                },
+            })
+            .collect()
+    };
+    vec![
+        ArenaBuffer {
+            name: "persistent".into(),
+            bytes: plan.persistent_bytes,
+            children: of(Lifetime::Run),
+        },
+        ArenaBuffer {
+            name: "per-scale step scratch".into(),
+            bytes: plan.step_bytes,
+            children: of(Lifetime::Step),
+        },
+        ArenaBuffer {
+            name: decoder.into(),
+            bytes: plan.decode_bytes,
+            children: of(Lifetime::Decode),
+        },
+    ]
+}
+
+/// Arena bytes per operation for a model, each split into its buffers.
+pub fn arena_table(model: &Model<'_>) -> Vec<ArenaOperation> {
     let cfg = &model.config;
     let full = Schedule::full(cfg);
     let mut rows = Vec::new();
+    let mut sample = |name: String, o: &SampleOptions, decoder: &str| {
+        if let Ok(p) = Plan::new(cfg, o, &full) {
+            rows.push(ArenaOperation {
+                operation: name,
+                bytes: p.arena_bytes(),
+                kv_cache_bytes: p.kv_cache_bytes,
+                buffers: plan_buffers(cfg, &p, o.band_rows as usize, decoder),
+            });
+        }
+    };
     for (att, an) in [(Attention::Markov, "markov"), (Attention::Causal, "causal")] {
         for (g, gn) in [(Guidance::Linear, "cfg"), (Guidance::Off, "no-cfg")] {
             let o = SampleOptions {
@@ -18,15 +122,7 @@ pub fn arena_table(model: &Model<'_>) -> Vec<(String, usize)> {
                 guidance: g,
                 ..SampleOptions::for_model(model, 0)
             };
-            if let Ok(p) = Plan::new(cfg, &o, &full) {
-                rows.push((format!("sample {an} {gn}"), p.arena_bytes()));
-                rows.push((
-                    format!("  persistent (of which KV cache {})", p.kv_cache_bytes),
-                    p.persistent_bytes,
-                ));
-                rows.push(("  per-scale step scratch".to_string(), p.step_bytes));
-                rows.push(("  decoder scratch".to_string(), p.decode_bytes));
-            }
+            sample(format!("sample {an} {gn}"), &o, "decoder scratch");
         }
     }
     // The edge configuration: one-token chunks, one-row decoder bands (identical results).
@@ -35,24 +131,111 @@ pub fn arena_table(model: &Model<'_>) -> Vec<(String, usize)> {
             attention: att,
             ..SampleOptions::for_model_low_memory(model, 0)
         };
-        if let Ok(p) = Plan::new(cfg, &o, &full) {
-            rows.push((
-                format!("sample {an} cfg, low-memory (chunk 1, band 1)"),
-                p.arena_bytes(),
-            ));
-            rows.push(("  persistent".to_string(), p.persistent_bytes));
-            rows.push(("  per-scale step scratch".to_string(), p.step_bytes));
-            rows.push(("  banded decoder scratch".to_string(), p.decode_bytes));
-        }
+        sample(
+            format!("sample {an} cfg, low-memory (chunk 1, band 1)"),
+            &o,
+            "banded decoder scratch",
+        );
     }
     if cfg.vae.has_encoder {
-        rows.push((
-            "tokenize (encode + quantize)".into(),
-            tokenize::tokenize_bytes(model, &full),
-        ));
+        rows.push(ArenaOperation {
+            operation: "tokenize (encode + quantize)".into(),
+            bytes: tokenize::tokenize_bytes(model, &full),
+            kv_cache_bytes: 0,
+            buffers: Vec::new(),
+        });
     }
-    rows.push(("decode only".into(), vae::decoder_scratch_bytes(cfg, 0)));
+    rows.push(ArenaOperation {
+        operation: "decode only".into(),
+        bytes: vae::decoder_scratch_bytes(cfg, 0),
+        kv_cache_bytes: 0,
+        buffers: decoder_parts(cfg, 0),
+    });
     rows
+}
+
+/// Parameter counts per module, grouped by tensor name prefix, in report order.
+pub fn parameter_counts(entries: &[TensorEntry<'_>]) -> Vec<(&'static str, u64)> {
+    let mut groups = [
+        ("transformer_blocks", 0u64),
+        ("embeddings_and_head", 0),
+        ("vqvae_decoder", 0),
+        ("vqvae_encoder", 0),
+        ("quantizer", 0),
+    ];
+    for e in entries {
+        let n = e.shape.iter().map(|&d| d as u64).product::<u64>();
+        let first = e.name.split('.').next().unwrap_or("");
+        // quant_conv runs right after the encoder and post_quant_conv right before the
+        // decoder, so they count with those (and go with the encoder when it is left out).
+        let g = match first {
+            "blocks" => 0,
+            "decoder" | "post_quant_conv" => 2,
+            "encoder" | "quant_conv" => 3,
+            "quantize" => 4,
+            _ => 1,
+        };
+        groups[g].1 += n;
+    }
+    groups.to_vec()
+}
+
+/// A storage type as every output of `inspect` names it: `int8`, `f16` or `f32`.
+pub fn weights_name(w: WeightFormat) -> &'static str {
+    match w {
+        WeightFormat::F32 => "f32",
+        WeightFormat::F16 => "f16",
+        WeightFormat::Int8 => "int8",
+    }
+}
+
+/// A tensor's storage type, in the same words as [`weights_name`].
+pub fn dtype_name(d: TensorDType) -> &'static str {
+    match d {
+        TensorDType::F32 => "f32",
+        TensorDType::F16 => "f16",
+        TensorDType::I8 => "int8",
+    }
+}
+
+/// An attention policy as the CLIs spell it.
+fn attention_name(a: Attention) -> &'static str {
+    match a {
+        Attention::Markov => "markov",
+        Attention::Causal => "causal",
+    }
+}
+
+/// One metadata value typed: the numbers the engine reads as numbers, the class names and
+/// the resampling policy as arrays; anything else (or anything that does not parse) as text.
+fn metadata_value(key: &str, value: &str) -> Value {
+    let number = |s: &str| -> Option<Value> {
+        let s = s.trim();
+        if let Ok(i) = s.parse::<i64>() {
+            return Some(i.into());
+        }
+        s.parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(Value::Number)
+    };
+    let typed = match key {
+        "default_cfg" | "default_top_k" | "default_top_p" => number(value),
+        "class_names" => Some(
+            value
+                .split(',')
+                .map(|c| c.trim())
+                .collect::<Vec<_>>()
+                .into(),
+        ),
+        "resample_policy" => value
+            .split(',')
+            .map(number)
+            .collect::<Option<Vec<_>>>()
+            .map(Value::Array),
+        _ => None,
+    };
+    typed.unwrap_or_else(|| value.into())
 }
 
 /// Renders the report (text or JSON).
@@ -68,18 +251,42 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
         entries.push(e);
     }
     let arena = arena_table(&model);
+    let params = parameter_counts(&entries);
+    let total_params: u64 = params.iter().map(|(_, n)| n).sum();
     let cfg = &model.config;
     if as_json {
+        let mut config = serde_json::to_value(cfg).unwrap_or_default();
+        // The same words as the text report and the CLIs, not the Rust variant names.
+        if let Some(c) = config.as_object_mut() {
+            c.insert("weights".into(), weights_name(cfg.weights).into());
+            c.insert("attention".into(), attention_name(cfg.attention).into());
+        }
+        let mut metadata = Map::new();
+        for (k, v) in model.metadata.lines().filter_map(|l| l.split_once('=')) {
+            metadata.insert(k.to_string(), metadata_value(k, v));
+        }
+        let mut parameters = Map::new();
+        for (k, n) in &params {
+            parameters.insert((*k).into(), (*n).into());
+        }
+        parameters.insert("total".into(), total_params.into());
         let v = json!({
             "file_bytes": bytes.len(),
-            "config": serde_json::to_value(cfg).unwrap_or_default(),
+            "format_version": srdd_core::format::FORMAT_VERSION,
+            "config": config,
             "image_side": cfg.image_side(),
+            "metadata": metadata,
+            "parameters": parameters,
             "tensors": entries.iter().map(|e| json!({
-                "name": e.name, "dtype": format!("{:?}", e.dtype), "layout": layout(&e.layout), "shape": e.shape.as_slice(),
+                "name": e.name, "dtype": dtype_name(e.dtype), "layout": layout(&e.layout), "shape": e.shape.as_slice(),
                 "offset": e.offset, "bytes": e.len, "scales_offset": e.scales_offset,
             })).collect::<Vec<_>>(),
-            "arena_bytes": arena.iter().map(|(k, v)| json!({"operation": k, "bytes": v})).collect::<Vec<_>>(),
-            "metadata": model.metadata.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| json!({"key": k, "value": v})).collect::<Vec<_>>(),
+            "arena": arena.iter().map(|op| json!({
+                "operation": op.operation,
+                "bytes": op.bytes,
+                "kv_cache_bytes": op.kv_cache_bytes,
+                "buffers": op.buffers.iter().map(ArenaBuffer::to_json).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
         });
         return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
     }
@@ -97,8 +304,9 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
     }
     let _ = writeln!(
         s,
-        "weights: {:?}   default attention: {:?}",
-        cfg.weights, cfg.attention
+        "weights: {}   default attention: {}",
+        weights_name(cfg.weights),
+        attention_name(cfg.attention)
     );
     let _ = writeln!(
         s,
@@ -128,6 +336,11 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
     let _ = writeln!(s, "patch_nums  {:?}", cfg.patch_nums.as_slice());
     let _ = writeln!(s, "level_index {:?}", cfg.level_index.as_slice());
     let _ = writeln!(s, "phi_index   {:?}", cfg.phi_index.as_slice());
+    let _ = writeln!(s, "\nparameters:");
+    for (k, n) in &params {
+        let _ = writeln!(s, "  {:<24} {:>14}", k, n);
+    }
+    let _ = writeln!(s, "  {:<24} {:>14}", "total", total_params);
     let _ = writeln!(s, "\ntensors ({}):", entries.len());
     let _ = writeln!(
         s,
@@ -139,7 +352,7 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
             s,
             "  {:<48} {:>5} {:>11} {:>22} {:>12} {:>12}",
             e.name,
-            format!("{:?}", e.dtype),
+            dtype_name(e.dtype),
             layout(&e.layout),
             format!("{:?}", e.shape.as_slice()),
             e.offset,
@@ -147,14 +360,30 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
         );
     }
     let _ = writeln!(s, "\narena bytes per operation (exact):");
-    for (k, b) in &arena {
+    let mib = |b: usize| b as f64 / 1048576.0;
+    for op in &arena {
         let _ = writeln!(
             s,
             "  {:<44} {:>14} ({:.2} MiB)",
-            k,
-            b,
-            *b as f64 / 1048576.0
+            op.operation,
+            op.bytes,
+            mib(op.bytes)
         );
+        // One level of detail here; the layout listings below show every buffer.
+        for b in &op.buffers {
+            let name = if b.name == "persistent" {
+                format!("persistent (of which KV cache {})", op.kv_cache_bytes)
+            } else {
+                b.name.clone()
+            };
+            let _ = writeln!(
+                s,
+                "    {:<42} {:>14} ({:.2} MiB)",
+                name,
+                b.bytes,
+                mib(b.bytes)
+            );
+        }
     }
     for (o, what) in [
         (SampleOptions::for_model(&model, 0), "default configuration"),
@@ -173,12 +402,12 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
         let _ = writeln!(s, "  {:<62} {:>12}  lives", "buffer", "bytes");
         for (name, b, life) in &plan.buffers {
             let lives = match life {
-                srdd_core::generate::Lifetime::Run => "whole run",
-                srdd_core::generate::Lifetime::Step => "one scale (then reused)",
-                srdd_core::generate::Lifetime::Decode => "decoding (overlays the step scratch)",
+                Lifetime::Run => "whole run",
+                Lifetime::Step => "one scale (then reused)",
+                Lifetime::Decode => "decoding (overlays the step scratch)",
             };
             let _ = writeln!(s, "  {:<62} {:>12}  {}", name, b, lives);
-            if *life == srdd_core::generate::Lifetime::Decode {
+            if *life == Lifetime::Decode {
                 for (part, pb) in srdd_core::vae::decoder_buffers(cfg, o.band_rows as usize) {
                     let _ = writeln!(s, "    {:<60} {:>12}", part, pb);
                 }
@@ -195,9 +424,9 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
 }
 
 /// A tensor's layout as `inspect` shows it: `plain`, or `panels16x4` (int8 GEMM panels).
-fn layout(l: &srdd_core::format::WeightLayout) -> String {
+fn layout(l: &WeightLayout) -> String {
     match l {
-        srdd_core::format::WeightLayout::Plain => "plain".into(),
-        srdd_core::format::WeightLayout::Panels { nr, kr } => format!("panels{nr}x{kr}"),
+        WeightLayout::Plain => "plain".into(),
+        WeightLayout::Panels { nr, kr } => format!("panels{nr}x{kr}"),
     }
 }

@@ -22,11 +22,15 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// `--weights`: the storage type of Linear/Conv weights (any case: `INT8` = `int8`).
 #[derive(Clone, Copy, ValueEnum)]
 enum Weights {
-    F32,
-    F16,
+    /// int8 with one f32 scale per output channel, in GEMM panels (smallest, fastest).
     Int8,
+    /// IEEE f16.
+    F16,
+    /// IEEE f32 (the checkpoint's own values).
+    F32,
 }
 
 impl From<Weights> for WeightFormat {
@@ -42,6 +46,9 @@ impl From<Weights> for WeightFormat {
 #[derive(Subcommand)]
 enum Cmd {
     /// Convert official checkpoints (.pth / .safetensors) into one .srdd file.
+    #[command(
+        after_help = "Example:\n  srdd-tools pack --vae vae_ch160v4096z32.pth --var var_d16.pth --weights int8 -o d16-int8.srdd"
+    )]
     Pack {
         /// VQVAE checkpoint (e.g. vae_ch160v4096z32.pth).
         #[arg(long)]
@@ -50,7 +57,7 @@ enum Cmd {
         #[arg(long)]
         var: PathBuf,
         /// Storage type of Linear/Conv weights.
-        #[arg(long, value_enum, default_value = "f32")]
+        #[arg(long, value_enum, ignore_case = true, default_value = "f32")]
         weights: Weights,
         #[command(flatten)]
         schedule: ScheduleArg,
@@ -60,13 +67,21 @@ enum Cmd {
         #[arg(long)]
         no_encoder: bool,
         /// Class names in label order, comma-separated (lets `srdd sample --class NAME` work).
+        /// Default: none (classes are numbers only).
         #[arg(long)]
         class_names: Option<String>,
         /// Learned resampling policy `w_confidence,w_entropy,w_step,bias` (as printed by
-        /// tools/train/train_policy.py); `srdd … --resample learned` uses it.
-        #[arg(long)]
-        resample_policy: Option<String>,
-        /// Extra metadata lines `key=value` (repeatable).
+        /// tools/train/train_policy.py); `srdd … --resample learned` uses it. Default: none.
+        /// `--resample-policy` is the old spelling.
+        #[arg(
+            long = "resample",
+            alias = "resample-policy",
+            // The weights are often negative: `--resample -3.5,…` is a value, not a flag.
+            allow_hyphen_values = true,
+            value_name = "W_CONFIDENCE,W_ENTROPY,W_STEP,BIAS"
+        )]
+        resample: Option<String>,
+        /// Extra metadata lines `key=value` (repeatable). Default: none.
         #[arg(long)]
         meta: Vec<String>,
         /// Output file.
@@ -74,20 +89,34 @@ enum Cmd {
         output: PathBuf,
     },
     /// Print the header, tensor table and per-operation arena sizes.
+    #[command(
+        after_help = "Examples:\n  srdd-tools inspect models/default-int8.srdd\n  srdd-tools inspect -m models/default-int8.srdd --json"
+    )]
     Inspect {
-        /// Model file.
-        file: PathBuf,
-        /// JSON output.
+        /// Model file (or give it with -m/--model).
+        #[arg(value_name = "MODEL")]
+        file: Option<PathBuf>,
+        /// Model file, as `srdd` takes it (the same as the positional MODEL).
+        #[arg(short, long = "model", value_name = "MODEL")]
+        model: Option<PathBuf>,
+        /// JSON output: config, typed metadata, parameters per module, tensors with their
+        /// layout, and the arena of each operation with its nested buffers.
         #[arg(long)]
         json: bool,
     },
     /// Run every case of a parity fixture directory (manifest.json schema).
+    #[command(
+        after_help = "Example:\n  srdd-tools parity tests/fixtures/tiny-official-schedule --weights int8"
+    )]
     Parity {
         /// Fixture directory.
-        #[arg(long)]
-        fixture: PathBuf,
+        #[arg(value_name = "FIXTURE")]
+        fixture: Option<PathBuf>,
+        /// Fixture directory (the old spelling of the positional FIXTURE).
+        #[arg(long = "fixture", value_name = "FIXTURE")]
+        fixture_flag: Option<PathBuf>,
         /// Weight format to pack and run.
-        #[arg(long, value_enum, default_value = "f32")]
+        #[arg(long, value_enum, ignore_case = true, default_value = "f32")]
         weights: Weights,
         #[command(flatten)]
         threads: ThreadsArg,
@@ -104,12 +133,37 @@ fn run(cli: Cli) -> Result<bool, String> {
             attention,
             no_encoder,
             class_names,
-            resample_policy,
+            resample,
             meta,
             output,
         } => {
             let t0 = Instant::now();
             let patch_nums = schedule.patch_nums()?;
+            // The options first: a bad one is named before any checkpoint is read.
+            let metadata = {
+                let mut md: Vec<(String, String)> = Vec::new();
+                if let Some(c) = class_names {
+                    md.push(("class_names".into(), c));
+                }
+                if let Some(r) = resample {
+                    let ok = r.split(',').count() == 4
+                        && r.split(',')
+                            .all(|x| x.trim().parse::<f32>().is_ok_and(f32::is_finite));
+                    if !ok {
+                        return Err(format!(
+                            "--resample {r}: expected 4 comma-separated numbers"
+                        ));
+                    }
+                    md.push(("resample_policy".into(), r));
+                }
+                for kv in meta {
+                    let (k, v) = kv
+                        .split_once('=')
+                        .ok_or_else(|| format!("--meta {kv}: expected key=value"))?;
+                    md.push((k.to_string(), v.to_string()));
+                }
+                md
+            };
             let var_sd =
                 read_state_dict(&var, Role::Var).map_err(|e| format!("{}: {e}", var.display()))?;
             let vae_sd =
@@ -119,30 +173,7 @@ fn run(cli: Cli) -> Result<bool, String> {
                 patch_nums,
                 attention: attention.or(Attention::Markov),
                 encoder: !no_encoder,
-                metadata: {
-                    let mut md: Vec<(String, String)> = Vec::new();
-                    if let Some(c) = class_names {
-                        md.push(("class_names".into(), c));
-                    }
-                    if let Some(r) = resample_policy {
-                        let ok = r.split(',').count() == 4
-                            && r.split(',')
-                                .all(|x| x.trim().parse::<f32>().is_ok_and(f32::is_finite));
-                        if !ok {
-                            return Err(format!(
-                                "--resample-policy {r}: expected 4 comma-separated numbers"
-                            ));
-                        }
-                        md.push(("resample_policy".into(), r));
-                    }
-                    for kv in meta {
-                        let (k, v) = kv
-                            .split_once('=')
-                            .ok_or_else(|| format!("--meta {kv}: expected key=value"))?;
-                        md.push((k.to_string(), v.to_string()));
-                    }
-                    md
-                },
+                metadata,
                 ..PackOptions::default()
             };
             let bytes = pack(&var_sd, &vae_sd, &opts).map_err(|e| e.to_string())?;
@@ -155,7 +186,8 @@ fn run(cli: Cli) -> Result<bool, String> {
             );
             Ok(true)
         }
-        Cmd::Inspect { file, json } => {
+        Cmd::Inspect { file, model, json } => {
+            let file = one_path(file, model, "model", "MODEL or -m/--model")?;
             let bytes =
                 AlignedBytes::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
             let s = srdd_tools::inspect::report(bytes.as_bytes(), json)
@@ -165,9 +197,11 @@ fn run(cli: Cli) -> Result<bool, String> {
         }
         Cmd::Parity {
             fixture,
+            fixture_flag,
             weights,
             threads,
         } => {
+            let fixture = one_path(fixture, fixture_flag, "fixture", "FIXTURE or --fixture")?;
             let par = threads.parallel();
             let rows = srdd_tools::parity::run_fixture_on(&fixture, weights.into(), &par)
                 .map_err(|e| format!("{}: {e}", fixture.display()))?;
@@ -193,6 +227,25 @@ fn run(cli: Cli) -> Result<bool, String> {
     }
 }
 
+/// The path given once, either positionally or with its flag: both or neither is a one-line
+/// error (clap's own would add a usage block).
+fn one_path(
+    positional: Option<PathBuf>,
+    flag: Option<PathBuf>,
+    what: &str,
+    how: &str,
+) -> Result<PathBuf, String> {
+    match (positional, flag) {
+        (Some(p), None) | (None, Some(p)) => Ok(p),
+        (Some(a), Some(b)) => Err(format!(
+            "{what} given twice ({} and {}): give it once, as {how}",
+            a.display(),
+            b.display()
+        )),
+        (None, None) => Err(format!("no {what} given: give it as {how}")),
+    }
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(true) => ExitCode::SUCCESS,
@@ -201,5 +254,18 @@ fn main() -> ExitCode {
             eprintln!("srdd-tools: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks: unique short and long flags and aliases, defaults that
+    /// parse, positional arguments in order.
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
     }
 }
