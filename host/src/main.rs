@@ -8,8 +8,8 @@ use srdd::args::{parse_seed, png_output, AttentionArg, ModelArg, ScheduleArg, Th
 use srdd::pool::Pool;
 use srdd::report::Timing;
 use srdd::zero_shot::{
-    box_mask, downscale_box, keep_mask, psnr, read_mask, reconstruct, sample_forced, tokens_of,
-    upscale,
+    auto_class, box_mask, downscale_box, keep_mask, paste_back, psnr, read_mask, reconstruct,
+    sample_forced, tokens_of, upscale_from, upscale_source,
 };
 use srdd::{grid, png_bytes, read_png_rgb, sample_batch, write_atomic, Image, ResampleChoice};
 use srdd_core::forward::MAX_BATCH;
@@ -98,8 +98,9 @@ struct Sampling {
 struct ZeroShot {
     /// Input PNG (edit: the model's size; upscale: square, side dividing the model's).
     image: PathBuf,
-    /// Class to steer what is generated (default: the null class).
-    #[arg(long, default_value = "null")]
+    /// Class to steer what is generated: a number, a class name stored in the model, `null`, or
+    /// `auto` (the class under which the model finds the input's tokens most likely).
+    #[arg(long, default_value = "auto")]
     class: String,
     #[command(flatten)]
     s: Sampling,
@@ -170,6 +171,12 @@ enum Cmd {
         /// Swap generate and keep (outpainting with a box).
         #[arg(long)]
         invert: bool,
+        /// Copy every kept pixel of the input into the output unchanged (the default).
+        #[arg(long, overrides_with = "no_paste_back")]
+        paste_back: bool,
+        /// Leave the kept region as the decoder drew it (re-encoded, not the input's pixels).
+        #[arg(long, overrides_with = "paste_back")]
+        no_paste_back: bool,
         #[command(flatten)]
         z: ZeroShot,
     },
@@ -344,6 +351,54 @@ fn label_of(m: &Model<'_>, class: &str) -> Result<u32, String> {
             m.meta("class_names").unwrap_or("<no names stored>")
         )
     })
+}
+
+/// `--class auto`: whether the class is left to the model.
+fn is_auto(class: &str) -> bool {
+    class.trim().eq_ignore_ascii_case("auto")
+}
+
+/// A class label as shown to people: its stored name, `null`, or the number.
+fn class_display(m: &Model<'_>, label: u32) -> String {
+    if label == m.config.var.num_classes {
+        return "null".into();
+    }
+    m.meta("class_names")
+        .and_then(|n| n.split(',').nth(label as usize))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map_or_else(|| label.to_string(), str::to_string)
+}
+
+/// Resolves `--class auto` on the tokens of the input (the first `steps` steps): sets
+/// `opts.label` to the class picked and returns it.
+fn resolve_auto(
+    m: &Model<'_>,
+    opts: &mut SampleOptions,
+    sched: &Schedule,
+    tokens: &[u32],
+    steps: usize,
+    par: &dyn srdd_core::parallel::Parallel,
+) -> Result<u32, String> {
+    let (label, _) = auto_class(m, *opts, sched, tokens, steps, par).map_err(|e| e.to_string())?;
+    opts.label = label;
+    Ok(label)
+}
+
+/// The `class_auto` JSON fields and the text fragment for a class the model picked.
+fn note_auto(
+    m: &Model<'_>,
+    auto: Option<u32>,
+    j: &mut serde_json::Map<String, serde_json::Value>,
+) -> String {
+    match auto {
+        Some(label) => {
+            j.insert("class_auto".into(), label.into());
+            j.insert("class_auto_name".into(), class_display(m, label).into());
+            format!("; class auto: {} ({label})", class_display(m, label))
+        }
+        None => String::new(),
+    }
 }
 
 fn progress(steps: u64) -> ProgressBar {
@@ -777,6 +832,8 @@ fn run(cli: Cli) -> Result<(), String> {
             mask,
             r#box,
             invert,
+            paste_back: _,
+            no_paste_back,
             z,
         } => {
             let start = Instant::now();
@@ -787,7 +844,8 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             let bytes = s.model.read()?;
             let m = s.model.open(&bytes)?;
-            let (opts, sched, policy) = build(s, &m, &z.class)?;
+            let auto = is_auto(&z.class);
+            let (mut opts, sched, policy) = build(s, &m, if auto { "null" } else { &z.class })?;
             let side = m.config.image_side();
             let src = read_png_rgb(image).map_err(|e| e.to_string())?;
             let mut generate = match (&mask, &r#box) {
@@ -809,27 +867,52 @@ fn run(cli: Cli) -> Result<(), String> {
             let p = m.config.latent_side();
             let par = s.threads.parallel();
             let toks = tokens_of(&m, &sched, &src, &par).map_err(|e| e.to_string())?;
+            let class_auto = if auto {
+                Some(resolve_auto(
+                    &m,
+                    &mut opts,
+                    &sched,
+                    &toks,
+                    sched.len(),
+                    &par,
+                )?)
+            } else {
+                None
+            };
             let keep = keep_mask(&generate, side, p);
             let bar = progress(sched.len() as u64);
             let mut pol = policy.instance();
-            let out = sample_forced(&m, opts, &sched, &toks, &keep, &mut *pol, &par, &mut || {
-                bar.inc(1)
-            })
-            .map_err(|e| e.to_string())?;
+            let mut out =
+                sample_forced(&m, opts, &sched, &toks, &keep, &mut *pol, &par, &mut || {
+                    bar.inc(1)
+                })
+                .map_err(|e| e.to_string())?;
             bar.finish_and_clear();
-            save(&out, output)?;
             let kept: Vec<bool> = generate.iter().map(|g| !g).collect();
             let generated = generate.iter().filter(|g| **g).count();
+            // Measured before paste-back: how faithfully the model itself kept the region.
             let db = psnr(&src, &out, Some(&kept));
+            let pasted = !no_paste_back;
+            if pasted {
+                paste_back(&mut out, &src, &generate);
+            }
+            save(&out, output)?;
             let mut j = sampling_json(s, &opts, &sched);
             j.insert("image".into(), image.display().to_string().into());
             j.insert("pixels_generated".into(), generated.into());
             j.insert("pixels".into(), generate.len().into());
             j.insert("psnr_kept_db".into(), db.into());
+            j.insert("paste_back".into(), pasted.into());
+            let auto_text = note_auto(&m, class_auto, &mut j);
             let text = format!(
-                "wrote {}: {generated} of {} pixels generated; PSNR of the kept region {db:.2} dB",
+                "wrote {}: {generated} of {} pixels generated; PSNR of the kept region {db:.2} dB{}{auto_text}",
                 output.display(),
                 generate.len(),
+                if pasted {
+                    " before paste-back (kept pixels pasted back)"
+                } else {
+                    ""
+                },
             );
             let timing = Timing::since(start, 1, s.threads.count());
             finish(z.json, text, false, j, output, timing);
@@ -840,21 +923,24 @@ fn run(cli: Cli) -> Result<(), String> {
             png_output(&z.output)?;
             let bytes = z.s.model.read()?;
             let m = z.s.model.open(&bytes)?;
-            let (opts, sched, policy) = build(&z.s, &m, &z.class)?;
+            let auto = is_auto(&z.class);
+            let (mut opts, sched, policy) = build(&z.s, &m, if auto { "null" } else { &z.class })?;
             let src = read_png_rgb(&z.image).map_err(|e| e.to_string())?;
             let par = z.s.threads.parallel();
+            let (forced, kept) =
+                upscale_source(&m, &sched, &src, keep_steps, &par).map_err(|e| e.to_string())?;
+            // Only the steps the input fixes are its own; the finer tokens of its blurred
+            // resize say nothing about the class.
+            let class_auto = if auto {
+                Some(resolve_auto(&m, &mut opts, &sched, &forced, kept, &par)?)
+            } else {
+                None
+            };
             let bar = progress(sched.len() as u64);
             let mut pol = policy.instance();
-            let (out, kept) = upscale(
-                &m,
-                opts,
-                &sched,
-                &src,
-                keep_steps,
-                &mut *pol,
-                &par,
-                &mut || bar.inc(1),
-            )
+            let out = upscale_from(&m, opts, &sched, &forced, &mut *pol, &par, &mut || {
+                bar.inc(1)
+            })
             .map_err(|e| e.to_string())?;
             bar.finish_and_clear();
             save(&out, &z.output)?;
@@ -865,8 +951,9 @@ fn run(cli: Cli) -> Result<(), String> {
             j.insert("output_side".into(), out.width.into());
             j.insert("steps_fixed".into(), kept.into());
             j.insert("psnr_downscaled_db".into(), db.into());
+            let auto_text = note_auto(&m, class_auto, &mut j);
             let text = format!(
-                "wrote {path} ({w}x{w} from {lw}x{lw}; {kept} of {steps} steps fixed by the input); PSNR of the output downscaled to the input {db:.2} dB",
+                "wrote {path} ({w}x{w} from {lw}x{lw}; {kept} of {steps} steps fixed by the input); PSNR of the output downscaled to the input {db:.2} dB{auto_text}",
                 path = z.output.display(),
                 w = out.width,
                 lw = src.width,

@@ -9,7 +9,7 @@
 use crate::{read_png_rgb, rgb_image, sample_image, HostError, Image, Tick};
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::edit::EditHook;
-use srdd_core::generate::{Both, SampleOptions};
+use srdd_core::generate::{Both, Generator, Guidance, Plan, SampleOptions, StepHook};
 use srdd_core::parallel::Parallel;
 use srdd_core::resample::ResamplePolicy;
 use srdd_core::tokenize::{tokenize, tokenize_bytes};
@@ -152,6 +152,121 @@ pub fn sample_forced(
     Ok(sample_image(model, opts, sched, &mut hook, policy, par)?)
 }
 
+/// Teacher forcing that scores: forces `source` at every step it covers and sums the
+/// log-softmax of each forced token under the conditional logits the model gave before the draw.
+struct ScoreForced<'a> {
+    source: &'a [u32],
+    /// Offset of each step's first token in `source`.
+    offsets: Vec<usize>,
+    log_likelihood: f64,
+}
+
+impl StepHook for ScoreForced<'_> {
+    fn logits(&mut self, k: usize, t: usize, cond: &[f32]) {
+        let Some(&token) = self.offsets.get(k).and_then(|o| self.source.get(o + t)) else {
+            return;
+        };
+        // log-softmax in f64: the sums of many small differences decide the class.
+        let max = cond.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+        let lse = cond
+            .iter()
+            .map(|&l| (l as f64 - max).exp())
+            .sum::<f64>()
+            .ln()
+            + max;
+        self.log_likelihood += cond[token as usize] as f64 - lse;
+    }
+    fn force(&mut self, k: usize, pn: usize, tokens: &mut [u32]) {
+        let Some(&o) = self.offsets.get(k) else {
+            return;
+        };
+        for (i, t) in tokens.iter_mut().enumerate().take(pn * pn) {
+            if let Some(&s) = self.source.get(o + i) {
+                *t = s;
+            }
+        }
+    }
+}
+
+/// Teacher-forced log-likelihood (natural log, summed over tokens) of the first `steps` steps of
+/// `tokens` under each class of `labels`: the model as its own classifier. Guidance and
+/// refinement are off (one conditional branch per step); the options otherwise follow `opts`.
+pub fn class_log_likelihoods(
+    model: &Model<'_>,
+    opts: SampleOptions,
+    sched: &Schedule,
+    tokens: &[u32],
+    steps: usize,
+    labels: &[u32],
+    par: &dyn Parallel,
+) -> Result<Vec<f64>, HostError> {
+    let steps = steps.min(sched.len());
+    let offsets: Vec<usize> = (0..steps)
+        .scan(0, |o, k| {
+            let at = *o;
+            *o += sched.tokens(k);
+            Some(at)
+        })
+        .collect();
+    let mut out = Vec::with_capacity(labels.len());
+    for &label in labels {
+        let o = SampleOptions {
+            label,
+            cfg: 0.0,
+            guidance: Guidance::Off,
+            refine: 0,
+            table: None,
+            ..opts
+        };
+        let plan = Plan::new(&model.config, &o, sched)?;
+        let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
+        let mut gen = Generator::with_parallel(model, o, sched.clone(), arena.as_bytes_mut(), par)?;
+        let mut hook = ScoreForced {
+            source: tokens,
+            offsets: offsets.clone(),
+            log_likelihood: 0.0,
+        };
+        // The steps after the scored ones cannot change the score: stop there.
+        for _ in 0..steps {
+            gen.step(&mut hook)?;
+        }
+        out.push(hook.log_likelihood);
+    }
+    Ok(out)
+}
+
+/// The class (not the null class) under which the first `steps` steps of `tokens` are most
+/// likely ([`class_log_likelihoods`]), with every class's log-likelihood.
+pub fn auto_class(
+    model: &Model<'_>,
+    opts: SampleOptions,
+    sched: &Schedule,
+    tokens: &[u32],
+    steps: usize,
+    par: &dyn Parallel,
+) -> Result<(u32, Vec<f64>), HostError> {
+    let labels: Vec<u32> = (0..model.config.var.num_classes).collect();
+    let ll = class_log_likelihoods(model, opts, sched, tokens, steps, &labels, par)?;
+    // Ties go to the lower label; NaN never wins.
+    let best = (0..labels.len())
+        .filter(|&i| !ll[i].is_nan())
+        .fold(None, |b: Option<usize>, i| match b {
+            Some(j) if ll[j] >= ll[i] => Some(j),
+            _ => Some(i),
+        })
+        .ok_or_else(|| HostError::Option("--class auto: the model has no classes".into()))?;
+    Ok((labels[best], ll))
+}
+
+/// Copies every kept pixel (`generate[i] == false`) of `src` into `out`, byte for byte.
+pub fn paste_back(out: &mut Image, src: &Image, generate: &[bool]) {
+    for (i, g) in generate.iter().enumerate() {
+        if !g {
+            out.rgb[i * 3..i * 3 + 3].copy_from_slice(&src.rgb[i * 3..i * 3 + 3]);
+        }
+    }
+}
+
 /// Reads an edit mask PNG of the image's size: white (luma ≥ 128) marks pixels to generate,
 /// black pixels to keep. Returns the per-pixel "generate" flags.
 pub fn read_mask(path: &std::path::Path, side: usize) -> Result<Vec<bool>, HostError> {
@@ -255,9 +370,78 @@ pub fn forced_steps(sched: &Schedule, p: usize, low: usize, side: usize) -> usiz
         .count()
 }
 
-/// Super-resolution: the low-resolution `img` (square, side dividing the model's and smaller)
-/// fixes the first `keep_steps` steps' tokens (by default the steps it determines); the rest are
-/// sampled.
+/// The input sides `upscale` accepts for a model of side `side` and latent side `p` on `sched`:
+/// the sides below `side` that divide it and whose latent counterpart `p · low / side` is a patch
+/// size of the schedule (so the input determines whole steps).
+pub fn upscale_sides(sched: &Schedule, p: usize, side: usize) -> Vec<usize> {
+    (1..side)
+        .filter(|&low| side.is_multiple_of(low) && (p * low).is_multiple_of(side))
+        .filter(|&low| sched.pn.iter().any(|&pn| pn as usize == p * low / side))
+        .collect()
+}
+
+/// What a low-resolution input fixes in super-resolution: the tokens of its first `keep_steps`
+/// steps (by default the steps it determines), from the input resized to the model's side.
+pub fn upscale_source(
+    model: &Model<'_>,
+    sched: &Schedule,
+    img: &Image,
+    keep_steps: Option<usize>,
+    par: &dyn Parallel,
+) -> Result<(Vec<u32>, usize), HostError> {
+    check_model(model)?;
+    let cfg = &model.config;
+    let side = cfg.image_side();
+    let p = cfg.latent_side();
+    let sides = upscale_sides(sched, p, side);
+    if img.width != img.height || !sides.contains(&img.width) {
+        let list: Vec<String> = sides.iter().map(|s| format!("{s}x{s}")).collect();
+        return Err(HostError::Option(format!(
+            "low-resolution image is {}x{}; upscale accepts {} (square sides that divide the \
+             model's {side} and match a patch size of the schedule)",
+            img.width,
+            img.height,
+            if list.is_empty() {
+                "no size on this schedule".to_string()
+            } else {
+                list.join(", ")
+            }
+        )));
+    }
+    let keep_steps = keep_steps.unwrap_or_else(|| forced_steps(sched, p, img.width, side));
+    if keep_steps == 0 || keep_steps > sched.len() {
+        return Err(HostError::Option(format!(
+            "the low-resolution input fixes {keep_steps} of {} steps; use --keep-steps 1..={}",
+            sched.len(),
+            sched.len()
+        )));
+    }
+    let up = resize_bilinear(img, side);
+    let mut toks = tokens_of(model, sched, &up, par)?;
+    toks.truncate((0..keep_steps).map(|k| sched.tokens(k)).sum());
+    Ok((toks, keep_steps))
+}
+
+/// Super-resolution from [`upscale_source`]'s tokens: they are forced, the rest sampled.
+#[allow(clippy::too_many_arguments)]
+pub fn upscale_from(
+    model: &Model<'_>,
+    opts: SampleOptions,
+    sched: &Schedule,
+    forced: &[u32],
+    policy: &mut dyn ResamplePolicy,
+    par: &dyn Parallel,
+    on_step: &mut dyn FnMut(),
+) -> Result<Image, HostError> {
+    // Keep everything on the coarse steps: force by step count through a keep mask of ones and
+    // a source that ends after the forced steps (EditHook leaves tokens beyond it alone).
+    let p = model.config.latent_side();
+    let keep = vec![1f32; p * p];
+    sample_forced(model, opts, sched, forced, &keep, policy, par, on_step)
+}
+
+/// Super-resolution: the low-resolution `img` (square, a side [`upscale_sides`] lists) fixes the
+/// first `keep_steps` steps' tokens (by default the steps it determines); the rest are sampled.
 #[allow(clippy::too_many_arguments)]
 pub fn upscale(
     model: &Model<'_>,
@@ -269,41 +453,7 @@ pub fn upscale(
     par: &dyn Parallel,
     on_step: &mut dyn FnMut(),
 ) -> Result<(Image, usize), HostError> {
-    check_model(model)?;
-    let cfg = &model.config;
-    let side = cfg.image_side();
-    if img.width != img.height || img.width >= side || !side.is_multiple_of(img.width) {
-        return Err(HostError::ImageSize {
-            what: "low-resolution image (square, smaller than the model's side and dividing it)",
-            expected: side / 2,
-            width: img.width,
-            height: img.height,
-        });
-    }
-    let p = cfg.latent_side();
-    let keep_steps = keep_steps.unwrap_or_else(|| forced_steps(sched, p, img.width, side));
-    if keep_steps == 0 || keep_steps > sched.len() {
-        return Err(HostError::Option(format!(
-            "the low-resolution input fixes {keep_steps} of {} steps; use --keep-steps 1..={}",
-            sched.len(),
-            sched.len()
-        )));
-    }
-    let up = resize_bilinear(img, side);
-    let toks = tokens_of(model, sched, &up, par)?;
-    // Keep everything on the coarse steps: force by step count through a keep mask of ones and
-    // a source that ends after the forced steps (EditHook leaves tokens beyond it alone).
-    let forced: usize = (0..keep_steps).map(|k| sched.tokens(k)).sum();
-    let keep = vec![1f32; p * p];
-    let out = sample_forced(
-        model,
-        opts,
-        sched,
-        &toks[..forced],
-        &keep,
-        policy,
-        par,
-        on_step,
-    )?;
+    let (forced, keep_steps) = upscale_source(model, sched, img, keep_steps, par)?;
+    let out = upscale_from(model, opts, sched, &forced, policy, par, on_step)?;
     Ok((out, keep_steps))
 }

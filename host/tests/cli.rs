@@ -199,7 +199,16 @@ fn zero_shot_commands_work_on_the_builtin_model() {
     let black = tmp("zs-black.png");
     write_png(&black, 32, 32, &[0u8; 32 * 32 * 3]);
     let kept = tmp("zs-kept.png");
-    let msg = stdout_of(&["edit", s, "--mask", black.to_str().unwrap()], &kept);
+    let msg = stdout_of(
+        &[
+            "edit",
+            s,
+            "--mask",
+            black.to_str().unwrap(),
+            "--no-paste-back",
+        ],
+        &kept,
+    );
     assert!(msg.contains("0 of 1024 pixels generated"), "{msg}");
     assert_eq!(
         read_rgb(&kept),
