@@ -679,7 +679,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let ticks = std::sync::atomic::AtomicU64::new(0);
             let tick = || {
                 let t = ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                if total == 1 || t % steps == 0 {
+                if total == 1 || t.is_multiple_of(steps) {
                     bar.inc(1);
                 }
             };
