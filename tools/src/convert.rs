@@ -296,12 +296,19 @@ pub fn infer_config(
 
     let patch_nums: Vec<u16> = match &opts.patch_nums {
         Some(p) => p.clone(),
-        None => OFFICIAL_PATCH_NUMS.to_vec(),
+        // The checkpoint's `lvl_1L` buffer (the scale of every token) gives the patch sizes;
+        // without it, the official schedule.
+        None => patch_nums_from_levels(var)?.unwrap_or_else(|| OFFICIAL_PATCH_NUMS.to_vec()),
     };
     let total: usize = patch_nums.iter().map(|&p| p as usize * p as usize).sum();
     if total != seq_len || patch_nums.len() != sn {
+        let given = if opts.patch_nums.is_some() {
+            "--schedule"
+        } else {
+            "the official schedule"
+        };
         return Err(infer(&format!(
-            "patch_nums {patch_nums:?} give {} scales and {total} tokens, but the checkpoint has {sn} level embeddings and {seq_len} positions; pass --patch-nums",
+            "{given} {patch_nums:?} gives {} scales and {total} tokens, but the checkpoint has {sn} level embeddings and {seq_len} positions (and no lvl_1L buffer to read them from); pass --schedule with {sn} patch sizes whose squares sum to {seq_len}, e.g. --schedule 1,2,3,4",
             patch_nums.len()
         )));
     }
@@ -455,6 +462,37 @@ pub fn quantize_rows(values: &[f32], rows: usize) -> (Vec<i8>, Vec<f32>) {
         );
     }
     (q, scales)
+}
+
+/// The patch sizes the `lvl_1L` buffer of a VAR checkpoint implies (token `i` belongs to scale
+/// `lvl_1L[0][i]`; scale `k` has `pn_k²` tokens, scales in order), or `None` without the buffer.
+fn patch_nums_from_levels(var: &StateDict) -> Result<Option<Vec<u16>>, ConvertError> {
+    let Some(t) = var.get("lvl_1L") else {
+        return Ok(None);
+    };
+    let bad = |what: &str| ConvertError::Value("lvl_1L".into(), what.into());
+    let levels = t.to_i64()?;
+    let mut counts: Vec<usize> = Vec::new();
+    for v in levels {
+        let l = v.max(0) as usize;
+        if v < 0 || l > counts.len() || (l + 1 < counts.len()) {
+            return Err(bad("scale indices must run 0, 0, …, 1, 1, … in order"));
+        }
+        if l == counts.len() {
+            counts.push(0);
+        }
+        counts[l] += 1;
+    }
+    counts
+        .iter()
+        .map(|&n| {
+            let p = (n as f64).sqrt().round() as usize;
+            (p * p == n && p <= u16::MAX as usize)
+                .then_some(p as u16)
+                .ok_or_else(|| bad("every scale must have a square number of tokens"))
+        })
+        .collect::<Result<Vec<u16>, _>>()
+        .map(Some)
 }
 
 /// Converts two official state dicts into `.srdd` bytes.

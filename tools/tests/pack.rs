@@ -201,3 +201,27 @@ fn cli_refuses_bad_metadata_and_swapped_files_in_one_line() {
     );
     assert_eq!(code, Some(0), "{err}");
 }
+
+#[test]
+fn the_schedule_comes_from_the_checkpoints_lvl_1l_and_else_the_error_names_the_flag() {
+    let (var, vae) = state_dicts();
+    assert!(var.get("lvl_1L").is_some(), "the fixture keeps the official buffer");
+    let no_schedule = PackOptions {
+        patch_nums: None,
+        ..options(&[])
+    };
+    let bytes = pack(&var, &vae, &no_schedule).expect("packs without --schedule");
+    let b = AlignedBytes::new(&bytes);
+    let m = Model::from_bytes(b.as_bytes()).unwrap();
+    assert_eq!(m.config.patch_nums.as_slice(), &PATCH_NUMS);
+    // Without the buffer the official schedule does not fit six scales: the error says what to
+    // pass.
+    let mut stripped = StateDict::new();
+    for (k, t) in var.iter() {
+        if k != "lvl_1L" {
+            stripped.insert(k, t.clone());
+        }
+    }
+    let e = pack(&stripped, &vae, &no_schedule).unwrap_err().to_string();
+    assert!(e.contains("pass --schedule with 6 patch sizes"), "{e}");
+}
