@@ -205,7 +205,10 @@ fn cli_refuses_bad_metadata_and_swapped_files_in_one_line() {
 #[test]
 fn the_schedule_comes_from_the_checkpoints_lvl_1l_and_else_the_error_names_the_flag() {
     let (var, vae) = state_dicts();
-    assert!(var.get("lvl_1L").is_some(), "the fixture keeps the official buffer");
+    assert!(
+        var.get("lvl_1L").is_some(),
+        "the fixture keeps the official buffer"
+    );
     let no_schedule = PackOptions {
         patch_nums: None,
         ..options(&[])
