@@ -115,6 +115,9 @@ struct ZeroShot {
 #[derive(Subcommand)]
 enum Cmd {
     /// Sample K images of one class and write a PNG (a grid when K > 1).
+    #[command(
+        after_help = "Examples:\n  srdd sample --class smileys -n 9 -o smileys.png\n  srdd sample --class all -n 8 -o grid.png            one row per class\n  srdd sample --class animals,food -n 4 --out-dir out/\n  srdd sample -m model.srdd --class 207 --cfg 1.5 --top-k 900 --top-p 0.96 -o x.png"
+    )]
     Sample {
         /// Class: a number, a class name stored in the model, or `null`; several, comma-separated,
         /// or `all`, give one grid row per class (`--count` images each).
@@ -143,6 +146,9 @@ enum Cmd {
         json: bool,
     },
     /// Encode an image to tokens and decode it again; prints the PSNR.
+    #[command(
+        after_help = "Example:\n  srdd reconstruct in.png -o rec.png                   prints the PSNR"
+    )]
     Reconstruct {
         /// Input PNG of the model's size.
         image: PathBuf,
@@ -161,6 +167,9 @@ enum Cmd {
     },
     /// Inpaint or outpaint: regenerate the masked region, keep the rest (official rule: the
     /// source tokens are forced where the keep mask, resized to each step, is above 0.5).
+    #[command(
+        after_help = "Examples:\n  srdd edit in.png --box 8,8,24,24 -o inpaint.png        class: auto\n  srdd edit in.png --box 8,8,24,24 --invert -o out.png   outpainting\n  srdd edit in.png --mask mask.png --class animals -o e.png"
+    )]
     Edit {
         /// Mask PNG of the same size: white = generate, black = keep.
         #[arg(long)]
@@ -181,6 +190,9 @@ enum Cmd {
         z: ZeroShot,
     },
     /// Super-resolution: a low-resolution PNG fixes the coarse steps, the rest are sampled.
+    #[command(
+        after_help = "Example:\n  srdd upscale in16.png -o up.png                       16x16 -> the model's size"
+    )]
     Upscale {
         /// Steps fixed by the input (default: those whose patch size the input determines).
         #[arg(long)]
@@ -190,6 +202,9 @@ enum Cmd {
     },
     /// Measure sampling speed: images/s, seconds per scale and decoder, GMAC/s against a
     /// kernel peak measured on the spot, peak RSS, ISA and CPU.
+    #[command(
+        after_help = "Examples:\n  srdd bench --images 64\n  srdd bench -m d16-int8.srdd --images 1 --batch 1 --class 980 --json"
+    )]
     Bench {
         #[command(flatten)]
         model: ModelArg,
@@ -213,6 +228,7 @@ enum Cmd {
         json: bool,
     },
     /// Print a model's configuration and arena sizes.
+    #[command(after_help = "Examples:\n  srdd info\n  srdd info -m model.srdd --classes")]
     Info {
         /// Model file (default: the built-in model); `--model FILE` works too.
         file: Option<PathBuf>,

@@ -444,3 +444,16 @@ fn info_says_which_named_schedules_the_model_runs() {
         "{out}"
     );
 }
+
+#[test]
+fn every_command_help_ends_with_examples() {
+    for cmd in ["sample", "reconstruct", "edit", "upscale", "bench", "info"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_srdd"))
+            .args([cmd, "--help"])
+            .output()
+            .unwrap();
+        let help = text(&o.stdout);
+        assert!(help.contains("Example"), "{cmd}: {help}");
+        assert!(help.contains(&format!("srdd {cmd}")), "{cmd}: {help}");
+    }
+}
