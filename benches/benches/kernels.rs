@@ -15,9 +15,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use srdd::bench::int8_kernel_peak;
 use srdd_core::kernels::{
-    conv2d_with, conv_scratch_len, int8_peak_probe, linear_scratch_len, linear_with, pack_official,
-    pack_panels, panels_len, ConvInput, ConvScratch, Isa, LinearScratch, Pad, PanelsI8,
+    conv2d_with, conv_scratch_len, linear_scratch_len, linear_with, pack_official, pack_panels,
+    panels_len, ConvInput, ConvScratch, Isa, LinearScratch, Pad, PanelsI8,
 };
 use srdd_core::parallel::Sequential;
 use srdd_core::weights::{Conv, Linear, Weight};
@@ -247,27 +248,6 @@ fn isas() -> Vec<(Isa, bool)> {
     v
 }
 
-/// GMAC/s of `isa`'s int8 micro-kernel on this thread: the best of 8 windows of 25 ms after a
-/// warm-up call (the best, as for the cases: on a shared machine it is the figure least touched
-/// by other load).
-fn int8_peak(isa: Isa) -> f64 {
-    const ITERS: usize = 4096;
-    if int8_peak_probe(isa, ITERS).is_none() {
-        return 0.0;
-    }
-    let window = Duration::from_millis(25);
-    (0..8)
-        .map(|_| {
-            let t0 = Instant::now();
-            let mut macs = 0u64;
-            while t0.elapsed() < window {
-                macs += int8_peak_probe(isa, ITERS).unwrap_or(0);
-            }
-            macs as f64 / t0.elapsed().as_secs_f64() / 1e9
-        })
-        .fold(0.0, f64::max)
-}
-
 /// GMAC/s of `case` on `isa`: the fastest of at least 3 timed calls spanning at least 0.3 s,
 /// after one warm-up call (the fastest: the figure least touched by other load).
 fn gmacs(case: &mut dyn Case, isa: Isa) -> f64 {
@@ -309,7 +289,7 @@ fn peak_summary(isas: &[(Isa, bool)], cases: &mut [Box<dyn Case>]) {
          peak measured now (best of 8 windows):"
     );
     for &(isa, int8) in isas {
-        let peak = int8.then(|| int8_peak(isa));
+        let peak = int8.then(|| int8_kernel_peak(isa));
         match peak {
             Some(p) => println!("{isa:?}: int8 micro-kernel peak {p:.2} GMAC/s"),
             None => println!("{isa:?}: f32 only"),

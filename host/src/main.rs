@@ -679,7 +679,6 @@ fn run(cli: Cli) -> Result<(), String> {
                 return Err("--count × classes must be at most 4096".into());
             }
             let (opts, sched, policy) = build(&s, &m, &classes[0])?;
-            let label = opts.label;
             if batch == 0 || batch > MAX_BATCH {
                 return Err(format!("--batch must be in 1..={MAX_BATCH}"));
             }
@@ -806,7 +805,6 @@ fn run(cli: Cli) -> Result<(), String> {
                     dir.display()
                 ));
             }
-            let _ = label;
             let timing = Timing::since(start, n_images, cores);
             let shown_path = output.clone().or(out_dir.clone()).unwrap_or_default();
             finish(json, text, true, j, &shown_path, timing);
