@@ -101,6 +101,8 @@ pub enum Error {
     NoEncoder,
     /// `step` was called after the last scale, or `decode` before it.
     WrongState(&'static str),
+    /// A compute backend off the host (CUDA) failed; the backend keeps the details.
+    Backend(&'static str),
 }
 
 impl fmt::Display for Error {
@@ -122,6 +124,7 @@ impl fmt::Display for Error {
             Error::BadHeader => write!(f, "model header or tensor table cannot be decoded"),
             Error::BadConfig(what) => write!(f, "bad model configuration: {what}"),
             Error::BadMetadata { key, what } => write!(f, "model metadata {key}: {what}"),
+            Error::Backend(what) => write!(f, "compute backend failed: {what}"),
             Error::TensorMismatch { index, what } => {
                 write!(f, "tensor table entry {index}: {what}")
             }

@@ -1,11 +1,37 @@
 //! # srdd-gpu
 //!
-//! The CUDA backend (cudarc + NVRTC, kernels compiled at run time) arrives with its own issue.
-//! It will be a second implementation of [`srdd_core::Forward`] (contract in
-//! `core/src/forward/mod.rs` and `docs/ARCHITECTURE.md`, "The forward seam"), driven by the
-//! unchanged [`srdd_core::Sampler`] through `Sampler::with_forward` with an arena planned by
-//! `Plan::batch(…, Compute::Device)`; it must agree with [`srdd_core::CpuForward`] op by op
-//! (the backend's [`srdd_core::forward::Probe`] tensors) within the NMSE bounds of its issue.
+//! The CUDA backend: a second implementation of [`srdd_core::Forward`] (contract in
+//! `core/src/forward/mod.rs`), driven by the unchanged [`srdd_core::Sampler`] through
+//! `Sampler::with_forward`. Kernels live in `gpu/kernels/*.cu`, are compiled at run time by
+//! NVRTC for the device's architecture ([`ptx`]), and are checked op by op against the CPU
+//! engine (`gpu/tests/ops.rs`, `srdd-tools parity --backend cuda`), in the manner of ggml's
+//! `test-backend-ops`.
+//!
+//! The driver and NVRTC are loaded dynamically (`cudarc`'s `dynamic-loading`), so this crate
+//! builds and links on machines without CUDA; [`Gpu::open`] probes for the driver first and
+//! returns [`GpuError::NoDriver`] there.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), srdd_gpu::GpuError> {
+//! let gpu = srdd_gpu::Gpu::open(0)?;
+//! println!("{} (sm_{}{})", gpu.name(), gpu.compute_capability().0, gpu.compute_capability().1);
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
 
-/// Whether this build has a CUDA backend (not yet).
-pub const AVAILABLE: bool = false;
+mod decoder;
+mod driver;
+mod error;
+mod forward;
+mod model;
+pub mod ops;
+pub mod ptx;
+
+pub use driver::{driver_present, DevBuf, Gpu};
+pub use error::{GpuError, Result};
+pub use forward::CudaForward;
+pub use model::DeviceModel;
+
+/// Whether this build has a CUDA backend (it always does; whether a device exists is a run-time
+/// question: [`Gpu::open`]).
+pub const AVAILABLE: bool = true;

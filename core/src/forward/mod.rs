@@ -102,6 +102,11 @@ pub struct TensorId {
 pub trait Probe {
     /// One tensor.
     fn tensor(&mut self, id: TensorId, data: &[f32]);
+    /// Whether this probe keeps anything: a device backend skips the copies to the host when it
+    /// does not.
+    fn active(&self) -> bool {
+        true
+    }
 }
 
 /// A probe that keeps nothing.
@@ -109,6 +114,9 @@ pub struct NoProbe;
 
 impl Probe for NoProbe {
     fn tensor(&mut self, _: TensorId, _: &[f32]) {}
+    fn active(&self) -> bool {
+        false
+    }
 }
 
 /// What a call may use on the host: its scratch bytes and the probe.

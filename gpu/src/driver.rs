@@ -1,0 +1,273 @@
+//! A thin layer over the CUDA driver API (through `cudarc`'s dynamically loaded bindings): one
+//! context, the process's compiled module, raw device buffers and kernel launches on the
+//! context's default stream. Raw pointers keep sub-buffer offsets (a row's KV cache slot, a
+//! chunk of tokens) as plain arithmetic.
+
+use crate::error::{GpuError, Result};
+use crate::ptx;
+use cudarc::driver::{result, sys, CudaContext};
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::sync::Arc;
+
+/// Whether a CUDA driver library can be loaded on this machine (it may still have no device).
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to open the library.
+    unsafe { sys::is_culib_present() }
+}
+
+/// An opened CUDA device with the kernels compiled for its architecture.
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    funcs: HashMap<&'static str, sys::CUfunction>,
+    name: String,
+    cc: (i32, i32),
+    sms: u32,
+    _module: Module,
+}
+
+struct Module(sys::CUmodule);
+
+// SAFETY: a CUmodule and its CUfunctions are handles valid on every thread of the process
+// while the module is loaded (the driver API is thread-safe).
+unsafe impl Send for Gpu {}
+// SAFETY: as above; every use binds the context first.
+unsafe impl Sync for Gpu {}
+
+impl Drop for Module {
+    fn drop(&mut self) {
+        // SAFETY: the module was loaded by `Gpu::open` and is unloaded once.
+        let _ = unsafe { result::module::unload(self.0) };
+    }
+}
+
+impl Gpu {
+    /// Opens device `ordinal`: probes the driver first (so a machine without CUDA gets
+    /// [`GpuError::NoDriver`] instead of a panic), creates the context and compiles the kernels
+    /// with NVRTC for the device's architecture.
+    pub fn open(ordinal: usize) -> Result<Gpu> {
+        if !driver_present() {
+            return Err(GpuError::NoDriver);
+        }
+        result::init().map_err(|e| GpuError::Driver(format!("cuInit: {e:?}")))?;
+        let count = result::device::get_count().map_err(|_| GpuError::NoDevice)?;
+        if ordinal as i32 >= count {
+            return Err(GpuError::NoDevice);
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| GpuError::Driver(format!("{e:?}")))?;
+        let cc = ctx.compute_capability()?;
+        let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
+        let sms = ctx
+            .attribute(sys::CUdevice_attribute_enum::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?
+            as u32;
+        let arch = format!("compute_{}{}", cc.0, cc.1);
+        let src = ptx::compile(&arch)?;
+        let image = CString::new(src).map_err(|_| GpuError::Compile("PTX holds a NUL".into()))?;
+        // SAFETY: the context is current (CudaContext::new binds it) and the image is PTX text.
+        let module = unsafe { result::module::load_data(image.as_ptr() as *const c_void) }
+            .map_err(|e| GpuError::Driver(format!("loading the PTX: {e:?}")))?;
+        let module = Module(module);
+        let mut funcs = HashMap::new();
+        for name in ptx::KERNELS {
+            let c = CString::new(*name).expect("kernel names hold no NUL");
+            // SAFETY: the module is loaded.
+            let f = unsafe { result::module::get_function(module.0, c) }
+                .map_err(|e| GpuError::Driver(format!("kernel {name}: {e:?}")))?;
+            funcs.insert(*name, f);
+        }
+        Ok(Gpu {
+            ctx,
+            funcs,
+            name,
+            cc,
+            sms,
+            _module: module,
+        })
+    }
+
+    /// The device's name, as the driver reports it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Compute capability (major, minor).
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.cc
+    }
+
+    /// Streaming multiprocessors.
+    pub fn multiprocessors(&self) -> u32 {
+        self.sms
+    }
+
+    /// Whether the int8 GEMMs run on the tensor cores (`mma.sync` s8, sm_80 and later) rather
+    /// than on `dp4a`. `SRDD_CUDA_GEMM=dp4a` forces the latter.
+    pub fn int8_tensor_cores(&self) -> bool {
+        self.cc.0 >= 8 && std::env::var("SRDD_CUDA_GEMM").map_or(true, |v| v != "dp4a")
+    }
+
+    /// Makes the context current on the calling thread.
+    pub(crate) fn bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread()?;
+        Ok(())
+    }
+
+    /// A zeroed device buffer of `len` values of `T`.
+    pub(crate) fn alloc<T>(&self, len: usize) -> Result<DevBuf> {
+        let bytes = (len * std::mem::size_of::<T>()).max(4);
+        // SAFETY: the context is current (callers bind it); the buffer is freed on drop.
+        let ptr = unsafe { result::malloc_sync(bytes) }
+            .map_err(|e| GpuError::Driver(format!("allocating {bytes} bytes: {e:?}")))?;
+        // SAFETY: `ptr` holds `bytes` bytes.
+        unsafe { result::memset_d8_sync(ptr, 0, bytes) }?;
+        Ok(DevBuf { ptr, bytes })
+    }
+
+    /// A device copy of `data`.
+    pub(crate) fn upload<T: Copy>(&self, data: &[T]) -> Result<DevBuf> {
+        let b = self.alloc::<T>(data.len())?;
+        self.write(&b, 0, data)?;
+        Ok(b)
+    }
+
+    /// Copies `data` to `buf` at element offset `at` (waits for the copy).
+    pub(crate) fn write<T: Copy>(&self, buf: &DevBuf, at: usize, data: &[T]) -> Result<()> {
+        let size = std::mem::size_of::<T>();
+        if data.is_empty() {
+            return Ok(());
+        }
+        assert!(
+            (at + data.len()) * size <= buf.bytes,
+            "device write out of bounds"
+        );
+        // SAFETY: the range lies inside the buffer (asserted).
+        unsafe { result::memcpy_htod_sync(buf.ptr + (at * size) as u64, data) }?;
+        Ok(())
+    }
+
+    /// Copies `out.len()` values from `buf` at element offset `at` (waits for every launch
+    /// before it on the stream).
+    pub(crate) fn read<T: Copy>(&self, buf: &DevBuf, at: usize, out: &mut [T]) -> Result<()> {
+        let size = std::mem::size_of::<T>();
+        if out.is_empty() {
+            return Ok(());
+        }
+        assert!(
+            (at + out.len()) * size <= buf.bytes,
+            "device read out of bounds"
+        );
+        // SAFETY: the range lies inside the buffer (asserted).
+        unsafe { result::memcpy_dtoh_sync(out, buf.ptr + (at * size) as u64) }?;
+        Ok(())
+    }
+
+    /// Waits for every launch so far, and reports an asynchronous kernel fault.
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.ctx
+            .synchronize()
+            .map_err(|e| GpuError::Driver(format!("a kernel failed: {e:?}")))
+    }
+
+    /// Launches kernel `name` on `grid × block` threads with `shared` dynamic shared bytes.
+    pub(crate) fn launch(
+        &self,
+        name: &'static str,
+        grid: (u32, u32, u32),
+        block: u32,
+        shared: u32,
+        args: &Args,
+    ) -> Result<()> {
+        let f = *self
+            .funcs
+            .get(name)
+            .expect("every kernel is loaded at open");
+        let mut slots = args.0.clone();
+        let mut params: Vec<*mut c_void> = slots
+            .iter_mut()
+            .map(|v| v as *mut u64 as *mut c_void)
+            .collect();
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return Ok(());
+        }
+        if shared > 48 * 1024 {
+            // SAFETY: `f` is a loaded kernel.
+            unsafe {
+                result::function::set_function_attribute(
+                    f,
+                    sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    shared as i32,
+                )
+            }?;
+        }
+        // SAFETY: the kernel's parameters are, in order, the values pushed by the wrapper in
+        // `ops` that matches its signature in `kernels/*.cu` (pointers and 32-bit scalars, each
+        // read from the low bytes of its 8-byte slot); buffers outlive the launch because every
+        // result is read back with a synchronous copy before they are dropped.
+        unsafe {
+            result::launch_kernel(
+                f,
+                grid,
+                (block, 1, 1),
+                shared,
+                std::ptr::null_mut(),
+                &mut params,
+            )
+        }
+        .map_err(|e| GpuError::Driver(format!("launching {name}: {e:?}")))
+    }
+}
+
+/// A device allocation, freed on drop.
+pub struct DevBuf {
+    ptr: u64,
+    bytes: usize,
+}
+
+impl DevBuf {
+    /// Device address of element `at` of `T`.
+    pub(crate) fn at<T>(&self, at: usize) -> u64 {
+        debug_assert!(at * std::mem::size_of::<T>() <= self.bytes);
+        self.ptr + (at * std::mem::size_of::<T>()) as u64
+    }
+    /// Device address of the first byte.
+    pub(crate) fn ptr(&self) -> u64 {
+        self.ptr
+    }
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for DevBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `Gpu::alloc`, freed once.
+        let _ = unsafe { result::free_sync(self.ptr) };
+    }
+}
+
+/// Kernel arguments, each in an 8-byte slot (pointers as `u64`, `int` and `float` in the low
+/// four bytes: the launch reads each parameter's own size from its slot).
+#[derive(Default, Clone)]
+pub(crate) struct Args(Vec<u64>);
+
+impl Args {
+    pub(crate) fn new() -> Self {
+        Args(Vec::with_capacity(16))
+    }
+    /// A device pointer.
+    pub(crate) fn p(mut self, ptr: u64) -> Self {
+        self.0.push(ptr);
+        self
+    }
+    /// An `int`.
+    pub(crate) fn i(mut self, v: usize) -> Self {
+        self.0.push(v as u32 as u64);
+        self
+    }
+    /// A `float`.
+    pub(crate) fn f(mut self, v: f32) -> Self {
+        self.0.push(v.to_bits() as u64);
+        self
+    }
+}
