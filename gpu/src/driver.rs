@@ -8,6 +8,7 @@ use crate::ptx;
 use cudarc::driver::{result, sys, CudaContext};
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Whether a CUDA driver library can be loaded on this machine (it may still have no device).
@@ -23,6 +24,8 @@ pub struct Gpu {
     name: String,
     cc: (i32, i32),
     sms: u32,
+    allocated: AtomicUsize,
+    dp4a: AtomicBool,
     _module: Module,
 }
 
@@ -81,6 +84,8 @@ impl Gpu {
             name,
             cc,
             sms,
+            allocated: AtomicUsize::new(0),
+            dp4a: AtomicBool::new(std::env::var("SRDD_CUDA_GEMM").is_ok_and(|v| v == "dp4a")),
             _module: module,
         })
     }
@@ -103,35 +108,47 @@ impl Gpu {
     /// Whether the int8 GEMMs run on the tensor cores (`mma.sync` s8, sm_80 and later) rather
     /// than on `dp4a`. `SRDD_CUDA_GEMM=dp4a` forces the latter.
     pub fn int8_tensor_cores(&self) -> bool {
-        self.cc.0 >= 8 && std::env::var("SRDD_CUDA_GEMM").map_or(true, |v| v != "dp4a")
+        self.cc.0 >= 8 && !self.dp4a.load(Ordering::Relaxed)
+    }
+
+    /// Makes the int8 GEMMs run on `dp4a` (`true`) or on the tensor cores where the device has
+    /// them (`false`): the op checks compare both against the CPU.
+    pub fn use_dp4a(&self, on: bool) {
+        self.dp4a.store(on, Ordering::Relaxed);
+    }
+
+    /// Bytes allocated on the device so far (never decreases: a measure of uploads).
+    pub fn allocated(&self) -> usize {
+        self.allocated.load(Ordering::Relaxed)
     }
 
     /// Makes the context current on the calling thread.
-    pub(crate) fn bind(&self) -> Result<()> {
+    pub fn bind(&self) -> Result<()> {
         self.ctx.bind_to_thread()?;
         Ok(())
     }
 
     /// A zeroed device buffer of `len` values of `T`.
-    pub(crate) fn alloc<T>(&self, len: usize) -> Result<DevBuf> {
+    pub fn alloc<T>(&self, len: usize) -> Result<DevBuf> {
         let bytes = (len * std::mem::size_of::<T>()).max(4);
         // SAFETY: the context is current (callers bind it); the buffer is freed on drop.
         let ptr = unsafe { result::malloc_sync(bytes) }
             .map_err(|e| GpuError::Driver(format!("allocating {bytes} bytes: {e:?}")))?;
         // SAFETY: `ptr` holds `bytes` bytes.
         unsafe { result::memset_d8_sync(ptr, 0, bytes) }?;
+        self.allocated.fetch_add(bytes, Ordering::Relaxed);
         Ok(DevBuf { ptr, bytes })
     }
 
     /// A device copy of `data`.
-    pub(crate) fn upload<T: Copy>(&self, data: &[T]) -> Result<DevBuf> {
+    pub fn upload<T: Copy>(&self, data: &[T]) -> Result<DevBuf> {
         let b = self.alloc::<T>(data.len())?;
         self.write(&b, 0, data)?;
         Ok(b)
     }
 
     /// Copies `data` to `buf` at element offset `at` (waits for the copy).
-    pub(crate) fn write<T: Copy>(&self, buf: &DevBuf, at: usize, data: &[T]) -> Result<()> {
+    pub fn write<T: Copy>(&self, buf: &DevBuf, at: usize, data: &[T]) -> Result<()> {
         let size = std::mem::size_of::<T>();
         if data.is_empty() {
             return Ok(());
@@ -147,7 +164,7 @@ impl Gpu {
 
     /// Copies `out.len()` values from `buf` at element offset `at` (waits for every launch
     /// before it on the stream).
-    pub(crate) fn read<T: Copy>(&self, buf: &DevBuf, at: usize, out: &mut [T]) -> Result<()> {
+    pub fn read<T: Copy>(&self, buf: &DevBuf, at: usize, out: &mut [T]) -> Result<()> {
         let size = std::mem::size_of::<T>();
         if out.is_empty() {
             return Ok(());
@@ -162,7 +179,7 @@ impl Gpu {
     }
 
     /// Waits for every launch so far, and reports an asynchronous kernel fault.
-    pub(crate) fn sync(&self) -> Result<()> {
+    pub fn sync(&self) -> Result<()> {
         self.ctx
             .synchronize()
             .map_err(|e| GpuError::Driver(format!("a kernel failed: {e:?}")))
@@ -225,12 +242,12 @@ pub struct DevBuf {
 
 impl DevBuf {
     /// Device address of element `at` of `T`.
-    pub(crate) fn at<T>(&self, at: usize) -> u64 {
+    pub fn at<T>(&self, at: usize) -> u64 {
         debug_assert!(at * std::mem::size_of::<T>() <= self.bytes);
         self.ptr + (at * std::mem::size_of::<T>()) as u64
     }
     /// Device address of the first byte.
-    pub(crate) fn ptr(&self) -> u64 {
+    pub fn ptr(&self) -> u64 {
         self.ptr
     }
     /// Bytes held.

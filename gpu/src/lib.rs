@@ -19,6 +19,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod check;
 mod decoder;
 mod driver;
 mod error;
@@ -27,6 +28,7 @@ mod model;
 pub mod ops;
 pub mod ptx;
 
+pub use check::{backend_ops, nmse, OpCheck, F32_BOUND, INT8_BOUND};
 pub use driver::{driver_present, DevBuf, Gpu};
 pub use error::{GpuError, Result};
 pub use forward::CudaForward;
