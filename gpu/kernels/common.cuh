@@ -10,9 +10,13 @@ typedef unsigned short u16;
 
 // f16 bits to f32 (the PTX conversion: no cuda_fp16.h needed).
 __device__ __forceinline__ float f16_to_f32(u16 h) {
+#ifdef SRDD_EMU
+    return emu_f16_to_f32(h);
+#else
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
+#endif
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

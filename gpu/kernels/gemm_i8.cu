@@ -20,7 +20,9 @@
 #define I8_SP 20  // shared row pitch in words: the fragment reads hit 32 distinct banks
 
 __device__ __forceinline__ void mma_s8(int* c, const int* a, const int* b) {
-#if __CUDA_ARCH__ >= 800
+#ifdef SRDD_EMU
+    emu_mma_s8(c, a, b);
+#elif __CUDA_ARCH__ >= 800
     asm volatile(
         "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
@@ -30,9 +32,13 @@ __device__ __forceinline__ void mma_s8(int* c, const int* a, const int* b) {
 }
 
 __device__ __forceinline__ int dp4a_s8(int a, int b, int c) {
+#ifdef SRDD_EMU
+    return emu_dp4a(a, b, c);
+#else
     int d;
     asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
     return d;
+#endif
 }
 
 // Weight word of channel `o`, group `g` (0 beyond the channels or inputs).

@@ -419,3 +419,148 @@ fn attention_check(
         bound: F32_BOUND,
     })
 }
+
+/// One forward comparison ([`forward_vs_cpu`]).
+#[derive(Debug, Clone)]
+pub struct ForwardCheck {
+    /// PSNR in dB of each decoded image against the CPU's, with the CPU's tokens forced.
+    pub psnr_db: Vec<f64>,
+    /// Free-running tokens equal to the CPU's, and all tokens.
+    pub same_tokens: (usize, usize),
+}
+
+/// Bound on decoded images: PSNR against the CPU's with the same tokens.
+pub const IMAGE_PSNR_DB: f64 = 50.0;
+
+impl ForwardCheck {
+    /// Whether every forced image keeps [`IMAGE_PSNR_DB`].
+    pub fn ok(&self) -> bool {
+        self.psnr_db.iter().all(|d| *d >= IMAGE_PSNR_DB)
+    }
+}
+
+/// Records each step's tokens, or forces recorded ones.
+struct Tokens {
+    steps: Vec<Vec<u32>>,
+    force: bool,
+}
+
+impl srdd_core::StepHook for Tokens {
+    fn force(&mut self, k: usize, _pn: usize, tokens: &mut [u32]) {
+        if self.force {
+            tokens.copy_from_slice(&self.steps[k]);
+        }
+    }
+    fn scale_done(&mut self, _k: usize, tokens: &[u32], _f: &[f32]) {
+        if !self.force {
+            self.steps.push(tokens.to_vec());
+        }
+    }
+}
+
+/// Runs a batch to the end and decodes it (RGB floats per image).
+fn run_batch<F: srdd_core::Forward>(
+    s: &mut srdd_core::Sampler<'_, '_, F>,
+    hooks: &mut [Tokens],
+) -> srdd_core::Result<Vec<Vec<f32>>> {
+    use srdd_core::resample::{KeepAll, ResamplePolicy};
+    let mut keep: Vec<KeepAll> = hooks.iter().map(|_| KeepAll).collect();
+    while !s.finished() {
+        let mut h: Vec<&mut dyn srdd_core::StepHook> = hooks.iter_mut().map(|t| t as _).collect();
+        let mut p: Vec<&mut dyn ResamplePolicy> = keep.iter_mut().map(|p| p as _).collect();
+        s.step(&mut h, &mut p)?;
+    }
+    (0..hooks.len())
+        .map(|i| {
+            let mut img = Vec::new();
+            s.decode(i, &mut |_, row| img.extend_from_slice(row))?;
+            Ok(img)
+        })
+        .collect()
+}
+
+/// PSNR in dB of `b` against `a`, both in [−1, 1] (peak-to-peak 2).
+pub fn psnr_db(a: &[f32], b: &[f32]) -> f64 {
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        / a.len().max(1) as f64;
+    10.0 * (4.0 / mse.max(1e-30)).log10()
+}
+
+/// Samples `images` images with `opts` on the CPU engine and on `gpu` through the unchanged
+/// sampler: once with the CPU's tokens forced (the decoded images compared by PSNR), once
+/// free-running (the tokens compared).
+pub fn forward_vs_cpu(
+    gpu: &Gpu,
+    model: &srdd_core::Model<'_>,
+    opts: srdd_core::SampleOptions,
+    images: usize,
+) -> Result<ForwardCheck> {
+    use srdd_core::aligned::AlignedBytes;
+    use srdd_core::generate::Compute;
+    use srdd_core::{Plan, Sampler, Schedule};
+    let sched = Schedule::full(&model.config);
+    let par = srdd_core::parallel::StdThreads(
+        std::thread::available_parallelism().map_or(2, |n| n.get()),
+    );
+    let plan = Plan::batch(&model.config, &opts, &sched, images, Compute::Cpu)?;
+    let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
+    let mut cpu = Sampler::cpu(model, opts, sched.clone(), images, arena.as_bytes_mut(), &par)?;
+    let mut rec: Vec<Tokens> = (0..images)
+        .map(|_| Tokens {
+            steps: vec![],
+            force: false,
+        })
+        .collect();
+    let want = run_batch(&mut cpu, &mut rec)?;
+    let dm = crate::DeviceModel::upload(gpu, model)?;
+    let mut check = ForwardCheck {
+        psnr_db: vec![],
+        same_tokens: (0, 0),
+    };
+    for force in [true, false] {
+        let plan = Plan::batch(&model.config, &opts, &sched, images, Compute::Device)?;
+        let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
+        let fwd = crate::CudaForward::new(&dm, &opts, &sched, images)?;
+        let mut s = Sampler::with_forward(
+            model,
+            opts,
+            sched.clone(),
+            images,
+            arena.as_bytes_mut(),
+            fwd,
+            &par,
+        )?;
+        let mut hooks: Vec<Tokens> = rec
+            .iter()
+            .map(|t| Tokens {
+                steps: if force { t.steps.clone() } else { vec![] },
+                force,
+            })
+            .collect();
+        let got = match run_batch(&mut s, &mut hooks) {
+            Ok(g) => g,
+            Err(e) => {
+                return Err(s
+                    .forward()
+                    .last_error()
+                    .cloned()
+                    .unwrap_or(crate::GpuError::Core(e)))
+            }
+        };
+        if force {
+            check.psnr_db = want.iter().zip(&got).map(|(w, g)| psnr_db(w, g)).collect();
+        } else {
+            for (a, b) in rec.iter().zip(&hooks) {
+                for (x, y) in a.steps.iter().zip(&b.steps) {
+                    check.same_tokens.0 += x.iter().zip(y).filter(|(p, q)| p == q).count();
+                    check.same_tokens.1 += x.len();
+                }
+            }
+        }
+    }
+    Ok(check)
+}

@@ -6,6 +6,7 @@
 use crate::error::{GpuError, Result};
 use crate::ptx;
 use cudarc::driver::{result, sys, CudaContext};
+use std::alloc::Layout;
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,17 +18,37 @@ pub fn driver_present() -> bool {
     unsafe { sys::is_culib_present() }
 }
 
-/// An opened CUDA device with the kernels compiled for its architecture.
+/// An opened CUDA device with the kernels compiled for its architecture (or the CPU emulation
+/// of one that `srdd-gpu-emu` provides for tests).
 pub struct Gpu {
-    ctx: Arc<CudaContext>,
-    funcs: HashMap<&'static str, sys::CUfunction>,
+    engine: Engine,
     name: String,
     cc: (i32, i32),
     sms: u32,
     allocated: AtomicUsize,
     dp4a: AtomicBool,
-    _module: Module,
 }
+
+/// What runs the kernels.
+enum Engine {
+    /// A CUDA device: its context and the compiled module.
+    Cuda {
+        ctx: Arc<CudaContext>,
+        funcs: HashMap<&'static str, sys::CUfunction>,
+        _module: Module,
+    },
+    /// The kernels compiled for the host and run by a CPU emulation of the execution model;
+    /// device memory is host memory.
+    Emulated(EmuLaunch),
+}
+
+/// The emulator's launch entry: `(kernel name, grid x, y, z, block threads, parameters)`,
+/// returning 0 on success (`srdd-gpu-emu`'s `srdd_emu_launch`).
+pub type EmuLaunch =
+    unsafe extern "C" fn(*const std::ffi::c_char, u32, u32, u32, u32, *mut *mut c_void) -> i32;
+
+/// Alignment of the emulator's allocations (as cudaMalloc's).
+const EMU_ALIGN: usize = 256;
 
 struct Module(sys::CUmodule);
 
@@ -79,15 +100,36 @@ impl Gpu {
             funcs.insert(*name, f);
         }
         Ok(Gpu {
-            ctx,
-            funcs,
+            engine: Engine::Cuda {
+                ctx,
+                funcs,
+                _module: module,
+            },
             name,
             cc,
             sms,
             allocated: AtomicUsize::new(0),
             dp4a: AtomicBool::new(std::env::var("SRDD_CUDA_GEMM").is_ok_and(|v| v == "dp4a")),
-            _module: module,
         })
+    }
+
+    /// A device whose kernels run on the CPU through `launch` (the emulator of
+    /// `srdd-gpu-emu`), reporting compute capability `cc`: the whole backend then runs, slowly,
+    /// on machines without CUDA, and is tested there against the CPU engine.
+    pub fn emulated(launch: EmuLaunch, cc: (i32, i32)) -> Gpu {
+        Gpu {
+            engine: Engine::Emulated(launch),
+            name: "CPU emulation of a CUDA device".into(),
+            cc,
+            sms: 1,
+            allocated: AtomicUsize::new(0),
+            dp4a: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the kernels run on the CPU emulation.
+    pub fn is_emulated(&self) -> bool {
+        matches!(self.engine, Engine::Emulated(_))
     }
 
     /// The device's name, as the driver reports it.
@@ -124,20 +166,40 @@ impl Gpu {
 
     /// Makes the context current on the calling thread.
     pub fn bind(&self) -> Result<()> {
-        self.ctx.bind_to_thread()?;
+        if let Engine::Cuda { ctx, .. } = &self.engine {
+            ctx.bind_to_thread()?;
+        }
         Ok(())
     }
 
     /// A zeroed device buffer of `len` values of `T`.
     pub fn alloc<T>(&self, len: usize) -> Result<DevBuf> {
         let bytes = (len * std::mem::size_of::<T>()).max(4);
+        self.allocated.fetch_add(bytes, Ordering::Relaxed);
+        if self.is_emulated() {
+            let layout = Layout::from_size_align(bytes, EMU_ALIGN)
+                .map_err(|_| GpuError::Driver(format!("allocating {bytes} bytes")))?;
+            // SAFETY: the layout has a non-zero size; freed with the same layout on drop.
+            let p = unsafe { std::alloc::alloc_zeroed(layout) };
+            if p.is_null() {
+                return Err(GpuError::Driver(format!("allocating {bytes} bytes")));
+            }
+            return Ok(DevBuf {
+                ptr: p as u64,
+                bytes,
+                host: true,
+            });
+        }
         // SAFETY: the context is current (callers bind it); the buffer is freed on drop.
         let ptr = unsafe { result::malloc_sync(bytes) }
             .map_err(|e| GpuError::Driver(format!("allocating {bytes} bytes: {e:?}")))?;
         // SAFETY: `ptr` holds `bytes` bytes.
         unsafe { result::memset_d8_sync(ptr, 0, bytes) }?;
-        self.allocated.fetch_add(bytes, Ordering::Relaxed);
-        Ok(DevBuf { ptr, bytes })
+        Ok(DevBuf {
+            ptr,
+            bytes,
+            host: false,
+        })
     }
 
     /// A device copy of `data`.
@@ -157,8 +219,14 @@ impl Gpu {
             (at + data.len()) * size <= buf.bytes,
             "device write out of bounds"
         );
+        let dst = buf.ptr + (at * size) as u64;
+        if buf.host {
+            // SAFETY: host memory of the buffer, the range inside it (asserted).
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst as *mut T, data.len()) };
+            return Ok(());
+        }
         // SAFETY: the range lies inside the buffer (asserted).
-        unsafe { result::memcpy_htod_sync(buf.ptr + (at * size) as u64, data) }?;
+        unsafe { result::memcpy_htod_sync(dst, data) }?;
         Ok(())
     }
 
@@ -173,16 +241,25 @@ impl Gpu {
             (at + out.len()) * size <= buf.bytes,
             "device read out of bounds"
         );
+        let src = buf.ptr + (at * size) as u64;
+        if buf.host {
+            // SAFETY: host memory of the buffer, the range inside it (asserted).
+            unsafe { std::ptr::copy_nonoverlapping(src as *const T, out.as_mut_ptr(), out.len()) };
+            return Ok(());
+        }
         // SAFETY: the range lies inside the buffer (asserted).
-        unsafe { result::memcpy_dtoh_sync(out, buf.ptr + (at * size) as u64) }?;
+        unsafe { result::memcpy_dtoh_sync(out, src) }?;
         Ok(())
     }
 
     /// Waits for every launch so far, and reports an asynchronous kernel fault.
     pub fn sync(&self) -> Result<()> {
-        self.ctx
-            .synchronize()
-            .map_err(|e| GpuError::Driver(format!("a kernel failed: {e:?}")))
+        match &self.engine {
+            Engine::Cuda { ctx, .. } => ctx
+                .synchronize()
+                .map_err(|e| GpuError::Driver(format!("a kernel failed: {e:?}"))),
+            Engine::Emulated(_) => Ok(()),
+        }
     }
 
     /// Launches kernel `name` on `grid × block` threads with `shared` dynamic shared bytes.
@@ -194,10 +271,6 @@ impl Gpu {
         shared: u32,
         args: &Args,
     ) -> Result<()> {
-        let f = *self
-            .funcs
-            .get(name)
-            .expect("every kernel is loaded at open");
         let mut slots = args.0.clone();
         let mut params: Vec<*mut c_void> = slots
             .iter_mut()
@@ -206,6 +279,25 @@ impl Gpu {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
+        let funcs = match &self.engine {
+            Engine::Cuda { funcs, .. } => funcs,
+            Engine::Emulated(launch) => {
+                let c = CString::new(name).expect("kernel names hold no NUL");
+                // SAFETY: as for the CUDA launch below; the emulator reads each parameter from
+                // its slot with the kernel's own parameter type, and device memory is host
+                // memory that outlives the (synchronous) call.
+                let rc = unsafe {
+                    launch(c.as_ptr(), grid.0, grid.1, grid.2, block, params.as_mut_ptr())
+                };
+                return match rc {
+                    0 => Ok(()),
+                    rc => Err(GpuError::Driver(format!(
+                        "emulated launch of {name} failed ({rc})"
+                    ))),
+                };
+            }
+        };
+        let f = *funcs.get(name).expect("every kernel is loaded at open");
         if shared > 48 * 1024 {
             // SAFETY: `f` is a loaded kernel.
             unsafe {
@@ -234,10 +326,11 @@ impl Gpu {
     }
 }
 
-/// A device allocation, freed on drop.
+/// A device allocation (host memory under the emulator), freed on drop.
 pub struct DevBuf {
     ptr: u64,
     bytes: usize,
+    host: bool,
 }
 
 impl DevBuf {
@@ -258,6 +351,12 @@ impl DevBuf {
 
 impl Drop for DevBuf {
     fn drop(&mut self) {
+        if self.host {
+            let layout = Layout::from_size_align(self.bytes, EMU_ALIGN).expect("checked at alloc");
+            // SAFETY: allocated by `Gpu::alloc` with this layout, freed once.
+            unsafe { std::alloc::dealloc(self.ptr as *mut u8, layout) };
+            return;
+        }
         // SAFETY: allocated by `Gpu::alloc`, freed once.
         let _ = unsafe { result::free_sync(self.ptr) };
     }

@@ -28,7 +28,10 @@ mod model;
 pub mod ops;
 pub mod ptx;
 
-pub use check::{backend_ops, nmse, OpCheck, F32_BOUND, INT8_BOUND};
+pub use check::{
+    backend_ops, forward_vs_cpu, nmse, psnr_db, ForwardCheck, OpCheck, F32_BOUND, IMAGE_PSNR_DB,
+    INT8_BOUND,
+};
 pub use driver::{driver_present, DevBuf, Gpu};
 pub use error::{GpuError, Result};
 pub use forward::CudaForward;
