@@ -208,7 +208,7 @@ enum Cmd {
     /// Measure sampling speed: images/s, seconds per scale and decoder, GMAC/s against a
     /// kernel peak measured on the spot, peak RSS, ISA and CPU.
     #[command(
-        after_help = "Examples:\n  srdd bench --images 64\n  srdd bench -m d16-int8.srdd --images 1 --batch 1 --class 980 --json"
+        after_help = "Examples:\n  srdd bench --images 64\n  srdd bench -m d16-int8.srdd --images 1 --batch 1 --class 980 --json\n  srdd bench -m d16-int8.srdd --images 64 --batch 16 --backend cuda"
     )]
     Bench {
         #[command(flatten)]
@@ -228,6 +228,8 @@ enum Cmd {
         attention: AttentionArg,
         #[command(flatten)]
         threads: ThreadsArg,
+        #[command(flatten)]
+        backend: BackendArg,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -545,6 +547,7 @@ fn run(cli: Cli) -> Result<(), String> {
             schedule,
             attention,
             threads,
+            backend,
             json,
         } => {
             srdd::bench::check_counts(images, batch)?;
@@ -561,7 +564,11 @@ fn run(cli: Cli) -> Result<(), String> {
                 },
                 sched: schedule.resolve(&m.config)?,
             };
-            let report = srdd::bench::run(&m, &settings)?;
+            let opened = Backend::open(backend.backend).map_err(|e| e.to_string())?;
+            if let Some(why) = &opened.fallback {
+                eprintln!("srdd: note: --backend auto: {why}; measuring the CPU");
+            }
+            let report = srdd::bench::run(&m, &settings, &opened.backend)?;
             if json {
                 println!("{}", report.json(&settings, &m));
             } else {

@@ -135,3 +135,39 @@ fn an_unknown_backend_is_a_usage_error() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn bench_takes_the_backend_too() {
+    if srdd_gpu::driver_present() {
+        println!("skipped: a CUDA driver is present");
+        return;
+    }
+    let small = ["bench", "--images", "2", "--batch", "2", "--threads", "1"];
+    let with = |backend: &str, json: bool| {
+        let mut a = small.to_vec();
+        a.extend(["--backend", backend]);
+        if json {
+            a.push("--json");
+        }
+        srdd(&a)
+    };
+    let o = with("cuda", false);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        text(&o.stderr),
+        "srdd: no CUDA driver found (libcuda.so could not be loaded); use --backend cpu\n"
+    );
+    assert!(o.stdout.is_empty());
+    let o = with("auto", true);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["backend"], "cpu", "{v}");
+    assert!(v["device"].is_null(), "{v}");
+    let o = with("cpu", false);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).starts_with("settings: backend cpu, threads 1, batch 2"),
+        "{}",
+        text(&o.stdout)
+    );
+}
