@@ -282,9 +282,9 @@ pub fn sample_batch(
     run_batch(model, &mut sampler, policy, on_step)
 }
 
-/// Runs a batch sampler of `model` on any backend to its last scale and decodes every image: the loop
-/// that [`sample_batch`] (CPU) and [`backend::sample_batch_cuda`] share. Image `i` gets its
-/// own `policy` instance; `on_step` is called after each scale of each image.
+/// Runs a batch sampler of `model` on any backend to its last scale and decodes every image:
+/// the loop that [`sample_batch`] (CPU) and [`backend::sample_batch_cuda`] share. Image `i`
+/// gets its own `policy` instance; `on_step` is called after each scale of each image.
 pub fn run_batch<F: Forward>(
     model: &Model<'_>,
     sampler: &mut Sampler<'_, '_, F>,
