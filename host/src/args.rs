@@ -196,3 +196,25 @@ impl ThreadsArg {
         Pool::new(self.count())
     }
 }
+
+/// A compute backend as the command line names it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    /// The CPU engine (`srdd-core`'s `CpuForward`).
+    #[default]
+    Cpu,
+    /// The CUDA backend (`srdd-gpu`): device 0; an error when it cannot start.
+    Cuda,
+    /// CUDA when a driver is present and device 0 opens, else the CPU.
+    Auto,
+}
+
+/// `--backend cpu|cuda|auto`: where the transformer and the decoder run (the token draws stay
+/// on the CPU threads).
+#[derive(Args, Clone, Copy, Debug, Default)]
+pub struct BackendArg {
+    /// Compute backend: cpu, cuda (NVIDIA GPU 0; needs the CUDA driver and NVRTC), or auto
+    /// (cuda when it starts, else cpu).
+    #[arg(long, value_enum, ignore_case = true, default_value = "cpu")]
+    pub backend: BackendChoice,
+}

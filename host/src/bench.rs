@@ -4,7 +4,9 @@
 //! cache-resident shape, peak RSS, the kernels' ISA and the CPU.
 //!
 //! The batches run one after another on one pool of `threads` threads (not on outer threads as
-//! `srdd sample` does), so that each phase's time is the time of that phase alone.
+//! `srdd sample` does), so that each phase's time is the time of that phase alone. With
+//! `--backend cuda` the phases run on the GPU (the weights uploaded once, before the warm-up);
+//! the peaks stay the CPU's.
 
 use std::time::{Duration, Instant};
 
@@ -20,8 +22,10 @@ use srdd_core::macs::sample_macs;
 use srdd_core::parallel::{Parallel, Sequential};
 use srdd_core::resample::ResamplePolicy;
 use srdd_core::weights::{Linear, Weight};
-use srdd_core::{Model, Schedule};
+use srdd_core::{Forward, Model, Schedule};
+use srdd_gpu::{CudaForward, DeviceModel, GpuError};
 
+use crate::backend::Backend;
 use crate::pool::Pool;
 use crate::{rgb_image, ResampleChoice};
 
@@ -104,6 +108,10 @@ pub struct BenchReport {
     pub isa: Isa,
     /// This CPU.
     pub cpu: CpuInfo,
+    /// The backend the phases ran on (`cpu`, `cuda`).
+    pub backend: &'static str,
+    /// Its device (the GPU's name), `None` on the CPU.
+    pub device: Option<String>,
 }
 
 /// Checks the counts before any work: one-line messages naming the flag.
@@ -120,9 +128,46 @@ pub fn check_counts(images: usize, batch: usize) -> Result<(), String> {
 struct NoHook;
 impl StepHook for NoHook {}
 
-/// Samples one batch of `len` images with seed `seed0`, adding each step's and the decoder's
-/// seconds to `phases` (steps first, the decoder last).
-fn run_batch(
+/// Runs `sampler`'s batch to the end and decodes it, adding each step's and the
+/// decoder's seconds to `phases` (steps first, the decoder last); `why` turns the core's errors
+/// into the message (the backend's own error behind [`srdd_core::Error::Backend`]).
+fn time_batch<F: Forward>(
+    model: &Model<'_>,
+    sampler: &mut Sampler<'_, '_, F>,
+    phases: &mut [f64],
+    why: fn(&mut F, srdd_core::Error) -> String,
+) -> Result<(), String> {
+    let len = sampler.images();
+    let mut hooks: Vec<NoHook> = (0..len).map(|_| NoHook).collect();
+    // The sampling command's default policy (it only matters with refinement passes).
+    let mut policies: Vec<Box<dyn ResamplePolicy>> = (0..len)
+        .map(|_| ResampleChoice::Fraction(0.25).instance())
+        .collect();
+    while !sampler.finished() {
+        let k = sampler.steps_done();
+        let mut h: Vec<&mut dyn StepHook> = hooks.iter_mut().map(|t| t as _).collect();
+        let mut p: Vec<&mut dyn ResamplePolicy> =
+            policies.iter_mut().map(|p| p.as_mut() as _).collect();
+        let t0 = Instant::now();
+        sampler
+            .step(&mut h, &mut p)
+            .map_err(|e| why(sampler.forward(), e))?;
+        phases[k] += t0.elapsed().as_secs_f64();
+    }
+    let side = model.config.image_side();
+    let steps = sampler.schedule().len();
+    let t0 = Instant::now();
+    for i in 0..len {
+        let img = rgb_image(side, |sink| sampler.decode(i, sink))
+            .map_err(|e| why(sampler.forward(), e))?;
+        std::hint::black_box(img.rgb);
+    }
+    phases[steps] += t0.elapsed().as_secs_f64();
+    Ok(())
+}
+
+/// Samples one batch of `len` images with `opts` on the CPU (see [`time_batch`]).
+fn run_batch_cpu(
     model: &Model<'_>,
     opts: SampleOptions,
     sched: &Schedule,
@@ -135,53 +180,69 @@ fn run_batch(
     let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
     let mut sampler =
         Sampler::cpu(model, opts, sched.clone(), len, arena.as_bytes_mut(), par).map_err(err)?;
-    let mut hooks: Vec<NoHook> = (0..len).map(|_| NoHook).collect();
-    // The sampling command's default policy (it only matters with refinement passes).
-    let mut policies: Vec<Box<dyn ResamplePolicy>> = (0..len)
-        .map(|_| ResampleChoice::Fraction(0.25).instance())
-        .collect();
-    while !sampler.finished() {
-        let k = sampler.steps_done();
-        let mut h: Vec<&mut dyn StepHook> = hooks.iter_mut().map(|t| t as _).collect();
-        let mut p: Vec<&mut dyn ResamplePolicy> =
-            policies.iter_mut().map(|p| p.as_mut() as _).collect();
-        let t0 = Instant::now();
-        sampler.step(&mut h, &mut p).map_err(err)?;
-        phases[k] += t0.elapsed().as_secs_f64();
-    }
-    let side = model.config.image_side();
-    let t0 = Instant::now();
-    for i in 0..len {
-        let img = rgb_image(side, |sink| sampler.decode(i, sink)).map_err(err)?;
-        std::hint::black_box(img.rgb);
-    }
-    phases[sched.len()] += t0.elapsed().as_secs_f64();
-    Ok(())
+    time_batch(model, &mut sampler, phases, |_, e| e.to_string())
 }
 
-/// Samples one warm-up batch, then `s.images` images in batches of `s.batch`, and measures.
-pub fn run(model: &Model<'_>, s: &BenchSettings) -> Result<BenchReport, String> {
+/// Samples one batch of `len` images with `opts` on the CUDA backend over the uploaded `dm`
+/// (see [`time_batch`]).
+fn run_batch_cuda(
+    dm: &DeviceModel<'_>,
+    model: &Model<'_>,
+    opts: SampleOptions,
+    sched: &Schedule,
+    len: usize,
+    par: &dyn Parallel,
+    phases: &mut [f64],
+) -> Result<(), String> {
+    let err = |e: srdd_core::Error| e.to_string();
+    let forward = CudaForward::new(dm, &opts, sched, len).map_err(|e| e.to_string())?;
+    let plan = Plan::batch(&model.config, &opts, sched, len, Compute::Device).map_err(err)?;
+    let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
+    let mut sampler = Sampler::with_forward(
+        model,
+        opts,
+        sched.clone(),
+        len,
+        arena.as_bytes_mut(),
+        forward,
+        par,
+    )
+    .map_err(err)?;
+    time_batch(model, &mut sampler, phases, |f, e| match e {
+        srdd_core::Error::Backend(_) => f
+            .last_error()
+            .cloned()
+            .unwrap_or(GpuError::Core(e))
+            .to_string(),
+        e => e.to_string(),
+    })
+}
+
+/// Samples one warm-up batch, then `s.images` images in batches of `s.batch` on `backend`, and
+/// measures.
+pub fn run(model: &Model<'_>, s: &BenchSettings, backend: &Backend) -> Result<BenchReport, String> {
     check_counts(s.images, s.batch)?;
     let steps = s.sched.len();
     let pool = Pool::new(s.threads.max(1));
     let opts = s.opts;
+    let dm = match backend {
+        Backend::Cpu => None,
+        Backend::Cuda(gpu) => Some(DeviceModel::upload(gpu, model).map_err(|e| e.to_string())?),
+    };
+    let batch = |o: SampleOptions, len: usize, phases: &mut [f64]| match &dm {
+        None => run_batch_cpu(model, o, &s.sched, len, &pool, phases),
+        Some(dm) => run_batch_cuda(dm, model, o, &s.sched, len, &pool, phases),
+    };
     // Validate and warm up (caches, pool threads, page faults) before measuring.
     let mut scratch = vec![0f64; steps + 1];
-    run_batch(
-        model,
-        opts,
-        &s.sched,
-        s.batch.min(s.images),
-        &pool,
-        &mut scratch,
-    )?;
+    batch(opts, s.batch.min(s.images), &mut scratch)?;
     let mut phase_s = vec![0f64; steps + 1];
     let t0 = Instant::now();
     for i0 in (0..s.images).step_by(s.batch) {
         let mut o = opts;
         o.seed = opts.seed.wrapping_add(i0 as u64);
         let len = s.batch.min(s.images - i0);
-        run_batch(model, o, &s.sched, len, &pool, &mut phase_s)?;
+        batch(o, len, &mut phase_s)?;
     }
     let wall_s = t0.elapsed().as_secs_f64();
     let macs = sample_macs(model, &opts, &s.sched);
@@ -211,6 +272,8 @@ pub fn run(model: &Model<'_>, s: &BenchSettings) -> Result<BenchReport, String> 
         peak_rss: peak_rss(),
         isa,
         cpu: cpu_info(),
+        backend: backend.name(),
+        device: backend.device().map(str::to_string),
     })
 }
 
@@ -441,6 +504,8 @@ impl BenchReport {
             "schedule": s.sched.pn.as_slice(),
             "attention": format!("{:?}", s.opts.attention),
             "weights": format!("{:?}", model.config.weights),
+            "backend": self.backend,
+            "device": self.device,
         })
     }
 
@@ -450,7 +515,11 @@ impl BenchReport {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "settings: threads {}, batch {}, class {}, schedule {:?}, attention {:?}, weights {:?}",
+            "settings: backend {}, threads {}, batch {}, class {}, schedule {:?}, attention {:?}, weights {:?}",
+            match &self.device {
+                Some(d) => format!("{} ({d})", self.backend),
+                None => self.backend.to_string(),
+            },
             s.threads,
             s.batch,
             s.opts.label,

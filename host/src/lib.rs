@@ -7,7 +7,7 @@ use srdd_core::aligned::AlignedBytes;
 use srdd_core::generate::{Compute, Generator, Plan, SampleOptions, Sampler, StepHook};
 use srdd_core::parallel::Parallel;
 use srdd_core::resample::{ConfidenceThreshold, FixedFraction, KeepAll, Learned, ResamplePolicy};
-use srdd_core::{Model, Schedule};
+use srdd_core::{Forward, Model, Schedule};
 
 /// The built-in default model (int8), embedded at compile time, 64-byte aligned.
 pub static DEFAULT_MODEL: &Aligned<[u8]> =
@@ -46,6 +46,7 @@ pub struct Image {
 pub use srdd_core::vae::to_rgb8;
 
 pub mod args;
+pub mod backend;
 pub mod bench;
 pub mod pool;
 pub mod report;
@@ -278,6 +279,19 @@ pub fn sample_batch(
         arena.as_bytes_mut(),
         par,
     )?;
+    run_batch(model, &mut sampler, policy, on_step)
+}
+
+/// Runs a batch sampler of `model` on any backend to its last scale and decodes every image:
+/// the loop that [`sample_batch`] (CPU) and [`backend::sample_batch_cuda`] share. Image `i`
+/// gets its own `policy` instance; `on_step` is called after each scale of each image.
+pub fn run_batch<F: Forward>(
+    model: &Model<'_>,
+    sampler: &mut Sampler<'_, '_, F>,
+    policy: &ResampleChoice,
+    on_step: &dyn Fn(),
+) -> srdd_core::Result<Vec<Image>> {
+    let images = sampler.images();
     let mut ticks: Vec<_> = (0..images).map(|_| || on_step()).collect();
     let mut hooks: Vec<Tick<'_>> = ticks.iter_mut().map(|t| Tick(t)).collect();
     let mut policies: Vec<Box<dyn ResamplePolicy>> =
@@ -288,8 +302,9 @@ pub fn sample_batch(
             policies.iter_mut().map(|p| p.as_mut() as _).collect();
         sampler.step(&mut h, &mut p)?;
     }
+    let side = model.config.image_side();
     (0..images)
-        .map(|i| rgb_image(model.config.image_side(), |sink| sampler.decode(i, sink)))
+        .map(|i| rgb_image(side, |sink| sampler.decode(i, sink)))
         .collect()
 }
 

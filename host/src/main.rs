@@ -4,7 +4,10 @@
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use srdd::args::{parse_seed, png_output, AttentionArg, ModelArg, ScheduleArg, ThreadsArg};
+use srdd::args::{
+    parse_seed, png_output, AttentionArg, BackendArg, ModelArg, ScheduleArg, ThreadsArg,
+};
+use srdd::backend::{sample_batch_cuda, Backend};
 use srdd::pool::Pool;
 use srdd::report::Timing;
 use srdd::zero_shot::{
@@ -116,7 +119,7 @@ struct ZeroShot {
 enum Cmd {
     /// Sample K images of one class and write a PNG (a grid when K > 1).
     #[command(
-        after_help = "Examples:\n  srdd sample --class smileys -n 9 -o smileys.png\n  srdd sample --class all -n 8 -o grid.png            one row per class\n  srdd sample --class animals,food -n 4 --out-dir out/\n  srdd sample -m model.srdd --class 207 --cfg 1.5 --top-k 900 --top-p 0.96 -o x.png"
+        after_help = "Examples:\n  srdd sample --class smileys -n 9 -o smileys.png\n  srdd sample --class all -n 8 -o grid.png            one row per class\n  srdd sample --class animals,food -n 4 --out-dir out/\n  srdd sample -m model.srdd --class 207 --cfg 1.5 --top-k 900 --top-p 0.96 -o x.png\n  srdd sample -m model.srdd --class 207 -n 64 --backend cuda -o x.png     on NVIDIA GPU 0"
     )]
     Sample {
         /// Class: a number, a class name stored in the model, or `null`; several, comma-separated,
@@ -132,6 +135,8 @@ enum Cmd {
         batch: usize,
         #[command(flatten)]
         s: Sampling,
+        #[command(flatten)]
+        backend: BackendArg,
         /// Output PNG (one image, or a grid of them).
         #[arg(short, long, required_unless_present = "out_dir")]
         output: Option<PathBuf>,
@@ -203,7 +208,7 @@ enum Cmd {
     /// Measure sampling speed: images/s, seconds per scale and decoder, GMAC/s against a
     /// kernel peak measured on the spot, peak RSS, ISA and CPU.
     #[command(
-        after_help = "Examples:\n  srdd bench --images 64\n  srdd bench -m d16-int8.srdd --images 1 --batch 1 --class 980 --json"
+        after_help = "Examples:\n  srdd bench --images 64\n  srdd bench -m d16-int8.srdd --images 1 --batch 1 --class 980 --json\n  srdd bench -m d16-int8.srdd --images 64 --batch 16 --backend cuda"
     )]
     Bench {
         #[command(flatten)]
@@ -223,6 +228,8 @@ enum Cmd {
         attention: AttentionArg,
         #[command(flatten)]
         threads: ThreadsArg,
+        #[command(flatten)]
+        backend: BackendArg,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -239,6 +246,9 @@ enum Cmd {
         classes: bool,
     },
 }
+
+/// One batch of `sample`: its images, or its one-line error; `None` when it did not run.
+type BatchResult = Option<Result<Vec<Image>, String>>;
 
 /// One value for every step, or exactly one per step.
 fn per_step<T: Copy>(name: &str, v: &[T], steps: usize) -> Result<Option<Vec<T>>, String> {
@@ -537,6 +547,7 @@ fn run(cli: Cli) -> Result<(), String> {
             schedule,
             attention,
             threads,
+            backend,
             json,
         } => {
             srdd::bench::check_counts(images, batch)?;
@@ -553,7 +564,11 @@ fn run(cli: Cli) -> Result<(), String> {
                 },
                 sched: schedule.resolve(&m.config)?,
             };
-            let report = srdd::bench::run(&m, &settings)?;
+            let opened = Backend::open(backend.backend).map_err(|e| e.to_string())?;
+            if let Some(why) = &opened.fallback {
+                eprintln!("srdd: note: --backend auto: {why}; measuring the CPU");
+            }
+            let report = srdd::bench::run(&m, &settings, &opened.backend)?;
             if json {
                 println!("{}", report.json(&settings, &m));
             } else {
@@ -647,6 +662,7 @@ fn run(cli: Cli) -> Result<(), String> {
             count,
             batch,
             s,
+            backend,
             output,
             out_dir,
             cols,
@@ -682,6 +698,12 @@ fn run(cli: Cli) -> Result<(), String> {
             if batch == 0 || batch > MAX_BATCH {
                 return Err(format!("--batch must be in 1..={MAX_BATCH}"));
             }
+            // Opened once (the kernels compile here), after every option is checked.
+            let opened = Backend::open(backend.backend).map_err(|e| e.to_string())?;
+            if let Some(why) = &opened.fallback {
+                eprintln!("srdd: note: --backend auto: {why}; sampling on the CPU");
+            }
+            let backend = opened.backend;
             // Several images: the bar counts finished images (each image ticks once per scale);
             // one image: its scales.
             let steps = sched.len() as u64;
@@ -699,7 +721,6 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
             };
             let cores = s.threads.count();
-            // Batches in parallel when there are enough of them, else threads inside each batch.
             // (class row, first image, images): a batch never mixes classes.
             let batches: Vec<(usize, usize, usize)> = (0..labels.len())
                 .flat_map(|r| {
@@ -708,41 +729,86 @@ fn run(cli: Cli) -> Result<(), String> {
                         .map(move |i0| (r, i0, batch.min(count - i0)))
                 })
                 .collect();
-            let threads = cores.min(batches.len());
-            let inner = (cores / threads).max(1);
-            let results: Mutex<Vec<Option<srdd_core::Result<Vec<Image>>>>> =
-                Mutex::new(batches.iter().map(|_| None).collect());
-            let next = Mutex::new(0usize);
-            std::thread::scope(|sc| {
-                for _ in 0..threads {
-                    // One persistent pool per outer thread, for all of its batches.
-                    sc.spawn(|| {
-                        let inner = Pool::new(inner);
-                        loop {
-                            let j = {
-                                let mut n = next.lock().unwrap();
-                                if *n >= batches.len() {
-                                    return;
+            // The options of batch `j`: its class, and the seed of its first image.
+            let batch_opts = |j: usize| {
+                let (r, i0, _) = batches[j];
+                let mut o = opts;
+                o.label = labels[r];
+                o.seed = s.seed.wrapping_add(i0 as u64);
+                o
+            };
+            let results: Vec<BatchResult> = match &backend {
+                Backend::Cpu => {
+                    // Batches in parallel when there are enough of them, else threads inside
+                    // each batch.
+                    let threads = cores.min(batches.len());
+                    let inner = (cores / threads).max(1);
+                    let results: Mutex<Vec<BatchResult>> =
+                        Mutex::new(batches.iter().map(|_| None).collect());
+                    let next = Mutex::new(0usize);
+                    std::thread::scope(|sc| {
+                        for _ in 0..threads {
+                            // One persistent pool per outer thread, for all of its batches.
+                            sc.spawn(|| {
+                                let inner = Pool::new(inner);
+                                loop {
+                                    let j = {
+                                        let mut n = next.lock().unwrap();
+                                        if *n >= batches.len() {
+                                            return;
+                                        }
+                                        *n += 1;
+                                        *n - 1
+                                    };
+                                    let len = batches[j].2;
+                                    let r = sample_batch(
+                                        &m,
+                                        batch_opts(j),
+                                        &sched,
+                                        len,
+                                        &policy,
+                                        &inner,
+                                        &tick,
+                                    );
+                                    results.lock().unwrap()[j] = Some(r.map_err(|e| e.to_string()));
                                 }
-                                *n += 1;
-                                *n - 1
-                            };
-                            let (r, i0, len) = batches[j];
-                            let mut o = opts;
-                            o.label = labels[r];
-                            o.seed = s.seed.wrapping_add(i0 as u64);
-                            let r = sample_batch(&m, o, &sched, len, &policy, &inner, &tick);
-                            results.lock().unwrap()[j] = Some(r);
+                            });
                         }
                     });
+                    results.into_inner().unwrap()
                 }
-            });
+                Backend::Cuda(gpu) => {
+                    // One device, one upload of the weights; the batches one after another,
+                    // their token draws on the CPU threads.
+                    let dm = srdd_gpu::DeviceModel::upload(gpu, &m).map_err(|e| e.to_string())?;
+                    let pool = Pool::new(cores);
+                    let mut results = Vec::with_capacity(batches.len());
+                    for (j, &(_, _, len)) in batches.iter().enumerate() {
+                        let r = sample_batch_cuda(
+                            &dm,
+                            &m,
+                            batch_opts(j),
+                            &sched,
+                            len,
+                            &policy,
+                            &pool,
+                            &tick,
+                        );
+                        let failed = r.is_err();
+                        results.push(Some(r.map_err(|e| e.to_string())));
+                        if failed {
+                            break;
+                        }
+                    }
+                    results
+                }
+            };
             bar.finish_and_clear();
             let mut images = Vec::new();
-            for r in results.into_inner().unwrap() {
+            for r in results {
                 match r {
                     Some(Ok(ims)) => images.extend(ims),
-                    Some(Err(e)) => return Err(e.to_string()),
+                    Some(Err(e)) => return Err(e),
                     None => return Err("internal: an image was not produced".into()),
                 }
             }
@@ -805,7 +871,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     dir.display()
                 ));
             }
-            let timing = Timing::since(start, n_images, cores);
+            let timing = Timing::since(start, n_images, cores).on(backend.name(), backend.device());
             let shown_path = output.clone().or(out_dir.clone()).unwrap_or_default();
             finish(json, text, true, j, &shown_path, timing);
             Ok(())

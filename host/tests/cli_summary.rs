@@ -31,15 +31,15 @@ fn succeeds(args: &[&str], out: &Path) -> Output {
     o
 }
 
-/// The closing line: `done: N image(s) in S s (M ms/image, R images/s), isa ISA, T thread(s)`,
-/// with numbers that agree; returns the ISA name.
+/// The closing line: `done: N image(s) in S s (M ms/image, R images/s), isa ISA, T thread(s),
+/// backend cpu`, with numbers that agree; returns the ISA name.
 fn check_done_line(line: &str, images: usize, threads: usize) -> String {
     let plural = |n: usize, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
     let head = format!("done: {} in ", plural(images, "image"));
     let rest = line
         .strip_prefix(&head)
         .unwrap_or_else(|| panic!("{line:?} does not start with {head:?}"));
-    let tail = format!(", {}", plural(threads, "thread"));
+    let tail = format!(", {}, backend cpu", plural(threads, "thread"));
     let rest = rest
         .strip_suffix(&tail)
         .unwrap_or_else(|| panic!("{line:?} does not end with {tail:?}"));
