@@ -48,6 +48,21 @@ import official_reference as ref  # noqa: E402
 DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}
 
 
+_SDPA = F.scaled_dot_product_attention
+
+
+def _sdpa_one_dtype(query, key, value, *args, **kwargs):
+    """F.scaled_dot_product_attention with q, k, v of one dtype. Under autocast, F.normalize (an
+    fp32-listed op) makes the l2-normed q and k float32 while v is bf16 / f16; SDPA autocasts them
+    to one dtype itself where its autocast rule exists; this wrapper makes that explicit (the
+    autocast dtype), and is a no-op when the dtypes already agree."""
+    if not (query.dtype == key.dtype == value.dtype):
+        kind = query.device.type
+        dt = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else torch.float32
+        query, key, value = query.to(dt), key.to(dt), value.to(dt)
+    return _SDPA(query, key, value, *args, **kwargs)
+
+
 def load_models(var_path, vae_path, device):
     """VARRef / VQVAERef with every tensor on `device`; float weights become grad-requiring leaves."""
     var = ref.VARRef(ref.load_state_dict(var_path))
@@ -180,6 +195,7 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     dtype = DTYPES[args.dtype]
+    ref.F.scaled_dot_product_attention = _sdpa_one_dtype  # official_reference's F is torch's
     decode_dtype = dtype if args.decode_dtype == "same" else torch.float32
     t_load = time.perf_counter()
     var, vae = load_models(args.var, args.vae, device)
