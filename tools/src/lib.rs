@@ -1,8 +1,10 @@
 //! # srdd-tools
 //!
 //! Converts official VAR / VQVAE checkpoints (`.pth`, `.safetensors`, nested training
-//! checkpoints) to `.srdd` files, quantizes them, inspects them, and runs golden parity fixtures.
+//! checkpoints) to `.srdd` files, quantizes them, inspects them, runs golden parity fixtures, and
+//! compares the CPU engine with another forward backend op by op ([`backend_parity`]).
 
+pub mod backend_parity;
 pub mod checkpoint;
 pub mod convert;
 pub mod inspect;

@@ -5,6 +5,7 @@ use srdd::args::{AttentionArg, ScheduleArg, ThreadsArg};
 use srdd::write_atomic;
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::{Attention, WeightFormat};
+use srdd_tools::backend_parity::{self, Backend};
 use srdd_tools::checkpoint::{read_state_dict, Role};
 use srdd_tools::convert::{pack, PackOptions};
 use std::path::PathBuf;
@@ -104,9 +105,10 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Run every case of a parity fixture directory (manifest.json schema).
+    /// Run every case of a parity fixture directory (manifest.json schema), or with --backend
+    /// compare the CPU engine with another backend op by op.
     #[command(
-        after_help = "Example:\n  srdd-tools parity tests/fixtures/tiny-official-schedule --weights int8"
+        after_help = "Examples:\n  srdd-tools parity tests/fixtures/tiny-official-schedule --weights int8\n  srdd-tools parity --backend cuda -m models/default-int8.srdd\n  srdd-tools parity --backend cuda tests/fixtures/emoji32 --json\n  srdd-tools parity --backend cpu -m models/default-int8.srdd   (self-check: every NMSE 0)\n\nWith --backend the exit status is 0 when every op, image and required greedy token is\nwithin its bound, 1 when one is not, 2 on an error (e.g. no CUDA driver)."
     )]
     Parity {
         /// Fixture directory.
@@ -118,9 +120,30 @@ enum Cmd {
         /// Weight format to pack and run.
         #[arg(long, value_enum, ignore_case = true, default_value = "f32")]
         weights: Weights,
+        /// Compare the CPU engine with this backend op by op (forced tokens, then free greedy
+        /// runs) on the fixture (packed with --weights) and every --model; `cpu` compares it
+        /// with a second CPU instance. Default: run the fixture's golden cases instead.
+        #[arg(long, value_enum, ignore_case = true)]
+        backend: Option<BackendArg>,
+        /// Model file to compare with --backend (repeatable).
+        #[arg(short, long = "model", value_name = "MODEL")]
+        model: Vec<PathBuf>,
+        /// JSON output (with --backend): per input the per-op table, the first op over its
+        /// bound, the images' PSNR and the greedy token agreement.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         threads: ThreadsArg,
     },
+}
+
+/// `--backend`: the backend compared with the CPU engine.
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    /// A second CPU engine instance (self-check: every difference is 0).
+    Cpu,
+    /// The CUDA backend (needs a CUDA driver and device).
+    Cuda,
 }
 
 fn run(cli: Cli) -> Result<bool, String> {
@@ -199,8 +222,69 @@ fn run(cli: Cli) -> Result<bool, String> {
             fixture,
             fixture_flag,
             weights,
+            backend: Some(backend),
+            model,
+            json,
             threads,
         } => {
+            let fixture = match (fixture, fixture_flag) {
+                (None, None) => None,
+                (a, b) => Some(one_path(a, b, "fixture", "FIXTURE or --fixture")?),
+            };
+            if fixture.is_none() && model.is_empty() {
+                return Err("no input given: give a FIXTURE and/or -m/--model MODEL".into());
+            }
+            let backend = match backend {
+                BackendArg::Cpu => Backend::Cpu,
+                BackendArg::Cuda => Backend::Cuda,
+            };
+            // The device first: without a driver the command stops before reading any input.
+            let gpu = match backend {
+                Backend::Cuda => Some(srdd_gpu::Gpu::open(0).map_err(|e| e.to_string())?),
+                Backend::Cpu => None,
+            };
+            let par = threads.parallel();
+            let mut reports = Vec::new();
+            if let Some(dir) = &fixture {
+                reports.push(
+                    backend_parity::compare_fixture(
+                        dir,
+                        weights.into(),
+                        backend,
+                        gpu.as_ref(),
+                        &par,
+                    )
+                    .map_err(|e| format!("{}: {e}", dir.display()))?,
+                );
+            }
+            for m in &model {
+                reports.push(
+                    backend_parity::compare_file(m, backend, gpu.as_ref(), &par)
+                        .map_err(|e| format!("{}: {e}", m.display()))?,
+                );
+            }
+            if json {
+                println!("{:#}", backend_parity::json(backend, &reports));
+            } else {
+                println!("{}", backend_parity::text(backend, &reports));
+            }
+            Ok(reports.iter().all(|r| r.pass()))
+        }
+        Cmd::Parity {
+            fixture,
+            fixture_flag,
+            weights,
+            backend: None,
+            model,
+            json,
+            threads,
+        } => {
+            if !model.is_empty() || json {
+                return Err(format!(
+                    "{} needs --backend cpu|cuda (the golden fixture run takes a FIXTURE only)",
+                    if json { "--json" } else { "-m/--model" }
+                ));
+            }
             let fixture = one_path(fixture, fixture_flag, "fixture", "FIXTURE or --fixture")?;
             let par = threads.parallel();
             let rows = srdd_tools::parity::run_fixture_on(&fixture, weights.into(), &par)

@@ -301,6 +301,48 @@ impl StepHook for Capture {
     }
 }
 
+/// How a fixture's checkpoints are packed: its manifest's schedule and VQVAE settings,
+/// Markovian attention, with the encoder.
+fn pack_options(manifest: &Value, weights: WeightFormat) -> Result<PackOptions, ParityError> {
+    let config = &manifest["config"];
+    let patch_nums: Vec<u16> = config["patch_nums"]
+        .as_array()
+        .ok_or_else(|| ParityError::Manifest("config.patch_nums missing".into()))?
+        .iter()
+        .map(|v| v.as_u64().unwrap_or(0) as u16)
+        .collect();
+    Ok(PackOptions {
+        weights,
+        patch_nums: Some(patch_nums),
+        attention: Attention::Markov,
+        encoder: true,
+        quant_resi: config["vqvae"]["quant_resi"].as_f64().unwrap_or(0.5) as f32,
+        gn_groups: config["vqvae"]["groupnorm_groups"].as_u64().unwrap_or(32) as u32,
+        metadata: Vec::new(),
+    })
+}
+
+/// Packs the fixture in `dir` (its `var.pth`/`vae.pth`, else the `.safetensors` pair) as
+/// [`run_fixture`] does, returning the `.srdd` bytes.
+pub fn pack_fixture(dir: &Path, weights: WeightFormat) -> Result<Vec<u8>, ParityError> {
+    let path = |name: &str| dir.join(name);
+    let manifest_path = path("manifest.json");
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(&manifest_path)
+            .map_err(|e| ParityError::Io(manifest_path.display().to_string(), e))?,
+    )
+    .map_err(|e| ParityError::Manifest(e.to_string()))?;
+    let opts = pack_options(&manifest, weights)?;
+    let ext = if path("var.pth").is_file() {
+        "pth"
+    } else {
+        "safetensors"
+    };
+    let var = read_state_dict(&path(&format!("var.{ext}")), Role::Var)?;
+    let vae = read_state_dict(&path(&format!("vae.{ext}")), Role::Vae)?;
+    pack(&var, &vae, &opts).map_err(|e| ParityError::Convert(ext.into(), e))
+}
+
 /// Runs every case of the fixture in `dir`; returns one row per case (plus the packing check).
 pub fn run_fixture(dir: &Path, weights: WeightFormat) -> Result<Vec<Row>, ParityError> {
     run_fixture_on(dir, weights, &Sequential)
@@ -321,22 +363,7 @@ pub fn run_fixture_on(
     let reference = Reference {
         bytes: read("reference.safetensors")?,
     };
-    let config = &manifest["config"];
-    let patch_nums: Vec<u16> = config["patch_nums"]
-        .as_array()
-        .ok_or_else(|| ParityError::Manifest("config.patch_nums missing".into()))?
-        .iter()
-        .map(|v| v.as_u64().unwrap_or(0) as u16)
-        .collect();
-    let opts = PackOptions {
-        weights,
-        patch_nums: Some(patch_nums.clone()),
-        attention: Attention::Markov,
-        encoder: true,
-        quant_resi: config["vqvae"]["quant_resi"].as_f64().unwrap_or(0.5) as f32,
-        gn_groups: config["vqvae"]["groupnorm_groups"].as_u64().unwrap_or(32) as u32,
-        metadata: Vec::new(),
-    };
+    let opts = pack_options(&manifest, weights)?;
     let mut rows = Vec::new();
     let mut packed = Vec::new();
     // Both official formats when the fixture ships both (they must pack identically), else the
