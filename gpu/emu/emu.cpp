@@ -4,6 +4,9 @@
 
 #include <setjmp.h>
 
+#include <chrono>
+#include <map>
+
 #include <string>
 #include <utility>
 #include <vector>
@@ -24,19 +27,22 @@ namespace {
 
 const size_t STACK = 256 * 1024;
 
-// Fibers start through makecontext (their own stacks) and then switch with _setjmp/_longjmp,
-// which do not save the signal mask: no system call per switch (swapcontext makes one).
-struct Jmp {
-    jmp_buf jb;
+// Each fiber index has one stack and one context for the whole process: it is started once
+// (makecontext, setcontext) into `fiber_loop`, which parks it; each block then jumps to its park
+// point to run the kernel body, and it parks again when the body returns. Every switch is a
+// _setjmp/_longjmp pair, which saves no signal mask: no system call per switch or per block.
+struct Slot {
+    ucontext_t ctx;
+    jmp_buf park;    // where a finished fiber waits for its next block
+    jmp_buf resume;  // where a fiber that yielded inside a body continues
+    char* stack = nullptr;
+    bool running = false;  // inside a body of the current block (resume, not park)
 };
 
 struct Block {
     std::vector<EmuFiber> fibers;
-    std::vector<Jmp> jmps;
-    std::vector<bool> started;
+    std::vector<Slot> slots;
     jmp_buf sched_jb;
-    std::vector<char*> stacks;
-    ucontext_t sched;
     int live = 0;
     // Block barrier.
     int arrived = 0;
@@ -45,13 +51,15 @@ struct Block {
     int warp_live[32] = {0};
     int warp_arrived[32] = {0};
     unsigned warp_gen[32] = {0};
-    // Warp exchange slots: 8 bytes per lane, 6 words per lane for mma operands.
-    uint64_t slot[32][32];
-    int mma_slot[32][32][6];
+    // Warp exchange slots, two sets used alternately by consecutive collectives of a lane (a
+    // lane cannot reach the collective after next before every lane of its warp has read this
+    // one's, so one barrier per collective suffices): 8 bytes per lane, 6 words for mma operands.
+    uint64_t slot[2][32][32];
+    int mma_slot[2][32][32][6];
+    unsigned char phase[1024];
     void (*invoker)(void*, void**) = nullptr;
     void* fn = nullptr;
     void** params = nullptr;
-    bool stuck = false;
 };
 
 Block blk;
@@ -59,7 +67,7 @@ Block blk;
 int index_of(const EmuFiber* f) { return (int)(f - blk.fibers.data()); }
 
 void yield() {
-    if (!_setjmp(blk.jmps[index_of(emu_cur)].jb)) _longjmp(blk.sched_jb, 1);
+    if (!_setjmp(blk.slots[index_of(emu_cur)].resume)) _longjmp(blk.sched_jb, 1);
 }
 
 int warp_of(const EmuFiber* f) { return (int)(f->tid.x >> 5); }
@@ -75,9 +83,8 @@ void warp_barrier() {
     while (blk.warp_gen[w] == g) yield();
 }
 
-void fiber_main() {
-    blk.invoker(blk.fn, blk.params);
-    EmuFiber* f = emu_cur;
+// The body's end: the thread leaves the block's barriers.
+void finish(EmuFiber* f) {
     f->done = true;
     blk.live--;
     int w = warp_of(f);
@@ -91,17 +98,39 @@ void fiber_main() {
         blk.warp_arrived[w] = 0;
         blk.warp_gen[w]++;
     }
-    _longjmp(blk.sched_jb, 1);
+}
+
+// Index of the fiber `fiber_loop` is started for (read once, at its start).
+int starting;
+
+void fiber_loop() {
+    int i = starting;
+    for (;;) {
+        if (!_setjmp(blk.slots[i].park)) _longjmp(blk.sched_jb, 1);
+        blk.invoker(blk.fn, blk.params);
+        finish(&blk.fibers[i]);
+        blk.slots[i].running = false;
+    }
 }
 
 // Runs one block of `threads` threads to completion; false on a deadlock.
 bool run_block(unsigned threads) {
-    if (blk.stacks.size() < threads) {
-        while (blk.stacks.size() < threads) blk.stacks.push_back((char*)malloc(STACK));
+    if (blk.slots.size() < threads) blk.slots.resize(threads);
+    blk.fibers.resize(threads);
+    for (unsigned i = 0; i < threads; i++) {
+        Slot& s = blk.slots[i];
+        if (!s.stack) {
+            s.stack = (char*)malloc(STACK);
+            getcontext(&s.ctx);
+            s.ctx.uc_stack.ss_sp = s.stack;
+            s.ctx.uc_stack.ss_size = STACK;
+            s.ctx.uc_link = nullptr;
+            makecontext(&s.ctx, fiber_loop, 0);
+            starting = (int)i;
+            if (!_setjmp(blk.sched_jb)) setcontext(&s.ctx);  // parks at once
+        }
+        s.running = false;
     }
-    blk.fibers.assign(threads, EmuFiber{});
-    blk.jmps.resize(threads);
-    blk.started.assign(threads, false);
     blk.live = (int)threads;
     blk.arrived = 0;
     for (int w = 0; w < 32; w++) {
@@ -112,41 +141,33 @@ bool run_block(unsigned threads) {
         EmuFiber& f = blk.fibers[t];
         f.tid = emu_dim3{t, 0, 0};
         f.done = false;
+        blk.phase[t] = 0;
         blk.warp_live[t >> 5]++;
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = blk.stacks[t];
-        f.ctx.uc_stack.ss_size = STACK;
-        f.ctx.uc_link = &blk.sched;
-        makecontext(&f.ctx, fiber_main, 0);
     }
     int live = (int)threads;
     while (live > 0) {
-        unsigned gen_before = blk.gen;
-        int done_before = 0;
-        for (auto& f : blk.fibers) done_before += f.done;
-        unsigned warp_before = blk.arrived;
-        for (int w = 0; w < 32; w++) warp_before += blk.warp_gen[w] + blk.warp_arrived[w];
-        for (unsigned i = 0; i < threads; i++) {
+        unsigned before = blk.gen + blk.arrived;
+        for (int w = 0; w < 32; w++) before += blk.warp_gen[w] + blk.warp_arrived[w];
+        // volatile: read after the _setjmp below returns through a fiber's _longjmp.
+        volatile int done_before = (int)threads - live;
+        for (volatile unsigned i = 0; i < threads; i++) {
             EmuFiber& f = blk.fibers[i];
             if (f.done) continue;
             emu_cur = &f;
+            Slot& s = blk.slots[i];
             if (!_setjmp(blk.sched_jb)) {
-                if (!blk.started[i]) {
-                    blk.started[i] = true;
-                    setcontext(&f.ctx);
+                if (!s.running) {
+                    s.running = true;
+                    _longjmp(s.park, 1);
                 }
-                _longjmp(blk.jmps[i].jb, 1);
+                _longjmp(s.resume, 1);
             }
         }
         live = 0;
-        int done_after = 0;
-        for (auto& f : blk.fibers) {
-            live += !f.done;
-            done_after += f.done;
-        }
-        unsigned warp_after = blk.arrived;
-        for (int w = 0; w < 32; w++) warp_after += blk.warp_gen[w] + blk.warp_arrived[w];
-        if (live > 0 && gen_before == blk.gen && done_before == done_after && warp_before == warp_after)
+        for (auto& f : blk.fibers) live += !f.done;
+        unsigned after = blk.gen + blk.arrived;
+        for (int w = 0; w < 32; w++) after += blk.warp_gen[w] + blk.warp_arrived[w];
+        if (live > 0 && before == after && done_before == (int)threads - live)
             return false;  // nobody moved: a barrier some thread never reaches
     }
     return true;
@@ -182,14 +203,14 @@ void __syncwarp(unsigned) { warp_barrier(); }
 template <class T>
 T shfl_xor(T v, int lane_mask) {
     int w = warp_of(emu_cur), lane = (int)(emu_cur->tid.x & 31);
+    int ph = blk.phase[emu_cur->tid.x] ^= 1;
     uint64_t bits = 0;
     memcpy(&bits, &v, sizeof(T));
-    blk.slot[w][lane] = bits;
+    blk.slot[ph][w][lane] = bits;
     warp_barrier();
     T r;
-    uint64_t other = blk.slot[w][lane ^ lane_mask];
+    uint64_t other = blk.slot[ph][w][lane ^ lane_mask];
     memcpy(&r, &other, sizeof(T));
-    warp_barrier();
     return r;
 }
 
@@ -202,18 +223,20 @@ int __shfl_xor_sync(unsigned, int v, int m) { return shfl_xor(v, m); }
 // b0 = B[4t..][g], b1 = B[16+4t..][g]; c0,c1 = C[g][2t, 2t+1], c2,c3 = C[g+8][2t, 2t+1].
 void emu_mma_s8(int* c, const int* a, const int* b) {
     int w = warp_of(emu_cur), lane = (int)(emu_cur->tid.x & 31);
-    for (int i = 0; i < 4; i++) blk.mma_slot[w][lane][i] = a[i];
-    blk.mma_slot[w][lane][4] = b[0];
-    blk.mma_slot[w][lane][5] = b[1];
+    int ph = blk.phase[emu_cur->tid.x] ^= 1;
+    int(*ms)[6] = blk.mma_slot[ph][w];
+    for (int i = 0; i < 4; i++) ms[lane][i] = a[i];
+    ms[lane][4] = b[0];
+    ms[lane][5] = b[1];
     warp_barrier();
     auto a_at = [&](int row, int k) {
         int reg = (k < 16 ? 0 : 2) + (row < 8 ? 0 : 1);
         int src = (row & 7) * 4 + (k & 15) / 4;
-        return (int)(signed char)(blk.mma_slot[w][src][reg] >> (8 * (k & 3)));
+        return (int)(signed char)(ms[src][reg] >> (8 * (k & 3)));
     };
     auto b_at = [&](int k, int col) {
         int src = col * 4 + (k & 15) / 4;
-        return (int)(signed char)(blk.mma_slot[w][src][4 + (k < 16 ? 0 : 1)] >> (8 * (k & 3)));
+        return (int)(signed char)(ms[src][4 + (k < 16 ? 0 : 1)] >> (8 * (k & 3)));
     };
     int g = lane >> 2, t = lane & 3;
     int out[4];
@@ -223,7 +246,6 @@ void emu_mma_s8(int* c, const int* a, const int* b) {
         for (int k = 0; k < 32; k++) s += a_at(row, k) * b_at(k, col);
         out[e] = s;
     }
-    warp_barrier();
     for (int e = 0; e < 4; e++) c[e] += out[e];
 }
 
@@ -258,6 +280,18 @@ const std::vector<Entry>& registry() {
 
 }  // namespace
 
+namespace {
+// SRDD_EMU_PROFILE=1: seconds per kernel, printed to stderr at exit.
+struct Profile {
+    std::map<std::string, std::pair<double, long>> t;
+    bool on = getenv("SRDD_EMU_PROFILE") != nullptr;
+    ~Profile() {
+        for (auto& [k, v] : t) fprintf(stderr, "emu %-20s %9.3f s %8ld launches\n", k.c_str(), v.first, v.second);
+    }
+};
+Profile profile;
+}  // namespace
+
 // Runs kernel `name` on a grid × block launch with the cuLaunchKernel parameter array.
 // Returns 0, 1 for an unknown kernel, 2 for a deadlock (a barrier not all threads reach).
 extern "C" int srdd_emu_launch(const char* name, unsigned gx, unsigned gy, unsigned gz,
@@ -272,11 +306,17 @@ extern "C" int srdd_emu_launch(const char* name, unsigned gx, unsigned gy, unsig
     blk.params = params;
     emu_grid_dim = emu_dim3{gx, gy, gz};
     emu_block_dim = emu_dim3{block, 1, 1};
+    auto t0 = std::chrono::steady_clock::now();
     for (unsigned z = 0; z < gz; z++)
         for (unsigned y = 0; y < gy; y++)
             for (unsigned x = 0; x < gx; x++) {
                 emu_block_idx = emu_dim3{x, y, z};
                 if (!run_block(block)) return 2;
             }
+    if (profile.on) {
+        auto& e = profile.t[name];
+        e.first += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        e.second++;
+    }
     return 0;
 }

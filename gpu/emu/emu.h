@@ -33,7 +33,6 @@ struct emu_dim3 {
 };
 
 struct EmuFiber {
-    ucontext_t ctx;
     emu_dim3 tid;
     bool done;
 };
@@ -58,7 +57,21 @@ inline float __int_as_float(int i) {
     memcpy(&f, &i, 4);
     return f;
 }
+inline int __float_as_int(float f) {
+    int i;
+    memcpy(&i, &f, 4);
+    return i;
+}
+// Round-to-nearest operations: plain operations here (built with -ffp-contract=off).
 inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dsub_rn(double a, double b) { return a - b; }
+inline double __ddiv_rn(double a, double b) { return a / b; }
+inline double __dsqrt_rn(double a) { return std::sqrt(a); }
 
 inline int emu_dp4a(int a, int b, int c) {
     for (int i = 0; i < 4; i++) c += (int)(signed char)(a >> (8 * i)) * (int)(signed char)(b >> (8 * i));

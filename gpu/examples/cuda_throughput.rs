@@ -38,7 +38,12 @@ impl<F: Forward> Forward for Timed<F> {
         self.logits += t.elapsed();
         r
     }
-    fn decode(&mut self, f: &[f32], s: &mut [u8], sink: &mut dyn FnMut(usize, &[f32])) -> srdd_core::Result<()> {
+    fn decode(
+        &mut self,
+        f: &[f32],
+        s: &mut [u8],
+        sink: &mut dyn FnMut(usize, &[f32]),
+    ) -> srdd_core::Result<()> {
         let t = Instant::now();
         let r = self.inner.decode(f, s, sink);
         self.decode += t.elapsed();
@@ -48,7 +53,9 @@ impl<F: Forward> Forward for Timed<F> {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let path = args.first().expect("usage: cuda_throughput MODEL.srdd [BATCH…] [--cfg X] [--causal]");
+    let path = args
+        .first()
+        .expect("usage: cuda_throughput MODEL.srdd [BATCH…] [--cfg X] [--causal]");
     let mut batches = Vec::new();
     let mut cfg_scale = None;
     let mut causal = false;
@@ -98,9 +105,22 @@ fn main() {
             let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
             let start = Instant::now();
             let fwd = srdd_gpu::CudaForward::new(&dm, &opts, &sched, b).expect("cuda forward");
-            let timed = Timed { inner: fwd, prepare: Duration::ZERO, logits: Duration::ZERO, decode: Duration::ZERO };
-            let mut s = Sampler::with_forward(&model, opts, sched.clone(), b, arena.as_bytes_mut(), timed, &par)
-                .expect("sampler");
+            let timed = Timed {
+                inner: fwd,
+                prepare: Duration::ZERO,
+                logits: Duration::ZERO,
+                decode: Duration::ZERO,
+            };
+            let mut s = Sampler::with_forward(
+                &model,
+                opts,
+                sched.clone(),
+                b,
+                arena.as_bytes_mut(),
+                timed,
+                &par,
+            )
+            .expect("sampler");
             let mut hooks: Vec<NoHook> = (0..b).map(|_| NoHook).collect();
             let mut keep: Vec<KeepAll> = (0..b).map(|_| KeepAll).collect();
             while !s.finished() {
@@ -117,7 +137,11 @@ fn main() {
             }
             let wall = start.elapsed().as_secs_f64();
             let f = s.forward();
-            let (p, l, d) = (f.prepare.as_secs_f64(), f.logits.as_secs_f64(), f.decode.as_secs_f64());
+            let (p, l, d) = (
+                f.prepare.as_secs_f64(),
+                f.logits.as_secs_f64(),
+                f.decode.as_secs_f64(),
+            );
             println!(
                 "batch {b:>3} rep {rep}: {:.3} img/s  wall {wall:.3} s = transformer {p:.3} + head {l:.3} + decode {d:.3} + host sampler {:.3}  ({px} values)",
                 b as f64 / wall,

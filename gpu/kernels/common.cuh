@@ -78,7 +78,37 @@ __device__ __forceinline__ i8 quant_code(float v, float inv) {
     return (i8)(int)r;
 }
 
-__device__ __forceinline__ float silu_f(float x) { return x / (1.0f + expf(-x)); }
+// The CPU engine's e^x (core/src/math.rs, exp_poly), operation for operation and unfused, so
+// that SiLU and softmax give the CPU's bits: with them the int8 decoder is bit-identical to the
+// CPU's (its int8 convs quantize per row, so it would amplify any last-bit difference).
+__device__ __forceinline__ float exp_cpu(float x) {
+    const float LOG2E = __int_as_float(0x3fb8aa3b);
+    const float C1 = __int_as_float(0x3f318000);
+    const float C2 = __int_as_float(0xb95e8083);
+    const float ROUND = __int_as_float(0x4b400000);  // 1.5 · 2^23
+    const float HI = __int_as_float(0x42b17217);     // ln(f32::MAX)
+    const float LO = __int_as_float(0xc2aeac50);     // ln(f32::MIN_POSITIVE)
+    float xc = fminf(fmaxf(x, LO), HI);
+    float t = __fadd_rn(__fmul_rn(xc, LOG2E), ROUND);
+    float n = __fsub_rn(t, ROUND);
+    float r = __fsub_rn(__fsub_rn(xc, __fmul_rn(n, C1)), __fmul_rn(n, C2));
+    float z = __fmul_rn(r, r);
+    float p = __fadd_rn(__fmul_rn(__int_as_float(0x39506967), r), __int_as_float(0x3ab743ce));
+    p = __fadd_rn(__fmul_rn(p, r), __int_as_float(0x3c088908));
+    p = __fadd_rn(__fmul_rn(p, r), __int_as_float(0x3d2aa9c1));
+    p = __fadd_rn(__fmul_rn(p, r), __int_as_float(0x3e2aaaaa));
+    p = __fadd_rn(__fmul_rn(p, r), 0.5f);
+    float y = __fadd_rn(__fadd_rn(__fmul_rn(p, z), r), 1.0f);
+    int ni = __float_as_int(t) - __float_as_int(ROUND);
+    float v = __fmul_rn(__fmul_rn(y, __int_as_float(((ni >> 1) + 127) << 23)),
+                        __int_as_float(((ni - (ni >> 1)) + 127) << 23));
+    v = x > HI ? INFINITY : v;
+    v = x < LO ? 0.0f : v;
+    return x != x ? x : v;
+}
+
+// SiLU as the CPU computes it: x / (1 + e^−x).
+__device__ __forceinline__ float silu_f(float x) { return __fdiv_rn(x, __fadd_rn(1.0f, exp_cpu(-x))); }
 
 __device__ __forceinline__ float gelu_tanh_f(float x) {
     const float k = 0.7978846f;

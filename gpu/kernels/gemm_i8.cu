@@ -233,11 +233,19 @@ __device__ __forceinline__ int conv_word(const i8* __restrict__ qt, int rowb, in
            ((int)(unsigned char)p[2] << 16) | ((int)(unsigned char)p[3] << 24);
 }
 
-// Row scale of output pixel `m`'s input row for kernel row `ky` (0 outside the map).
+// Row scale of output pixel `m`'s input row for kernel row `ky`; −1 outside the map (scales
+// are never negative).
 __device__ __forceinline__ float conv_row_scale(const float* __restrict__ sr, int h, int wo, int pad,
                                                 int ky, int m) {
     int iy = m / wo + ky - pad;
-    return (iy >= 0 && iy < h) ? sr[iy] : 0.0f;
+    return (iy >= 0 && iy < h) ? sr[iy] : -1.0f;
+}
+
+// One kernel row's contribution as the CPU adds it (conv_i8.rs): v + acc · (sr · sw), unfused,
+// so the int8 conv gives the CPU's bits; rows outside the map (sr < 0, see conv_row_scale) are
+// skipped, as there (adding +0 would turn a −0 into +0).
+__device__ __forceinline__ float conv_acc(float v, int acc, float sr, float sw) {
+    return sr < 0.0f ? v : __fadd_rn(v, __fmul_rn((float)acc, __fmul_rn(sr, sw)));
 }
 
 // Stride-1 int8 conv (the CPU's conv2d_i8): y[o][m] = b[o] + Σ_ky acc_ky[m][o] · (sr[iy] · sw[o]),
@@ -293,8 +301,8 @@ conv_i8_mma(const i8* __restrict__ qt, int rowb, int h, const float* __restrict_
                     int m = m_base + wm + mi * 16 + g + (e >> 1) * 8;
                     int n = n_base + wn + ni * 8 + t * 2 + (e & 1);
                     if (m < M && n < cout)
-                        out[mi][ni][e] += (float)acc[mi][ni][e] *
-                                          (conv_row_scale(sr, h, wo, pad, ky, m) * sw[n]);
+                        out[mi][ni][e] = conv_acc(out[mi][ni][e], acc[mi][ni][e],
+                                                  conv_row_scale(sr, h, wo, pad, ky, m), sw[n]);
                 }
     }
 #pragma unroll
@@ -367,7 +375,7 @@ conv_i8_dp4a(const i8* __restrict__ qt, int rowb, int h, const float* __restrict
             for (int j = 0; j < 4; j++) {
                 int m = m_base + tr * 8 + i, n = n_base + tc * 4 + j;
                 if (m < M && n < cout)
-                    out[i][j] += (float)acc[i][j] * (conv_row_scale(sr, h, wo, pad, ky, m) * sw[n]);
+                    out[i][j] = conv_acc(out[i][j], acc[i][j], conv_row_scale(sr, h, wo, pad, ky, m), sw[n]);
             }
     }
 #pragma unroll

@@ -42,20 +42,22 @@ extern "C" __global__ void gn_stats(const float* __restrict__ x, int C, int hw, 
     for (size_t i = threadIdx.x; i < n; i += blockDim.x) {
         double v = (double)xg[i];
         s += v;
-        q += v * v;
+        q = __dadd_rn(q, __dmul_rn(v, v));  // v² is exact in f64
     }
     s = block_sum_d(s);
     q = block_sum_d(q);
     if (threadIdx.x == 0) {
-        double mean = s / (double)n;
-        double var = q / (double)n - mean * mean;
+        // The CPU's gn_group_stats, unfused.
+        double mean = __ddiv_rn(s, (double)n);
+        double var = __dsub_rn(__ddiv_rn(q, (double)n), __dmul_rn(mean, mean));
         if (var < 0.0) var = 0.0;
         stats[2 * g] = mean;
-        stats[2 * g + 1] = 1.0 / sqrt(var + (double)eps);
+        stats[2 * g + 1] = __ddiv_rn(1.0, __dsqrt_rn(__dadd_rn(var, (double)eps)));
     }
 }
 
-// y = x·scale_c + shift_c (then SiLU when `silu`), scale_c = rstd·w_c, shift_c = b_c − mean·rstd·w_c.
+// y = x·scale_c + shift_c (then SiLU when `silu`), scale_c = rstd·w_c, shift_c = b_c − mean·rstd·w_c:
+// the CPU's gn_channel_affine and gn_apply, unfused.
 extern "C" __global__ void gn_apply(const float* __restrict__ x, float* __restrict__ y, int C, int hw,
                                     int groups, const double* __restrict__ stats,
                                     const float* __restrict__ w, const float* __restrict__ b, int silu) {
@@ -66,9 +68,9 @@ extern "C" __global__ void gn_apply(const float* __restrict__ x, float* __restri
         int c = (int)(i / hw);
         int g = c / cg;
         double mean = stats[2 * g], rstd = stats[2 * g + 1];
-        float scale = (float)(rstd * (double)w[c]);
-        float shift = (float)((double)b[c] - mean * rstd * (double)w[c]);
-        float v = x[i] * scale + shift;
+        float scale = (float)__dmul_rn(rstd, (double)w[c]);
+        float shift = (float)__dsub_rn((double)b[c], __dmul_rn(__dmul_rn(mean, rstd), (double)w[c]));
+        float v = __fadd_rn(__fmul_rn(x[i], scale), shift);
         y[i] = silu ? silu_f(v) : v;
     }
 }

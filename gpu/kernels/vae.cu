@@ -20,7 +20,11 @@ extern "C" __global__ void upsample2(const float* __restrict__ x, float* __restr
     }
 }
 
-// scores[i][j] = (Σ_c q[c][i] · k[c][j]) · scale, q|k|v channel-major `3C × hw`.
+// The attention below is the CPU's (vae/net.rs attn_block) operation for operation, unfused:
+// scores summed over channels in order, the CPU's softmax and its eight-lane dot product, so
+// the int8 decoder stays bit-identical to the CPU's.
+
+// scores[i][j] = (Σ_c q[c][i] · k[c][j], channels in order) · scale, q|k|v channel-major `3C × hw`.
 extern "C" __global__ void vae_attn_scores(const float* __restrict__ qkv, int C, int hw, float scale,
                                            float* __restrict__ s) {
     size_t total = (size_t)hw * hw;
@@ -30,40 +34,28 @@ extern "C" __global__ void vae_attn_scores(const float* __restrict__ qkv, int C,
          e += (size_t)gridDim.x * blockDim.x) {
         int j = (int)(e % hw), i = (int)(e / hw);
         float acc = 0.0f;
-        for (int c = 0; c < C; c++) acc = fmaf(q[(size_t)c * hw + i], k[(size_t)c * hw + j], acc);
-        s[e] = acc * scale;
+        for (int c = 0; c < C; c++)
+            acc = __fadd_rn(acc, __fmul_rn(q[(size_t)c * hw + i], k[(size_t)c * hw + j]));
+        s[e] = __fmul_rn(acc, scale);
     }
 }
 
-// In-place softmax of each of `rows` rows of `cols` values. One block per row.
-extern "C" __global__ void softmax_rows(float* __restrict__ s, int cols) {
-    float* row = s + (size_t)blockIdx.x * cols;
-    float m = -INFINITY;
-    for (int j = threadIdx.x; j < cols; j += blockDim.x) m = fmaxf(m, row[j]);
-    // block max over arbitrary values (block_max expects non-negative): shift by a warp pass
-    __shared__ float part[32];
-    __shared__ float mx;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    m = warp_max(m);
-    if (lane == 0) part[warp] = m;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float t = part[0];
-        for (int i = 1; i < (int)(blockDim.x >> 5); i++) t = fmaxf(t, part[i]);
-        mx = t;
+// In-place softmax of each of `rows` rows of `cols` values, as the CPU's softmax: the maximum,
+// e^(x − max), their sum in index order, times 1/sum. One thread per row.
+extern "C" __global__ void softmax_rows(float* __restrict__ s, int rows, int cols) {
+    for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += gridDim.x * blockDim.x) {
+        float* row = s + (size_t)r * cols;
+        float m = -INFINITY;
+        for (int j = 0; j < cols; j++) m = fmaxf(m, row[j]);
+        for (int j = 0; j < cols; j++) row[j] = exp_cpu(__fsub_rn(row[j], m));
+        float sum = 0.0f;
+        for (int j = 0; j < cols; j++) sum = __fadd_rn(sum, row[j]);
+        float inv = __fdiv_rn(1.0f, sum);
+        for (int j = 0; j < cols; j++) row[j] = __fmul_rn(row[j], inv);
     }
-    __syncthreads();
-    double sum = 0.0;
-    for (int j = threadIdx.x; j < cols; j += blockDim.x) {
-        float p = expf(row[j] - mx);
-        row[j] = p;
-        sum += p;
-    }
-    float inv = (float)(1.0 / block_sum_d(sum));
-    for (int j = threadIdx.x; j < cols; j += blockDim.x) row[j] *= inv;
 }
 
-// out[c][i] = Σ_j v[c][j] · p[i][j].
+// out[c][i] = Σ_j v[c][j] · p[i][j], in the CPU's eight-lane order (kernels/dot.rs).
 extern "C" __global__ void vae_attn_out(const float* __restrict__ qkv, const float* __restrict__ p,
                                         int C, int hw, float* __restrict__ out) {
     size_t total = (size_t)C * hw;
@@ -71,9 +63,17 @@ extern "C" __global__ void vae_attn_out(const float* __restrict__ qkv, const flo
     for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < total;
          e += (size_t)gridDim.x * blockDim.x) {
         int i = (int)(e % hw), c = (int)(e / hw);
-        float acc = 0.0f;
-        for (int j = 0; j < hw; j++) acc = fmaf(v[(size_t)c * hw + j], p[(size_t)i * hw + j], acc);
-        out[e] = acc;
+        const float* a = v + (size_t)c * hw;
+        const float* b = p + (size_t)i * hw;
+        float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        int n8 = hw / 8 * 8;
+        for (int j = 0; j < n8; j += 8)
+            for (int l = 0; l < 8; l++) acc[l] = __fadd_rn(acc[l], __fmul_rn(a[j + l], b[j + l]));
+        float tail = 0.0f;
+        for (int j = n8; j < hw; j++) tail = __fadd_rn(tail, __fmul_rn(a[j], b[j]));
+        out[e] = __fadd_rn(__fadd_rn(__fadd_rn(__fadd_rn(acc[0], acc[4]), __fadd_rn(acc[1], acc[5])),
+                                     __fadd_rn(__fadd_rn(acc[2], acc[6]), __fadd_rn(acc[3], acc[7]))),
+                           tail);
     }
 }
 

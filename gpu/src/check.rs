@@ -508,7 +508,14 @@ pub fn forward_vs_cpu(
     );
     let plan = Plan::batch(&model.config, &opts, &sched, images, Compute::Cpu)?;
     let mut arena = AlignedBytes::zeroed(plan.arena_bytes());
-    let mut cpu = Sampler::cpu(model, opts, sched.clone(), images, arena.as_bytes_mut(), &par)?;
+    let mut cpu = Sampler::cpu(
+        model,
+        opts,
+        sched.clone(),
+        images,
+        arena.as_bytes_mut(),
+        &par,
+    )?;
     let mut rec: Vec<Tokens> = (0..images)
         .map(|_| Tokens {
             steps: vec![],

@@ -241,10 +241,10 @@ impl Net<'_> {
         )?;
         self.gpu.launch(
             "softmax_rows",
-            (hw as u32, 1, 1),
-            256,
+            (hw.div_ceil(64) as u32, 1, 1),
+            64,
             0,
-            &Args::new().p(s).i(hw),
+            &Args::new().p(s).i(hw).i(hw),
         )?;
         ops::each(
             self.gpu,

@@ -127,6 +127,17 @@ impl Gpu {
         }
     }
 
+    /// Threads of a block that reduces one row (quantizers, LayerNorm, GroupNorm statistics):
+    /// 256 on a GPU; 64 on the emulation, where each thread is a fiber that switches at every
+    /// barrier (two warps still exercise the cross-warp step of the reductions).
+    pub(crate) fn reduce_threads(&self) -> u32 {
+        if self.is_emulated() {
+            64
+        } else {
+            256
+        }
+    }
+
     /// Whether the kernels run on the CPU emulation.
     pub fn is_emulated(&self) -> bool {
         matches!(self.engine, Engine::Emulated(_))
@@ -287,7 +298,14 @@ impl Gpu {
                 // its slot with the kernel's own parameter type, and device memory is host
                 // memory that outlives the (synchronous) call.
                 let rc = unsafe {
-                    launch(c.as_ptr(), grid.0, grid.1, grid.2, block, params.as_mut_ptr())
+                    launch(
+                        c.as_ptr(),
+                        grid.0,
+                        grid.1,
+                        grid.2,
+                        block,
+                        params.as_mut_ptr(),
+                    )
                 };
                 return match rc {
                     0 => Ok(()),

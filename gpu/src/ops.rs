@@ -86,7 +86,13 @@ pub(crate) fn linear(
                 .i(4 * k4)
                 .p(s.codes.ptr())
                 .p(s.scales.ptr());
-            gpu.launch("quantize_rows", (m as u32, 1, 1), THREADS, 0, &a)?;
+            gpu.launch(
+                "quantize_rows",
+                (m as u32, 1, 1),
+                gpu.reduce_threads(),
+                0,
+                &a,
+            )?;
             let a = Args::new()
                 .p(s.codes.ptr())
                 .i(*k4)
@@ -207,7 +213,13 @@ pub(crate) fn conv(
                 .i(rowb)
                 .p(s.codes.ptr())
                 .p(s.scales.ptr());
-            gpu.launch("quantize_conv_rows", (h as u32, 1, 1), THREADS, 0, &a)?;
+            gpu.launch(
+                "quantize_conv_rows",
+                (h as u32, 1, 1),
+                gpu.reduce_threads(),
+                0,
+                &a,
+            )?;
             let a = Args::new()
                 .p(s.codes.ptr())
                 .i(rowb)
@@ -259,7 +271,13 @@ pub(crate) fn ln_modulate(
         .i(ks)
         .i(kb)
         .p(y);
-    gpu.launch("ln_modulate", ((rows * m) as u32, 1, 1), THREADS, 0, &a)
+    gpu.launch(
+        "ln_modulate",
+        ((rows * m) as u32, 1, 1),
+        gpu.reduce_threads(),
+        0,
+        &a,
+    )
 }
 
 /// Keys and values one attention call reads: row r's token j at `k + (base_r + j·stride)`
@@ -328,7 +346,13 @@ pub(crate) fn group_norm(
     stats: &DevBuf,
 ) -> Result<()> {
     let a = Args::new().p(x).i(c).i(hw).i(groups).f(eps).p(stats.ptr());
-    gpu.launch("gn_stats", (groups as u32, 1, 1), THREADS, 0, &a)?;
+    gpu.launch(
+        "gn_stats",
+        (groups as u32, 1, 1),
+        gpu.reduce_threads(),
+        0,
+        &a,
+    )?;
     let a = Args::new()
         .p(x)
         .p(y)

@@ -7,7 +7,13 @@ fn every_emulated_op_matches_the_cpu_within_its_bound() {
     let checks = srdd_gpu::backend_ops(&gpu).expect("op checks run");
     let mut bad = Vec::new();
     for c in &checks {
-        println!("{:<44} nmse {:.3e} (bound {:.0e}) {}", c.name, c.nmse, c.bound, if c.ok() { "ok" } else { "FAIL" });
+        println!(
+            "{:<44} nmse {:.3e} (bound {:.0e}) {}",
+            c.name,
+            c.nmse,
+            c.bound,
+            if c.ok() { "ok" } else { "FAIL" }
+        );
         if !c.ok() {
             bad.push(c.name.clone());
         }
