@@ -83,6 +83,12 @@ __device__ __forceinline__ void mma_tile(const int* as, const int* ws, int wm, i
     }
 }
 
+// An int8 Linear output as the CPU computes it (linear.rs int8_outputs): acc · (sx · sw) + b,
+// unfused (a bias-less Linear adds 0, as there), so equal sums give the CPU's bits.
+__device__ __forceinline__ float linear_out(int acc, float sx, float sw, float b) {
+    return __fadd_rn(__fmul_rn((float)acc, __fmul_rn(sx, sw)), b);
+}
+
 // y[m·ldy + n] = acc[m][n] · (sx[m] · sw[o0 + n]) + bias[n] for the Linear view of channels
 // o0 .. o0 + N of a packed weight (`rows` channels, `k4` words per channel): the CPU's
 // int8_outputs. 128 threads, grid (ceil(N / 64), ceil(M / 64)).
@@ -123,7 +129,7 @@ linear_i8_mma(const int* __restrict__ a, int lda, int M, const int* __restrict__
                 int n = n_base + wn + ni * 8 + t * 2 + (e & 1);
                 if (m < M && n < N)
                     y[(size_t)m * ldy + n] =
-                        (float)acc[mi][ni][e] * (sx[m] * sw[o0 + n]) + (bias ? bias[n] : 0.0f);
+                        linear_out(acc[mi][ni][e], sx[m], sw[o0 + n], bias ? bias[n] : 0.0f);
             }
 }
 
@@ -176,7 +182,7 @@ linear_i8_dp4a(const int* __restrict__ a, int lda, int M, const int* __restrict_
             int m = m_base + tr * 8 + i, n = n_base + tc * 4 + j;
             if (m < M && n < N)
                 y[(size_t)m * ldy + n] =
-                    (float)acc[i][j] * (sx[m] * sw[o0 + n]) + (bias ? bias[n] : 0.0f);
+                    linear_out(acc[i][j], sx[m], sw[o0 + n], bias ? bias[n] : 0.0f);
         }
 }
 

@@ -16,17 +16,18 @@ extern "C" __global__ void ln_modulate(const float* __restrict__ x, int n, int t
     double q = 0.0;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
         double d = (double)xr[c] - mean;
-        q += d * d;
+        q = __dadd_rn(q, __dmul_rn(d, d));
     }
     double var = block_sum_d(q) / C;
-    float rstd = (float)(1.0 / sqrt(var + (double)eps));
+    float rstd = (float)__ddiv_rn(1.0, __dsqrt_rn(__dadd_rn(var, (double)eps)));
     float meanf = (float)mean;
     const float* scale = ada + ((size_t)r * width + ks) * C;
     const float* shift = ada + ((size_t)r * width + kb) * C;
     float* yr = y + (size_t)i * C;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        float v = (xr[c] - meanf) * rstd;
-        yr[c] = v * (scale[c] + 1.0f) + shift[c];
+        // The CPU's operations, unfused (var.rs modulate).
+        float v = __fmul_rn(__fsub_rn(xr[c], meanf), rstd);
+        yr[c] = __fadd_rn(__fmul_rn(v, __fadd_rn(scale[c], 1.0f)), shift[c]);
     }
 }
 
