@@ -20,18 +20,55 @@
 //!   (`os.system`, `builtins.eval`, `subprocess.*`, ...) are rejected with
 //!   [`CheckpointError::ForbiddenGlobal`].
 //!
-//! Every read is bounds-checked, every stack/memo access is validated, and
-//! the work done and memory used are linear in the input size (each opcode
-//! allocates at most one heap object; memo lookups share, not copy, data).
+//! # Resources: linear in the input
+//!
+//! Every read is bounds-checked and every stack/memo access is validated.
+//! Memory and work are linear in the pickle's size, because no opcode copies
+//! anything whose size the input does not pay for:
+//!
+//! * Memo `GET` and `DUP` push a [`Value`], which is a scalar or a heap
+//!   index: the object is shared, as in Python, and `APPEND`/`SETITEM` on
+//!   it are seen through every reference.
+//! * The items of tuples, lists and sets, and dicts, are reference counted
+//!   ([`Rc`]): `list(x)`, `tuple(x)`, `set(x)` and `frozenset(x)` share
+//!   `x`'s items, and call arguments are borrowed, not copied. A shared
+//!   container that is then modified is copied first (copy-on-write, which
+//!   keeps Python's semantics: `list(x)` is a new list). Such copies, and the
+//!   dict that `OrderedDict(pairs)` builds, are the only places that copy
+//!   values; they are charged to a budget of [`COPY_BUDGET_PER_BYTE`]
+//!   values per input byte (plus [`COPY_BUDGET_BASE`]), and a pickle that
+//!   exceeds it is an error. Pickles written by Python never copy anything.
+//! * Strings and bytes are interned: equal contents share one allocation, so
+//!   a dict key is hashed and compared by identity, in constant time, however
+//!   often a memoised long key is reused.
+//! * Global names are reference counted; calling a global shares its name.
+//!   Whether a global is forbidden is decided once, when it is created.
+//! * Empty containers share one empty allocation until first modified.
+//!
+//! Measured (`tools/tests/pickle_bounds.rs`, which bounds every case at
+//! 128 bytes per input byte): floods of one-byte opcodes peak at 37 (`N`,
+//! `DUP`: a stack slot each) to 61 (`]` + `MEMOIZE`: a heap object, a stack
+//! slot and a memo slot) bytes per input byte, counting buffer growth; the
+//! copy budget can add 24 bytes (one value) per input byte. Python's own
+//! unpickler is in the same range.
 
-use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::rc::Rc;
 
 use super::CheckpointError;
 
+/// Values the copying operations (copy-on-write of a shared container,
+/// `dict(pairs)`) may copy, per input byte. Pickles written by Python copy
+/// nothing; a Python 2 `OrderedDict(pairs)` copies fewer values than its
+/// pairs took bytes.
+pub(crate) const COPY_BUDGET_PER_BYTE: u64 = 1;
+/// Values any pickle may copy regardless of its size.
+pub(crate) const COPY_BUDGET_BASE: u64 = 1 << 16;
+
 /// A value on the pickle stack. Cheap to clone: strings and bytes are
-/// reference counted and containers live on the [`Heap`].
+/// reference counted (and interned) and containers live on the [`Heap`].
 #[derive(Clone, Debug)]
 pub(crate) enum Value {
     None,
@@ -47,26 +84,56 @@ pub(crate) enum Value {
     Ref(usize),
 }
 
+/// The items of a tuple, list or set; shared between containers until one
+/// of them is modified.
+pub(crate) type Items = Rc<Vec<Value>>;
+
+/// A global's `module.name`, shared by every object that names it.
+#[derive(Debug)]
+pub(crate) struct QualName {
+    pub module: Rc<str>,
+    pub name: Rc<str>,
+    /// Whether calling it is refused ([`is_forbidden`]), decided once.
+    forbidden: bool,
+}
+
+impl QualName {
+    fn new(module: Rc<str>, name: Rc<str>) -> Self {
+        let forbidden = is_forbidden(&module, &name);
+        Self {
+            module,
+            name,
+            forbidden,
+        }
+    }
+}
+
 /// A heap object created while unpickling; `C` is what the [`Resolver`]
 /// builds.
 #[derive(Debug)]
 pub(crate) enum Object<C> {
-    Tuple(Vec<Value>),
-    List(Vec<Value>),
-    Dict(Dict),
-    Set(Vec<Value>),
+    Tuple(Items),
+    List(Items),
+    Dict(Rc<Dict>),
+    Set(Items),
     /// A `GLOBAL`/`STACK_GLOBAL` reference (a class or function), not called.
-    Global {
-        module: String,
-        name: String,
-    },
+    Global(Rc<QualName>),
     /// The result of calling / instantiating something we do not model.
-    Opaque {
-        module: String,
-        name: String,
-    },
+    Opaque(Rc<QualName>),
     /// An object built by the [`Resolver`].
     Custom(C),
+}
+
+/// At most this many characters of a name go into an error message.
+const NAME_IN_MESSAGE: usize = 80;
+
+/// `s`, cut to [`NAME_IN_MESSAGE`] characters: error messages stay one
+/// short line, and describing a hostile object costs constant time.
+pub(crate) fn short(s: &str) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(NAME_IN_MESSAGE) {
+        Some((i, _)) => format!("{}...", &s[..i]).into(),
+        None => s.into(),
+    }
 }
 
 impl<C: fmt::Display> Object<C> {
@@ -77,20 +144,23 @@ impl<C: fmt::Display> Object<C> {
             Object::List(_) => "list".into(),
             Object::Dict(_) => "dict".into(),
             Object::Set(_) => "set".into(),
-            Object::Global { module, name } => format!("global {module}.{name}"),
-            Object::Opaque { module, name } => format!("opaque object of {module}.{name}"),
+            Object::Global(q) => format!("global {}.{}", short(&q.module), short(&q.name)),
+            Object::Opaque(q) => {
+                format!("opaque object of {}.{}", short(&q.module), short(&q.name))
+            }
             Object::Custom(c) => c.to_string(),
         }
     }
 }
 
 /// Hashable view of a dict key, used to implement "assignment replaces".
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// Strings and bytes are interned, so their identity is their content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum HashKey {
     None,
     Int(i64),
-    Str(Rc<str>),
-    Bytes(Rc<[u8]>),
+    Str(usize),
+    Bytes(usize),
     Ref(usize),
 }
 
@@ -100,8 +170,8 @@ impl HashKey {
             Value::None => HashKey::None,
             Value::Bool(b) => HashKey::Int(i64::from(*b)),
             Value::Int(i) => HashKey::Int(*i),
-            Value::Str(s) => HashKey::Str(s.clone()),
-            Value::Bytes(b) => HashKey::Bytes(b.clone()),
+            Value::Str(s) => HashKey::Str(Rc::as_ptr(s) as *const u8 as usize),
+            Value::Bytes(b) => HashKey::Bytes(Rc::as_ptr(b) as *const u8 as usize),
             Value::Ref(r) => HashKey::Ref(*r),
             Value::BigInt | Value::Float(_) => return None,
         })
@@ -109,13 +179,15 @@ impl HashKey {
 }
 
 /// An insertion-ordered dictionary.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Dict {
     entries: Vec<(Value, Value)>,
     index: HashMap<HashKey, usize>,
 }
 
 impl Dict {
+    /// Sets `key` to `value` (keys must come from the same [`Heap`], whose
+    /// strings are interned).
     pub(crate) fn insert(&mut self, key: Value, value: Value) {
         match HashKey::of(&key) {
             Some(h) => match self.index.get(&h) {
@@ -129,38 +201,105 @@ impl Dict {
         }
     }
 
-    /// Looks up a string key.
+    /// Looks up a string key (a scan: keys are hashed by identity).
     pub(crate) fn get_str(&self, key: &str) -> Option<&Value> {
-        let i = *self.index.get(&HashKey::Str(Rc::from(key)))?;
-        Some(&self.entries[i].1)
+        self.entries.iter().find_map(|(k, v)| match k {
+            Value::Str(s) if &**s == key => Some(v),
+            _ => None,
+        })
     }
 
     pub(crate) fn entries(&self) -> &[(Value, Value)] {
         &self.entries
     }
 
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 }
 
-/// Arena of the objects created while unpickling.
+/// Arena of the objects created while unpickling, with the string interner
+/// and the copy budget.
 #[derive(Debug)]
 pub(crate) struct Heap<C> {
     objects: Vec<Object<C>>,
+    strings: HashSet<Rc<str>, RandomState>,
+    bytes: HashSet<Rc<[u8]>, RandomState>,
+    /// Shared by every empty tuple/list/set until it is modified.
+    empty_items: Items,
+    /// Shared by every empty dict until it is modified.
+    empty_dict: Rc<Dict>,
+    /// Values that may still be copied.
+    copy_budget: u64,
+    /// The budget at the start, for the error message.
+    copy_limit: u64,
 }
 
 impl<C: fmt::Display> Heap<C> {
-    fn new() -> Self {
+    /// A heap for unpickling `input_len` bytes (which sets the copy budget).
+    fn new(input_len: usize) -> Self {
+        let limit = (input_len as u64)
+            .saturating_mul(COPY_BUDGET_PER_BYTE)
+            .saturating_add(COPY_BUDGET_BASE);
         Self {
             objects: Vec::new(),
+            strings: HashSet::default(),
+            bytes: HashSet::default(),
+            empty_items: Rc::new(Vec::new()),
+            empty_dict: Rc::new(Dict::default()),
+            copy_budget: limit,
+            copy_limit: limit,
         }
     }
 
     pub(crate) fn alloc(&mut self, obj: Object<C>) -> Value {
         self.objects.push(obj);
         Value::Ref(self.objects.len() - 1)
+    }
+
+    /// A new opaque object of `module.name`.
+    pub(crate) fn opaque(&mut self, module: Rc<str>, name: Rc<str>) -> Value {
+        self.alloc(Object::Opaque(Rc::new(QualName::new(module, name))))
+    }
+
+    /// A new object holding no items (sharing the empty allocation).
+    fn empty_seq(&self) -> Items {
+        self.empty_items.clone()
+    }
+
+    /// The interned string with these contents.
+    pub(crate) fn str(&mut self, s: &str) -> Rc<str> {
+        if let Some(rc) = self.strings.get(s) {
+            return rc.clone();
+        }
+        let rc: Rc<str> = Rc::from(s);
+        self.strings.insert(rc.clone());
+        rc
+    }
+
+    /// The interned bytes with these contents.
+    fn bytes(&mut self, b: &[u8]) -> Rc<[u8]> {
+        if let Some(rc) = self.bytes.get(b) {
+            return rc.clone();
+        }
+        let rc: Rc<[u8]> = Rc::from(b);
+        self.bytes.insert(rc.clone());
+        rc
+    }
+
+    /// Charges `n` copied values to the copy budget.
+    fn charge(&mut self, n: usize) -> Result<(), String> {
+        match self.copy_budget.checked_sub(n as u64) {
+            Some(left) => {
+                self.copy_budget = left;
+                Ok(())
+            }
+            None => Err(format!(
+                "copies more than {} values (a shared container modified again \
+                 and again); refusing input whose cost grows faster than its size",
+                self.copy_limit
+            )),
+        }
     }
 
     /// The object a value refers to (`None` for scalars).
@@ -180,6 +319,11 @@ impl<C: fmt::Display> Heap<C> {
 
     /// The items of a tuple or list value.
     pub(crate) fn seq(&self, v: &Value) -> Option<&[Value]> {
+        self.seq_rc(v).map(|items| items.as_slice())
+    }
+
+    /// The shared items of a tuple or list value.
+    pub(crate) fn seq_rc(&self, v: &Value) -> Option<&Items> {
         match self.get(v)? {
             Object::Tuple(items) | Object::List(items) => Some(items),
             _ => None,
@@ -280,8 +424,21 @@ fn is_forbidden(module: &str, name: &str) -> bool {
         "setattr",
         "delattr",
     ];
-    let root = module.split('.').next().unwrap_or(module);
-    MODULES.contains(&root) || (root == "builtins" && BUILTINS.contains(&name))
+    // `module` is `root` or `root.*`; compared against the short names only,
+    // so that the cost does not depend on the length of `module`.
+    let in_root = |root: &str| {
+        module == root
+            || (module.starts_with(root) && module.as_bytes().get(root.len()) == Some(&b'.'))
+    };
+    MODULES.iter().any(|m| in_root(m)) || (in_root("builtins") && BUILTINS.contains(&name))
+}
+
+/// The error for calling a forbidden global.
+fn forbidden(q: &QualName) -> CheckpointError {
+    CheckpointError::ForbiddenGlobal {
+        module: short(&q.module).into_owned(),
+        name: short(&q.name).into_owned(),
+    }
 }
 
 /// Unpickles `data`, returning the heap and the root value.
@@ -295,8 +452,9 @@ pub(crate) fn unpickle<R: Resolver>(
         op_pos: 0,
         stack: Vec::new(),
         marks: Vec::new(),
-        memo: HashMap::new(),
-        heap: Heap::new(),
+        memo: Vec::new(),
+        sparse_memo: HashMap::new(),
+        heap: Heap::new(data.len()),
         resolver,
     };
     let root = vm.run()?;
@@ -311,7 +469,11 @@ struct Machine<'a, R: Resolver> {
     stack: Vec<Value>,
     /// Stack heights at each MARK.
     marks: Vec<usize>,
-    memo: HashMap<u64, Value>,
+    /// Memo entries `0..memo.len()`: Python assigns indices densely.
+    memo: Vec<Value>,
+    /// Memo entries at indices beyond the dense ones (never written by
+    /// Python, but legal).
+    sparse_memo: HashMap<u64, Value>,
     heap: Heap<R::Custom>,
     resolver: &'a mut R,
 }
@@ -391,9 +553,13 @@ impl<'a, R: Resolver> Machine<'a, R> {
         }
     }
 
-    fn str_value(bytes: &[u8]) -> Value {
+    fn str_value(&mut self, bytes: &[u8]) -> Value {
         // Python may write lone surrogates ("surrogatepass"); keep them lossy.
-        Value::Str(Rc::from(String::from_utf8_lossy(bytes).as_ref()))
+        Value::Str(self.heap.str(&String::from_utf8_lossy(bytes)))
+    }
+
+    fn bytes_value(&mut self, bytes: &[u8]) -> Value {
+        Value::Bytes(self.heap.bytes(bytes))
     }
 
     // ---- stack -----------------------------------------------------------
@@ -433,18 +599,33 @@ impl<'a, R: Resolver> Machine<'a, R> {
 
     fn memo_put(&mut self, idx: u64) -> PResult<()> {
         let v = self.top()?.clone();
-        self.memo.insert(idx, v);
+        let dense = self.memo.len() as u64;
+        if idx < dense {
+            self.memo[idx as usize] = v;
+        } else if idx == dense {
+            self.sparse_memo.remove(&idx);
+            self.memo.push(v);
+        } else {
+            self.sparse_memo.insert(idx, v);
+        }
         Ok(())
     }
 
+    /// Number of memo entries (the index `MEMOIZE` assigns).
+    fn memo_len(&self) -> u64 {
+        (self.memo.len() + self.sparse_memo.len()) as u64
+    }
+
     fn memo_get(&mut self, idx: u64) -> PResult<()> {
-        match self.memo.get(&idx) {
-            Some(v) => {
-                self.stack.push(v.clone());
-                Ok(())
-            }
-            None => self.err(format!("memo index {idx} not defined")),
-        }
+        let v = match usize::try_from(idx).ok().and_then(|i| self.memo.get(i)) {
+            Some(v) => v,
+            None => match self.sparse_memo.get(&idx) {
+                Some(v) => v,
+                None => return self.err(format!("memo index {idx} not defined")),
+            },
+        };
+        self.stack.push(v.clone());
+        Ok(())
     }
 
     /// The memo index operand of a PUT/GET opcode: one byte (BINPUT,
@@ -470,18 +651,33 @@ impl<'a, R: Resolver> Machine<'a, R> {
         self.stack.push(v);
     }
 
-    /// Appends items to the list/set on top of the stack.
+    /// Charges `n` copied values to the heap's copy budget.
+    fn charge(&mut self, n: usize) -> PResult<()> {
+        match self.heap.charge(n) {
+            Ok(()) => Ok(()),
+            Err(msg) => self.err(msg),
+        }
+    }
+
+    /// Appends items to the list/set on top of the stack (copying its items
+    /// first if another container shares them).
     fn extend_top(&mut self, items: Vec<Value>) -> PResult<()> {
         let target = self.top()?.clone();
-        match self.heap.get_mut(&target) {
+        let shared = match self.heap.get(&target) {
             Some(Object::List(l)) | Some(Object::Set(l)) => {
-                l.extend(items);
-                Ok(())
+                (Rc::strong_count(l) > 1).then_some(l.len())
             }
             // Appending to an instance of an unknown list subclass: ignore.
-            Some(Object::Opaque { .. }) => Ok(()),
-            _ => self.err("APPEND(S)/ADDITEMS target is not a list or set"),
+            Some(Object::Opaque(_)) => return Ok(()),
+            _ => return self.err("APPEND(S)/ADDITEMS target is not a list or set"),
+        };
+        if let Some(n) = shared {
+            self.charge(n)?;
         }
+        if let Some(Object::List(l)) | Some(Object::Set(l)) = self.heap.get_mut(&target) {
+            Rc::make_mut(l).extend(items);
+        }
+        Ok(())
     }
 
     /// Sets key/value pairs on the dict on top of the stack.
@@ -490,87 +686,95 @@ impl<'a, R: Resolver> Machine<'a, R> {
             return self.err("SETITEMS with an odd number of items");
         }
         let target = self.top()?.clone();
-        match self.heap.get_mut(&target) {
-            Some(Object::Dict(d)) => {
-                let mut it = items.into_iter();
-                while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    d.insert(k, v);
-                }
-                Ok(())
-            }
+        let shared = match self.heap.get(&target) {
+            Some(Object::Dict(d)) => (Rc::strong_count(d) > 1).then_some(d.len()),
             // Item assignment on an unknown mapping subclass: ignore.
-            Some(Object::Opaque { .. }) => Ok(()),
-            _ => self.err("SETITEM(S) target is not a dict"),
+            Some(Object::Opaque(_)) => return Ok(()),
+            _ => return self.err("SETITEM(S) target is not a dict"),
+        };
+        // The shared empty dict costs nothing to copy; a dict shared
+        // otherwise cannot arise (nothing copies dicts), but is charged.
+        if let Some(n) = shared {
+            self.charge(n)?;
         }
+        if let Some(Object::Dict(d)) = self.heap.get_mut(&target) {
+            let d = Rc::make_mut(d);
+            let mut it = items.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                d.insert(k, v);
+            }
+        }
+        Ok(())
     }
 
-    fn dict_from_pairs(&self, pairs: Option<&Value>) -> Dict {
+    /// `dict(pairs)`: copies the pairs, so it is charged to the copy budget.
+    fn dict_from_pairs(&mut self, pairs: Option<&Value>) -> PResult<Dict> {
+        let Some(items) = pairs.and_then(|p| self.heap.seq_rc(p)).cloned() else {
+            return Ok(Dict::default());
+        };
+        self.charge(items.len())?;
         let mut d = Dict::default();
-        if let Some(items) = pairs.and_then(|p| self.heap.seq(p)) {
-            for item in items {
-                if let Some([k, v]) = self.heap.seq(item) {
-                    d.insert(k.clone(), v.clone());
-                }
+        for item in items.iter() {
+            if let Some([k, v]) = self.heap.seq(item) {
+                d.insert(k.clone(), v.clone());
             }
         }
-        d
+        Ok(d)
     }
 
     /// The items of the sequence `args[0]` (empty if there is none), as
-    /// `set(it)`, `list(it)` and `tuple(it)` take them.
-    fn items_of(&self, args: &[Value]) -> Vec<Value> {
+    /// `set(it)`, `list(it)` and `tuple(it)` take them: shared, not copied.
+    fn items_of(&self, args: &[Value]) -> Items {
         args.first()
-            .and_then(|a| self.heap.seq(a))
-            .map(<[Value]>::to_vec)
-            .unwrap_or_default()
+            .and_then(|a| self.heap.seq_rc(a))
+            .cloned()
+            .unwrap_or_else(|| self.heap.empty_seq())
     }
 
     /// Calls (or instantiates) `callable(*args)` without executing anything.
     fn call(&mut self, callable: &Value, args: &[Value]) -> PResult<Value> {
-        let (module, name) = match self.heap.get(callable) {
-            Some(Object::Global { module, name }) => (module.clone(), name.clone()),
-            Some(Object::Opaque { module, name }) => {
-                let obj = Object::Opaque {
-                    module: module.clone(),
-                    name: name.clone(),
-                };
-                return Ok(self.heap.alloc(obj));
+        let qual = match self.heap.get(callable) {
+            Some(Object::Global(q)) => q.clone(),
+            // Calling the result of a call: another opaque object.
+            Some(Object::Opaque(q)) => {
+                let q = q.clone();
+                return Ok(self.heap.alloc(Object::Opaque(q)));
             }
             _ => {
                 let what = self.heap.describe(callable);
                 return self.err(format!("cannot call a {what}"));
             }
         };
-        if is_forbidden(&module, &name) {
-            return Err(CheckpointError::ForbiddenGlobal { module, name });
+        if qual.forbidden {
+            return Err(forbidden(&qual));
         }
         let call = Call {
-            module: &module,
-            name: &name,
+            module: &qual.module,
+            name: &qual.name,
             args,
         };
         match self.resolver.call(&mut self.heap, call) {
             Ok(Some(v)) => return Ok(v),
             Ok(None) => {}
-            Err(msg) => return self.err(format!("{module}.{name}: {msg}")),
-        }
-        let obj = match (module.as_str(), name.as_str()) {
-            ("collections", "OrderedDict") | ("builtins", "dict") => {
-                Object::Dict(self.dict_from_pairs(args.first()))
+            Err(msg) => {
+                let (module, name) = (short(&qual.module), short(&qual.name));
+                return self.err(format!("{module}.{name}: {msg}"));
             }
-            ("collections", "defaultdict") => Object::Dict(Dict::default()),
+        }
+        let obj = match (&*qual.module, &*qual.name) {
+            ("collections", "OrderedDict") | ("builtins", "dict") => {
+                Object::Dict(Rc::new(self.dict_from_pairs(args.first())?))
+            }
+            ("collections", "defaultdict") => Object::Dict(self.heap.empty_dict.clone()),
             ("builtins", "set") | ("builtins", "frozenset") => Object::Set(self.items_of(args)),
             ("builtins", "list") => Object::List(self.items_of(args)),
             ("builtins", "tuple") => Object::Tuple(self.items_of(args)),
             // copyreg._reconstructor(cls, base, state): name the real class.
             ("copyreg", "_reconstructor") => match args.first().and_then(|c| self.heap.get(c)) {
-                Some(Object::Global { module, name }) => Object::Opaque {
-                    module: module.clone(),
-                    name: name.clone(),
-                },
-                _ => Object::Opaque { module, name },
+                Some(Object::Global(class)) => Object::Opaque(class.clone()),
+                _ => Object::Opaque(qual),
             },
-            _ => Object::Opaque { module, name },
+            _ => Object::Opaque(qual),
         };
         Ok(self.heap.alloc(obj))
     }
@@ -578,32 +782,23 @@ impl<'a, R: Resolver> Machine<'a, R> {
     /// `cls.__new__(cls, *args)`.
     fn new_obj(&mut self, cls: &Value, args: &[Value]) -> PResult<Value> {
         match self.heap.get(cls) {
-            Some(Object::Global { module, name }) => {
-                let obj = match (module.as_str(), name.as_str()) {
+            Some(Object::Global(q)) => {
+                let obj = match (&*q.module, &*q.name) {
                     ("collections", "OrderedDict")
                     | ("builtins", "dict")
-                    | ("collections", "defaultdict") => Object::Dict(Dict::default()),
-                    ("builtins", "set") | ("builtins", "frozenset") => Object::Set(Vec::new()),
-                    ("builtins", "list") => Object::List(Vec::new()),
-                    _ => {
-                        // Never "call" via NEWOBJ either, but reject the
-                        // obviously malicious classes the same way.
-                        if is_forbidden(module, name) {
-                            return Err(CheckpointError::ForbiddenGlobal {
-                                module: module.clone(),
-                                name: name.clone(),
-                            });
-                        }
-                        Object::Opaque {
-                            module: module.clone(),
-                            name: name.clone(),
-                        }
+                    | ("collections", "defaultdict") => Object::Dict(self.heap.empty_dict.clone()),
+                    ("builtins", "set") | ("builtins", "frozenset") => {
+                        Object::Set(self.heap.empty_seq())
                     }
+                    ("builtins", "list") => Object::List(self.heap.empty_seq()),
+                    // Never "call" via NEWOBJ either, but reject the
+                    // obviously malicious classes the same way.
+                    _ if q.forbidden => return Err(forbidden(q)),
+                    _ => Object::Opaque(q.clone()),
                 };
-                let _ = args;
                 Ok(self.heap.alloc(obj))
             }
-            Some(Object::Opaque { .. }) => self.call(cls, args),
+            Some(Object::Opaque(_)) => self.call(cls, args),
             _ => {
                 let what = self.heap.describe(cls);
                 self.err(format!("NEWOBJ on a {what}"))
@@ -611,7 +806,8 @@ impl<'a, R: Resolver> Machine<'a, R> {
         }
     }
 
-    fn tuple_args(&self, args: &Value) -> PResult<Vec<Value>> {
+    /// The items of a call's argument tuple, shared (not copied).
+    fn tuple_args(&self, args: &Value) -> PResult<Items> {
         match self.heap.get(args) {
             Some(Object::Tuple(items)) => Ok(items.clone()),
             _ => self.err(format!(
@@ -621,16 +817,13 @@ impl<'a, R: Resolver> Machine<'a, R> {
         }
     }
 
-    fn push_global(&mut self, module: &str, name: &str) {
-        let module = match module {
-            "__builtin__" => "builtins",
-            "copy_reg" => "copyreg",
-            m => m,
+    fn push_global(&mut self, module: Rc<str>, name: Rc<str>) {
+        let module = match &*module {
+            "__builtin__" => self.heap.str("builtins"),
+            "copy_reg" => self.heap.str("copyreg"),
+            _ => module,
         };
-        self.alloc(Object::Global {
-            module: module.to_string(),
-            name: name.to_string(),
-        });
+        self.alloc(Object::Global(Rc::new(QualName::new(module, name))));
     }
 
     fn persistent_load(&mut self, pid: Value) -> PResult<()> {
@@ -765,25 +958,29 @@ impl<'a, R: Resolver> Machine<'a, R> {
                 b'X' => {
                     let n = self.u32()?;
                     let s = self.take_u64_len(n.into())?;
-                    self.stack.push(Self::str_value(s));
+                    let v = self.str_value(s);
+                    self.stack.push(v);
                 }
                 // SHORT_BINUNICODE
                 0x8c => {
                     let n = self.u8()?;
                     let s = self.take(n.into())?;
-                    self.stack.push(Self::str_value(s));
+                    let v = self.str_value(s);
+                    self.stack.push(v);
                 }
                 // BINUNICODE8
                 0x8d => {
                     let n = self.u64()?;
                     let s = self.take_u64_len(n)?;
-                    self.stack.push(Self::str_value(s));
+                    let v = self.str_value(s);
+                    self.stack.push(v);
                 }
                 // SHORT_BINSTRING (py2 str, decoded as text, as `encoding="utf-8"` does)
                 b'U' => {
                     let n = self.u8()?;
                     let s = self.take(n.into())?;
-                    self.stack.push(Self::str_value(s));
+                    let v = self.str_value(s);
+                    self.stack.push(v);
                 }
                 // BINSTRING
                 b'T' => {
@@ -792,13 +989,17 @@ impl<'a, R: Resolver> Machine<'a, R> {
                         return self.err("BINSTRING with negative length");
                     };
                     let s = self.take(n)?;
-                    self.stack.push(Self::str_value(s));
+                    let v = self.str_value(s);
+                    self.stack.push(v);
                 }
                 // STRING (text, repr-quoted)
                 b'S' => {
                     let line = self.line()?;
                     match unquote_py_string(line) {
-                        Some(bytes) => self.stack.push(Self::str_value(&bytes)),
+                        Some(bytes) => {
+                            let v = self.str_value(&bytes);
+                            self.stack.push(v);
+                        }
                         None => return self.err(format!("bad STRING {line:?}")),
                     }
                 }
@@ -806,7 +1007,10 @@ impl<'a, R: Resolver> Machine<'a, R> {
                 b'V' => {
                     let line = self.line()?;
                     match raw_unicode_unescape(line) {
-                        Some(s) => self.stack.push(Value::Str(Rc::from(s.as_str()))),
+                        Some(s) => {
+                            let v = Value::Str(self.heap.str(&s));
+                            self.stack.push(v);
+                        }
                         None => return self.err("bad UNICODE escape"),
                     }
                 }
@@ -814,30 +1018,33 @@ impl<'a, R: Resolver> Machine<'a, R> {
                 b'C' => {
                     let n = self.u8()?;
                     let b = self.take(n.into())?;
-                    self.stack.push(Value::Bytes(Rc::from(b)));
+                    let v = self.bytes_value(b);
+                    self.stack.push(v);
                 }
                 // BINBYTES
                 b'B' => {
                     let n = self.u32()?;
                     let b = self.take_u64_len(n.into())?;
-                    self.stack.push(Value::Bytes(Rc::from(b)));
+                    let v = self.bytes_value(b);
+                    self.stack.push(v);
                 }
                 // BINBYTES8, BYTEARRAY8
                 0x8e | 0x96 => {
                     let n = self.u64()?;
                     let b = self.take_u64_len(n)?;
-                    self.stack.push(Value::Bytes(Rc::from(b)));
+                    let v = self.bytes_value(b);
+                    self.stack.push(v);
                 }
 
                 // ---- containers ----
-                b')' => self.alloc(Object::Tuple(Vec::new())),
-                b']' => self.alloc(Object::List(Vec::new())),
-                b'}' => self.alloc(Object::Dict(Dict::default())),
-                0x8f => self.alloc(Object::Set(Vec::new())),
+                b')' => self.alloc(Object::Tuple(self.heap.empty_seq())),
+                b']' => self.alloc(Object::List(self.heap.empty_seq())),
+                b'}' => self.alloc(Object::Dict(self.heap.empty_dict.clone())),
+                0x8f => self.alloc(Object::Set(self.heap.empty_seq())),
                 // TUPLE
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.alloc(Object::Tuple(items));
+                    self.alloc(Object::Tuple(Rc::new(items)));
                 }
                 // TUPLE1..3
                 0x85..=0x87 => {
@@ -847,17 +1054,17 @@ impl<'a, R: Resolver> Machine<'a, R> {
                         items.push(self.pop()?);
                     }
                     items.reverse();
-                    self.alloc(Object::Tuple(items));
+                    self.alloc(Object::Tuple(Rc::new(items)));
                 }
                 // LIST
                 b'l' => {
                     let items = self.pop_mark()?;
-                    self.alloc(Object::List(items));
+                    self.alloc(Object::List(Rc::new(items)));
                 }
                 // FROZENSET
                 0x91 => {
                     let items = self.pop_mark()?;
-                    self.alloc(Object::Set(items));
+                    self.alloc(Object::Set(Rc::new(items)));
                 }
                 // DICT
                 b'd' => {
@@ -870,7 +1077,7 @@ impl<'a, R: Resolver> Machine<'a, R> {
                     while let (Some(k), Some(v)) = (it.next(), it.next()) {
                         d.insert(k, v);
                     }
-                    self.alloc(Object::Dict(d));
+                    self.alloc(Object::Dict(Rc::new(d)));
                 }
                 // APPEND
                 b'a' => {
@@ -902,7 +1109,7 @@ impl<'a, R: Resolver> Machine<'a, R> {
                 }
                 // MEMOIZE
                 0x94 => {
-                    let i = self.memo.len() as u64;
+                    let i = self.memo_len();
                     self.memo_put(i)?;
                 }
                 // BINGET, LONG_BINGET, GET
@@ -916,13 +1123,14 @@ impl<'a, R: Resolver> Machine<'a, R> {
                 b'c' => {
                     let module = self.line()?;
                     let name = self.line()?;
+                    let (module, name) = (self.heap.str(module), self.heap.str(name));
                     self.push_global(module, name);
                 }
                 // STACK_GLOBAL
                 0x93 => {
                     let name = self.pop_str()?;
                     let module = self.pop_str()?;
-                    self.push_global(&module, &name);
+                    self.push_global(module, name);
                 }
                 // REDUCE
                 b'R' => {
@@ -948,6 +1156,7 @@ impl<'a, R: Resolver> Machine<'a, R> {
                     let module = self.line()?;
                     let name = self.line()?;
                     let args = self.pop_mark()?;
+                    let (module, name) = (self.heap.str(module), self.heap.str(name));
                     self.push_global(module, name);
                     let cls = self.pop()?;
                     let v = self.call(&cls, &args)?;
@@ -976,7 +1185,8 @@ impl<'a, R: Resolver> Machine<'a, R> {
                 // PERSID
                 b'P' => {
                     let line = self.line()?;
-                    self.persistent_load(Value::Str(Rc::from(line)))?;
+                    let pid = Value::Str(self.heap.str(line));
+                    self.persistent_load(pid)?;
                 }
                 // EXT1, EXT2, EXT4: the copyreg extension registry.
                 0x82..=0x84 => {
@@ -985,10 +1195,9 @@ impl<'a, R: Resolver> Machine<'a, R> {
                         0x83 => u32::from(self.u16()?),
                         _ => self.u32()?,
                     };
-                    self.alloc(Object::Opaque {
-                        module: "copyreg.extension".into(),
-                        name: code.to_string(),
-                    });
+                    let module = self.heap.str("copyreg.extension");
+                    let name = self.heap.str(&code.to_string());
+                    self.alloc(Object::Opaque(Rc::new(QualName::new(module, name))));
                 }
                 // NEXT_BUFFER, READONLY_BUFFER
                 0x97 | 0x98 => return self.err("out-of-band buffers are not supported"),
@@ -1170,11 +1379,9 @@ mod tests {
         let (heap, root) = load(p).unwrap();
         let d = heap.dict(&root).unwrap();
         let a = heap.get(d.get_str("a").unwrap()).unwrap();
-        assert!(
-            matches!(a, Object::Opaque { module, name } if module == "__main__" && name == "Args")
-        );
+        assert!(matches!(a, Object::Opaque(q) if &*q.module == "__main__" && &*q.name == "Args"));
         let b = heap.get(d.get_str("b").unwrap()).unwrap();
-        assert!(matches!(b, Object::Opaque { name, .. } if name == "scalar"));
+        assert!(matches!(b, Object::Opaque(q) if &*q.name == "scalar"));
     }
 
     #[test]
@@ -1188,6 +1395,65 @@ mod tests {
         assert!(matches!(items[3], Value::Float(f) if f == 1.5));
         assert!(matches!(&items[4], Value::Str(s) if &**s == "a'b"));
         assert!(matches!(&items[5], Value::Str(s) if &**s == "café"));
+    }
+
+    #[test]
+    fn copies_are_copies_and_references_alias() {
+        // x = [1]; y = list(x); x.append(2); z = x (memo GET); z.append(3);
+        // return (x, y)
+        let p = b"\x80\x02]q\x00K\x01acbuiltins\nlist\nh\x00\x85Rq\x01\
+                  0h\x00K\x02a0h\x00K\x03a0h\x00h\x01\x86.";
+        let (heap, root) = load(p).unwrap();
+        let [x, y] = heap.seq(&root).unwrap() else {
+            panic!("not a pair")
+        };
+        let ints = |v: &Value| -> Vec<i64> {
+            heap.seq(v)
+                .unwrap()
+                .iter()
+                .map(|i| match i {
+                    Value::Int(i) => *i,
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        };
+        assert_eq!(ints(x), [1, 2, 3]);
+        assert_eq!(ints(y), [1]);
+    }
+
+    #[test]
+    fn equal_strings_are_one_key() {
+        // {'ab': 1, 'ab': 2} from two separate string opcodes.
+        let p = b"}(X\x02\x00\x00\x00abK\x01\x8c\x02abK\x02u.";
+        let (heap, root) = load(p).unwrap();
+        let d = heap.dict(&root).unwrap();
+        assert_eq!(d.len(), 1);
+        assert!(matches!(d.get_str("ab"), Some(Value::Int(2))));
+    }
+
+    #[test]
+    fn sparse_and_dense_memo() {
+        // 7: PUT 5 (sparse); 8: MEMOIZE (index 1, as len(memo) is 1);
+        // 9: PUT 0 (dense). (GET 5, GET 1, GET 0) is (7, 8, 9).
+        let p = b"K\x07r\x05\x00\x00\x000K\x08\x940K\x09q\x000(j\x05\x00\x00\x00h\x01h\x00t.";
+        let (heap, root) = load(p).unwrap();
+        let items = heap.seq(&root).unwrap();
+        assert!(matches!(
+            items,
+            [Value::Int(7), Value::Int(8), Value::Int(9)]
+        ));
+        assert!(load(b"K\x01q\x02h\x01.").is_err());
+    }
+
+    #[test]
+    fn forbidden_modules_and_their_submodules() {
+        assert!(is_forbidden("os", "system"));
+        assert!(is_forbidden("os.path", "exists"));
+        assert!(is_forbidden("builtins", "eval"));
+        assert!(!is_forbidden("osx", "system"));
+        assert!(!is_forbidden("torch.os", "system"));
+        assert!(!is_forbidden("builtins", "list"));
+        assert!(!is_forbidden(&"o".repeat(1000), "system"));
     }
 
     #[test]

@@ -10,19 +10,28 @@
 //!   wrapped in `state_dict`/`model`, or a nested official VAR training
 //!   checkpoint), and the stripping of the `torch.compile` (`_orig_mod.`)
 //!   and DDP (`module.`) key prefixes.
+//!
+//! Nothing here copies what the pickle shares: storages are cached per
+//! persistent id object, sizes and strides per tuple object, tensors hold
+//! reference-counted parts, and the state dict is chosen before its entries
+//! are collected, each candidate dict being checked once however many
+//! entries refer to it. The work is linear in the pickle's size.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::rc::Rc;
 
-use super::pickle::{Call, Heap, Hook, Object, Resolver, Value};
+use super::pickle::{short, Call, Heap, Hook, Object, Resolver, Value};
 use super::{CheckpointError, DType, RawTensor, Role, StateDict};
 
 /// A storage named by a persistent id.
 #[derive(Clone, Debug)]
 pub(crate) struct StorageRef {
     /// Element type, or the unsupported storage class name.
-    pub dtype: Result<DType, String>,
-    /// Name of the zip entry under `<prefix>/data/`.
-    pub key: String,
+    pub dtype: Result<DType, Rc<str>>,
+    /// Name of the zip entry under `<prefix>/data/` (interned by the
+    /// unpickler: equal keys are the same allocation).
+    pub key: Rc<str>,
     /// Declared number of elements.
     pub numel: u64,
 }
@@ -30,19 +39,24 @@ pub(crate) struct StorageRef {
 /// A tensor view on a storage, as described by `_rebuild_tensor_v2`.
 #[derive(Clone, Debug)]
 pub(crate) struct TensorRef {
-    pub storage: StorageRef,
+    pub storage: Rc<StorageRef>,
     pub offset: u64,
-    pub size: Vec<u64>,
-    pub stride: Vec<u64>,
+    /// At most [`MAX_DIMS`] entries, as many as `stride`.
+    pub size: Rc<[u64]>,
+    pub stride: Rc<[u64]>,
 }
+
+/// Most dimensions a tensor may have. Models have at most 5; PyTorch's CUDA
+/// kernels accept 25. Bounding it bounds the per-tensor work.
+pub(crate) const MAX_DIMS: usize = 32;
 
 /// The objects of a `torch.save` pickle that Python's builtins do not cover.
 #[derive(Clone, Debug)]
 pub(crate) enum TorchObject {
     /// A storage from a persistent id.
-    Storage(StorageRef),
+    Storage(Rc<StorageRef>),
     /// A tensor (view on a storage).
-    Tensor(TensorRef),
+    Tensor(Rc<TensorRef>),
 }
 
 impl fmt::Display for TorchObject {
@@ -74,8 +88,18 @@ fn torch_dtype(name: &str) -> Option<DType> {
     })
 }
 
-/// The [`Resolver`] for `torch.save` pickles.
-pub(crate) struct TorchResolver;
+/// The [`Resolver`] for `torch.save` pickles. Its caches are keyed by heap
+/// index: a memoised persistent id, class or size tuple used again and
+/// again is converted once.
+#[derive(Default)]
+pub(crate) struct TorchResolver {
+    /// Storage object per persistent id tuple.
+    storages: HashMap<usize, Value>,
+    /// Dtype (or unsupported class name) per storage class object.
+    classes: HashMap<usize, Result<DType, Rc<str>>>,
+    /// Converted size or stride per tuple object.
+    int_tuples: HashMap<usize, Rc<[u64]>>,
+}
 
 fn non_negative(v: &Value, what: &str) -> Result<u64, String> {
     match v {
@@ -85,16 +109,77 @@ fn non_negative(v: &Value, what: &str) -> Result<u64, String> {
     }
 }
 
-fn int_tuple(heap: &TorchHeap, v: &Value, what: &str) -> Result<Vec<u64>, String> {
-    let items = heap
-        .seq(v)
-        .ok_or_else(|| format!("{what} is not a tuple"))?;
-    items.iter().map(|x| non_negative(x, what)).collect()
+/// The heap index of `v` if it is a tuple: tuples never change, so what is
+/// derived from one can be cached by its index (lists can change).
+fn tuple_index(heap: &TorchHeap, v: &Value) -> Option<usize> {
+    match (v, heap.get(v)) {
+        (Value::Ref(i), Some(Object::Tuple(_))) => Some(*i),
+        _ => None,
+    }
 }
 
 impl TorchResolver {
+    /// A size or stride tuple, converted once per tuple object.
+    fn int_tuple(&mut self, heap: &TorchHeap, v: &Value, what: &str) -> Result<Rc<[u64]>, String> {
+        let cache_key = tuple_index(heap, v);
+        if let Some(done) = cache_key.and_then(|i| self.int_tuples.get(&i)) {
+            return Ok(done.clone());
+        }
+        let items = heap
+            .seq(v)
+            .ok_or_else(|| format!("{what} is not a tuple"))?;
+        if items.len() > MAX_DIMS {
+            return Err(format!(
+                "{what} has {} dims, at most {MAX_DIMS} are supported",
+                items.len()
+            ));
+        }
+        let ints: Rc<[u64]> = items
+            .iter()
+            .map(|x| non_negative(x, what))
+            .collect::<Result<_, _>>()?;
+        if let Some(i) = cache_key {
+            self.int_tuples.insert(i, ints.clone());
+        }
+        Ok(ints)
+    }
+
+    /// The storage of a persistent id `('storage', class, key, location,
+    /// numel)`.
+    fn storage(&mut self, heap: &mut TorchHeap, items: &[Value]) -> Hook<Value> {
+        let [_, class, key, _location, numel, ..] = items else {
+            return Err(format!("storage id has {} fields, expected 5", items.len()));
+        };
+        let dtype = match class {
+            Value::Ref(i) => match self.classes.get(i) {
+                Some(d) => d.clone(),
+                None => {
+                    let d = match heap.get(class) {
+                        Some(Object::Global(q)) if q.module.starts_with("torch") => {
+                            torch_dtype(&q.name).ok_or_else(|| {
+                                Rc::from(format!("{}.{}", short(&q.module), short(&q.name)))
+                            })
+                        }
+                        _ => Err(Rc::from(heap.describe(class))),
+                    };
+                    self.classes.insert(*i, d.clone());
+                    d
+                }
+            },
+            _ => Err(Rc::from(heap.describe(class))),
+        };
+        let key = match key {
+            Value::Str(s) => s.clone(),
+            Value::Int(i) => heap.str(&i.to_string()),
+            _ => return Err("storage key is not a string".into()),
+        };
+        let numel = non_negative(numel, "storage size")?;
+        let storage = StorageRef { dtype, key, numel };
+        Ok(heap.alloc(Object::Custom(TorchObject::Storage(Rc::new(storage)))))
+    }
+
     /// `_rebuild_tensor_v2(storage, storage_offset, size, stride, ...)`.
-    fn rebuild_tensor(heap: &mut TorchHeap, args: &[Value]) -> Hook<Value> {
+    fn rebuild_tensor(&mut self, heap: &mut TorchHeap, args: &[Value]) -> Hook<Value> {
         let [storage, offset, size, stride, ..] = args else {
             return Err(format!("expected at least 4 arguments, got {}", args.len()));
         };
@@ -103,8 +188,8 @@ impl TorchResolver {
             _ => return Err(format!("storage argument is a {}", heap.describe(storage))),
         };
         let offset = non_negative(offset, "storage offset")?;
-        let size = int_tuple(heap, size, "size")?;
-        let stride = int_tuple(heap, stride, "stride")?;
+        let size = self.int_tuple(heap, size, "size")?;
+        let stride = self.int_tuple(heap, stride, "stride")?;
         if size.len() != stride.len() {
             return Err(format!(
                 "size has {} dims but stride has {}",
@@ -112,12 +197,14 @@ impl TorchResolver {
                 stride.len()
             ));
         }
-        Ok(heap.alloc(Object::Custom(TorchObject::Tensor(TensorRef {
-            storage,
-            offset,
-            size,
-            stride,
-        }))))
+        Ok(
+            heap.alloc(Object::Custom(TorchObject::Tensor(Rc::new(TensorRef {
+                storage,
+                offset,
+                size,
+                stride,
+            })))),
+        )
     }
 }
 
@@ -125,41 +212,34 @@ impl Resolver for TorchResolver {
     type Custom = TorchObject;
 
     fn persistent_load(&mut self, heap: &mut TorchHeap, pid: &Value) -> Hook<Value> {
-        let items = heap.seq(pid).ok_or("expected a tuple")?;
-        match items.first() {
-            Some(Value::Str(s)) if &**s == "storage" => {}
-            _ => {
-                // Not a storage (e.g. torch.package modules): opaque.
-                return Ok(heap.alloc(Object::Opaque {
-                    module: "torch".into(),
-                    name: "persistent_id".into(),
-                }));
-            }
+        let Some(items) = heap.seq_rc(pid).cloned() else {
+            return Err("expected a tuple".into());
+        };
+        let pid_index = tuple_index(heap, pid);
+        if let Some(done) = pid_index.and_then(|i| self.storages.get(&i)) {
+            return Ok(done.clone());
         }
-        let [_, class, key, _location, numel, ..] = items else {
-            return Err(format!("storage id has {} fields, expected 5", items.len()));
-        };
-        let dtype = match heap.get(class) {
-            Some(Object::Global { module, name }) if module.starts_with("torch") => {
-                torch_dtype(name).ok_or_else(|| format!("{module}.{name}"))
+        let storage = match items.first() {
+            Some(Value::Str(s)) if &**s == "storage" => self.storage(heap, &items)?,
+            // Not a storage (e.g. torch.package modules): a call of a
+            // `torch.persistent_id` that is not modelled.
+            _ => {
+                let callable = heap.str("torch");
+                let name = heap.str("persistent_id");
+                heap.opaque(callable, name)
             }
-            _ => Err(heap.describe(class)),
         };
-        let key = match key {
-            Value::Str(s) => s.to_string(),
-            Value::Int(i) => i.to_string(),
-            _ => return Err("storage key is not a string".into()),
-        };
-        let numel = non_negative(numel, "storage size")?;
-        let storage = StorageRef { dtype, key, numel };
-        Ok(heap.alloc(Object::Custom(TorchObject::Storage(storage))))
+        if let Some(i) = pid_index {
+            self.storages.insert(i, storage.clone());
+        }
+        Ok(storage)
     }
 
     fn call(&mut self, heap: &mut TorchHeap, call: Call<'_>) -> Hook<Option<Value>> {
         let args = call.args;
         match (call.module, call.name) {
             ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
-                Self::rebuild_tensor(heap, args).map(Some)
+                self.rebuild_tensor(heap, args).map(Some)
             }
             // Parameters wrap a tensor: (data, requires_grad, hooks[, state]).
             ("torch._utils", "_rebuild_parameter")
@@ -171,13 +251,10 @@ impl Resolver for TorchResolver {
                 let (Some(func), Some(func_args)) = (args.first(), args.get(2)) else {
                     return Ok(None);
                 };
-                let is_rebuild = matches!(heap.get(func), Some(Object::Global { module, name })
-                    if module == "torch._utils" && name == "_rebuild_tensor_v2");
-                match heap.seq(func_args) {
-                    Some(inner) if is_rebuild => {
-                        let inner = inner.to_vec();
-                        Self::rebuild_tensor(heap, &inner).map(Some)
-                    }
+                let is_rebuild = matches!(heap.get(func), Some(Object::Global(q))
+                    if &*q.module == "torch._utils" && &*q.name == "_rebuild_tensor_v2");
+                match heap.seq_rc(func_args).cloned() {
+                    Some(inner) if is_rebuild => self.rebuild_tensor(heap, &inner).map(Some),
                     _ => Ok(None),
                 }
             }
@@ -228,19 +305,31 @@ pub(crate) fn into_state_dict(
 /// `(key, tensor value)` pairs of an unpickled state dict.
 pub(crate) type Entries = Vec<(String, Value)>;
 
-/// If `v` is a dict whose keys are all strings and values all tensors,
-/// returns its `(key, value)` pairs.
-fn as_state_dict(heap: &TorchHeap, v: &Value) -> Option<Entries> {
-    let d = heap.dict(v)?;
-    d.entries()
-        .iter()
-        .map(|(k, v)| match (k, heap.get(v)) {
-            (Value::Str(k), Some(Object::Custom(TorchObject::Tensor(_)))) => {
-                Some((k.to_string(), v.clone()))
-            }
-            _ => None,
+/// Whether `v` is a dict whose keys are all strings and values all tensors.
+fn is_state_dict(heap: &TorchHeap, v: &Value) -> bool {
+    heap.dict(v).is_some_and(|d| {
+        d.entries().iter().all(|(k, v)| {
+            matches!(
+                (k, heap.get(v)),
+                (Value::Str(_), Some(Object::Custom(TorchObject::Tensor(_))))
+            )
         })
-        .collect()
+    })
+}
+
+/// The `(key, value)` pairs of a dict that [`is_state_dict`].
+fn state_dict_entries(heap: &TorchHeap, v: &Value) -> Entries {
+    heap.dict(v)
+        .map(|d| {
+            d.entries()
+                .iter()
+                .filter_map(|(k, v)| match k {
+                    Value::Str(k) => Some((k.to_string(), v.clone())),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Picks the state dict for `role` out of the unpickled root object.
@@ -255,25 +344,32 @@ pub(crate) fn select(
             heap.describe(root)
         )));
     };
-    if let Some(sd) = as_state_dict(heap, root) {
-        return Ok(sd);
+    if is_state_dict(heap, root) {
+        return Ok(state_dict_entries(heap, root));
     }
 
     // Candidates: non-empty state dicts at the top level and in 'trainer'.
-    // Named by path: "model", "trainer.var_wo_ddp", ...
-    let mut candidates: Vec<(String, Entries)> = Vec::new();
+    // Named by path: "model", "trainer.var_wo_ddp", ... Each dict is checked
+    // once, however many entries refer to it.
+    let mut checked: HashMap<usize, bool> = HashMap::new();
+    let mut candidates: Vec<(String, Value)> = Vec::new();
     let trainer = top.get_str("trainer").and_then(|t| heap.dict(t));
     let scopes = [("", Some(top)), ("trainer.", trainer)];
     for (scope, dict) in scopes {
         for (k, v) in dict.map(|d| d.entries()).unwrap_or_default() {
-            let Value::Str(name) = k else { continue };
-            if let Some(sd) = as_state_dict(heap, v).filter(|sd| !sd.is_empty()) {
-                candidates.push((format!("{scope}{name}"), sd));
+            let (Value::Str(name), Value::Ref(index)) = (k, v) else {
+                continue;
+            };
+            let good = *checked.entry(*index).or_insert_with(|| {
+                is_state_dict(heap, v) && heap.dict(v).is_some_and(|d| d.len() > 0)
+            });
+            if good {
+                candidates.push((format!("{scope}{name}"), v.clone()));
             }
         }
     }
     let available: Vec<String> = candidates.iter().map(|c| c.0.clone()).collect();
-    let take = |i: usize, mut c: Vec<(String, Entries)>| Ok(c.swap_remove(i).1);
+    let take = |i: usize, c: Vec<(String, Value)>| Ok(state_dict_entries(heap, &c[i].1));
 
     // 1. The role's own entry (trainer.* preferred over top level).
     for name in entry_names(role) {
