@@ -701,3 +701,35 @@ fn hostile_zip_directories() {
     assert_eq!(f.len(), n);
     assert!(read_state_dict_bytes(&f, Role::Any).is_err());
 }
+
+/// A deflate bomb in a storage entry: a tensor whose bytes inflate more than
+/// `MAX_STORAGE_RATIO` times their compressed size is refused with a one-line
+/// error before its bytes are read, and a stored storage of any size loads.
+#[test]
+fn storage_inflation_is_capped_relative_to_the_entry() {
+    let numel = 32u64 << 20;
+    let pickle = pickle_tensors(&[TensorSpec {
+        key: "w",
+        ..spec("w", numel, 0, &[numel], &[1])
+    }]);
+    let zeros = vec![0u8; numel as usize];
+    let mut z = ZipWriter::new(Cursor::new(Vec::new()));
+    let stored = SimpleFileOptions::default().compression_method(CompressionMethod::Stored);
+    let deflated = SimpleFileOptions::default().compression_method(CompressionMethod::Deflated);
+    z.start_file("x/data.pkl", stored).unwrap();
+    z.write_all(&pickle).unwrap();
+    z.start_file("x/data/0", deflated).unwrap();
+    z.write_all(&zeros).unwrap();
+    let file = z.finish().unwrap().into_inner();
+    assert!((file.len() as u64) * srdd_tools::checkpoint::MAX_STORAGE_RATIO < numel);
+    let err = read_state_dict_bytes(&file, Role::Any).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, CheckpointError::TooLarge { what, .. } if what.contains("x/data/0")),
+        "{err:?}"
+    );
+    assert!(!msg.contains('\n'), "{msg}");
+    // The same storage stored: read as before.
+    let file = archive(&pickle, &[&zeros]);
+    assert!(read_state_dict_bytes(&file, Role::Any).is_ok());
+}

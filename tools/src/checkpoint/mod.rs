@@ -34,7 +34,8 @@ use std::io::{BufReader, Cursor, Read, Seek};
 use std::path::Path;
 
 pub use self::pth::{
-    MAX_EXPANDED_BYTES, MAX_PICKLE_BYTES, MAX_PICKLE_RATIO, MAX_TOTAL_BYTES, PICKLE_RATIO_FLOOR,
+    MAX_EXPANDED_BYTES, MAX_PICKLE_BYTES, MAX_PICKLE_RATIO, MAX_STORAGE_RATIO, MAX_TOTAL_BYTES,
+    PICKLE_RATIO_FLOOR,
 };
 pub use self::torch::strip_key_prefixes;
 

@@ -65,6 +65,10 @@ pub const MAX_PICKLE_RATIO: u64 = 16;
 pub const PICKLE_RATIO_FLOOR: u64 = 1 << 20;
 /// Largest total of storage bytes read from one archive.
 pub const MAX_TOTAL_BYTES: u64 = 64 << 30;
+/// How many times its compressed size a storage entry may inflate to (above
+/// [`PICKLE_RATIO_FLOOR`]): the same reasoning as [`MAX_PICKLE_RATIO`], for the
+/// tensor bytes a deflate bomb would otherwise expand to [`MAX_TOTAL_BYTES`].
+pub const MAX_STORAGE_RATIO: u64 = 16;
 /// Largest tensor whose byte size exceeds that of its storage.
 pub const MAX_EXPANDED_BYTES: u64 = 256 << 20;
 
@@ -231,6 +235,20 @@ impl<R: Read + Seek> PthArchive<R> {
         if entry.size() < len {
             return Err(too_small(entry.size()));
         }
+        // A storage inflates at most MAX_STORAGE_RATIO times its compressed
+        // bytes: torch.save stores them uncompressed (ratio 1) and float weights
+        // barely deflate, so only a deflate bomb comes near it.
+        let limit = storage_limit(entry.compressed_size());
+        if len > limit {
+            return Err(too_large(
+                format!(
+                    "{name} ({} bytes compressed; a storage may inflate {MAX_STORAGE_RATIO}x)",
+                    entry.compressed_size()
+                ),
+                len,
+                limit,
+            ));
+        }
         // Never trust a size for preallocation beyond what compressed data
         // can plausibly expand to (deflate's maximum ratio is ~1032).
         let plausible = entry.compressed_size().saturating_mul(1032).max(4096);
@@ -242,6 +260,13 @@ impl<R: Read + Seek> PthArchive<R> {
         }
         Ok(buf)
     }
+}
+
+/// The most bytes a storage entry of `compressed` bytes may inflate to.
+pub(crate) fn storage_limit(compressed: u64) -> u64 {
+    compressed
+        .saturating_mul(MAX_STORAGE_RATIO)
+        .max(PICKLE_RATIO_FLOOR)
 }
 
 /// The most bytes a `data.pkl` of `compressed` bytes may inflate to.
