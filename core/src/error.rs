@@ -58,6 +58,12 @@ pub enum Error {
         /// Position in the tensor table.
         index: u32,
     },
+    /// A float tensor (f32 or f16 values, or an int8 tensor's f32 scales) holds a NaN or an
+    /// infinity: such a file would load and sample garbage, so it is refused on load.
+    NonFinite {
+        /// Position in the tensor table.
+        index: u32,
+    },
     /// The model bytes (or the arena) do not start at the alignment the core needs.
     Misaligned {
         /// Alignment needed, in bytes.
@@ -131,6 +137,10 @@ impl fmt::Display for Error {
             Error::TensorOutOfBounds { index } => write!(
                 f,
                 "tensor table entry {index} points outside the file or is misaligned"
+            ),
+            Error::NonFinite { index } => write!(
+                f,
+                "tensor table entry {index} holds a non-finite value (NaN or infinity)"
             ),
             Error::Misaligned { needed } => {
                 write!(f, "buffer is not aligned to {needed} bytes")

@@ -13,7 +13,8 @@
 //! ```
 //! Tensor offsets are relative to `D`, so the header never depends on its own encoded size.
 //! Tensors appear in the canonical order of [`crate::weights::Weights::build`]; the loader checks
-//! each entry's name, shape, dtype, bounds and alignment, and that nothing is missing or extra.
+//! each entry's name, shape, dtype, bounds and alignment, that every float value (f32, f16, int8
+//! scales) is finite, and that nothing is missing or extra.
 //! All multi-byte values are little-endian (every supported target is little-endian).
 
 use crate::config::ModelConfig;
@@ -274,6 +275,38 @@ pub fn name_matches(name: &str, args: fmt::Arguments<'_>) -> bool {
     eq.ok && eq.rest.is_empty()
 }
 
+/// True when no value of `v` is a NaN or an infinity (exponent bits all ones).
+///
+/// One branch-free pass that vectorizes: adding `0x0080_0000` to a value's magnitude bits carries
+/// into bit 31 exactly when its exponent is all ones, so the OR of those sums has bit 31 set iff
+/// some value is non-finite. No early exit: a valid file (the common case) is read to the end
+/// anyway, and the check runs once per load, after the checksum has read the same bytes.
+pub fn all_finite_f32(v: &[f32]) -> bool {
+    let mut acc = 0u32;
+    for x in v {
+        acc |= (x.to_bits() & 0x7fff_ffff) + 0x0080_0000;
+    }
+    acc & 0x8000_0000 == 0
+}
+
+/// [`all_finite_f32`] for f16 values (exponent mask `0x7c00`, carry into bit 15).
+pub fn all_finite_f16(v: &[f16]) -> bool {
+    let mut acc = 0u16;
+    for x in v {
+        acc |= (x.to_bits() & 0x7fff) + 0x0400;
+    }
+    acc & 0x8000 == 0
+}
+
+/// `Ok(v)` when every value of `v` is finite, else [`Error::NonFinite`] for table entry `index`.
+fn finite_f32(index: u32, v: &[f32]) -> Result<&[f32]> {
+    if all_finite_f32(v) {
+        Ok(v)
+    } else {
+        Err(Error::NonFinite { index })
+    }
+}
+
 /// [`TensorSource`] over a parsed file: hands out zero-copy views, entry by entry, checking each.
 pub struct FileSource<'a> {
     table: &'a [u8],
@@ -376,7 +409,10 @@ impl<'a> TensorSource<'a> for FileSource<'a> {
                 what: "this tensor must be stored as plain f32",
             });
         }
-        self.values::<f32>(index, &e, shape.iter().product())
+        finite_f32(
+            index,
+            self.values::<f32>(index, &e, shape.iter().product())?,
+        )
     }
 
     fn weight(&mut self, name: fmt::Arguments<'_>, shape: &[usize]) -> Result<Weight<'a>> {
@@ -407,8 +443,14 @@ impl<'a> TensorSource<'a> for FileSource<'a> {
             });
         }
         Ok(match e.dtype {
-            TensorDType::F32 => Weight::F32(self.values::<f32>(index, &e, numel)?),
-            TensorDType::F16 => Weight::F16(self.values::<f16>(index, &e, numel)?),
+            TensorDType::F32 => Weight::F32(finite_f32(index, self.values(index, &e, numel)?)?),
+            TensorDType::F16 => {
+                let v = self.values::<f16>(index, &e, numel)?;
+                if !all_finite_f16(v) {
+                    return Err(Error::NonFinite { index });
+                }
+                Weight::F16(v)
+            }
             TensorDType::I8 => {
                 // Linear [out, in]: one packed weight; conv [out, in, kh, kw]: kh of them.
                 let (rows, k, groups) = match *shape {
@@ -425,6 +467,8 @@ impl<'a> TensorSource<'a> for FileSource<'a> {
                 let raw = self.slice(index, e.scales_offset, rows as u64 * 4, 4)?;
                 let scales: &[f32] = bytemuck::try_cast_slice(raw)
                     .map_err(|_| Error::TensorOutOfBounds { index })?;
+                // int8 codes are always finite; their scales are f32 and are checked.
+                let scales = finite_f32(index, scales)?;
                 Weight::I8(PanelsI8::new(q, scales, rows, k, groups).ok_or(
                     Error::TensorMismatch {
                         index,
@@ -433,5 +477,135 @@ impl<'a> TensorSource<'a> for FileSource<'a> {
                 )?)
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+    use crate::Model;
+    use std::vec::Vec;
+
+    /// The built-in model (int8 weights, f32 norms, biases and embeddings).
+    static BUILTIN: &crate::aligned::Aligned<[u8]> =
+        &crate::aligned::Aligned(*include_bytes!("../../models/default-int8.srdd"));
+
+    /// A 64-byte aligned, writable copy of `bytes`.
+    fn aligned_copy(bytes: &[u8]) -> Vec<[u64; 8]> {
+        let mut words = std::vec![[0u64; 8]; bytes.len().div_ceil(64)];
+        bytemuck::cast_slice_mut::<_, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
+        words
+    }
+
+    /// Stores a fresh checksum, as a tool that edits the weights on purpose would.
+    fn reseal(bytes: &mut [u8]) {
+        let sum = file_checksum(bytes);
+        bytes[24..32].copy_from_slice(&sum.to_le_bytes());
+    }
+
+    /// Table index and absolute byte offset of the first f32 tensor's first value, and of the
+    /// first int8 tensor's first scale.
+    fn first_f32_and_first_scale(bytes: &[u8]) -> ((u32, usize), (u32, usize)) {
+        let file = parse(bytes).expect("the built-in model parses");
+        let data_at = file.data.as_ptr() as usize - bytes.as_ptr() as usize;
+        let (mut f32_at, mut scale_at) = (None, None);
+        let mut table = file.table;
+        for index in 0..file.header.tensor_count {
+            let (e, rest) = postcard::take_from_bytes::<TensorEntry<'_>>(table).unwrap();
+            table = rest;
+            match e.dtype {
+                TensorDType::F32 if f32_at.is_none() => {
+                    f32_at = Some((index, data_at + e.offset as usize))
+                }
+                TensorDType::I8 if scale_at.is_none() => {
+                    scale_at = Some((index, data_at + e.scales_offset as usize))
+                }
+                _ => {}
+            }
+        }
+        (f32_at.unwrap(), scale_at.unwrap())
+    }
+
+    #[test]
+    fn non_finite_weights_are_refused_with_their_table_entry() {
+        let n = BUILTIN.0.len();
+        let ((f32_index, f32_at), (scale_index, scale_at)) = first_f32_and_first_scale(&BUILTIN.0);
+        assert!(
+            Model::from_bytes(&BUILTIN.0).is_ok(),
+            "the built-in model loads"
+        );
+        for (index, at, value) in [
+            (f32_index, f32_at, f32::NAN),
+            (f32_index, f32_at + 4, f32::NEG_INFINITY),
+            (scale_index, scale_at, f32::INFINITY),
+            (scale_index, scale_at + 8, -f32::NAN),
+        ] {
+            let mut words = aligned_copy(&BUILTIN.0);
+            let bytes = &mut bytemuck::cast_slice_mut::<_, u8>(&mut words)[..n];
+            bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+            reseal(bytes);
+            let err = Model::from_bytes(bytes).err();
+            assert_eq!(
+                err,
+                Some(Error::NonFinite { index }),
+                "{value} at byte {at}"
+            );
+            assert_eq!(
+                std::format!("{}", err.unwrap()),
+                std::format!(
+                    "tensor table entry {index} holds a non-finite value (NaN or infinity)"
+                )
+            );
+        }
+        // The largest finite values and subnormals are fine.
+        for value in [f32::MAX, f32::MIN, f32::MIN_POSITIVE / 2.0, -0.0] {
+            let mut words = aligned_copy(&BUILTIN.0);
+            let bytes = &mut bytemuck::cast_slice_mut::<_, u8>(&mut words)[..n];
+            bytes[f32_at..f32_at + 4].copy_from_slice(&value.to_le_bytes());
+            reseal(bytes);
+            assert!(Model::from_bytes(bytes).is_ok(), "{value}");
+        }
+    }
+
+    #[test]
+    fn finiteness_checks_see_every_non_finite_bit_pattern() {
+        // Every f16: finite iff its exponent bits are not all ones.
+        let all16: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+        for x in &all16 {
+            assert_eq!(
+                all_finite_f16(core::slice::from_ref(x)),
+                x.is_finite(),
+                "{x:?}"
+            );
+        }
+        // f32 around the boundaries of the exponent field, both signs, at every position of a
+        // slice long enough for the vectorized loop.
+        let edges = [
+            0x7f7f_ffffu32,
+            0x7f80_0000,
+            0x7f80_0001,
+            0x7fc0_0000,
+            0x7fff_ffff,
+            0,
+            1,
+        ];
+        for bits in edges.iter().flat_map(|&b| [b, b | 0x8000_0000]) {
+            let x = f32::from_bits(bits);
+            for pos in [0usize, 7, 63, 64, 99] {
+                let mut v = std::vec![1.0f32; 100];
+                v[pos] = x;
+                assert_eq!(all_finite_f32(&v), x.is_finite(), "{bits:#010x} at {pos}");
+                let mut h = std::vec![f16::ONE; 100];
+                h[pos] = f16::from_f32(x);
+                assert_eq!(
+                    all_finite_f16(&h),
+                    h[pos].is_finite(),
+                    "{bits:#010x} at {pos}"
+                );
+            }
+        }
+        assert!(all_finite_f32(&[]) && all_finite_f16(&[]));
     }
 }

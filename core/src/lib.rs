@@ -137,7 +137,9 @@ pub struct Model<'a> {
 
 impl<'a> Model<'a> {
     /// Validates an `.srdd` file (magic, version, length, checksum, every tensor's name, shape,
-    /// dtype, bounds and alignment) and returns views into it. Never panics on any input.
+    /// dtype, bounds and alignment, and that every float value is finite: a NaN or infinity in
+    /// an f32/f16 tensor or an int8 scale is [`Error::NonFinite`]) and returns views into it.
+    /// Never panics on any input.
     /// The typed metadata keys must also agree with the configuration
     /// ([`Model::check_metadata`]).
     pub fn from_bytes(bytes: &'a [u8]) -> Result<Self> {

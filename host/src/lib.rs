@@ -157,8 +157,20 @@ pub enum HostError {
 }
 
 /// Reads a PNG (gray, gray+alpha, RGB, RGBA or palette; 8 or 16 bit) as RGB8, compositing
-/// transparency over white.
+/// transparency over white. Any size up to 16384×16384; a command that needs one size calls
+/// [`read_png_rgb_sized`] instead.
 pub fn read_png_rgb(path: &std::path::Path) -> Result<Image, HostError> {
+    read_png_rgb_sized(path, |_, _| Ok(()))
+}
+
+/// [`read_png_rgb`] that first hands the width and height from the PNG header to `accept` and
+/// decodes the pixels only when it returns `Ok`: a file of the wrong size is refused with
+/// `accept`'s error before anything the size of its pixels is allocated or inflated (a 2 MB
+/// PNG can claim 16384×16384 16-bit pixels, 1.6 GB decoded).
+pub fn read_png_rgb_sized(
+    path: &std::path::Path,
+    accept: impl FnOnce(usize, usize) -> Result<(), HostError>,
+) -> Result<Image, HostError> {
     let name = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|err| HostError::Io {
         path: name.clone(),
@@ -172,6 +184,7 @@ pub fn read_png_rgb(path: &std::path::Path) -> Result<Image, HostError> {
     dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = dec.read_info().map_err(|e| bad(e.to_string()))?;
     let (w, h) = (reader.info().width as usize, reader.info().height as usize);
+    accept(w, h)?;
     if w == 0 || h == 0 || w > 16384 || h > 16384 {
         return Err(bad(format!("unsupported size {w}x{h}")));
     }

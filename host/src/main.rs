@@ -11,10 +11,10 @@ use srdd::backend::{sample_batch_cuda, Backend};
 use srdd::pool::Pool;
 use srdd::report::Timing;
 use srdd::zero_shot::{
-    auto_class, box_mask, downscale_box, keep_mask, paste_back, psnr, read_mask, reconstruct,
-    sample_forced, tokens_of, upscale_from, upscale_source,
+    auto_class, box_mask, downscale_box, keep_mask, paste_back, psnr, read_mask, read_model_image,
+    read_upscale_image, reconstruct, sample_forced, tokens_of, upscale_from, upscale_source,
 };
-use srdd::{grid, png_bytes, read_png_rgb, sample_batch, write_atomic, Image, ResampleChoice};
+use srdd::{grid, png_bytes, sample_batch, write_atomic, Image, ResampleChoice};
 use srdd_core::forward::MAX_BATCH;
 use srdd_core::generate::{Guidance, Plan, SampleOptions, StepSettings, StepTable};
 use srdd_core::{Attention, Model, Schedule};
@@ -889,7 +889,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let bytes = model.read()?;
             let m = model.open(&bytes)?;
             let sched = schedule.resolve(&m.config)?;
-            let src = read_png_rgb(&image).map_err(|e| e.to_string())?;
+            let src = read_model_image(&m, &image).map_err(|e| e.to_string())?;
             let par = threads.parallel();
             let out = reconstruct(&m, &sched, &src, &par).map_err(|e| e.to_string())?;
             save(&out, &output)?;
@@ -927,7 +927,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let auto = is_auto(&z.class);
             let (mut opts, sched, policy) = build(s, &m, if auto { "null" } else { &z.class })?;
             let side = m.config.image_side();
-            let src = read_png_rgb(image).map_err(|e| e.to_string())?;
+            let src = read_model_image(&m, image).map_err(|e| e.to_string())?;
             let mut generate = match (&mask, &r#box) {
                 (Some(p), None) => read_mask(p, side).map_err(|e| e.to_string())?,
                 (None, Some(b)) => {
@@ -1005,7 +1005,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let m = z.s.model.open(&bytes)?;
             let auto = is_auto(&z.class);
             let (mut opts, sched, policy) = build(&z.s, &m, if auto { "null" } else { &z.class })?;
-            let src = read_png_rgb(&z.image).map_err(|e| e.to_string())?;
+            let src = read_upscale_image(&m, &sched, &z.image).map_err(|e| e.to_string())?;
             let par = z.s.threads.parallel();
             let (forced, kept) =
                 upscale_source(&m, &sched, &src, keep_steps, &par).map_err(|e| e.to_string())?;

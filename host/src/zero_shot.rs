@@ -6,7 +6,7 @@
 //! above 0.5 (the official rule); super-resolution forces every token of the coarse steps that a
 //! low-resolution input determines, and samples the rest.
 
-use crate::{read_png_rgb, rgb_image, sample_image, HostError, Image, Tick};
+use crate::{read_png_rgb_sized, rgb_image, sample_image, HostError, Image, Tick};
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::edit::EditHook;
 use srdd_core::generate::{Both, Generator, Guidance, Plan, SampleOptions, StepHook};
@@ -60,15 +60,34 @@ fn check_model(model: &Model<'_>) -> Result<(), HostError> {
 }
 
 fn check_size(what: &'static str, img: &Image, side: usize) -> Result<(), HostError> {
-    if img.width != side || img.height != side {
+    check_side(what, side, img.width, img.height)
+}
+
+/// [`HostError::ImageSize`] unless `width × height` is `side × side`.
+fn check_side(
+    what: &'static str,
+    side: usize,
+    width: usize,
+    height: usize,
+) -> Result<(), HostError> {
+    if width != side || height != side {
         return Err(HostError::ImageSize {
             what,
             expected: side,
-            width: img.width,
-            height: img.height,
+            width,
+            height,
         });
     }
     Ok(())
+}
+
+/// Reads the input image of a zero-shot task on `model` (reconstruct, edit): the model must
+/// have an encoder and the PNG must be the model's size, both checked before any pixel is
+/// decoded (the size from the PNG header).
+pub fn read_model_image(model: &Model<'_>, path: &std::path::Path) -> Result<Image, HostError> {
+    check_model(model)?;
+    let side = model.config.image_side();
+    read_png_rgb_sized(path, |w, h| check_side("image", side, w, h))
 }
 
 /// The multi-scale tokens of `img` (the model's size) on `sched`, and the `f_hat` they give.
@@ -268,10 +287,10 @@ pub fn paste_back(out: &mut Image, src: &Image, generate: &[bool]) {
 }
 
 /// Reads an edit mask PNG of the image's size: white (luma ≥ 128) marks pixels to generate,
-/// black pixels to keep. Returns the per-pixel "generate" flags.
+/// black pixels to keep. Returns the per-pixel "generate" flags. The size is checked from the
+/// PNG header, before the pixels are decoded.
 pub fn read_mask(path: &std::path::Path, side: usize) -> Result<Vec<bool>, HostError> {
-    let m = read_png_rgb(path)?;
-    check_size("mask", &m, side)?;
+    let m = read_png_rgb_sized(path, |w, h| check_side("mask", side, w, h))?;
     Ok(m.rgb
         .chunks_exact(3)
         .map(|p| (p[0] as u32 * 299 + p[1] as u32 * 587 + p[2] as u32 * 114) >= 128 * 1000)
@@ -393,21 +412,7 @@ pub fn upscale_source(
     let cfg = &model.config;
     let side = cfg.image_side();
     let p = cfg.latent_side();
-    let sides = upscale_sides(sched, p, side);
-    if img.width != img.height || !sides.contains(&img.width) {
-        let list: Vec<String> = sides.iter().map(|s| format!("{s}x{s}")).collect();
-        return Err(HostError::Option(format!(
-            "low-resolution image is {}x{}; upscale accepts {} (square sides that divide the \
-             model's {side} and match a patch size of the schedule)",
-            img.width,
-            img.height,
-            if list.is_empty() {
-                "no size on this schedule".to_string()
-            } else {
-                list.join(", ")
-            }
-        )));
-    }
+    check_upscale_size(model, sched, img.width, img.height)?;
     let keep_steps = keep_steps.unwrap_or_else(|| forced_steps(sched, p, img.width, side));
     if keep_steps == 0 || keep_steps > sched.len() {
         return Err(HostError::Option(format!(
@@ -420,6 +425,43 @@ pub fn upscale_source(
     let mut toks = tokens_of(model, sched, &up, par)?;
     toks.truncate((0..keep_steps).map(|k| sched.tokens(k)).sum());
     Ok((toks, keep_steps))
+}
+
+/// Refuses a low-resolution input of `width × height` that is not square with a side
+/// [`upscale_sides`] lists, naming the sides that work.
+fn check_upscale_size(
+    model: &Model<'_>,
+    sched: &Schedule,
+    width: usize,
+    height: usize,
+) -> Result<(), HostError> {
+    let side = model.config.image_side();
+    let sides = upscale_sides(sched, model.config.latent_side(), side);
+    if width != height || !sides.contains(&width) {
+        let list: Vec<String> = sides.iter().map(|s| format!("{s}x{s}")).collect();
+        return Err(HostError::Option(format!(
+            "low-resolution image is {width}x{height}; upscale accepts {} (square sides that \
+             divide the model's {side} and match a patch size of the schedule)",
+            if list.is_empty() {
+                "no size on this schedule".to_string()
+            } else {
+                list.join(", ")
+            }
+        )));
+    }
+    Ok(())
+}
+
+/// Reads the low-resolution input of [`upscale_source`] on `model` and `sched`: the model must
+/// have an encoder and the PNG a side [`upscale_sides`] lists, both checked before any pixel is
+/// decoded (the size from the PNG header).
+pub fn read_upscale_image(
+    model: &Model<'_>,
+    sched: &Schedule,
+    path: &std::path::Path,
+) -> Result<Image, HostError> {
+    check_model(model)?;
+    read_png_rgb_sized(path, |w, h| check_upscale_size(model, sched, w, h))
 }
 
 /// Super-resolution from [`upscale_source`]'s tokens: they are forced, the rest sampled.
