@@ -134,7 +134,7 @@ fn feather_blends_the_seam_of_box_and_mask_edits() {
         "box-invert",
     );
     // A disc: a seam that is not axis-aligned.
-    let disc: Vec<bool> = (0..32 * 32)
+    let disc: Vec<bool> = (0..32 * 32usize)
         .map(|i| {
             let (y, x) = ((i / 32) as i32 - 15, (i % 32) as i32 - 17);
             x * x + y * y <= 100
