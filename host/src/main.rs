@@ -11,8 +11,9 @@ use srdd::backend::{sample_batch_cuda, Backend};
 use srdd::pool::Pool;
 use srdd::report::Timing;
 use srdd::zero_shot::{
-    auto_class, box_mask, downscale_box, keep_mask, paste_back, psnr, read_mask, read_model_image,
-    read_upscale_image, reconstruct, sample_forced, tokens_of, upscale_from, upscale_source,
+    auto_class, box_mask, downscale_box, keep_mask, paste_back_feathered, psnr, read_mask,
+    read_model_image, read_upscale_image, reconstruct, sample_forced, tokens_of, upscale_from,
+    upscale_source,
 };
 use srdd::{grid, png_bytes, sample_batch, write_atomic, Image, ResampleChoice};
 use srdd_core::forward::MAX_BATCH;
@@ -173,7 +174,7 @@ enum Cmd {
     /// Inpaint or outpaint: regenerate the masked region, keep the rest (official rule: the
     /// source tokens are forced where the keep mask, resized to each step, is above 0.5).
     #[command(
-        after_help = "Examples:\n  srdd edit in.png --box 8,8,24,24 -o inpaint.png        class: auto\n  srdd edit in.png --box 8,8,24,24 --invert -o out.png   outpainting\n  srdd edit in.png --mask mask.png --class animals -o e.png"
+        after_help = "Examples:\n  srdd edit in.png --box 8,8,24,24 -o inpaint.png        class: auto\n  srdd edit in.png --box 8,8,24,24 --invert -o out.png   outpainting\n  srdd edit in.png --mask mask.png --class animals -o e.png\n  srdd edit in.png --box 8,8,24,24 --feather 4 -o soft.png   soft seam"
     )]
     Edit {
         /// Mask PNG of the same size: white = generate, black = keep.
@@ -191,6 +192,11 @@ enum Cmd {
         /// Leave the kept region as the decoder drew it (re-encoded, not the input's pixels).
         #[arg(long, overrides_with = "paste_back")]
         no_paste_back: bool,
+        /// Feather the paste-back seam over N pixels: an edited pixel at chessboard distance
+        /// d < N from the kept region blends the input (weight (N − d)/N) with the generated
+        /// pixel; kept pixels stay byte-identical (default 0: a hard seam).
+        #[arg(long, value_name = "N")]
+        feather: Option<usize>,
         #[command(flatten)]
         z: ZeroShot,
     },
@@ -914,11 +920,18 @@ fn run(cli: Cli) -> Result<(), String> {
             invert,
             paste_back: _,
             no_paste_back,
+            feather,
             z,
         } => {
             let start = Instant::now();
             let (s, image, output) = (&z.s, &z.image, &z.output);
             png_output(output)?;
+            if feather.is_some() && no_paste_back {
+                return Err(
+                    "--feather blends the pasted-back input; drop --no-paste-back to use it".into(),
+                );
+            }
+            let feather = feather.unwrap_or(0);
             if mask.is_some() && r#box.is_some() {
                 return Err("give either --mask FILE or --box x0,y0,x1,y1, not both".into());
             }
@@ -974,7 +987,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let db = psnr(&src, &out, Some(&kept));
             let pasted = !no_paste_back;
             if pasted {
-                paste_back(&mut out, &src, &generate);
+                paste_back_feathered(&mut out, &src, &generate, feather);
             }
             save(&out, output)?;
             let mut j = sampling_json(s, &opts, &sched);
@@ -983,15 +996,18 @@ fn run(cli: Cli) -> Result<(), String> {
             j.insert("pixels".into(), generate.len().into());
             j.insert("psnr_kept_db".into(), db.into());
             j.insert("paste_back".into(), pasted.into());
+            j.insert("feather".into(), feather.into());
             let auto_text = note_auto(&m, class_auto, &mut j);
             let text = format!(
                 "wrote {}: {generated} of {} pixels generated; PSNR of the kept region {db:.2} dB{}{auto_text}",
                 output.display(),
                 generate.len(),
-                if pasted {
-                    " before paste-back (kept pixels pasted back)"
-                } else {
-                    ""
+                match (pasted, feather) {
+                    (false, _) => String::new(),
+                    (true, 0) => " before paste-back (kept pixels pasted back)".to_string(),
+                    (true, n) => format!(
+                        " before paste-back (kept pixels pasted back, seam feathered over {n} px)"
+                    ),
                 },
             );
             let timing = Timing::since(start, 1, s.threads.count());

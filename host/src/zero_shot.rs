@@ -286,6 +286,70 @@ pub fn paste_back(out: &mut Image, src: &Image, generate: &[bool]) {
     }
 }
 
+/// Chessboard (Chebyshev) distance of every pixel of a `width`-wide pixel grid to the nearest
+/// kept pixel (`generate[i] == false`): 0 on kept pixels, `max(|dx|, |dy|)` elsewhere, and
+/// `u32::MAX` everywhere when nothing is kept. Exact: the two-pass transform with unit weights on
+/// all 8 neighbours computes the chessboard metric exactly, in O(pixels).
+pub fn seam_distance(generate: &[bool], width: usize) -> Vec<u32> {
+    let height = generate.len().checked_div(width).unwrap_or(0);
+    let mut d: Vec<u32> = generate
+        .iter()
+        .map(|&g| if g { u32::MAX } else { 0 })
+        .collect();
+    let at = |d: &[u32], y: isize, x: isize| -> u32 {
+        if y < 0 || x < 0 || y as usize >= height || x as usize >= width {
+            u32::MAX
+        } else {
+            d[y as usize * width + x as usize]
+        }
+    };
+    // Forward pass (the neighbours above and to the left), then backward (below, right).
+    for (pass, neigh) in [
+        (0, [(-1, -1), (-1, 0), (-1, 1), (0, -1)]),
+        (1, [(1, 1), (1, 0), (1, -1), (0, 1)]),
+    ] {
+        for yi in 0..height {
+            let y = if pass == 0 { yi } else { height - 1 - yi };
+            for xi in 0..width {
+                let x = if pass == 0 { xi } else { width - 1 - xi };
+                let best = neigh
+                    .iter()
+                    .map(|&(dy, dx)| at(&d, y as isize + dy, x as isize + dx))
+                    .min()
+                    .unwrap_or(u32::MAX)
+                    .saturating_add(1);
+                let i = y * width + x;
+                d[i] = d[i].min(best);
+            }
+        }
+    }
+    d
+}
+
+/// [`paste_back`] with a feathered seam `feather` pixels wide: kept pixels are copied byte for
+/// byte; a generated pixel at chessboard distance `d` ([`seam_distance`]) from the kept region,
+/// `d < feather`, becomes `round(w · input + (1 − w) · generated)` with the input's weight
+/// `w = (feather − d) / feather` (1 at the seam, falling linearly to 0 at `feather`); pixels at
+/// `d ≥ feather` stay as generated. `feather == 0` is the hard seam of [`paste_back`].
+pub fn paste_back_feathered(out: &mut Image, src: &Image, generate: &[bool], feather: usize) {
+    paste_back(out, src, generate);
+    if feather == 0 {
+        return;
+    }
+    let dist = seam_distance(generate, out.width);
+    for (i, &d) in dist.iter().enumerate() {
+        let d = d as usize;
+        if d == 0 || d >= feather {
+            continue;
+        }
+        let w = (feather - d) as f32 / feather as f32;
+        for c in i * 3..i * 3 + 3 {
+            let v = w * src.rgb[c] as f32 + (1.0 - w) * out.rgb[c] as f32;
+            out.rgb[c] = v.round().clamp(0.0, 255.0) as u8;
+        }
+    }
+}
+
 /// Reads an edit mask PNG of the image's size: white (luma ≥ 128) marks pixels to generate,
 /// black pixels to keep. Returns the per-pixel "generate" flags. The size is checked from the
 /// PNG header, before the pixels are decoded.
@@ -498,4 +562,78 @@ pub fn upscale(
     let (forced, keep_steps) = upscale_source(model, sched, img, keep_steps, par)?;
     let out = upscale_from(model, opts, sched, &forced, policy, par, on_step)?;
     Ok((out, keep_steps))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Brute-force chessboard distance to the nearest kept pixel (the definition).
+    fn brute(generate: &[bool], w: usize) -> Vec<u32> {
+        let h = generate.len() / w;
+        (0..w * h)
+            .map(|i| {
+                let (y, x) = ((i / w) as isize, (i % w) as isize);
+                (0..w * h)
+                    .filter(|&j| !generate[j])
+                    .map(|j| {
+                        let (yy, xx) = ((j / w) as isize, (j % w) as isize);
+                        (y - yy).unsigned_abs().max((x - xx).unsigned_abs()) as u32
+                    })
+                    .min()
+                    .unwrap_or(u32::MAX)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn seam_distance_is_the_exact_chessboard_distance() {
+        // Boxes, inverted boxes, a scattered pattern, a non-square grid, nothing kept.
+        let mut cases = vec![
+            (box_mask(12, [3, 2, 9, 11], false), 12),
+            (box_mask(12, [3, 2, 9, 11], true), 12),
+            (vec![true; 35], 7),
+        ];
+        let scattered: Vec<bool> = (0..9 * 13).map(|i| (i * 7919) % 11 != 0).collect();
+        cases.push((scattered, 9));
+        for (g, w) in cases {
+            assert_eq!(seam_distance(&g, w), brute(&g, w), "width {w}");
+        }
+    }
+
+    #[test]
+    fn feathered_seam_blends_only_near_the_kept_region() {
+        let side = 16;
+        let generate = box_mask(side, [4, 4, 14, 14], false);
+        let img = |v: u8| Image {
+            width: side,
+            height: side,
+            rgb: vec![v; side * side * 3],
+        };
+        let (src, gen) = (img(0), img(255));
+        let feather = 4;
+        let mut out = img(255);
+        paste_back_feathered(&mut out, &src, &generate, feather);
+        let dist = seam_distance(&generate, side);
+        for (i, &d) in dist.iter().enumerate() {
+            let px = &out.rgb[i * 3..i * 3 + 3];
+            match d as usize {
+                0 => assert_eq!(px, &src.rgb[i * 3..i * 3 + 3], "kept pixel {i}"),
+                d if d >= feather => assert_eq!(px, &gen.rgb[i * 3..i * 3 + 3], "pixel {i}"),
+                d => {
+                    // Strictly between, and exactly the linear weight's value.
+                    let want = (255.0 * d as f32 / feather as f32).round() as u8;
+                    assert!(
+                        px.iter().all(|&v| v > 0 && v < 255 && v == want),
+                        "{i}: {px:?}"
+                    );
+                }
+            }
+        }
+        // Feather 0 is the hard seam.
+        let (mut hard, mut zero) = (img(255), img(255));
+        paste_back(&mut hard, &src, &generate);
+        paste_back_feathered(&mut zero, &src, &generate, 0);
+        assert_eq!(hard.rgb, zero.rgb);
+    }
 }

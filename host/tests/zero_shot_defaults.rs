@@ -192,10 +192,11 @@ fn class_auto_finds_the_class_of_a_sample() {
 #[test]
 fn upscale_names_the_sizes_it_accepts_and_takes_each() {
     // The built-in model: 32×32 images, latent side 8, patch sizes 1,2,3,4,5,6,8 → inputs of
-    // side 4, 8, 16 (latent 1, 2, 4); 2 (latent ½) and 24 (not a divisor) are refused.
+    // side 4, 8, 16 (latent 1, 2, 4); 2 (latent ½), 24 (not a divisor) and 32 (the model's own
+    // side, once answered "expected 16x16") are refused, each naming the sizes it takes.
     let src = sample("smileys", 3);
     let (_, _, full) = read_rgb(&src);
-    for bad in [2usize, 24] {
+    for bad in [2usize, 24, 32] {
         let p = tmp(&format!("bad-{bad}.png"));
         write_png(&p, bad, &downscale(&full[..], 32, 32)[..bad * bad * 3]);
         let out = tmp(&format!("bad-up-{bad}.png"));
