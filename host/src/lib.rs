@@ -176,11 +176,17 @@ pub fn read_png_rgb_sized(
         path: name.clone(),
         err,
     })?;
+    decode_png_rgb(std::io::BufReader::new(file), &name)
+}
+
+/// Decodes PNG bytes from `reader` as [`read_png_rgb`] does; `name` labels errors. (Also the
+/// entry point of the `png` fuzz target.)
+pub fn decode_png_rgb(reader: impl std::io::Read, name: &str) -> Result<Image, HostError> {
     let bad = |err: String| HostError::Png {
-        path: name.clone(),
+        path: name.to_string(),
         err,
     };
-    let mut dec = png::Decoder::new(std::io::BufReader::new(file));
+    let mut dec = png::Decoder::new(reader);
     dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = dec.read_info().map_err(|e| bad(e.to_string()))?;
     let (w, h) = (reader.info().width as usize, reader.info().height as usize);
