@@ -176,12 +176,22 @@ pub fn read_png_rgb_sized(
         path: name.clone(),
         err,
     })?;
-    decode_png_rgb(std::io::BufReader::new(file), &name)
+    decode_png_rgb_sized(std::io::BufReader::new(file), &name, accept)
 }
 
 /// Decodes PNG bytes from `reader` as [`read_png_rgb`] does; `name` labels errors. (Also the
 /// entry point of the `png` fuzz target.)
 pub fn decode_png_rgb(reader: impl std::io::Read, name: &str) -> Result<Image, HostError> {
+    decode_png_rgb_sized(reader, name, |_, _| Ok(()))
+}
+
+/// [`decode_png_rgb`] with the size check of [`read_png_rgb_sized`]: `accept` sees the header's
+/// width and height before any pixel is decoded.
+pub fn decode_png_rgb_sized(
+    reader: impl std::io::Read,
+    name: &str,
+    accept: impl FnOnce(usize, usize) -> Result<(), HostError>,
+) -> Result<Image, HostError> {
     let bad = |err: String| HostError::Png {
         path: name.to_string(),
         err,
