@@ -83,6 +83,41 @@ __device__ __forceinline__ void mma_tile(const int* as, const int* ws, int wm, i
     }
 }
 
+// Stages activation words g0 .. g0 + 15 of rows m_base .. m_base + 63 (0 past M or k4), `pitch`
+// words per shared row.
+__device__ __forceinline__ void stage_rows(int* as, int pitch, const int* __restrict__ a, int lda,
+                                           int M, int m_base, int k4, int g0) {
+    for (int i = threadIdx.x; i < I8_TM * I8_TKW; i += blockDim.x) {
+        int r = i / I8_TKW, c = i % I8_TKW;
+        int m = m_base + r, kw = g0 + c;
+        as[r * pitch + c] = (m < M && kw < k4) ? a[(size_t)m * lda + kw] : 0;
+    }
+}
+
+// The i32 sums of this warp's 32 × 32 outputs of the block's 64 × 64 tile on the tensor cores:
+// rows m_base .., weight channels o_begin .. (below o_end), every k tile. 128 threads.
+__device__ __forceinline__ void linear_mma_sums(const int* __restrict__ a, int lda, int M,
+                                                const int* __restrict__ w, int k4, int rows,
+                                                int o_begin, int o_end, int m_base, int acc[2][4][4]) {
+    __shared__ int as[I8_TM * I8_SP];
+    __shared__ int ws[I8_TN * I8_SP];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
+#pragma unroll
+    for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[mi][ni][e] = 0;
+    for (int g0 = 0; g0 < k4; g0 += I8_TKW) {
+        stage_rows(as, I8_SP, a, lda, M, m_base, k4, g0);
+        stage_weights(ws, w, k4, rows, o_begin, o_end, g0);
+        __syncthreads();
+        mma_tile(as, ws, wm, wn, g, t, acc);
+        __syncthreads();
+    }
+}
+
 // An int8 Linear output as the CPU computes it (linear.rs int8_outputs): acc · (sx · sw) + b,
 // unfused (a bias-less Linear adds 0, as there), so equal sums give the CPU's bits.
 __device__ __forceinline__ float linear_out(int acc, float sx, float sw, float b) {
@@ -96,29 +131,11 @@ extern "C" __global__ void __launch_bounds__(128)
 linear_i8_mma(const int* __restrict__ a, int lda, int M, const int* __restrict__ w, int k4, int rows,
               int o0, int N, const float* __restrict__ sx, const float* __restrict__ sw,
               const float* __restrict__ bias, float* __restrict__ y, int ldy) {
-    __shared__ int as[I8_TM * I8_SP];
-    __shared__ int ws[I8_TN * I8_SP];
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     int m_base = blockIdx.y * I8_TM, n_base = blockIdx.x * I8_TN;
     int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
     int acc[2][4][4];
-#pragma unroll
-    for (int mi = 0; mi < 2; mi++)
-#pragma unroll
-        for (int ni = 0; ni < 4; ni++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[mi][ni][e] = 0;
-    for (int g0 = 0; g0 < k4; g0 += I8_TKW) {
-        for (int i = tid; i < I8_TM * I8_TKW; i += 128) {
-            int r = i / I8_TKW, c = i % I8_TKW;
-            int m = m_base + r, kw = g0 + c;
-            as[r * I8_SP + c] = (m < M && kw < k4) ? a[(size_t)m * lda + kw] : 0;
-        }
-        stage_weights(ws, w, k4, rows, o0 + n_base, o0 + N, g0);
-        __syncthreads();
-        mma_tile(as, ws, wm, wn, g, t, acc);
-        __syncthreads();
-    }
+    linear_mma_sums(a, lda, M, w, k4, rows, o0 + n_base, o0 + N, m_base, acc);
 #pragma unroll
     for (int mi = 0; mi < 2; mi++)
 #pragma unroll
@@ -150,11 +167,7 @@ linear_i8_dp4a(const int* __restrict__ a, int lda, int M, const int* __restrict_
 #pragma unroll
         for (int j = 0; j < 4; j++) acc[i][j] = 0;
     for (int g0 = 0; g0 < k4; g0 += I8_TKW) {
-        for (int i = tid; i < I8_TM * I8_TKW; i += 128) {
-            int r = i / I8_TKW, c = i % I8_TKW;
-            int m = m_base + r, kw = g0 + c;
-            as[r * DP_SP + c] = (m < M && kw < k4) ? a[(size_t)m * lda + kw] : 0;
-        }
+        stage_rows(as, DP_SP, a, lda, M, m_base, k4, g0);
         for (int i = tid; i < I8_TN * I8_TKW; i += 128) {
             int c = i / I8_TN, nn = i % I8_TN;
             int o = o0 + n_base + nn;
@@ -190,29 +203,11 @@ linear_i8_dp4a(const int* __restrict__ a, int lda, int M, const int* __restrict_
 extern "C" __global__ void __launch_bounds__(128)
 sums_i8_mma(const int* __restrict__ a, int lda, int M, const int* __restrict__ w, int k4, int rows,
             int N, int* __restrict__ s) {
-    __shared__ int as[I8_TM * I8_SP];
-    __shared__ int ws[I8_TN * I8_SP];
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     int m_base = blockIdx.y * I8_TM, n_base = blockIdx.x * I8_TN;
     int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
     int acc[2][4][4];
-#pragma unroll
-    for (int mi = 0; mi < 2; mi++)
-#pragma unroll
-        for (int ni = 0; ni < 4; ni++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[mi][ni][e] = 0;
-    for (int g0 = 0; g0 < k4; g0 += I8_TKW) {
-        for (int i = tid; i < I8_TM * I8_TKW; i += 128) {
-            int r = i / I8_TKW, c = i % I8_TKW;
-            int m = m_base + r, kw = g0 + c;
-            as[r * I8_SP + c] = (m < M && kw < k4) ? a[(size_t)m * lda + kw] : 0;
-        }
-        stage_weights(ws, w, k4, rows, n_base, N, g0);
-        __syncthreads();
-        mma_tile(as, ws, wm, wn, g, t, acc);
-        __syncthreads();
-    }
+    linear_mma_sums(a, lda, M, w, k4, rows, n_base, N, m_base, acc);
 #pragma unroll
     for (int mi = 0; mi < 2; mi++)
 #pragma unroll
