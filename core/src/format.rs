@@ -143,8 +143,63 @@ fn checksum64_from(mut h: u64, bytes: &[u8]) -> u64 {
     h
 }
 
+/// [`checksum64`] computed over bytes given in pieces of any size: `update` with `a` then `b`
+/// gives the checksum of `a` followed by `b`. Lets a writer checksum a file it never holds whole.
+#[derive(Clone, Debug)]
+pub struct Checksum64 {
+    h: u64,
+    /// Bytes of an incomplete 8-byte word carried to the next `update`.
+    pending: [u8; 8],
+    pending_len: usize,
+}
+
+impl Default for Checksum64 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Checksum64 {
+    /// The state of [`checksum64`] before any byte.
+    pub const fn new() -> Self {
+        Checksum64 {
+            h: 0xcbf2_9ce4_8422_2325,
+            pending: [0; 8],
+            pending_len: 0,
+        }
+    }
+
+    /// Feeds the next bytes.
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        if self.pending_len > 0 {
+            let take = (8 - self.pending_len).min(bytes.len());
+            self.pending[self.pending_len..self.pending_len + take].copy_from_slice(&bytes[..take]);
+            self.pending_len += take;
+            bytes = &bytes[take..];
+            if self.pending_len < 8 {
+                return;
+            }
+            self.h = checksum64_from(self.h, &self.pending);
+            self.pending_len = 0;
+        }
+        let whole = bytes.len() - bytes.len() % 8;
+        self.h = checksum64_from(self.h, &bytes[..whole]);
+        let rest = &bytes[whole..];
+        self.pending[..rest.len()].copy_from_slice(rest);
+        self.pending_len = rest.len();
+    }
+
+    /// The checksum of every byte fed so far (an incomplete last word is hashed byte by byte,
+    /// as [`checksum64`] hashes its tail).
+    pub fn finish(&self) -> u64 {
+        checksum64_from(self.h, &self.pending[..self.pending_len])
+    }
+}
+
 /// The checksum stored at bytes 24..32 of a file: [`checksum64`] over the version, header-length
 /// and file-length fields (bytes 8..24), then over everything after the prefix (32..).
+/// Bytes 8..24 are two whole words, so the same value is a [`Checksum64`] fed bytes 8..24 and
+/// then bytes 32.. in pieces.
 pub fn file_checksum(file: &[u8]) -> u64 {
     checksum64_from(checksum64(&file[8..24]), &file[PREFIX_LEN..])
 }
@@ -567,6 +622,44 @@ mod tests {
             reseal(bytes);
             assert!(Model::from_bytes(bytes).is_ok(), "{value}");
         }
+    }
+
+    #[test]
+    fn chunked_checksum_equals_whole() {
+        let bytes: Vec<u8> = (0..1000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for len in [0usize, 1, 7, 8, 9, 63, 64, 999, 1000] {
+            let whole = checksum64(&bytes[..len]);
+            for piece in [1usize, 3, 8, 13, 64, 1000] {
+                let mut c = Checksum64::new();
+                for chunk in bytes[..len].chunks(piece) {
+                    c.update(chunk);
+                }
+                assert_eq!(c.finish(), whole, "len {len}, pieces of {piece}");
+            }
+            // Uneven pieces, including empty ones.
+            let mut c = Checksum64::new();
+            let mut at = 0;
+            for (i, step) in [0usize, 5, 0, 2, 11, 1, 30].iter().cycle().enumerate() {
+                if at >= len || i > 10_000 {
+                    break;
+                }
+                let end = (at + step).min(len);
+                c.update(&bytes[at..end]);
+                at = end;
+            }
+            c.update(&bytes[at..len]);
+            assert_eq!(c.finish(), whole, "len {len}, uneven pieces");
+        }
+        // The file checksum: bytes 8..24, then 32.., in pieces.
+        let file = &BUILTIN.0;
+        let mut c = Checksum64::new();
+        c.update(&file[8..24]);
+        for chunk in file[PREFIX_LEN..].chunks(4093) {
+            c.update(chunk);
+        }
+        assert_eq!(c.finish(), file_checksum(file));
     }
 
     #[test]

@@ -2,12 +2,12 @@
 //! official names to the canonical tensor order of [`srdd_core::Weights::build`], quantize, and
 //! write the file (layout in [`srdd_core::format`]).
 
-use crate::checkpoint::StateDict;
+use crate::checkpoint::{CheckpointError, DType, TensorStore};
 use srdd_core::config::{
     official_phi_index, Attention, ModelConfig, VaeConfig, VarConfig, WeightFormat, MAX_SCALES,
 };
 use srdd_core::format::{
-    align_up, file_checksum, Header, TensorDType, TensorEntry, WeightLayout, FORMAT_VERSION, MAGIC,
+    align_up, Checksum64, Header, TensorDType, TensorEntry, WeightLayout, FORMAT_VERSION, MAGIC,
     PREFIX_LEN, TENSOR_ALIGN,
 };
 use srdd_core::kernels::{pack_official, panels_len};
@@ -15,6 +15,9 @@ use srdd_core::weights::{TensorSource, Weight};
 use srdd_core::{Model, Weights};
 use std::collections::BTreeSet;
 use std::fmt;
+use std::fs::File;
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 
 /// The official 256 px schedule.
 pub const OFFICIAL_PATCH_NUMS: [u16; 10] = [1, 2, 3, 4, 5, 6, 8, 10, 13, 16];
@@ -63,6 +66,9 @@ pub enum ConvertError {
     /// A checkpoint could not be read.
     #[error("{0}")]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    /// The output file could not be written.
+    #[error("{0}: {1}")]
+    Write(String, std::io::Error),
 }
 
 /// Options of `srdd-tools pack`.
@@ -98,17 +104,21 @@ impl Default for PackOptions {
     }
 }
 
-fn shape_of(sd: &StateDict, key: &str) -> Option<Vec<usize>> {
-    sd.get(key).map(|t| t.shape.clone())
+fn shape_of<S: TensorStore + ?Sized>(sd: &S, key: &str) -> Option<Vec<usize>> {
+    sd.tensor_meta(key).map(|(_, shape)| shape.to_vec())
 }
 
-fn need(sd: &StateDict, key: &str) -> Result<Vec<usize>, ConvertError> {
+fn has<S: TensorStore + ?Sized>(sd: &S, key: &str) -> bool {
+    sd.tensor_meta(key).is_some()
+}
+
+fn need<S: TensorStore + ?Sized>(sd: &S, key: &str) -> Result<Vec<usize>, ConvertError> {
     shape_of(sd, key).ok_or_else(|| ConvertError::MissingKeys(vec![key.to_string()]))
 }
 
-fn count_indexed(sd: &StateDict, prefix: &str) -> usize {
+fn count_indexed<S: TensorStore + ?Sized>(sd: &S, prefix: &str) -> usize {
     let mut max = 0;
-    for k in sd.keys() {
+    for k in sd.tensor_names() {
         if let Some(rest) = k.strip_prefix(prefix) {
             if let Some(num) = rest.split('.').next().and_then(|s| s.parse::<usize>().ok()) {
                 max = max.max(num + 1);
@@ -131,12 +141,12 @@ enum PhiNaming {
     None,
 }
 
-fn phi_naming(vae: &StateDict) -> (PhiNaming, usize) {
+fn phi_naming<S: TensorStore + ?Sized>(vae: &S) -> (PhiNaming, usize) {
     let n = count_indexed(vae, "quantize.quant_resi.qresi_ls.");
     if n > 0 {
         return (PhiNaming::PartiallyShared, n);
     }
-    if vae.get("quantize.quant_resi.qresi.weight").is_some() {
+    if has(vae, "quantize.quant_resi.qresi.weight") {
         return (PhiNaming::Shared, 1);
     }
     let n = count_indexed(vae, "quantize.quant_resi.");
@@ -146,13 +156,14 @@ fn phi_naming(vae: &StateDict) -> (PhiNaming, usize) {
     (PhiNaming::None, 0)
 }
 
-fn looks_like_var(sd: &StateDict) -> bool {
-    sd.keys()
+fn looks_like_var<S: TensorStore + ?Sized>(sd: &S) -> bool {
+    sd.tensor_names()
+        .into_iter()
         .any(|k| k == "word_embed.weight" || k == "class_emb.weight" || k.starts_with("blocks."))
 }
 
-fn looks_like_vae(sd: &StateDict) -> bool {
-    sd.keys().any(is_vae_key)
+fn looks_like_vae<S: TensorStore + ?Sized>(sd: &S) -> bool {
+    sd.tensor_names().into_iter().any(is_vae_key)
 }
 
 /// The metadata text of the file: one `key=value` line each, after the converter's own line.
@@ -210,9 +221,9 @@ fn metadata_text(cfg: &ModelConfig, metadata: &[(String, String)]) -> Result<Str
 }
 
 /// Infers every hyper-parameter from key names and shapes.
-pub fn infer_config(
-    var: &StateDict,
-    vae: &StateDict,
+pub fn infer_config<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
+    var: &V,
+    vae: &A,
     opts: &PackOptions,
 ) -> Result<ModelConfig, ConvertError> {
     let infer = |s: &str| ConvertError::Infer(s.to_string());
@@ -231,7 +242,7 @@ pub fn infer_config(
     // (a missing one is then reported by name).
     let scale_key = (0..depth)
         .map(|i| format!("blocks.{i}.attn.scale_mul_1H11"))
-        .find(|k| var.get(k).is_some());
+        .find(|k| has(var, k));
     let attn_l2_norm = scale_key.is_some();
     let heads = match &scale_key {
         Some(k) => *need(var, k)?
@@ -283,15 +294,17 @@ pub fn infer_config(
     if dec_blocks < 2 {
         return Err(infer("decoder levels need at least two ResBlocks"));
     }
-    let using_sa = vae
-        .get(&format!("decoder.up.{}.attn.0.norm.weight", levels - 1))
-        .is_some();
-    let using_mid_sa = vae.get("decoder.mid.attn_1.norm.weight").is_some();
+    let using_sa = has(
+        vae,
+        &format!("decoder.up.{}.attn.0.norm.weight", levels - 1),
+    );
+    let using_mid_sa = has(vae, "decoder.mid.attn_1.norm.weight");
     let (_, num_phi) = phi_naming(vae);
     // Any encoder key means the encoder is meant to be there (missing pieces are then reported).
     let has_encoder = opts.encoder
         && vae
-            .keys()
+            .tensor_names()
+            .into_iter()
             .any(|k| k.starts_with("encoder.") || k.starts_with("quant_conv."));
 
     let patch_nums: Vec<u16> = match &opts.patch_nums {
@@ -325,7 +338,7 @@ pub fn infer_config(
             num_heads: heads as u32,
             ffn_hidden: ffn as u32,
             num_classes: (classes - 1) as u32,
-            shared_aln: var.get("shared_ada_lin.1.weight").is_some(),
+            shared_aln: has(var, "shared_ada_lin.1.weight"),
             attn_l2_norm,
             norm_eps: 1e-6,
             seq_len: seq_len as u32,
@@ -436,15 +449,6 @@ fn droppable(key: &str) -> bool {
         || (key.starts_with("blocks.") && key.ends_with(".attn.zero_k_bias"))
 }
 
-/// A converted tensor, ready to write.
-struct Packed {
-    name: String,
-    shape: Vec<usize>,
-    dtype: TensorDType,
-    data: Vec<u8>,
-    scales: Option<Vec<u8>>,
-}
-
 /// Symmetric per-output-channel int8 quantization: `scale = max|row| / 127`.
 pub fn quantize_rows(values: &[f32], rows: usize) -> (Vec<i8>, Vec<f32>) {
     let cols = values.len() / rows.max(1);
@@ -466,8 +470,10 @@ pub fn quantize_rows(values: &[f32], rows: usize) -> (Vec<i8>, Vec<f32>) {
 
 /// The patch sizes the `lvl_1L` buffer of a VAR checkpoint implies (token `i` belongs to scale
 /// `lvl_1L[0][i]`; scale `k` has `pn_k²` tokens, scales in order), or `None` without the buffer.
-fn patch_nums_from_levels(var: &StateDict) -> Result<Option<Vec<u16>>, ConvertError> {
-    let Some(t) = var.get("lvl_1L") else {
+fn patch_nums_from_levels<S: TensorStore + ?Sized>(
+    var: &S,
+) -> Result<Option<Vec<u16>>, ConvertError> {
+    let Some(t) = var.load_tensor("lvl_1L")? else {
         return Ok(None);
     };
     let bad = |what: &str| ConvertError::Value("lvl_1L".into(), what.into());
@@ -495,138 +501,147 @@ fn patch_nums_from_levels(var: &StateDict) -> Result<Option<Vec<u16>>, ConvertEr
         .map(Some)
 }
 
-/// Converts two official state dicts into `.srdd` bytes.
-pub fn pack(var: &StateDict, vae: &StateDict, opts: &PackOptions) -> Result<Vec<u8>, ConvertError> {
+/// One tensor of the output file: where it comes from, how it is stored and where it goes.
+struct Planned {
+    /// Canonical name.
+    name: String,
+    /// Key in the checkpoint.
+    key: String,
+    is_vae: bool,
+    shape: Vec<usize>,
+    dtype: TensorDType,
+    /// Bytes of the values (int8 panels include their padding).
+    len: usize,
+    /// Bytes of the per-output-channel scales (int8 only, else 0).
+    scales_len: usize,
+    /// Offsets relative to the data section.
+    offset: usize,
+    scales_offset: usize,
+}
+
+/// A `.srdd` file laid out from the checkpoints' keys, dtypes and shapes alone, before any
+/// tensor is converted: every check [`pack`] makes on the input is done when this is built, so
+/// writing fails only on I/O (or a checkpoint whose data is shorter than its index declares).
+struct PackPlan {
+    meta: String,
+    tensors: Vec<Planned>,
+    /// Postcard header followed by the tensor table.
+    table: Vec<u8>,
+    data_start: usize,
+    meta_offset: usize,
+    file_len: usize,
+}
+
+/// Elements converted per piece when a tensor is streamed to the output (256 KiB of f32).
+const CHUNK_ELEMS: usize = 1 << 16;
+/// Output buffer of [`pack_to_file`].
+const WRITE_BUFFER: usize = 256 << 10;
+
+fn plan_pack<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
+    var: &V,
+    vae: &A,
+    opts: &PackOptions,
+) -> Result<PackPlan, ConvertError> {
     let cfg = infer_config(var, vae, opts)?;
     let meta = metadata_text(&cfg, &opts.metadata)?;
     let (naming, _) = phi_naming(vae);
     let cat = catalog(&cfg)?;
 
-    // Key accounting: everything must be used, dropped on purpose, or reported.
+    // Key accounting: everything must be used, dropped on purpose, or reported. The checks run
+    // in the order the in-memory converter ran them, so the first error is the same.
     let mut used: BTreeSet<(bool, String)> = BTreeSet::new();
     let mut missing = Vec::new();
-    let mut packed = Vec::new();
+    let mut tensors = Vec::new();
     for e in &cat {
         let key = official_key(&e.name, naming);
         let is_vae = is_vae_key(&e.name);
-        let sd = if is_vae { vae } else { var };
-        let Some(t) = sd.get(&key) else {
+        let found = if is_vae {
+            vae.tensor_meta(&key)
+        } else {
+            var.tensor_meta(&key)
+        };
+        let Some((dtype, shape)) = found else {
             missing.push(format!("{}{key}", if is_vae { "vae:" } else { "var:" }));
             continue;
         };
         used.insert((is_vae, key.clone()));
-        if t.shape != e.shape {
+        if shape != e.shape.as_slice() {
             return Err(ConvertError::Shape {
                 key,
-                found: t.shape.clone(),
+                found: shape.to_vec(),
                 expected: e.shape.clone(),
             });
         }
-        let values = t.to_f32()?;
+        if !dtype.is_float() {
+            return Err(CheckpointError::WrongDType {
+                found: dtype,
+                wanted: "a floating-point type",
+            }
+            .into());
+        }
+        let numel: usize = e.shape.iter().product();
         let phi = e.name.starts_with("quantize.quant_resi.");
         let fmt = if e.is_weight && !phi {
             cfg.weights
         } else {
             WeightFormat::F32
         };
-        packed.push(match fmt {
-            WeightFormat::F32 => Packed {
-                name: e.name.clone(),
-                shape: e.shape.clone(),
-                dtype: TensorDType::F32,
-                data: bytemuck::cast_slice(&values).to_vec(),
-                scales: None,
-            },
-            WeightFormat::F16 => {
-                let h: Vec<half::f16> = values.iter().map(|v| half::f16::from_f32(*v)).collect();
-                Packed {
-                    name: e.name.clone(),
-                    shape: e.shape.clone(),
-                    dtype: TensorDType::F16,
-                    data: bytemuck::cast_slice(&h).to_vec(),
-                    scales: None,
-                }
-            }
+        let (dtype, len, scales_len) = match fmt {
+            WeightFormat::F32 => (TensorDType::F32, numel * 4, 0),
+            WeightFormat::F16 => (TensorDType::F16, numel * 2, 0),
             WeightFormat::Int8 => {
-                // One scale per output channel, then the kernels' panel layout.
-                let (q, s) = quantize_rows(&values, e.shape[0]);
-                let groups = if e.shape.len() == 4 { e.shape[2] } else { 1 };
-                let k = e.shape[1] * e.shape.get(3).copied().unwrap_or(1);
-                let mut packed_q = vec![0i8; groups * panels_len(e.shape[0], k)];
-                assert!(
-                    pack_official(&q, &e.shape, &mut packed_q),
-                    "weights are 2-D or 4-D"
-                );
-                let q = packed_q;
-                Packed {
-                    name: e.name.clone(),
-                    shape: e.shape.clone(),
-                    dtype: TensorDType::I8,
-                    data: bytemuck::cast_slice(&q).to_vec(),
-                    scales: Some(bytemuck::cast_slice(&s).to_vec()),
-                }
+                let (groups, k) = int8_dims(&e.shape);
+                (
+                    TensorDType::I8,
+                    groups * panels_len(e.shape[0], k),
+                    e.shape[0] * 4,
+                )
             }
+        };
+        tensors.push(Planned {
+            name: e.name.clone(),
+            key,
+            is_vae,
+            shape: e.shape.clone(),
+            dtype,
+            len,
+            scales_len,
+            offset: 0,
+            scales_offset: 0,
         });
     }
     if !missing.is_empty() {
         return Err(ConvertError::MissingKeys(missing));
     }
     let mut unexpected = Vec::new();
-    for (is_vae, sd) in [(false, var), (true, vae)] {
-        for (k, t) in sd.iter() {
-            if used.contains(&(is_vae, k.to_string())) || droppable(k) {
-                if k.ends_with(".attn.zero_k_bias") && t.to_f32()?.iter().any(|v| *v != 0.0) {
-                    return Err(ConvertError::Value(
-                        k.to_string(),
-                        "the k bias must be zero".into(),
-                    ));
-                }
-                continue;
-            }
-            // The encoder is known; it is left out on purpose without --encoder.
-            if is_vae
-                && !cfg.vae.has_encoder
-                && (k.starts_with("encoder.") || k.starts_with("quant_conv."))
-            {
-                continue;
-            }
-            unexpected.push(format!("{}{k}", if is_vae { "vae:" } else { "var:" }));
-        }
-    }
+    check_leftovers(var, false, &used, &cfg, &mut unexpected)?;
+    check_leftovers(vae, true, &used, &cfg, &mut unexpected)?;
     if !unexpected.is_empty() {
         return Err(ConvertError::UnexpectedKeys(unexpected));
     }
-    Ok(write_file(&cfg, &packed, &meta))
-}
 
-fn write_file(cfg: &ModelConfig, packed: &[Packed], metadata: &str) -> Vec<u8> {
-    // Data layout first: offsets are relative to the data section.
-    let mut offsets = Vec::new();
+    // Data layout: offsets are relative to the data section.
     let mut at = 0usize;
-    for p in packed {
-        let off = at;
-        at = align_up(at + p.data.len(), TENSOR_ALIGN);
-        let soff = if let Some(s) = &p.scales {
-            let o = at;
-            at = align_up(at + s.len(), TENSOR_ALIGN);
-            o
-        } else {
-            0
-        };
-        offsets.push((off, soff));
+    for p in &mut tensors {
+        p.offset = at;
+        at = align_up(at + p.len, TENSOR_ALIGN);
+        if p.scales_len > 0 {
+            p.scales_offset = at;
+            at = align_up(at + p.scales_len, TENSOR_ALIGN);
+        }
     }
     let meta_offset = at;
-    at = align_up(at + metadata.len(), TENSOR_ALIGN);
+    at = align_up(at + meta.len(), TENSOR_ALIGN);
     let data_len = at;
     let header = Header {
         config: cfg.clone(),
-        tensor_count: packed.len() as u32,
+        tensor_count: tensors.len() as u32,
         data_len: data_len as u64,
         meta_offset: meta_offset as u64,
-        meta_len: metadata.len() as u64,
+        meta_len: meta.len() as u64,
     };
-    let mut meta = postcard::to_allocvec(&header).expect("header serializes");
-    for (p, (off, soff)) in packed.iter().zip(&offsets) {
+    let mut table = postcard::to_allocvec(&header).expect("header serializes");
+    for p in &tensors {
         let e = TensorEntry {
             name: &p.name,
             dtype: p.dtype,
@@ -635,31 +650,242 @@ fn write_file(cfg: &ModelConfig, packed: &[Packed], metadata: &str) -> Vec<u8> {
                 TensorDType::F32 | TensorDType::F16 => WeightLayout::Plain,
             },
             shape: p.shape.iter().map(|&d| d as u32).collect(),
-            offset: *off as u64,
-            len: p.data.len() as u64,
-            scales_offset: *soff as u64,
+            offset: p.offset as u64,
+            len: p.len as u64,
+            scales_offset: p.scales_offset as u64,
         };
-        meta.extend(postcard::to_allocvec(&e).expect("entry serializes"));
+        table.extend(postcard::to_allocvec(&e).expect("entry serializes"));
     }
-    let data_start = align_up(PREFIX_LEN + meta.len(), TENSOR_ALIGN);
-    let file_len = data_start + data_len;
-    let mut out = vec![0u8; file_len];
-    out[..8].copy_from_slice(&MAGIC);
-    out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out[12..16].copy_from_slice(&(meta.len() as u32).to_le_bytes());
-    out[16..24].copy_from_slice(&(file_len as u64).to_le_bytes());
-    out[PREFIX_LEN..PREFIX_LEN + meta.len()].copy_from_slice(&meta);
-    for (p, (off, soff)) in packed.iter().zip(&offsets) {
-        let o = data_start + off;
-        out[o..o + p.data.len()].copy_from_slice(&p.data);
-        if let Some(s) = &p.scales {
-            let o = data_start + soff;
-            out[o..o + s.len()].copy_from_slice(s);
+    let data_start = align_up(PREFIX_LEN + table.len(), TENSOR_ALIGN);
+    Ok(PackPlan {
+        meta,
+        tensors,
+        table,
+        data_start,
+        meta_offset,
+        file_len: data_start + data_len,
+    })
+}
+
+/// Groups (kernel rows of a conv, 1 for a linear) and reduction length of an int8 weight.
+fn int8_dims(shape: &[usize]) -> (usize, usize) {
+    let groups = if shape.len() == 4 { shape[2] } else { 1 };
+    (groups, shape[1] * shape.get(3).copied().unwrap_or(1))
+}
+
+/// The keys of one checkpoint that no catalog entry used: dropped buffers are checked (the k
+/// bias must be zero), the encoder is skipped without `--encoder`, the rest is unexpected.
+fn check_leftovers<S: TensorStore + ?Sized>(
+    sd: &S,
+    is_vae: bool,
+    used: &BTreeSet<(bool, String)>,
+    cfg: &ModelConfig,
+    unexpected: &mut Vec<String>,
+) -> Result<(), ConvertError> {
+    for k in sd.tensor_names() {
+        if used.contains(&(is_vae, k.to_string())) || droppable(k) {
+            if k.ends_with(".attn.zero_k_bias") {
+                let t = sd.load_tensor(k)?.expect("listed key");
+                if t.to_f32()?.iter().any(|v| *v != 0.0) {
+                    return Err(ConvertError::Value(
+                        k.to_string(),
+                        "the k bias must be zero".into(),
+                    ));
+                }
+            }
+            continue;
+        }
+        // The encoder is known; it is left out on purpose without --encoder.
+        if is_vae
+            && !cfg.vae.has_encoder
+            && (k.starts_with("encoder.") || k.starts_with("quant_conv."))
+        {
+            continue;
+        }
+        unexpected.push(format!("{}{k}", if is_vae { "vae:" } else { "var:" }));
+    }
+    Ok(())
+}
+
+/// The output stream: bytes written so far and the running file checksum (which skips the
+/// magic and the checksum field itself).
+struct Out<'w, W: Write> {
+    w: &'w mut W,
+    sum: Checksum64,
+    at: usize,
+}
+
+impl<W: Write> Out<'_, W> {
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.w.write_all(bytes)?;
+        self.sum.update(bytes);
+        self.at += bytes.len();
+        Ok(())
+    }
+
+    /// Zero padding up to file position `to`.
+    fn pad_to(&mut self, to: usize) -> io::Result<()> {
+        const ZEROS: [u8; TENSOR_ALIGN] = [0; TENSOR_ALIGN];
+        debug_assert!(self.at <= to, "sections are written in file order");
+        while self.at < to {
+            let n = (to - self.at).min(ZEROS.len());
+            self.put(&ZEROS[..n])?;
+        }
+        Ok(())
+    }
+}
+
+/// A write error or a conversion error while writing.
+enum WriteError {
+    Io(io::Error),
+    Convert(ConvertError),
+}
+
+impl From<io::Error> for WriteError {
+    fn from(e: io::Error) -> Self {
+        WriteError::Io(e)
+    }
+}
+
+impl From<CheckpointError> for WriteError {
+    fn from(e: CheckpointError) -> Self {
+        WriteError::Convert(e.into())
+    }
+}
+
+impl PackPlan {
+    /// Writes the file in order, holding one input tensor (and its converted form) at a time;
+    /// returns the file checksum, which belongs at bytes 24..32 (written as zeros here).
+    fn write<W: Write, V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
+        &self,
+        var: &V,
+        vae: &A,
+        w: &mut W,
+    ) -> Result<u64, WriteError> {
+        let mut prefix = [0u8; PREFIX_LEN];
+        prefix[..8].copy_from_slice(&MAGIC);
+        prefix[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        prefix[12..16].copy_from_slice(&(self.table.len() as u32).to_le_bytes());
+        prefix[16..24].copy_from_slice(&(self.file_len as u64).to_le_bytes());
+        w.write_all(&prefix)?;
+        let mut out = Out {
+            w,
+            sum: Checksum64::new(),
+            at: PREFIX_LEN,
+        };
+        out.sum.update(&prefix[8..24]);
+        out.put(&self.table)?;
+        for p in &self.tensors {
+            let t = if p.is_vae {
+                vae.load_tensor(&p.key)?
+            } else {
+                var.load_tensor(&p.key)?
+            }
+            .expect("planned keys exist");
+            out.pad_to(self.data_start + p.offset)?;
+            match p.dtype {
+                TensorDType::F32 if t.dtype == DType::F32 => out.put(&t.data)?,
+                TensorDType::F32 => {
+                    for start in (0..t.numel()).step_by(CHUNK_ELEMS) {
+                        let v = t.f32_range(start..(start + CHUNK_ELEMS).min(t.numel()))?;
+                        out.put(bytemuck::cast_slice(&v))?;
+                    }
+                }
+                TensorDType::F16 => {
+                    for start in (0..t.numel()).step_by(CHUNK_ELEMS) {
+                        let v = t.f32_range(start..(start + CHUNK_ELEMS).min(t.numel()))?;
+                        let h: Vec<half::f16> = v.iter().map(|x| half::f16::from_f32(*x)).collect();
+                        out.put(bytemuck::cast_slice(&h))?;
+                    }
+                }
+                TensorDType::I8 => {
+                    // One scale per output channel (rows are quantized independently, so row by
+                    // row gives what the whole tensor gives), then the kernels' panel layout.
+                    let rows = p.shape[0];
+                    let cols = t.numel() / rows.max(1);
+                    let mut q = Vec::with_capacity(t.numel());
+                    let mut scales = Vec::with_capacity(rows);
+                    for r in 0..rows {
+                        let row = t.f32_range(r * cols..(r + 1) * cols)?;
+                        let (qr, s) = quantize_rows(&row, 1);
+                        q.extend_from_slice(&qr);
+                        scales.extend_from_slice(&s);
+                    }
+                    drop(t);
+                    let (groups, k) = int8_dims(&p.shape);
+                    let mut packed_q = vec![0i8; groups * panels_len(p.shape[0], k)];
+                    assert!(
+                        pack_official(&q, &p.shape, &mut packed_q),
+                        "weights are 2-D or 4-D"
+                    );
+                    drop(q);
+                    out.put(bytemuck::cast_slice(&packed_q))?;
+                    drop(packed_q);
+                    out.pad_to(self.data_start + p.scales_offset)?;
+                    out.put(bytemuck::cast_slice(&scales))?;
+                }
+            }
+        }
+        out.pad_to(self.data_start + self.meta_offset)?;
+        out.put(self.meta.as_bytes())?;
+        out.pad_to(self.file_len)?;
+        Ok(out.sum.finish())
+    }
+}
+
+/// Converts two official state dicts into `.srdd` bytes (the whole file in memory; see
+/// [`pack_to_file`] for a file written one tensor at a time).
+pub fn pack<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
+    var: &V,
+    vae: &A,
+    opts: &PackOptions,
+) -> Result<Vec<u8>, ConvertError> {
+    let plan = plan_pack(var, vae, opts)?;
+    let mut out = Vec::with_capacity(plan.file_len);
+    let sum = match plan.write(var, vae, &mut out) {
+        Ok(sum) => sum,
+        Err(WriteError::Convert(e)) => return Err(e),
+        Err(WriteError::Io(e)) => unreachable!("writing to a Vec cannot fail: {e}"),
+    };
+    debug_assert_eq!(out.len(), plan.file_len);
+    out[24..32].copy_from_slice(&sum.to_le_bytes());
+    Ok(out)
+}
+
+/// Converts two official checkpoints into the `.srdd` file `path`, streaming: every input check
+/// is made before the file is created, then each tensor is loaded, converted, written and
+/// dropped in turn (with a [`crate::checkpoint::LazyCheckpoint`] as input, memory holds one
+/// tensor at a time). Written through `path` + `.partial` and a rename: never a half-written
+/// file under `path`, and the temporary file is removed when any step fails. Returns the file's
+/// length. The bytes are those [`pack`] returns.
+pub fn pack_to_file<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
+    var: &V,
+    vae: &A,
+    opts: &PackOptions,
+    path: &Path,
+) -> Result<u64, ConvertError> {
+    let plan = plan_pack(var, vae, opts)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = PathBuf::from(tmp);
+    let written = (|| {
+        let mut w = BufWriter::with_capacity(WRITE_BUFFER, File::create(&tmp)?);
+        let sum = plan.write(var, vae, &mut w)?;
+        let mut f = w.into_inner().map_err(|e| e.into_error())?;
+        f.seek(SeekFrom::Start(24))?;
+        f.write_all(&sum.to_le_bytes())?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    match written {
+        Ok(()) => Ok(plan.file_len as u64),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(match e {
+                WriteError::Convert(e) => e,
+                WriteError::Io(e) => ConvertError::Write(path.display().to_string(), e),
+            })
         }
     }
-    out[data_start + meta_offset..data_start + meta_offset + metadata.len()]
-        .copy_from_slice(metadata.as_bytes());
-    let sum = file_checksum(&out);
-    out[24..32].copy_from_slice(&sum.to_le_bytes());
-    out
 }

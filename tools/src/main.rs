@@ -2,12 +2,11 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use srdd::args::{AttentionArg, ScheduleArg, ThreadsArg};
-use srdd::write_atomic;
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::{Attention, WeightFormat};
 use srdd_tools::backend_parity::{self, Backend};
-use srdd_tools::checkpoint::{read_state_dict, Role};
-use srdd_tools::convert::{pack, PackOptions};
+use srdd_tools::checkpoint::{open_checkpoint, Role};
+use srdd_tools::convert::{pack_to_file, PackOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -187,10 +186,11 @@ fn run(cli: Cli) -> Result<bool, String> {
                 }
                 md
             };
+            // Opened lazily: the pickle or header now, each tensor when it is written.
             let var_sd =
-                read_state_dict(&var, Role::Var).map_err(|e| format!("{}: {e}", var.display()))?;
+                open_checkpoint(&var, Role::Var).map_err(|e| format!("{}: {e}", var.display()))?;
             let vae_sd =
-                read_state_dict(&vae, Role::Vae).map_err(|e| format!("{}: {e}", vae.display()))?;
+                open_checkpoint(&vae, Role::Vae).map_err(|e| format!("{}: {e}", vae.display()))?;
             let opts = PackOptions {
                 weights: weights.into(),
                 patch_nums,
@@ -199,12 +199,11 @@ fn run(cli: Cli) -> Result<bool, String> {
                 metadata,
                 ..PackOptions::default()
             };
-            let bytes = pack(&var_sd, &vae_sd, &opts).map_err(|e| e.to_string())?;
-            write_atomic(&output, &bytes).map_err(|e| format!("{}: {e}", output.display()))?;
+            let len = pack_to_file(&var_sd, &vae_sd, &opts, &output).map_err(|e| e.to_string())?;
             eprintln!(
                 "wrote {} ({} bytes) in {:.2} s",
                 output.display(),
-                bytes.len(),
+                len,
                 t0.elapsed().as_secs_f64()
             );
             Ok(true)

@@ -27,6 +27,8 @@ mod pth;
 mod safetensors;
 mod torch;
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
@@ -103,7 +105,14 @@ impl RawTensor {
 
     /// Converts a floating-point tensor to `f32` values.
     pub fn to_f32(&self) -> Result<Vec<f32>, CheckpointError> {
-        let d = &self.data;
+        self.f32_range(0..self.numel())
+    }
+
+    /// Converts elements `range` of a floating-point tensor to `f32` values (as [`Self::to_f32`]
+    /// converts them), so that a large tensor can be converted a piece at a time.
+    pub fn f32_range(&self, range: std::ops::Range<usize>) -> Result<Vec<f32>, CheckpointError> {
+        let size = self.dtype.size();
+        let d = &self.data[range.start * size..range.end * size];
         Ok(match self.dtype {
             DType::F64 => chunks(d).map(|b| f64::from_le_bytes(b) as f32).collect(),
             DType::F32 => chunks(d).map(f32::from_le_bytes).collect(),
@@ -334,16 +343,173 @@ pub fn read_state_dict_bytes(bytes: &[u8], role: Role) -> Result<StateDict, Chec
     if safetensors::looks_like_safetensors(bytes) {
         return torch::into_state_dict(safetensors::read(bytes)?);
     }
-    let hint = match bytes.first() {
+    Err(not_a_checkpoint(bytes.first().copied()))
+}
+
+/// What a file that is neither format is, from its first byte.
+fn not_a_checkpoint(first: Option<u8>) -> CheckpointError {
+    let hint = match first {
         Some(0x80) => "a raw pickle (legacy torch.save format, re-save with torch >= 1.6)",
         Some(_) => "neither a zip archive nor a safetensors file",
         None => "empty file",
     };
-    Err(CheckpointError::NotACheckpoint(hint.into()))
+    CheckpointError::NotACheckpoint(hint.into())
 }
 
 fn read_pth<R: Read + Seek>(reader: R, role: Role) -> Result<StateDict, CheckpointError> {
     let mut archive = pth::PthArchive::open(reader)?;
     let items = torch::select(&archive.heap, &archive.root, role)?;
     torch::into_state_dict(archive.materialize(&items)?)
+}
+
+/// Read access to a checkpoint's tensors by name: what `pack` needs, implemented both by a
+/// [`StateDict`] held in memory and by a [`LazyCheckpoint`] that reads one tensor at a time.
+pub trait TensorStore {
+    /// Every key, in file order.
+    fn tensor_names(&self) -> Vec<&str>;
+    /// Dtype and shape of `key`, without reading its data.
+    fn tensor_meta(&self, key: &str) -> Option<(DType, &[usize])>;
+    /// The tensor `key` (`None` if absent): borrowed when held in memory, read from the file
+    /// otherwise.
+    fn load_tensor(&self, key: &str) -> Result<Option<Cow<'_, RawTensor>>, CheckpointError>;
+}
+
+impl TensorStore for StateDict {
+    fn tensor_names(&self) -> Vec<&str> {
+        self.keys().collect()
+    }
+    fn tensor_meta(&self, key: &str) -> Option<(DType, &[usize])> {
+        self.get(key).map(|t| (t.dtype, t.shape.as_slice()))
+    }
+    fn load_tensor(&self, key: &str) -> Result<Option<Cow<'_, RawTensor>>, CheckpointError> {
+        Ok(self.get(key).map(Cow::Borrowed))
+    }
+}
+
+/// A checkpoint on disk whose tensors are read one at a time: opening it reads only the
+/// `.pth` pickle (and validates every view and storage entry size) or the safetensors header;
+/// [`TensorStore::load_tensor`] then reads that tensor's bytes alone.
+pub struct LazyCheckpoint {
+    /// `(key, dtype, shape)` in file order, keys with `_orig_mod.`/`module.` stripped.
+    keys: Vec<(String, DType, Vec<usize>)>,
+    index: HashMap<String, usize>,
+    /// A `RefCell` because reading moves the file position, while `pack` reads through `&self`.
+    source: RefCell<LazySource>,
+}
+
+enum LazySource {
+    Pth {
+        archive: Box<pth::PthArchive<BufReader<File>>>,
+        tensors: Vec<pth::LazyTensor>,
+    },
+    Safetensors {
+        file: File,
+        tensors: Vec<safetensors::LazyEntry>,
+    },
+}
+
+impl fmt::Debug for LazyCheckpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LazyCheckpoint")
+            .field("tensors", &self.keys.len())
+            .finish()
+    }
+}
+
+/// Opens a `.pth` or `.safetensors` checkpoint for reading one tensor at a time. Selects the
+/// state dict and strips key prefixes as [`read_state_dict`] does, with the same errors for
+/// the pickle, the views, the storage entries' sizes and duplicate keys; a storage whose data
+/// turns out shorter than its entry declares is reported when that tensor is loaded.
+pub fn open_checkpoint(path: &Path, role: Role) -> Result<LazyCheckpoint, CheckpointError> {
+    let mut file = File::open(path)?;
+    let file_len = file.metadata()?.len();
+    let mut magic = [0u8; 9];
+    let n = read_up_to(&mut file, &mut magic)?;
+    file.rewind()?;
+    let (names, source): (Vec<(String, DType, Vec<usize>)>, LazySource) =
+        if magic[..n].starts_with(ZIP_MAGIC) {
+            let mut archive = pth::PthArchive::open(BufReader::new(file))?;
+            let items = torch::select(&archive.heap, &archive.root, role)?;
+            let planned = archive.plan_lazy(&items)?;
+            let names = planned
+                .iter()
+                .map(|(k, t)| (k.clone(), t.dtype(), t.shape().to_vec()))
+                .collect();
+            let tensors = planned.into_iter().map(|(_, t)| t).collect();
+            (
+                names,
+                LazySource::Pth {
+                    archive: Box::new(archive),
+                    tensors,
+                },
+            )
+        } else {
+            // The same test as `looks_like_safetensors`, on the first 9 bytes and the length.
+            let len = u64::from_le_bytes(magic[..8.min(n)].try_into().unwrap_or([0; 8]));
+            if n < 9 || len < 2 || len > file_len - 8 || magic[8] != b'{' {
+                return Err(not_a_checkpoint(magic[..n].first().copied()));
+            }
+            let entries = safetensors::read_lazy(&mut file, file_len)?;
+            let names = entries
+                .iter()
+                .map(|(k, e)| (k.clone(), e.dtype, e.shape.clone()))
+                .collect();
+            let tensors = entries.into_iter().map(|(_, e)| e).collect();
+            (names, LazySource::Safetensors { file, tensors })
+        };
+    let mut keys = Vec::with_capacity(names.len());
+    let mut index = HashMap::with_capacity(names.len());
+    for (key, dtype, shape) in names {
+        let key = strip_key_prefixes(&key).to_string();
+        if index.insert(key.clone(), keys.len()).is_some() {
+            return Err(CheckpointError::DuplicateKey(key));
+        }
+        keys.push((key, dtype, shape));
+    }
+    Ok(LazyCheckpoint {
+        keys,
+        index,
+        source: RefCell::new(source),
+    })
+}
+
+impl LazyCheckpoint {
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Reads every tensor into a [`StateDict`] (what [`read_state_dict`] returns).
+    pub fn load_all(&self) -> Result<StateDict, CheckpointError> {
+        let mut sd = StateDict::new();
+        for (key, _, _) in &self.keys {
+            let t = self.load_tensor(key)?.expect("listed key").into_owned();
+            sd.insert(key.clone(), t);
+        }
+        Ok(sd)
+    }
+}
+
+impl TensorStore for LazyCheckpoint {
+    fn tensor_names(&self) -> Vec<&str> {
+        self.keys.iter().map(|(k, _, _)| k.as_str()).collect()
+    }
+    fn tensor_meta(&self, key: &str) -> Option<(DType, &[usize])> {
+        let (_, dtype, shape) = &self.keys[*self.index.get(key)?];
+        Some((*dtype, shape.as_slice()))
+    }
+    fn load_tensor(&self, key: &str) -> Result<Option<Cow<'_, RawTensor>>, CheckpointError> {
+        let Some(&i) = self.index.get(key) else {
+            return Ok(None);
+        };
+        let t = match &mut *self.source.borrow_mut() {
+            LazySource::Pth { archive, tensors } => archive.load(&tensors[i])?,
+            LazySource::Safetensors { file, tensors } => safetensors::load(file, &tensors[i])?,
+        };
+        Ok(Some(Cow::Owned(t)))
+    }
 }

@@ -219,8 +219,94 @@ impl<R: Read + Seek> PthArchive<R> {
         Ok(out)
     }
 
-    /// Reads the first `len` bytes of storage `key`.
-    fn read_storage(&mut self, key: &str, len: u64) -> Result<Vec<u8>, CheckpointError> {
+    /// Validates the given `(key, tensor value)` pairs as [`Self::materialize`] does, in the same
+    /// order and with the same errors, but reads no storage bytes: each tensor is read later, on
+    /// its own, by [`Self::load`]. Only the storage entries' declared sizes are checked here.
+    pub(crate) fn plan_lazy(
+        &mut self,
+        items: &[(String, Value)],
+    ) -> Result<Vec<(String, LazyTensor)>, CheckpointError> {
+        let mut plans = Vec::with_capacity(items.len());
+        let id = |key: &Rc<str>| Rc::as_ptr(key) as *const u8 as usize;
+        let mut need: HashMap<usize, u64> = HashMap::new();
+        for (key, value) in items {
+            let t = match self.heap.get(value) {
+                Some(Object::Custom(TorchObject::Tensor(t))) => t.clone(),
+                _ => {
+                    return Err(CheckpointError::NotATensor {
+                        key: key.clone(),
+                        found: self.heap.describe(value),
+                    })
+                }
+            };
+            let plan = ViewPlan::new(key, &t)?;
+            let declared = t.storage.numel.saturating_mul(plan.itemsize);
+            if declared < plan.extent_bytes {
+                return Err(CheckpointError::StorageTooSmall {
+                    key: t.storage.key.to_string(),
+                    available: declared,
+                    needed: plan.extent_bytes,
+                });
+            }
+            let e = need.entry(id(&t.storage.key)).or_insert(0);
+            *e = (*e).max(plan.extent_bytes);
+            plans.push((key.clone(), t, plan));
+        }
+        // The totals `materialize` bounds, so that a file refused there is refused here.
+        let mut seen: HashMap<usize, ()> = HashMap::new();
+        let mut read_total: u64 = 0;
+        let mut out_total: u64 = 0;
+        let mut out = Vec::with_capacity(plans.len());
+        for (key, t, plan) in plans {
+            let skey = id(&t.storage.key);
+            if seen.insert(skey, ()).is_none() {
+                read_total = read_total.saturating_add(need[&skey]);
+                if read_total > MAX_TOTAL_BYTES {
+                    return Err(too_large("storages".into(), read_total, MAX_TOTAL_BYTES));
+                }
+                self.storage_entry(&t.storage.key, need[&skey])?;
+            }
+            out_total = out_total.saturating_add(plan.out_bytes);
+            let out_limit = read_total
+                .saturating_mul(4)
+                .saturating_add(MAX_EXPANDED_BYTES);
+            if out_total > out_limit {
+                return Err(too_large("tensor data".into(), out_total, out_limit));
+            }
+            out.push((
+                key,
+                LazyTensor {
+                    storage: t.storage.key.clone(),
+                    plan,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Reads one tensor planned by [`Self::plan_lazy`]: its storage's bytes up to the view's
+    /// extent, then the view (no copy when the view is the whole storage).
+    pub(crate) fn load(&mut self, t: &LazyTensor) -> Result<RawTensor, CheckpointError> {
+        let plan = &t.plan;
+        let src = self.read_storage(&t.storage, plan.extent_bytes)?;
+        let data = if plan.is_whole(src.len()) {
+            src
+        } else {
+            plan.gather(&src)
+        };
+        Ok(RawTensor {
+            dtype: plan.dtype,
+            shape: plan.shape.clone(),
+            data,
+        })
+    }
+
+    /// The entry of storage `key` if it holds at least `len` bytes within the inflation limit.
+    fn storage_entry(
+        &mut self,
+        key: &str,
+        len: u64,
+    ) -> Result<zip::read::ZipFile<'_, R>, CheckpointError> {
         let name = format!("{}data/{}", self.prefix, key);
         let entry = match self.zip.by_name(&name) {
             Ok(e) => e,
@@ -249,6 +335,17 @@ impl<R: Read + Seek> PthArchive<R> {
                 limit,
             ));
         }
+        Ok(entry)
+    }
+
+    /// Reads the first `len` bytes of storage `key`.
+    fn read_storage(&mut self, key: &str, len: u64) -> Result<Vec<u8>, CheckpointError> {
+        let too_small = |available| CheckpointError::StorageTooSmall {
+            key: key.into(),
+            available,
+            needed: len,
+        };
+        let entry = self.storage_entry(key, len)?;
         // Never trust a size for preallocation beyond what compressed data
         // can plausibly expand to (deflate's maximum ratio is ~1032).
         let plausible = entry.compressed_size().saturating_mul(1032).max(4096);
@@ -298,6 +395,22 @@ fn read_small_entry<R: Read + Seek>(
         Ok(entry) => read_capped(entry, 64, name).map(Some),
         Err(ZipError::FileNotFound) => Ok(None),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// A tensor of a lazily read archive: its storage and validated view.
+pub(crate) struct LazyTensor {
+    storage: Rc<str>,
+    plan: ViewPlan,
+}
+
+impl LazyTensor {
+    pub(crate) fn dtype(&self) -> DType {
+        self.plan.dtype
+    }
+
+    pub(crate) fn shape(&self) -> &[usize] {
+        &self.plan.shape
     }
 }
 
