@@ -15,6 +15,10 @@
 //! * Anything else that parses as safetensors is read with the `safetensors`
 //!   crate.
 //!
+//! [`open_checkpoint`] reads the same files lazily into a [`LazyCheckpoint`]
+//! (the pickle or header only; one tensor per [`TensorStore::load_tensor`]),
+//! which is what `pack` streams from.
+//!
 //! Unwrapping (`torch.rs`): a flat state dict is returned as is. A nested official VAR
 //! training checkpoint (`{'epoch', 'iter', 'trainer': {'var_wo_ddp': ..,
 //! 'vae_local': .., 'var_opt': ..}, 'args': ..}`) needs a [`Role`] to pick
