@@ -378,6 +378,11 @@ fn streaming_pack_refuses_bad_input_as_the_in_memory_one_does_and_leaves_no_file
         .unwrap();
     let err = pack_to_file(&lv, &la, &opts, &out).expect_err("truncated");
     assert!(matches!(err, ConvertError::Checkpoint(_)), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("vae.safetensors, tensor ") && !msg.contains('\n'),
+        "{msg}"
+    );
     assert_eq!(std::fs::read(&out).unwrap(), b"previous");
     assert!(!dir.join("model.srdd.partial").exists());
 

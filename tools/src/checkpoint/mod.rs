@@ -394,6 +394,8 @@ impl TensorStore for StateDict {
 /// `.pth` pickle (and validates every view and storage entry size) or the safetensors header;
 /// [`TensorStore::load_tensor`] then reads that tensor's bytes alone.
 pub struct LazyCheckpoint {
+    /// The file, named in read errors (they come long after opening).
+    path: std::path::PathBuf,
     /// `(key, dtype, shape)` in file order, keys with `_orig_mod.`/`module.` stripped.
     keys: Vec<(String, DType, Vec<usize>)>,
     index: HashMap<String, usize>,
@@ -471,6 +473,7 @@ pub fn open_checkpoint(path: &Path, role: Role) -> Result<LazyCheckpoint, Checkp
         keys.push((key, dtype, shape));
     }
     Ok(LazyCheckpoint {
+        path: path.to_path_buf(),
         keys,
         index,
         source: RefCell::new(source),
@@ -511,9 +514,17 @@ impl TensorStore for LazyCheckpoint {
             return Ok(None);
         };
         let t = match &mut *self.source.borrow_mut() {
-            LazySource::Pth { archive, tensors } => archive.load(&tensors[i])?,
-            LazySource::Safetensors { file, tensors } => safetensors::load(file, &tensors[i])?,
+            LazySource::Pth { archive, tensors } => archive.load(&tensors[i]),
+            LazySource::Safetensors { file, tensors } => safetensors::load(file, &tensors[i]),
         };
-        Ok(Some(Cow::Owned(t)))
+        match t {
+            Ok(t) => Ok(Some(Cow::Owned(t))),
+            // An I/O error says neither which file nor which tensor.
+            Err(CheckpointError::Io(e)) => Err(CheckpointError::Io(std::io::Error::new(
+                e.kind(),
+                format!("{}, tensor {key}: {e}", self.path.display()),
+            ))),
+            Err(e) => Err(e),
+        }
     }
 }
