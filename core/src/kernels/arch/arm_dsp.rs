@@ -21,7 +21,7 @@
 //! The DSP intrinsics of `core::arch::arm` are unstable, so the instructions are inline `asm!`.
 //! Each inner loop is one `asm!` block: left to LLVM, the 4-row loop built from one-instruction
 //! blocks hoisted all eight activation loads and spilled them (26 instructions per group instead
-//! of 17).
+//! of 16).
 
 use crate::kernels::gemm::Emit;
 use crate::kernels::layers::PanelsI8;
@@ -36,6 +36,75 @@ const MR: usize = 4;
 /// Groups of 4 inputs unpacked at a time (512 inputs; the buffer is `MR · KC · 8` = 4 KiB of
 /// stack).
 const KC: usize = 128;
+
+/// One group of [`dot_rows4`]'s loop.
+macro_rules! rows4_group {
+    () => {
+        concat!(
+            "ldr {w}, [{wp}], #64\n",
+            "sxtb16 {we}, {w}\n",
+            "sxtb16 {w}, {w}, ror #8\n",
+            "ldrd {x0}, {x1}, [{xp}], #8\n",
+            "smlad {s0}, {x0}, {we}, {s0}\n",
+            "smlad {s0}, {x1}, {w}, {s0}\n",
+            "ldrd {x0}, {x1}, [{xp}], #8\n",
+            "smlad {s1}, {x0}, {we}, {s1}\n",
+            "smlad {s1}, {x1}, {w}, {s1}\n",
+            "ldrd {x0}, {x1}, [{xp}], #8\n",
+            "smlad {s2}, {x0}, {we}, {s2}\n",
+            "smlad {s2}, {x1}, {w}, {s2}\n",
+            "ldrd {x0}, {x1}, [{xp}], #8\n",
+            "smlad {s3}, {x0}, {we}, {s3}\n",
+            "smlad {s3}, {x1}, {w}, {s3}\n",
+        )
+    };
+}
+
+/// One group of [`dot_rows2`]'s loop.
+macro_rules! rows2_group {
+    () => {
+        concat!(
+            "ldr {w}, [{wp}], #64\n",
+            "sxtb16 {we}, {w}\n",
+            "sxtb16 {w}, {w}, ror #8\n",
+            "ldrd {x0}, {x1}, [{xp}], #8\n",
+            "smlad {s0}, {x0}, {we}, {s0}\n",
+            "smlad {s0}, {x1}, {w}, {s0}\n",
+            "ldrd {x0}, {x1}, [{xp}], #8\n",
+            "smlad {s1}, {x0}, {we}, {s1}\n",
+            "smlad {s1}, {x1}, {w}, {s1}\n",
+        )
+    };
+}
+
+/// One group of [`dot_row1_cols4`]'s loop.
+macro_rules! row1_cols4_group {
+    () => {
+        concat!(
+            "ldrd {x0}, {x1}, [{xp}], #8\n",
+            "ldr {w}, [{wp}], #64\n",
+            "sxtb16 {t}, {w}\n",
+            "sxtb16 {w}, {w}, ror #8\n",
+            "smlad {s0}, {x0}, {t}, {s0}\n",
+            "smlad {s0}, {x1}, {w}, {s0}\n",
+            "ldr {w}, [{wp}, #-60]\n",
+            "sxtb16 {t}, {w}\n",
+            "sxtb16 {w}, {w}, ror #8\n",
+            "smlad {s1}, {x0}, {t}, {s1}\n",
+            "smlad {s1}, {x1}, {w}, {s1}\n",
+            "ldr {w}, [{wp}, #-56]\n",
+            "sxtb16 {t}, {w}\n",
+            "sxtb16 {w}, {w}, ror #8\n",
+            "smlad {s2}, {x0}, {t}, {s2}\n",
+            "smlad {s2}, {x1}, {w}, {s2}\n",
+            "ldr {w}, [{wp}, #-52]\n",
+            "sxtb16 {t}, {w}\n",
+            "sxtb16 {w}, {w}, ror #8\n",
+            "smlad {s3}, {x0}, {t}, {s3}\n",
+            "smlad {s3}, {x1}, {w}, {s3}\n",
+        )
+    };
+}
 
 /// Bytes 0 and 2 of `x`, each sign-extended into a 16-bit half.
 #[inline(always)]
@@ -160,35 +229,31 @@ unsafe fn tile<const R: usize>(
 
 /// `s[r] += Σ_g Σ_i x[r][4g + i] · w[4g + i]` for `n ≥ 1` groups: `wp` walks one channel's
 /// words of a panel (64 bytes apart), `xp` the unpacked 4-row buffer (even word, odd word per
-/// row and group). Per group: 1 weight load, 2 unpacks, 4 `LDRD`, 8 `SMLAD`, the loop's 2.
+/// row and group). Per group: 1 weight load, 2 unpacks, 4 `LDRD`, 8 `SMLAD`, and 1 of the loop's
+/// 2 (the loop runs over pairs of groups): 16 instructions for 16 MACs.
 ///
 /// # Safety
 /// The core has the DSP extension; `wp` has `n` words 64 bytes apart and `xp` `8n` words.
 #[inline(always)]
 unsafe fn dot_rows4(wp: *const u32, xp: *const u32, n: usize, s: &mut [i32; MR]) {
     debug_assert!(n >= 1);
-    // SAFETY: the caller's contract; `LDR` tolerates an unaligned `wp` on v7-M, and `xp` (a u32
-    // buffer) is word-aligned as `LDRD` needs.
+    // SAFETY: the caller's contract; `LDR` tolerates an unaligned `wp` on v7-M (CCR.UNALIGN_TRP
+    // is left clear), and `xp` (a u32 buffer) is word-aligned as `LDRD` needs.
     unsafe {
         asm!(
+            // Groups in pairs, one first when `n` is odd (`lsrs` leaves bit 0 in the carry).
+            "lsrs {n}, {n}, #1",
+            "bcc 3f",
+            rows4_group!(),
+            "3:",
+            "cmp {n}, #0",
+            "beq 4f",
             "2:",
-            "ldr {w}, [{wp}], #64",
-            "sxtb16 {we}, {w}",
-            "sxtb16 {w}, {w}, ror #8",
-            "ldrd {x0}, {x1}, [{xp}], #8",
-            "smlad {s0}, {x0}, {we}, {s0}",
-            "smlad {s0}, {x1}, {w}, {s0}",
-            "ldrd {x0}, {x1}, [{xp}], #8",
-            "smlad {s1}, {x0}, {we}, {s1}",
-            "smlad {s1}, {x1}, {w}, {s1}",
-            "ldrd {x0}, {x1}, [{xp}], #8",
-            "smlad {s2}, {x0}, {we}, {s2}",
-            "smlad {s2}, {x1}, {w}, {s2}",
-            "ldrd {x0}, {x1}, [{xp}], #8",
-            "smlad {s3}, {x0}, {we}, {s3}",
-            "smlad {s3}, {x1}, {w}, {s3}",
+            rows4_group!(),
+            rows4_group!(),
             "subs {n}, {n}, #1",
             "bne 2b",
+            "4:",
             wp = inout(reg) wp => _,
             xp = inout(reg) xp => _,
             n = inout(reg) n => _,
@@ -206,7 +271,7 @@ unsafe fn dot_rows4(wp: *const u32, xp: *const u32, n: usize, s: &mut [i32; MR])
 }
 
 /// As [`dot_rows4`] for 2 rows (the buffer holds 2 rows per group): per group 1 weight load, 2
-/// unpacks, 2 `LDRD`, 4 `SMLAD`, the loop's 2.
+/// unpacks, 2 `LDRD`, 4 `SMLAD`, 1 of the loop's 2: 10 instructions for 8 MACs.
 ///
 /// # Safety
 /// As [`dot_rows4`], with `4n` buffer words.
@@ -215,18 +280,19 @@ unsafe fn dot_rows2(wp: *const u32, xp: *const u32, n: usize, s: &mut [i32; 2]) 
     // SAFETY: as `dot_rows4`.
     unsafe {
         asm!(
+            // Groups in pairs, one first when `n` is odd (`lsrs` leaves bit 0 in the carry).
+            "lsrs {n}, {n}, #1",
+            "bcc 3f",
+            rows2_group!(),
+            "3:",
+            "cmp {n}, #0",
+            "beq 4f",
             "2:",
-            "ldr {w}, [{wp}], #64",
-            "sxtb16 {we}, {w}",
-            "sxtb16 {w}, {w}, ror #8",
-            "ldrd {x0}, {x1}, [{xp}], #8",
-            "smlad {s0}, {x0}, {we}, {s0}",
-            "smlad {s0}, {x1}, {w}, {s0}",
-            "ldrd {x0}, {x1}, [{xp}], #8",
-            "smlad {s1}, {x0}, {we}, {s1}",
-            "smlad {s1}, {x1}, {w}, {s1}",
+            rows2_group!(),
+            rows2_group!(),
             "subs {n}, {n}, #1",
             "bne 2b",
+            "4:",
             wp = inout(reg) wp => _,
             xp = inout(reg) xp => _,
             n = inout(reg) n => _,
@@ -244,7 +310,7 @@ unsafe fn dot_rows2(wp: *const u32, xp: *const u32, n: usize, s: &mut [i32; 2]) 
 /// One row against 4 channels: `s[c] += Σ_g Σ_i x[4g + i] · w[j + c][4g + i]`, `wp` at channel
 /// `j`'s word of the first group (the 4 channels' words are adjacent), `xp` the unpacked 1-row
 /// buffer. Each activation pair is loaded once for the 4 channels: per group 1 `LDRD`, 4 × (1
-/// weight load, 2 unpacks, 2 `SMLAD`), the loop's 2.
+/// weight load, 2 unpacks, 2 `SMLAD`), 1 of the loop's 2: 22 instructions for 16 MACs.
 ///
 /// # Safety
 /// As [`dot_rows4`], with `2n` buffer words and 4 channels' words per group.
@@ -255,30 +321,19 @@ unsafe fn dot_row1_cols4(wp: *const u32, xp: *const u32, n: usize, s: &mut [i32;
     // other channels' words are at −60, −56 and −52 from it.
     unsafe {
         asm!(
+            // Groups in pairs, one first when `n` is odd (`lsrs` leaves bit 0 in the carry).
+            "lsrs {n}, {n}, #1",
+            "bcc 3f",
+            row1_cols4_group!(),
+            "3:",
+            "cmp {n}, #0",
+            "beq 4f",
             "2:",
-            "ldrd {x0}, {x1}, [{xp}], #8",
-            "ldr {w}, [{wp}], #64",
-            "sxtb16 {t}, {w}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {s0}, {x0}, {t}, {s0}",
-            "smlad {s0}, {x1}, {w}, {s0}",
-            "ldr {w}, [{wp}, #-60]",
-            "sxtb16 {t}, {w}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {s1}, {x0}, {t}, {s1}",
-            "smlad {s1}, {x1}, {w}, {s1}",
-            "ldr {w}, [{wp}, #-56]",
-            "sxtb16 {t}, {w}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {s2}, {x0}, {t}, {s2}",
-            "smlad {s2}, {x1}, {w}, {s2}",
-            "ldr {w}, [{wp}, #-52]",
-            "sxtb16 {t}, {w}",
-            "sxtb16 {w}, {w}, ror #8",
-            "smlad {s3}, {x0}, {t}, {s3}",
-            "smlad {s3}, {x1}, {w}, {s3}",
+            row1_cols4_group!(),
+            row1_cols4_group!(),
             "subs {n}, {n}, #1",
             "bne 2b",
+            "4:",
             wp = inout(reg) wp => _,
             xp = inout(reg) xp => _,
             n = inout(reg) n => _,
