@@ -186,3 +186,71 @@ fn gemm_i8_scalar(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::pack::{pack_panels, panels_len};
+
+    #[test]
+    fn raw_sums_equal_the_plain_sums_on_every_supported_isa_and_bad_input_is_refused() {
+        const ROWS: usize = 21;
+        const K: usize = 13;
+        let (m, lda, win) = (3, panel_k(K) + 1, (2, 19));
+        let mut seed = 7u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 24) as u8 as i8
+        };
+        let w: [i8; ROWS * K] = core::array::from_fn(|_| next());
+        let mut q = [0i8; panels_len(ROWS, K)];
+        assert!(pack_panels(&w, ROWS, K, &mut q));
+        let scales = [1.0f32; ROWS];
+        let panels = PanelsI8::new(&q, &scales, ROWS, K, 1).unwrap();
+        let mut a = [0i8; 2 * (panel_k(K) + 1) + panel_k(K)];
+        for t in 0..m {
+            for i in 0..K {
+                a[t * lda + i] = next().max(-127);
+            }
+        }
+        let original = a;
+        let mut expected = [0i32; 3 * 17];
+        for t in 0..m {
+            for o in win.0..win.1 {
+                expected[t * 17 + o - win.0] = (0..K)
+                    .map(|i| a[t * lda + i] as i32 * w[o * K + i] as i32)
+                    .sum();
+            }
+        }
+        for isa in Isa::ALL {
+            let mut out = [0i32; 3 * 17];
+            let ran = gemm_i8_sums(isa, &mut a, lda, m, &panels, win, &mut out);
+            assert_eq!(ran, isa.supported(), "{isa:?}");
+            if ran {
+                assert_eq!(out, expected, "{isa:?}");
+            }
+            assert_eq!(a, original, "{isa:?}: the codes are restored");
+        }
+        let mut out = [0i32; 3 * 17];
+        let sums = |a: &mut [i8], lda: usize, win: (usize, usize), out: &mut [i32]| {
+            gemm_i8_sums(Isa::Scalar, a, lda, m, &panels, win, out)
+        };
+        assert!(!sums(&mut a.clone(), 0, win, &mut out), "lda 0");
+        assert!(
+            !sums(&mut a.clone(), lda, (0, ROWS + 1), &mut out),
+            "past the rows"
+        );
+        assert!(
+            !sums(&mut a.clone(), lda, win, &mut out[..50]),
+            "short output"
+        );
+        let mut short = a;
+        assert!(
+            !sums(&mut short[..a.len() - 1], lda, win, &mut out),
+            "short rows"
+        );
+        let mut bad = a;
+        bad[5] = i8::MIN;
+        assert!(!sums(&mut bad, lda, win, &mut out), "a −128 code");
+    }
+}
