@@ -27,6 +27,7 @@ use crate::kernels::gemm::Emit;
 use crate::kernels::layers::PanelsI8;
 use crate::kernels::pack::{panel_k, PANEL_KR, PANEL_NR};
 use core::arch::asm;
+use core::mem::MaybeUninit;
 
 /// Bytes of one 16-channel × 4-input group of a panel.
 const GROUP: usize = PANEL_NR * PANEL_KR;
@@ -171,23 +172,28 @@ unsafe fn tile<const R: usize>(
     emit: &mut Emit<impl FnMut(usize, usize, &[i32])>,
 ) {
     let groups = panel_k(w.k) / PANEL_KR;
-    // Unpacked activations of chunk `c`: `buf[(g · R + r) · 2 ..][..2]` = the even and odd
-    // bytes of group `c + g` of row `t0 + r`.
-    let mut buf = [0u32; MR * KC * 2];
-    let unpack = |buf: &mut [u32; MR * KC * 2], c: usize, n: usize| {
+    // Unpacked activations of chunk `c`: words `(g · R + r) · 2` and `+ 1` = the even and odd
+    // bytes of group `c + g` of row `t0 + r`. Left uninitialized (zeroing 4 KiB per tile costs
+    // as much as the unpacking): the kernels read only the `n` groups `unpack` has written.
+    let mut buf = MaybeUninit::<[u32; MR * KC * 2]>::uninit();
+    let bp = buf.as_mut_ptr() as *mut u32;
+    let unpack = |c: usize, n: usize| {
         for r in 0..R {
-            // SAFETY: row `t0 + r` has `4 · groups` readable bytes (caller's contract).
+            // SAFETY: row `t0 + r` has `4 · groups` readable bytes (caller's contract), and
+            // `(g · R + r) · 2 + 1 < MR · KC · 2` as `g < n ≤ KC` and `r < R ≤ MR`.
             let row = unsafe { a.as_ptr().add((t0 + r) * lda + c * PANEL_KR) };
             for g in 0..n {
                 let x = unsafe { (row.add(g * PANEL_KR) as *const u32).read_unaligned() };
-                buf[(g * R + r) * 2] = sxtb16(x);
-                buf[(g * R + r) * 2 + 1] = sxtb16_ror8(x);
+                unsafe {
+                    bp.add((g * R + r) * 2).write(sxtb16(x));
+                    bp.add((g * R + r) * 2 + 1).write(sxtb16_ror8(x));
+                }
             }
         }
     };
     let one_chunk = groups <= KC;
     if one_chunk {
-        unpack(&mut buf, 0, groups);
+        unpack(0, groups);
     }
     for p in p0..p1 {
         // SAFETY (whole loop): the caller bounds every panel.
@@ -196,9 +202,9 @@ unsafe fn tile<const R: usize>(
         for c in (0..groups).step_by(KC) {
             let n = KC.min(groups - c);
             if !one_chunk {
-                unpack(&mut buf, c, n);
+                unpack(c, n);
             }
-            let xp = buf.as_ptr();
+            let xp = bp as *const u32;
             // SAFETY (all calls): `n ≥ 1` groups of each channel lie in the panel, and the
             // buffer holds `n` unpacked groups of `R` rows.
             if R == 1 {
