@@ -9,9 +9,9 @@
 //! `cfg(target_feature = "dsp")` is set on nightly only, and stable builds for a DSP core
 //! (`thumbv7em-*`) say so with the core's `arm-dsp` cargo feature (the firmware does). Enabled
 //! for a core without DSP, the build fails at the assembler rather than running a bad kernel.
-//! The scalar reference is always compiled, and
-//! every kernel with a SIMD variant has a `*_with(isa, …)` form, so tests run them all and
-//! compare bits.
+//! The scalar reference is always compiled, and every kernel with a SIMD variant has a
+//! `*_with(isa, …)` form, so tests run them all and compare bits (the Arm kernel on the
+//! Cortex-M4 under QEMU: `firmware/src/bin/kernels.rs`).
 
 /// An instruction set the kernels can run on, ordered from the portable reference upwards (each
 /// x86 one's CPUs also have the x86 ones before it, except that AVX-VNNI and AVX-512BW are
