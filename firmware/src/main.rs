@@ -1,8 +1,14 @@
 //! Samples one image with the embedded default model (int8) on a Cortex-M4 under QEMU, in a
 //! `static` arena, and prints the RGB8 image's checksum (FNV-1a-64) over semihosting. The host
 //! test `tests/tests/firmware.rs` computes the same checksum with the host int8 path.
+//!
+//! It also prints the instructions spent per phase (`icount …` lines): meaningful under
+//! `qemu-system-arm -icount shift=0` (see `icount.rs` and `scripts/firmware-icount`). With the
+//! `scalar-kernels` feature the generator runs the scalar reference kernels (the baseline).
 #![no_std]
 #![no_main]
+
+mod icount;
 
 use cortex_m_rt::entry;
 use cortex_m_semihosting::{debug, hprintln};
@@ -22,10 +28,19 @@ static mut ARENA: Arena = Arena([0; ARENA_BYTES]);
 const CLASS: u32 = 3;
 const SEED: u64 = 0;
 
-struct Progress;
+/// Prints each scale's end and the instructions it took (from the previous scale's end).
+struct Progress {
+    last: u64,
+    sum: u64,
+}
 impl StepHook for Progress {
     fn scale_done(&mut self, k: usize, _tokens: &[u32], _f_hat: &[f32]) {
+        let now = icount::instructions();
+        self.sum += now - self.last;
         hprintln!("scale {} done", k);
+        hprintln!("icount scale {}: {}", k, now - self.last);
+        // The print's own instructions are left out of the next scale.
+        self.last = icount::instructions();
     }
 }
 
@@ -36,6 +51,7 @@ fn fnv1a(h: &mut u64, bytes: &[u8]) {
 }
 
 fn run() -> Result<u64, srdd_core::Error> {
+    let t0 = icount::instructions();
     let model = Model::from_bytes(&MODEL.0)?;
     // The model's own sampling defaults, as `srdd sample` uses them; the low-memory plan
     // changes no bit of the result.
@@ -53,7 +69,13 @@ fn run() -> Result<u64, srdd_core::Error> {
     let arena = unsafe { &mut *core::ptr::addr_of_mut!(ARENA) };
     // Exactly the static arena: the generator checks it against the plan before any work.
     let mut gen = Generator::new(&model, opts, sched, &mut arena.0[..])?;
-    gen.run(&mut Progress)?;
+    let setup = icount::instructions() - t0;
+    let mut progress = Progress {
+        last: icount::instructions(),
+        sum: 0,
+    };
+    gen.run(&mut progress)?;
+    let decode_from = icount::instructions();
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut row8 = [0u8; 3 * 256];
     gen.decode(&mut |_, row| {
@@ -62,11 +84,21 @@ fn run() -> Result<u64, srdd_core::Error> {
         }
         fnv1a(&mut h, &row8[..row.len()]);
     })?;
+    let decoder = icount::instructions() - decode_from;
+    hprintln!("icount setup: {}", setup);
+    hprintln!("icount decoder: {}", decoder);
+    // The phases' sum: the progress prints between them are left out.
+    hprintln!("icount total: {}", setup + progress.sum + decoder);
+    hprintln!("isa {:?}", srdd_core::kernels::Isa::active());
     Ok(h)
 }
 
 #[entry]
 fn main() -> ! {
+    let cp = cortex_m::Peripherals::take().unwrap();
+    icount::start(cp.SYST);
+    // A loop of exactly 20,000,000 instructions: checks `icount::INSTR_PER_TICK` under -icount.
+    hprintln!("icount calibration: {}", icount::calibrate(10_000_000));
     match run() {
         Ok(h) => {
             hprintln!("checksum=0x{:016x}", h);
@@ -77,12 +109,16 @@ fn main() -> ! {
             debug::exit(debug::EXIT_FAILURE);
         }
     }
-    loop {}
+    loop {
+        cortex_m::asm::wfi();
+    }
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     hprintln!("PANIC: {}", info);
     debug::exit(debug::EXIT_FAILURE);
-    loop {}
+    loop {
+        cortex_m::asm::wfi();
+    }
 }

@@ -3,8 +3,11 @@
 //! plan, and prints the RGB8 image's FNV-1a-64 checksum; the PNG of `srdd sample --class 3
 //! --seed 0` (default chunk, whole-image decoder, threads, SIMD kernels) must have the same.
 //!
+//! The firmware's DSP kernels (`Isa::ArmDsp`, active there) must equal the scalar reference:
+//! its `kernels` binary compares them on the Cortex-M4 itself (the host cannot run Arm code).
+//!
 //! Needs the `thumbv7em-none-eabihf` target and `qemu-system-arm` (`.ci/run` installs both).
-//! Without them the test is skipped locally and fails loudly when `CI=true`.
+//! Without them the tests are skipped locally and fail loudly when `CI=true`.
 
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::generate::{Generator, Plan, SampleOptions};
@@ -109,8 +112,9 @@ fn the_cli_and_the_host_library_give_the_same_default_image() {
     assert_eq!(cli_checksum(3, 0), host_checksum(3, 0));
 }
 
-#[test]
-fn firmware_image_equals_srdd_sample_for_the_same_class_and_seed() {
+/// Builds the firmware's binaries and runs `bin` under QEMU; its output, or `None` (test
+/// skipped) without the target or QEMU outside CI. Panics when the build or the run fails.
+fn run_firmware(bin: &str) -> Option<String> {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     let target_ok = Command::new("rustup")
         .args(["target", "list", "--installed"])
@@ -122,7 +126,7 @@ fn firmware_image_equals_srdd_sample_for_the_same_class_and_seed() {
         let msg = format!("firmware test needs the thumbv7em-none-eabihf target ({target_ok}) and qemu-system-arm ({qemu_ok})");
         assert!(!ci, "{msg}");
         eprintln!("SKIPPED: {msg}");
-        return;
+        return None;
     }
     let fw = root().join("firmware");
     let build = Command::new(env!("CARGO"))
@@ -134,7 +138,7 @@ fn firmware_image_equals_srdd_sample_for_the_same_class_and_seed() {
         .status()
         .expect("cargo runs");
     assert!(build.success(), "firmware build failed");
-    let elf = fw.join("target/thumbv7em-none-eabihf/release/srdd-firmware");
+    let elf = fw.join("target/thumbv7em-none-eabihf/release").join(bin);
     let out = Command::new("timeout")
         .args([
             "900",
@@ -153,7 +157,22 @@ fn firmware_image_equals_srdd_sample_for_the_same_class_and_seed() {
         .expect("qemu runs");
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "firmware failed under QEMU:\n{text}");
+    assert!(
+        out.status.success(),
+        "firmware {bin} failed under QEMU:\n{text}"
+    );
+    Some(text)
+}
+
+#[test]
+fn firmware_image_equals_srdd_sample_for_the_same_class_and_seed() {
+    let Some(text) = run_firmware("srdd-firmware") else {
+        return;
+    };
+    assert!(
+        text.contains("isa ArmDsp"),
+        "the firmware should sample on the DSP kernels:\n{text}"
+    );
     let line = text
         .lines()
         .find(|l| l.starts_with("checksum=0x"))
@@ -165,4 +184,16 @@ fn firmware_image_equals_srdd_sample_for_the_same_class_and_seed() {
         fw_sum, cli_sum,
         "the Cortex-M4 image differs from `srdd sample --class 3 --seed 0`"
     );
+}
+
+#[test]
+fn firmware_dsp_kernels_equal_the_scalar_reference_on_the_cortex_m4() {
+    let Some(text) = run_firmware("kernels") else {
+        return;
+    };
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("kernels ok: "))
+        .unwrap_or_else(|| panic!("no pass line in:\n{text}"));
+    eprintln!("{line}");
 }

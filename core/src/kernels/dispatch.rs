@@ -4,17 +4,26 @@
 //! target CPU, so one binary runs the best kernels of whatever machine it lands on: with `std`,
 //! [`Isa::supported`] asks the CPU (`is_x86_feature_detected!`, cached by std) and
 //! [`Isa::active`] takes the best. Without `std` (the firmware, `nostd-check`) only the ISAs the
-//! compile-time target features guarantee count. The scalar reference is always compiled, and
-//! every kernel with a SIMD variant has a `*_with(isa, …)` form, so tests run them all and
-//! compare bits.
+//! compile-time target features guarantee count. On Arm, [`Isa::ArmDsp`] (the Cortex-M4/M7 DSP
+//! extension) is compiled only for a DSP core: Arm target features are unstable in Rust, so
+//! `cfg(target_feature = "dsp")` is set on nightly only, and stable builds for a DSP core
+//! (`thumbv7em-*`) say so with the core's `arm-dsp` cargo feature (the firmware does). Enabled
+//! for a core without DSP, the build fails at the assembler rather than running a bad kernel.
+//! The scalar reference is always compiled, and every kernel with a SIMD variant has a
+//! `*_with(isa, …)` form, so tests run them all and compare bits (the Arm kernel on the
+//! Cortex-M4 under QEMU: `firmware/src/bin/kernels.rs`).
 
 /// An instruction set the kernels can run on, ordered from the portable reference upwards (each
-/// one's CPUs also have the ones before it, except that AVX-VNNI and AVX-512BW are independent:
-/// a CPU may have either).
+/// x86 one's CPUs also have the x86 ones before it, except that AVX-VNNI and AVX-512BW are
+/// independent: a CPU may have either). [`Isa::ArmDsp`] sits below every x86 ISA, so the x86
+/// checks `isa >= Isa::Avx2` never hold for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Isa {
     /// The portable reference loops, compiled on every target (Cortex-M included).
     Scalar,
+    /// Armv7E-M DSP extension (Cortex-M4/M7): the int8 GEMM on `SMLAD` of `SXTB16` pairs
+    /// (`arch/arm_dsp.rs`).
+    ArmDsp,
     /// x86-64 AVX: the f32 register blocks of Linear and the stride-1 conv tiles.
     Avx,
     /// x86-64 AVX2: AVX plus the int8 GEMM on `vpmaddubsw` (sign trick, cannot saturate).
@@ -29,8 +38,9 @@ pub enum Isa {
 
 impl Isa {
     /// Every ISA, reference first.
-    pub const ALL: [Isa; 6] = [
+    pub const ALL: [Isa; 7] = [
         Isa::Scalar,
+        Isa::ArmDsp,
         Isa::Avx,
         Isa::Avx2,
         Isa::AvxVnni,
@@ -38,12 +48,19 @@ impl Isa {
         Isa::Avx512Vnni,
     ];
 
-    /// Whether this build contains the kernels of `self`: on x86-64 all of them (compiled with
-    /// `#[target_feature]`), elsewhere the scalar reference only.
+    /// Whether this build contains the kernels of `self`: on x86-64 all the x86 ones (compiled
+    /// with `#[target_feature]`), on Arm [`Isa::ArmDsp`] when the build targets a DSP core, and
+    /// the scalar reference everywhere.
     pub const fn compiled(self) -> bool {
+        const ARM_DSP: bool = cfg!(all(
+            target_arch = "arm",
+            any(target_feature = "dsp", feature = "arm-dsp")
+        ));
+        const X86: bool = cfg!(target_arch = "x86_64");
         match self {
             Isa::Scalar => true,
-            _ => cfg!(target_arch = "x86_64"),
+            Isa::ArmDsp => ARM_DSP,
+            _ => X86,
         }
     }
 
@@ -59,6 +76,7 @@ impl Isa {
             let avx2 = has!("avx") && has!("avx2");
             match self {
                 Isa::Scalar => true,
+                Isa::ArmDsp => false,
                 Isa::Avx => has!("avx"),
                 Isa::Avx2 => avx2,
                 Isa::AvxVnni => avx2 && has!("avxvnni"),
@@ -73,7 +91,8 @@ impl Isa {
             let avx2 = cfg!(all(target_feature = "avx", target_feature = "avx2"));
             let avx512 = avx2 && cfg!(all(target_feature = "avx512f", target_feature = "avx512bw"));
             match self {
-                Isa::Scalar => true,
+                // Compiled only for a DSP core (checked above).
+                Isa::Scalar | Isa::ArmDsp => true,
                 Isa::Avx => cfg!(target_feature = "avx"),
                 Isa::Avx2 => avx2,
                 Isa::AvxVnni => avx2 && cfg!(target_feature = "avxvnni"),
@@ -94,10 +113,14 @@ impl Isa {
         best
     }
 
-    /// The ISA the plain kernels ([`super::linear()`], [`super::conv2d`]) use: [`Isa::best`].
-    /// Not cached here: the core keeps no global state, and std's feature detection is already
-    /// a cached load.
+    /// The ISA the plain kernels ([`super::linear()`], [`super::conv2d`]) use: [`Isa::best`], or
+    /// [`Isa::Scalar`] with the core's `force-scalar-kernels` feature (the firmware's baseline
+    /// for instruction counts: the same scalar code, only never leaving it). Not cached here:
+    /// the core keeps no global state, and std's feature detection is already a cached load.
     pub fn active() -> Isa {
+        if cfg!(feature = "force-scalar-kernels") {
+            return Isa::Scalar;
+        }
         Isa::best()
     }
 

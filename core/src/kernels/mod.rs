@@ -10,7 +10,7 @@
 //! | [`layers`] | the views the kernels read: [`Weight`], [`Linear`], [`Conv`], [`Norm`] |
 //! | [`dot`](mod@dot) | [`dot`](dot()), [`dot_f16`], [`dot_i8`], the f32 4 × 2 register block |
 //! | [`pack`] | the int8 weight panel layout: [`pack_official`], [`pack_panels`], [`panels_len`] |
-//! | [`gemm`] | the int8 GEMM on panels every int8 Linear and conv runs on, [`act_row_len`] |
+//! | [`gemm`] | the int8 GEMM on panels every int8 Linear and conv runs on, [`act_row_len`], [`gemm_i8_sums`] |
 //! | [`linear`](mod@linear) | [`linear`](linear()), [`linear_shared`], [`LinearScratch`], [`linear_scratch_len`] |
 //! | [`conv`] | [`conv2d`], [`ConvInput`], [`Pad`], [`conv_out_side`]; f32/f16 weights |
 //! | [`conv_i8`] | the int8 conv (implicit GEMM), [`ConvScratch`], [`conv_scratch_len`] |
@@ -23,6 +23,7 @@
 //! | `arch/x86.rs` | AVX f32 blocks, conv tiles, attention scores and weighted values |
 //! | `arch/x86_gemm.rs` | the int8 GEMM on AVX2, AVX-VNNI, AVX-512BW, AVX-512 VNNI |
 //! | `arch/x86_peak.rs` | the int8 peak probes of those four ISAs |
+//! | `arch/arm_dsp.rs` | the int8 GEMM on the Cortex-M4/M7 DSP extension (`SMLAD`) |
 //!
 //! # Contract
 //!
@@ -47,7 +48,8 @@
 //!     (`crate::math`), so the vectorized rows give the scalar bits on every target.
 //! - **Bit identity across ISAs.** int8 × int8 → i32 paths are exact, so they are identical on
 //!   every ISA by construction (activations in [−127, 127] keep `vpmaddubsw` from saturating;
-//!   see `arch/x86_gemm.rs`). f32 and f16 results of every ISA equal the scalar reference bit
+//!   see `arch/x86_gemm.rs`; the Arm DSP kernel is checked on the Cortex-M4 under QEMU by
+//!   `firmware/src/bin/kernels.rs`). f32 and f16 results of every ISA equal the scalar reference bit
 //!   for bit (with the one zero-sign caveat above). The ISA tests (`isa_tests.rs`) check every
 //!   kernel with a SIMD variant against the reference on random and adversarial inputs.
 //! - **Executors.** Outputs are split into disjoint tasks over [`crate::parallel::Parallel`];
@@ -80,7 +82,7 @@ pub use activation::{gelu_row, gelu_tanh, silu, softmax};
 pub use conv::{conv2d, conv2d_with, conv_out_side, conv_scratch_len, ConvInput, ConvScratch, Pad};
 pub use dispatch::Isa;
 pub use dot::{dot, dot_f16, dot_i8};
-pub use gemm::act_row_len;
+pub use gemm::{act_row_len, gemm_i8_sums};
 pub use layers::{Conv, Linear, Norm, PanelsI8, Weight};
 pub use linear::{linear, linear_scratch_len, linear_shared, linear_with, LinearScratch};
 pub use norm::{

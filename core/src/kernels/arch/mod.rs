@@ -2,7 +2,11 @@
 //! reference lives in the family files (`dot.rs`, `conv.rs`, `gemm.rs`, …); the reference is
 //! the fallback on every other target. The variants are compiled for their instruction sets with
 //! `#[target_feature]` whatever the build's target CPU, and which one runs is decided at run
-//! time in one place, [`super::Isa`].
+//! time in one place, [`super::Isa`]. The Arm DSP kernel is the exception: Arm target features
+//! are unstable, so it is compiled only for a DSP core (see [`super::Isa::ArmDsp`]).
+
+#[cfg(all(target_arch = "arm", any(target_feature = "dsp", feature = "arm-dsp")))]
+pub(crate) mod arm_dsp;
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
