@@ -5,6 +5,7 @@
 //! compares the CPU engine with another forward backend op by op ([`backend_parity`]).
 
 pub mod backend_parity;
+pub mod boards;
 pub mod checkpoint;
 pub mod convert;
 pub mod inspect;

@@ -90,7 +90,7 @@ enum Cmd {
     },
     /// Print the header, tensor table and per-operation arena sizes.
     #[command(
-        after_help = "Examples:\n  srdd-tools inspect models/default-int8.srdd\n  srdd-tools inspect -m models/default-int8.srdd --json"
+        after_help = "Examples:\n  srdd-tools inspect models/default-int8.srdd\n  srdd-tools inspect -m models/default-int8.srdd --json\n  srdd-tools inspect models/default-int8.srdd --board all"
     )]
     Inspect {
         /// Model file (or give it with -m/--model).
@@ -103,6 +103,10 @@ enum Cmd {
         /// layout, and the arena of each operation with its nested buffers.
         #[arg(long)]
         json: bool,
+        /// Instead of the tables: whether the model fits an edge board (flash, RAM) and its
+        /// instructions and estimated time per image; NAME is a board or `all`.
+        #[arg(long, value_name = "NAME")]
+        board: Option<String>,
     },
     /// Run every case of a parity fixture directory (manifest.json schema), or with --backend
     /// compare the CPU engine with another backend op by op.
@@ -208,10 +212,26 @@ fn run(cli: Cli) -> Result<bool, String> {
             );
             Ok(true)
         }
-        Cmd::Inspect { file, model, json } => {
+        Cmd::Inspect {
+            file,
+            model,
+            json,
+            board,
+        } => {
             let file = one_path(file, model, "model", "MODEL or -m/--model")?;
             let bytes =
                 AlignedBytes::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            if let Some(name) = board {
+                // The board name first, so a typo is reported before the model is parsed.
+                if name != "all" {
+                    srdd_tools::boards::find(&name)?;
+                }
+                let m = srdd_core::Model::from_bytes(bytes.as_bytes())
+                    .map_err(|e| format!("{}: {e}", file.display()))?;
+                let s = srdd_tools::boards::report(&m, bytes.as_bytes().len() as u64, &name, json)?;
+                println!("{s}");
+                return Ok(true);
+            }
             let s = srdd_tools::inspect::report(bytes.as_bytes(), json)
                 .map_err(|e| format!("{}: {e}", file.display()))?;
             println!("{s}");
