@@ -92,7 +92,7 @@ fn band_shapes(cfg: &ModelConfig) -> Result<Shapes> {
     Ok(v)
 }
 
-/// Rows of a conv input window (and of the output band of a node feeding a residual).
+/// Rows of a 3×3 conv's input window for a band of `band_rows` output rows.
 fn win_rows(band_rows: usize, side: usize) -> usize {
     (band_rows + 2).min(side)
 }
@@ -264,8 +264,7 @@ arena_layout! {
         sqs: [f64; z.acc] = "GroupNorm channel sums of squares (widest GroupNorm C_in)",
         /// Conv input rows (normalised or upsampled), or the skip rows of a `nin_shortcut`
         /// followed by its output.
-        win: [f32; z.win] =
-            "conv window (C_in x (band + 2) x side; nin_shortcut in + out)",
+        win: [f32; z.win] = "conv window (C_in x (band + 2) x side; nin_shortcut in + out)",
         /// Conv output of one band: the newest (pending) rows of the node that made them.
         out: [f32; z.out] = "conv output band (C_out x band x side, widest node)",
         /// Int8 conv: pixel-major quantized input.
