@@ -84,6 +84,39 @@ fn token_chunks_do_not_change_results() {
     });
 }
 
+/// The low-memory configuration (one-token chunks, one CFG row at a time, one-row decoder bands
+/// with the two-row rings) gives the default configuration's tokens, logits and image bit for bit
+/// in exactly `Plan::arena_bytes` (`run_full`), and needs fewer bytes.
+#[test]
+fn low_memory_configuration_does_not_change_results() {
+    with_each_model(&MODELS, |fixture, w, model, sched| {
+        for attention in [Attention::Markov, Attention::Causal] {
+            let base = run_full(model, opts(3, attention), sched).unwrap();
+            for band_rows in [1u16, 2] {
+                let o = SampleOptions {
+                    band_rows,
+                    ..SampleOptions {
+                        top_k: 50,
+                        seed: 7,
+                        attention,
+                        ..SampleOptions::low_memory(3)
+                    }
+                };
+                let got = run_full(model, o, sched).unwrap();
+                let what = format!("{fixture} {w:?} {attention:?} low-memory band {band_rows}");
+                assert_eq!(got.tokens, base.tokens, "{what}");
+                assert_eq!(bits(&got.logits.concat()), bits(&base.logits.concat()));
+                assert_eq!(bits(&got.image), bits(&base.image), "{what}");
+                let small = Plan::new(&model.config, &o, sched).unwrap().arena_bytes();
+                let big = Plan::new(&model.config, &opts(3, attention), sched)
+                    .unwrap()
+                    .arena_bytes();
+                assert!(small < big, "{what}: {small} >= {big}");
+            }
+        }
+    });
+}
+
 #[test]
 fn step_tables_reproduce_the_global_settings() {
     with_model(OFFICIAL, WeightFormat::F32, |model| {

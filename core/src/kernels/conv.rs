@@ -4,7 +4,7 @@
 #[cfg(target_arch = "x86_64")]
 use super::arch::x86;
 use super::conv_i8::conv2d_i8;
-pub use super::conv_i8::{conv_scratch_len, ConvScratch};
+pub use super::conv_i8::{conv_scratch_len, conv_scratch_len_same, ConvScratch};
 use super::layers::{Conv, Weight};
 use super::Isa;
 use crate::parallel::{split, split_count, Parallel, SharedMut};

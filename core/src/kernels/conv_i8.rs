@@ -48,6 +48,13 @@ pub fn conv_scratch_len(
     (pixel_major.max(unfolded), cin * w, h)
 }
 
+/// Scratch sizes (unfold i8, row i8, f32) of an int8 conv with stride 1 on a `cin × h × w`
+/// input padded to `w + k − 1` columns (the "same" convs of the row-band decoder): stride 1
+/// always takes the pixel-major path, which needs no unfolded patch rows and no row buffer.
+pub fn conv_scratch_len_same(cin: usize, h: usize, w: usize, k: usize) -> (usize, usize, usize) {
+    (h * (w + k - 1) * cin + TAIL, 0, h)
+}
+
 /// The int8 conv of [`super::conv2d_with`] into `y` (`cout × ho × wo`).
 pub(crate) fn conv2d_i8(
     isa: Isa,

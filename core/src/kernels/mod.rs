@@ -79,7 +79,10 @@ mod isa_tests;
 mod tests;
 
 pub use activation::{gelu_row, gelu_tanh, silu, softmax};
-pub use conv::{conv2d, conv2d_with, conv_out_side, conv_scratch_len, ConvInput, ConvScratch, Pad};
+pub use conv::{
+    conv2d, conv2d_with, conv_out_side, conv_scratch_len, conv_scratch_len_same, ConvInput,
+    ConvScratch, Pad,
+};
 pub use dispatch::Isa;
 pub use dot::{dot, dot_f16, dot_i8};
 pub use gemm::{act_row_len, gemm_i8_sums};

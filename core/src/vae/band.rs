@@ -9,8 +9,8 @@ use crate::arena::Arena;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::kernels::{
-    conv2d, conv_scratch_len, gn_accumulate, gn_apply, gn_channel_affine, gn_group_stats,
-    ConvScratch, Pad,
+    conv2d, conv_scratch_len, conv_scratch_len_same, gn_accumulate, gn_apply, gn_channel_affine,
+    gn_group_stats, ConvScratch, Pad,
 };
 use crate::layout::arena_layout;
 use crate::parallel::Parallel;
@@ -92,9 +92,29 @@ fn band_shapes(cfg: &ModelConfig) -> Result<Shapes> {
     Ok(v)
 }
 
-/// Rows of a node's ring buffer.
-fn ring_rows(band_rows: usize, side: usize) -> usize {
+/// Rows of a 3×3 conv's input window for a band of `band_rows` output rows.
+fn win_rows(band_rows: usize, side: usize) -> usize {
     (band_rows + 2).min(side)
+}
+
+/// Rows of node `i`'s ring buffer. A node's newest rows stay in the shared output band
+/// ("pending") until its consumer has built its conv window from them, so a ring holds only
+/// the older rows a consumer still reads. A consumer at rows `[a, e)` has pulled its input to
+/// `a + 1` before (its previous band), so its window `[a − 1, e + 1)` takes two ring rows and
+/// the rest pending; its first band takes `band_rows` ring rows (the input's first band was
+/// committed before its next). An upsampling consumer reads input rows `(a − 1)/2 ..= e/2` with
+/// rows up to `a/2` committed: two ring rows. A residual source is read again by the block's
+/// second conv at `[a, e)` after the first conv has pulled it to `e + 2`: `band_rows + 2`.
+fn ring_rows(shapes: &[Shape], i: usize, band_rows: usize) -> usize {
+    let s = &shapes[i];
+    let rows = if shapes.iter().any(|t| t.skip == Some(i)) {
+        band_rows + 2
+    } else if shapes.iter().any(|t| t.kind == Kind::Up && t.input == i) {
+        2
+    } else {
+        band_rows.max(2)
+    };
+    rows.min(s.side)
 }
 
 /// Values of one node's buffers; the one place their lengths are written, for both the sizing
@@ -108,8 +128,9 @@ struct NodeLens {
     affine: usize,
 }
 
-fn node_lens(s: &Shape, band_rows: usize) -> NodeLens {
-    let rows = ring_rows(band_rows, s.side);
+fn node_lens(shapes: &[Shape], i: usize, band_rows: usize) -> NodeLens {
+    let s = &shapes[i];
+    let rows = ring_rows(shapes, i, band_rows);
     NodeLens {
         rows,
         ring: match s.kind {
@@ -199,10 +220,8 @@ arena_layout! {
 struct StreamSizes {
     win: usize,
     out: usize,
-    out2: usize,
     acc: usize,
     unfold: usize,
-    qrow: usize,
     row_scale: usize,
     image_side: usize,
     int8: bool,
@@ -214,25 +233,22 @@ fn stream_sizes(cfg: &ModelConfig, shapes: &[Shape], band_rows: usize) -> Stream
         int8: is_int8(cfg),
         ..StreamSizes::default()
     };
+    // Every conv here has stride 1 and keeps the width: pixel-major int8 scratch only.
     for s in &shapes[1..] {
-        let r = ring_rows(band_rows, s.side);
+        let r = win_rows(band_rows, s.side);
         let n = band_rows.min(s.side);
         z.win = z.win.max(s.cin * r * s.side);
         z.out = z.out.max(s.cout * n * s.side);
-        z.unfold = z
-            .unfold
-            .max(conv_scratch_len(s.cin, r, s.side, s.side, 3).0);
-        z.qrow = z.qrow.max(s.cin * s.side);
+        z.unfold = z.unfold.max(conv_scratch_len_same(s.cin, r, s.side, 3).0);
         z.row_scale = z.row_scale.max(r);
         if s.kind == Kind::NormConv {
             z.acc = z.acc.max(s.cin);
         }
         if let (true, Some(k)) = (s.nin, s.skip) {
+            // The skip rows and the `nin_shortcut` output share the window buffer.
             let cs = shapes[k].cout;
-            z.win = z.win.max(cs * n * s.side);
-            z.out2 = z.out2.max(s.cout * n * s.side);
-            z.unfold = z.unfold.max(conv_scratch_len(cs, n, s.side, s.side, 1).0);
-            z.qrow = z.qrow.max(cs * s.side);
+            z.win = z.win.max((cs + s.cout) * n * s.side);
+            z.unfold = z.unfold.max(conv_scratch_len_same(cs, n, s.side, 1).0);
             z.row_scale = z.row_scale.max(n);
         }
     }
@@ -246,16 +262,14 @@ arena_layout! {
         sums: [f64; z.acc] = "GroupNorm channel sums (widest GroupNorm C_in)",
         /// Per-channel sums of squares.
         sqs: [f64; z.acc] = "GroupNorm channel sums of squares (widest GroupNorm C_in)",
-        /// Conv input rows (normalised or upsampled), or the skip rows of a `nin_shortcut`.
-        win: [f32; z.win] = "conv input window (C_in x (band + 2) x side, widest node)",
-        /// Conv output of one band.
+        /// Conv input rows (normalised or upsampled), or the skip rows of a `nin_shortcut`
+        /// followed by its output.
+        win: [f32; z.win] = "conv window (C_in x (band + 2) x side; nin_shortcut in + out)",
+        /// Conv output of one band: the newest (pending) rows of the node that made them.
         out: [f32; z.out] = "conv output band (C_out x band x side, widest node)",
-        /// `nin_shortcut` output of one band.
-        out2: [f32; z.out2] = "nin_shortcut output band (C_out x band x side)",
-        /// Int8 conv: unfolded input.
-        unfold: [i8; int8_len(z.int8, z.unfold)] = "band int8 conv unfold (window x C_in x 3)",
-        /// Int8 conv: one quantized input row.
-        qrow: [i8; int8_len(z.int8, z.qrow)] = "band int8 conv row (C_in x side)",
+        /// Int8 conv: pixel-major quantized input.
+        unfold: [i8; int8_len(z.int8, z.unfold)] =
+            "band int8 conv input ((band + 2) x (side + 2) x C_in)",
         /// Int8 conv: per-row activation scales.
         row_scale: [f32; int8_len(z.int8, z.row_scale)] = "band int8 conv row scales (band + 2)",
         /// One output row, interleaved RGB.
@@ -270,9 +284,8 @@ pub(super) fn scratch_bytes(cfg: &ModelConfig, band_rows: usize) -> Option<usize
     let shapes = band_shapes(cfg).ok()?;
     let shapes = &shapes[..];
     let latent = Latent::new(cfg);
-    let rings: usize = shapes
-        .iter()
-        .map(|s| NodeBufs::bytes(&node_lens(s, band_rows)))
+    let rings: usize = (0..shapes.len())
+        .map(|i| NodeBufs::bytes(&node_lens(shapes, i, band_rows)))
         .sum();
     let stream = rings + StreamBufs::bytes(&stream_sizes(cfg, shapes, band_rows));
     Some(SourceBuf::bytes(&latent) + LatentBufs::bytes(&latent).max(stream))
@@ -285,9 +298,8 @@ pub(super) fn buffers(cfg: &ModelConfig, band_rows: usize) -> Option<super::Buff
     let shapes = band_shapes(cfg).ok()?;
     let latent = Latent::new(cfg);
     let mut out = super::BufferList::new();
-    let rings: usize = shapes
-        .iter()
-        .map(|s| NodeBufs::bytes(&node_lens(s, band_rows)))
+    let rings: usize = (0..shapes.len())
+        .map(|i| NodeBufs::bytes(&node_lens(&shapes, i, band_rows)))
         .sum();
     let stream = StreamBufs::buffers(&stream_sizes(cfg, &shapes, band_rows));
     let all = SourceBuf::buffers(&latent)
@@ -302,11 +314,13 @@ pub(super) fn buffers(cfg: &ModelConfig, band_rows: usize) -> Option<super::Buff
 }
 
 /// A node of the streamed part with its weights and ring buffer (row `y` in slot `y % rows`,
-/// each slot `cout × side` values).
+/// each slot `cout × side` values). Rows `[committed, produced)` are pending: they sit in the
+/// shared output band until the consumer that pulled them has read them.
 struct Node<'d, 's> {
     sh: Shape,
     rows: usize,
     produced: usize,
+    committed: usize,
     conv: Option<&'d Conv<'d>>,
     nin: Option<&'d Conv<'d>>,
     norm: Option<&'d Norm<'d>>,
@@ -316,13 +330,28 @@ struct Node<'d, 's> {
     shift: &'s mut [f32],
 }
 
+impl Node<'_, '_> {
+    /// Moves the pending rows from the output band `out` into the ring.
+    fn commit(&mut self, out: &[f32]) {
+        let (a, e, w, cout) = (self.committed, self.produced, self.sh.side, self.sh.cout);
+        let n = e - a;
+        for c in 0..cout {
+            for (j, y) in (a..e).enumerate() {
+                let at = ((y % self.rows) * cout + c) * w;
+                self.ring[at..at + w].copy_from_slice(&out[(c * n + j) * w..(c * n + j + 1) * w]);
+            }
+        }
+        self.committed = e;
+    }
+}
+
 /// Shared scratch of the streamed part.
 struct Stream<'s, 'p> {
     band_rows: usize,
     src: &'s [f32],
     win: &'s mut [f32],
+    /// The conv output band; after a pull, the pulled node's pending rows.
     out: &'s mut [f32],
-    out2: &'s mut [f32],
     cs: Option<ConvScratch<'s>>,
     sums: &'s mut [f64],
     sqs: &'s mut [f64],
@@ -331,10 +360,12 @@ struct Stream<'s, 'p> {
     par: &'p dyn Parallel,
 }
 
-/// Row `y`, channel `c` of node `i` (which must still hold it).
+/// Row `y`, channel `c` of node `i` (which must still hold it, in its ring or pending in
+/// `out`).
 fn node_row<'x>(
     nodes: &'x [Node<'_, '_>],
     src: &'x [f32],
+    out: &'x [f32],
     i: usize,
     y: usize,
     c: usize,
@@ -343,20 +374,30 @@ fn node_row<'x>(
     let w = n.sh.side;
     if i == 0 {
         &src[(c * w + y) * w..(c * w + y + 1) * w]
+    } else if y >= n.committed {
+        debug_assert!(y < n.produced);
+        let (j, k) = (y - n.committed, n.produced - n.committed);
+        &out[(c * k + j) * w..(c * k + j + 1) * w]
     } else {
-        debug_assert!(y < n.produced && y + n.rows >= n.produced);
+        debug_assert!(y + n.rows >= n.committed);
         let at = ((y % n.rows) * n.sh.cout + c) * w;
         &n.ring[at..at + w]
     }
 }
 
 /// Produces rows of node `i` up to `upto` (exclusive), at most `band_rows` at a time, pulling
-/// each chunk's input rows first.
+/// each chunk's input rows first. The last chunk stays pending in `st.out`; the caller commits
+/// it once it has read it, before anything else uses `st.out`.
 fn pull(nodes: &mut [Node<'_, '_>], i: usize, upto: usize, st: &mut Stream<'_, '_>) {
     if i == 0 {
         return;
     }
+    debug_assert!(nodes[i].committed == nodes[i].produced);
     while nodes[i].produced < upto {
+        if nodes[i].committed < nodes[i].produced {
+            // The previous chunk of this loop: `st.out` still holds it.
+            nodes[i].commit(st.out);
+        }
         let sh = nodes[i].sh;
         let (a, w) = (nodes[i].produced, sh.side);
         let e = (a + st.band_rows).min(upto);
@@ -377,15 +418,18 @@ fn pull(nodes: &mut [Node<'_, '_>], i: usize, upto: usize, st: &mut Stream<'_, '
             for (wy, y) in (ws..we).enumerate() {
                 let dst = &mut win[(c * hwin + wy) * w..(c * hwin + wy + 1) * w];
                 if sh.kind == Kind::Up {
-                    let srow = node_row(lo, st.src, sh.input, y / 2, c);
+                    let srow = node_row(lo, st.src, st.out, sh.input, y / 2, c);
                     for (x, o) in dst.iter_mut().enumerate() {
                         *o = srow[x / 2];
                     }
                 } else {
-                    let srow = node_row(lo, st.src, sh.input, y, c);
+                    let srow = node_row(lo, st.src, st.out, sh.input, y, c);
                     gn_apply(srow, dst, me.scale[c], me.shift[c], true);
                 }
             }
+        }
+        if sh.input > 0 {
+            lo[sh.input].commit(st.out);
         }
         let n = e - a;
         let pad = Pad {
@@ -399,16 +443,23 @@ fn pull(nodes: &mut [Node<'_, '_>], i: usize, upto: usize, st: &mut Stream<'_, '
             conv2d(win, hwin, w, conv, 1, pad, out, st.cs.as_mut(), st.par);
         }
         if let Some(k) = sh.skip {
+            // The skip rows were committed when the first conv of the block read them.
             let ck = lo[k].sh.cout;
             if let Some(nin) = me.nin {
-                let sw = &mut st.win[..ck * n * w];
+                let (sw, o2) = st.win.split_at_mut(ck * n * w);
                 for c in 0..ck {
                     for (j, y) in (a..e).enumerate() {
-                        sw[(c * n + j) * w..(c * n + j + 1) * w]
-                            .copy_from_slice(node_row(lo, st.src, k, y, c));
+                        sw[(c * n + j) * w..(c * n + j + 1) * w].copy_from_slice(node_row(
+                            lo,
+                            st.src,
+                            &[],
+                            k,
+                            y,
+                            c,
+                        ));
                     }
                 }
-                let o2 = &mut st.out2[..sh.cout * n * w];
+                let o2 = &mut o2[..sh.cout * n * w];
                 conv2d(sw, n, w, nin, 1, Pad::same(0), o2, st.cs.as_mut(), st.par);
                 for (o, v) in out.iter_mut().zip(o2.iter()) {
                     *o += *v;
@@ -416,7 +467,7 @@ fn pull(nodes: &mut [Node<'_, '_>], i: usize, upto: usize, st: &mut Stream<'_, '
             } else {
                 for c in 0..ck {
                     for (j, y) in (a..e).enumerate() {
-                        let srow = node_row(lo, st.src, k, y, c);
+                        let srow = node_row(lo, st.src, &[], k, y, c);
                         let o = &mut out[(c * n + j) * w..(c * n + j + 1) * w];
                         for (o, v) in o.iter_mut().zip(srow) {
                             *o += *v;
@@ -425,15 +476,13 @@ fn pull(nodes: &mut [Node<'_, '_>], i: usize, upto: usize, st: &mut Stream<'_, '
                 }
             }
         }
-        let cout = sh.cout;
-        for c in 0..cout {
-            for (j, y) in (a..e).enumerate() {
-                let o = &out[(c * n + j) * w..(c * n + j + 1) * w];
-                let at = ((y % me.rows) * cout + c) * w;
-                me.ring[at..at + w].copy_from_slice(o);
-                if st.acc_node == i {
-                    gn_accumulate(o, &mut st.sums[c], &mut st.sqs[c]);
-                }
+        if st.acc_node == i {
+            for c in 0..sh.cout {
+                gn_accumulate(
+                    &out[c * n * w..(c + 1) * n * w],
+                    &mut st.sums[c],
+                    &mut st.sqs[c],
+                );
             }
         }
         me.produced = e;
@@ -518,14 +567,15 @@ pub(super) fn decode(job: &mut Job<'_, '_>, arena: &mut Arena<'_>, band_rows: us
 
     // Streamed part.
     let mut nodes: heapless::Vec<Node<'_, '_>, MAX_BAND_NODES> = heapless::Vec::new();
-    for (s, (conv, norm, nin)) in shapes.iter().zip(&ws) {
-        let lens = node_lens(s, band_rows);
+    for (i, (s, (conv, norm, nin))) in shapes.iter().zip(&ws).enumerate() {
+        let lens = node_lens(&shapes, i, band_rows);
         let nb = NodeBufs::take(&lens, arena)?;
         let (scale, shift) = nb.affine.split_at_mut(lens.affine / 2);
         let _ = nodes.push(Node {
             sh: *s,
             rows: lens.rows,
             produced: 0,
+            committed: 0,
             conv: *conv,
             nin: *nin,
             norm: *norm,
@@ -543,8 +593,7 @@ pub(super) fn decode(job: &mut Job<'_, '_>, arena: &mut Arena<'_>, band_rows: us
         sqs: sb.sqs,
         win: sb.win,
         out: sb.out,
-        out2: sb.out2,
-        cs: conv_scratch(z.int8, sb.unfold, sb.qrow, sb.row_scale),
+        cs: conv_scratch(z.int8, sb.unfold, &mut [], sb.row_scale),
         acc_node: usize::MAX,
         par,
     };
@@ -560,7 +609,9 @@ pub(super) fn decode(job: &mut Job<'_, '_>, arena: &mut Arena<'_>, band_rows: us
         }
         let inp = sh.input;
         let in_side = nodes[inp].sh.side;
-        nodes.iter_mut().for_each(|nd| nd.produced = 0);
+        nodes
+            .iter_mut()
+            .for_each(|nd| (nd.produced, nd.committed) = (0, 0));
         st.sums[..sh.cin].fill(0.0);
         st.sqs[..sh.cin].fill(0.0);
         if inp == 0 {
@@ -590,14 +641,17 @@ pub(super) fn decode(job: &mut Job<'_, '_>, arena: &mut Arena<'_>, band_rows: us
     }
 
     // Final pass: the image, band by band.
-    nodes.iter_mut().for_each(|nd| nd.produced = 0);
+    nodes
+        .iter_mut()
+        .for_each(|nd| (nd.produced, nd.committed) = (0, 0));
     let last = nodes.len() - 1;
     let mut y0 = 0;
     while y0 < side {
         let e = (y0 + band_rows).min(side);
         pull(&mut nodes, last, e, &mut st);
+        nodes[last].commit(st.out);
         for y in y0..e {
-            job.emit(row, y, side, |ch| node_row(&nodes, src, last, y, ch));
+            job.emit(row, y, side, |ch| node_row(&nodes, src, &[], last, y, ch));
         }
         y0 = e;
     }
