@@ -81,14 +81,42 @@ w("png/gray1-8x1.png", png(8, 1, 1, 0, [b"\xa5"]))
 w("png/gray-alpha8-1x1.png", png(1, 1, 8, 4, [b"\x40\x80"]))
 w("png/gray16-1x2.png", png(1, 2, 16, 0, [b"\x12\x34", b"\xff\xff"]))
 
-# srdd_model: first byte = sampling knobs, then mutation ops (see fuzz/src/lib.rs `mutate`).
+# srdd_model: first byte = sampling knobs (bit 5: sample, bit 6: decode too), then mutation ops
+# (see fuzz/src/lib.rs `mutate`).
 w("srdd_model/unmutated", b"\x00")
-w("srdd_model/unmutated-chunked", b"\x0d")
-w("srdd_model/config-byte", b"\x01\x00\x05\x00\x01")
-w("srdd_model/shape-dim", b"\x02\x02\x03\x00\x01\x01\x05")
-w("srdd_model/offset-delta", b"\x03\x03\x07\x00\x00\x01\x02")
-w("srdd_model/metadata-append", b"\x04\x07\x00\x17\nclass_names=a,b,c,d,e\n")
-w("srdd_model/tensor-nan", b"\x05\x08\x00\x10\x00\x00\x01\x00")
+w("srdd_model/unmutated-sampled", b"\x20")
+w("srdd_model/unmutated-chunked", b"\x2d")
+w("srdd_model/unmutated-decoded", b"\x6d")
+w("srdd_model/config-byte", b"\x21\x00\x05\x00\x01")
+w("srdd_model/shape-dim", b"\x22\x02\x03\x00\x01\x01\x05")
+w("srdd_model/offset-delta", b"\x23\x03\x07\x00\x00\x01\x02")
+w("srdd_model/metadata-append", b"\x24\x07\x00\x17\nclass_names=a,b,c,d,e\n")
+w("srdd_model/tensor-nan", b"\x65\x08\x00\x10\x00\x00\x01\x00")
 w("srdd_model/raw-flip", b"\x06\x09\x40\x00\x01")
-w("srdd_model/label-out-of-range", b"\x80")
+w("srdd_model/label-out-of-range", b"\xa0")
+
+# edit_upscale: 10 option bytes (flags, feather, keep-steps, box x0 y0 x1 y1, box count, label,
+# seed; see fuzz/src/lib.rs `edit_upscale`), the image PNG with a u16 length, the mask PNG.
+# The tiny model takes 8x8 images (upscale: 2x2, 4x4); the built-in one 32x32 (4x4, 8x8, 16x16).
+def rgb(n):  # RGB 8-bit pattern
+    return png(n, n, 8, 2, [b"".join(bytes(((x * 37) % 256, (y * 53) % 256, ((x + y) * 11) % 256))
+                                     for x in range(n)) for y in range(n)])
+def half_mask(n):  # gray 8-bit: left half white (generate), right half black (keep)
+    return png(n, n, 8, 0, [bytes(255 if x < n // 2 else 0 for x in range(n)) for _ in range(n)])
+def palette_mask(n):  # palette: a white square in the middle
+    return png(n, n, 8, 3, [bytes(1 if n // 4 <= x < 3 * n // 4 and n // 4 <= y < 3 * n // 4 else 0 for x in range(n)) for y in range(n)],
+               plte=b"\x00\x00\x00\xff\xff\xff")
+def eu(name, flags, image, mask=b"", feather=0, keep=0, box=(0, 0, 0, 0), nbox=0, label=1, seed=0):
+    w("edit_upscale/" + name, bytes([flags, feather, keep, *box, nbox, label, seed]) + struct.pack("<H", len(image)) + image + mask)
+GEN, BUILTIN, INVERT = 0x10, 0x08, 0x04
+eu("edit-mask-tiny", GEN, rgb(8), half_mask(8), feather=2)
+eu("edit-palette-mask-tiny", 0, rgb(8), palette_mask(8))
+eu("edit-box-tiny", GEN | 1, rgb(8), box=(2, 2, 6, 6))
+eu("edit-box-invert-feather-tiny", INVERT | 1, rgb(8), box=(1, 3, 7, 5), feather=3)
+eu("edit-mask-and-box-tiny", 2, rgb(8), half_mask(8), box=(2, 2, 6, 6))
+eu("upscale-2-tiny", GEN | 3, rgb(2))
+eu("upscale-4-keep2-tiny", 3, rgb(4), keep=3)
+eu("edit-mask-builtin", BUILTIN, rgb(32), palette_mask(32), feather=5)
+eu("upscale-8-builtin", BUILTIN | 3, rgb(8))
+
 w("safetensors/i8-u8-3d.safetensors", safet({"q": ("I8", [1, 2, 2], b"\x01\xff\x7f\x80"), "u": ("U8", [2], b"\x00\xff")}))

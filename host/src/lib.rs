@@ -171,12 +171,21 @@ pub fn read_png_rgb_sized(
     path: &std::path::Path,
     accept: impl FnOnce(usize, usize) -> Result<(), HostError>,
 ) -> Result<Image, HostError> {
+    let (file, name) = open_png(path)?;
+    decode_png_rgb_sized(file, &name, accept)
+}
+
+/// Opens an input PNG for one of the `decode_*` readers: the buffered file and its name for
+/// error messages.
+pub fn open_png(
+    path: &std::path::Path,
+) -> Result<(std::io::BufReader<std::fs::File>, String), HostError> {
     let name = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|err| HostError::Io {
         path: name.clone(),
         err,
     })?;
-    decode_png_rgb_sized(std::io::BufReader::new(file), &name, accept)
+    Ok((std::io::BufReader::new(file), name))
 }
 
 /// Decodes PNG bytes from `reader` as [`read_png_rgb`] does; `name` labels errors. (Also the

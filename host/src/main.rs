@@ -11,7 +11,7 @@ use srdd::backend::{sample_batch_cuda, Backend};
 use srdd::pool::Pool;
 use srdd::report::Timing;
 use srdd::zero_shot::{
-    auto_class, box_mask, downscale_box, keep_mask, paste_back_feathered, psnr, read_mask,
+    auto_class, downscale_box, edit_region, keep_mask, paste_back_feathered, psnr, read_mask,
     read_model_image, read_upscale_image, reconstruct, sample_forced, tokens_of, upscale_from,
     upscale_source,
 };
@@ -941,22 +941,13 @@ fn run(cli: Cli) -> Result<(), String> {
             let (mut opts, sched, policy) = build(s, &m, if auto { "null" } else { &z.class })?;
             let side = m.config.image_side();
             let src = read_model_image(&m, image).map_err(|e| e.to_string())?;
-            let mut generate = match (&mask, &r#box) {
-                (Some(p), None) => read_mask(p, side).map_err(|e| e.to_string())?,
-                (None, Some(b)) => {
-                    let b: [usize; 4] = b.as_slice().try_into().map_err(|_| "--box x0,y0,x1,y1")?;
-                    if b[0] >= b[2] || b[1] >= b[3] || b[2] > side || b[3] > side {
-                        return Err(format!(
-                            "--box {b:?}: need x0 < x1 <= {side} and y0 < y1 <= {side}"
-                        ));
-                    }
-                    box_mask(side, b, false)
-                }
-                _ => return Err("give --mask FILE or --box x0,y0,x1,y1".into()),
+            let mask = match &mask {
+                Some(p) => Some(read_mask(p, side).map_err(|e| e.to_string())?),
+                None => None,
             };
-            if invert {
-                generate.iter_mut().for_each(|g| *g = !*g);
-            }
+            // Shared with the `edit_upscale` fuzz target.
+            let generate =
+                edit_region(side, mask, r#box.as_deref(), invert).map_err(|e| e.to_string())?;
             let p = m.config.latent_side();
             let par = s.threads.parallel();
             let toks = tokens_of(&m, &sched, &src, &par).map_err(|e| e.to_string())?;

@@ -6,7 +6,7 @@
 //! above 0.5 (the official rule); super-resolution forces every token of the coarse steps that a
 //! low-resolution input determines, and samples the rest.
 
-use crate::{read_png_rgb_sized, rgb_image, sample_image, HostError, Image, Tick};
+use crate::{decode_png_rgb_sized, open_png, rgb_image, sample_image, HostError, Image, Tick};
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::edit::EditHook;
 use srdd_core::generate::{Both, Generator, Guidance, Plan, SampleOptions, StepHook};
@@ -85,9 +85,20 @@ fn check_side(
 /// have an encoder and the PNG must be the model's size, both checked before any pixel is
 /// decoded (the size from the PNG header).
 pub fn read_model_image(model: &Model<'_>, path: &std::path::Path) -> Result<Image, HostError> {
+    let (file, name) = open_png(path)?;
+    decode_model_image(model, file, &name)
+}
+
+/// [`read_model_image`] on PNG bytes from `reader`; `name` labels errors. (Also the entry point
+/// of the `edit_upscale` fuzz target.)
+pub fn decode_model_image(
+    model: &Model<'_>,
+    reader: impl std::io::Read,
+    name: &str,
+) -> Result<Image, HostError> {
     check_model(model)?;
     let side = model.config.image_side();
-    read_png_rgb_sized(path, |w, h| check_side("image", side, w, h))
+    decode_png_rgb_sized(reader, name, |w, h| check_side("image", side, w, h))
 }
 
 /// The multi-scale tokens of `img` (the model's size) on `sched`, and the `f_hat` they give.
@@ -354,7 +365,17 @@ pub fn paste_back_feathered(out: &mut Image, src: &Image, generate: &[bool], fea
 /// black pixels to keep. Returns the per-pixel "generate" flags. The size is checked from the
 /// PNG header, before the pixels are decoded.
 pub fn read_mask(path: &std::path::Path, side: usize) -> Result<Vec<bool>, HostError> {
-    let m = read_png_rgb_sized(path, |w, h| check_side("mask", side, w, h))?;
+    let (file, name) = open_png(path)?;
+    decode_mask(file, &name, side)
+}
+
+/// [`read_mask`] on PNG bytes from `reader`; `name` labels errors.
+pub fn decode_mask(
+    reader: impl std::io::Read,
+    name: &str,
+    side: usize,
+) -> Result<Vec<bool>, HostError> {
+    let m = decode_png_rgb_sized(reader, name, |w, h| check_side("mask", side, w, h))?;
     Ok(m.rgb
         .chunks_exact(3)
         .map(|p| (p[0] as u32 * 299 + p[1] as u32 * 587 + p[2] as u32 * 114) >= 128 * 1000)
@@ -375,6 +396,55 @@ pub fn keep_mask(generate: &[bool], side: usize, p: usize) -> Vec<f32> {
     }
     keep.iter_mut().for_each(|v| *v /= (f * f) as f32);
     keep
+}
+
+/// What `edit` generates (per-pixel flags, `side × side`): the pixels a mask marks (`mask`,
+/// from [`read_mask`] / [`decode_mask`]) or those inside the pixel box `x0,y0,x1,y1` (`r#box`,
+/// as given on the command line), exactly one of the two; `invert` swaps generate and keep.
+pub fn edit_region(
+    side: usize,
+    mask: Option<Vec<bool>>,
+    r#box: Option<&[usize]>,
+    invert: bool,
+) -> Result<Vec<bool>, HostError> {
+    let mut generate = match (mask, r#box) {
+        (Some(m), None) => {
+            // A mask from `decode_mask` has this size; anything else would index out of range
+            // in `keep_mask`.
+            if m.len() != side * side {
+                return Err(HostError::Option(format!(
+                    "the mask has {} pixels, expected {side}x{side}",
+                    m.len()
+                )));
+            }
+            m
+        }
+        (None, Some(b)) => {
+            let b: [usize; 4] = b
+                .try_into()
+                .map_err(|_| HostError::Option("--box x0,y0,x1,y1".into()))?;
+            if b[0] >= b[2] || b[1] >= b[3] || b[2] > side || b[3] > side {
+                return Err(HostError::Option(format!(
+                    "--box {b:?}: need x0 < x1 <= {side} and y0 < y1 <= {side}"
+                )));
+            }
+            box_mask(side, b, false)
+        }
+        (Some(_), Some(_)) => {
+            return Err(HostError::Option(
+                "give either --mask FILE or --box x0,y0,x1,y1, not both".into(),
+            ))
+        }
+        (None, None) => {
+            return Err(HostError::Option(
+                "give --mask FILE or --box x0,y0,x1,y1".into(),
+            ))
+        }
+    };
+    if invert {
+        generate.iter_mut().for_each(|g| *g = !*g);
+    }
+    Ok(generate)
 }
 
 /// A pixel mask that generates inside the box `[x0, x1) × [y0, y1)` (or outside when `outside`).
@@ -524,8 +594,19 @@ pub fn read_upscale_image(
     sched: &Schedule,
     path: &std::path::Path,
 ) -> Result<Image, HostError> {
+    let (file, name) = open_png(path)?;
+    decode_upscale_image(model, sched, file, &name)
+}
+
+/// [`read_upscale_image`] on PNG bytes from `reader`; `name` labels errors.
+pub fn decode_upscale_image(
+    model: &Model<'_>,
+    sched: &Schedule,
+    reader: impl std::io::Read,
+    name: &str,
+) -> Result<Image, HostError> {
     check_model(model)?;
-    read_png_rgb_sized(path, |w, h| check_upscale_size(model, sched, w, h))
+    decode_png_rgb_sized(reader, name, |w, h| check_upscale_size(model, sched, w, h))
 }
 
 /// Super-resolution from [`upscale_source`]'s tokens: they are forced, the rest sampled.
@@ -567,6 +648,26 @@ pub fn upscale(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn edit_region_takes_exactly_one_valid_region() {
+        let m = box_mask(4, [1, 1, 3, 3], false);
+        assert_eq!(edit_region(4, Some(m.clone()), None, false).unwrap(), m);
+        let inv: Vec<bool> = m.iter().map(|g| !g).collect();
+        assert_eq!(
+            edit_region(4, None, Some(&[1, 1, 3, 3]), true).unwrap(),
+            inv
+        );
+        let err = |r: Result<Vec<bool>, HostError>| r.unwrap_err().to_string();
+        assert!(
+            err(edit_region(4, Some(m.clone()), Some(&[0, 0, 1, 1]), false)).contains("not both")
+        );
+        assert!(err(edit_region(4, None, None, false)).contains("--mask FILE or --box"));
+        assert!(err(edit_region(4, Some(vec![true; 15]), None, false)).contains("15 pixels"));
+        assert!(err(edit_region(4, None, Some(&[0, 0, 5, 1]), false)).contains("x1 <= 4"));
+        assert!(err(edit_region(4, None, Some(&[2, 0, 2, 1]), false)).contains("x0 < x1"));
+        assert!(err(edit_region(4, None, Some(&[0, 0, 1]), false)).contains("--box x0,y0,x1,y1"));
+    }
 
     /// Brute-force chessboard distance to the nearest kept pixel (the definition).
     fn brute(generate: &[bool], w: usize) -> Vec<u32> {
