@@ -4,7 +4,9 @@
 //! target CPU, so one binary runs the best kernels of whatever machine it lands on: with `std`,
 //! [`Isa::supported`] asks the CPU (`is_x86_feature_detected!`, cached by std) and
 //! [`Isa::active`] takes the best. Without `std` (the firmware, `nostd-check`) only the ISAs the
-//! compile-time target features guarantee count. On Arm, [`Isa::ArmDsp`] (the Cortex-M4/M7 DSP
+//! compile-time target features guarantee count. AArch64 works the same way: the NEON, dot
+//! product and int8 matrix multiply kernels are always compiled in (`#[target_feature]`), and
+//! with `std` the CPU is asked (`is_aarch64_feature_detected!`). On Arm, [`Isa::ArmDsp`] (the Cortex-M4/M7 DSP
 //! extension) is compiled only for a DSP core: Arm target features are unstable in Rust, so
 //! `cfg(target_feature = "dsp")` is set on nightly only, and stable builds for a DSP core
 //! (`thumbv7em-*`) say so with the core's `arm-dsp` cargo feature (the firmware does). Enabled
@@ -15,8 +17,10 @@
 
 /// An instruction set the kernels can run on, ordered from the portable reference upwards (each
 /// x86 one's CPUs also have the x86 ones before it, except that AVX-VNNI and AVX-512BW are
-/// independent: a CPU may have either). [`Isa::ArmDsp`] sits below every x86 ISA, so the x86
-/// checks `isa >= Isa::Avx2` never hold for it.
+/// independent: a CPU may have either). The Arm ISAs ([`Isa::ArmDsp`], [`Isa::Neon`],
+/// [`Isa::NeonDot`], [`Isa::NeonI8mm`]) sit below every x86 ISA, so the x86 checks
+/// `isa >= Isa::Avx2` never hold for them; the AArch64 ones are ordered so that [`Isa::best`]
+/// prefers `smmla` over `sdot` over plain NEON (a CPU may have i8mm without the dot product).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Isa {
     /// The portable reference loops, compiled on every target (Cortex-M included).
@@ -24,6 +28,13 @@ pub enum Isa {
     /// Armv7E-M DSP extension (Cortex-M4/M7): the int8 GEMM on `SMLAD` of `SXTB16` pairs
     /// (`arch/arm_dsp.rs`).
     ArmDsp,
+    /// AArch64 Advanced SIMD (every AArch64 CPU): the int8 GEMM on `smull` + `sadalp`
+    /// (`arch/aarch64_gemm.rs`).
+    Neon,
+    /// AArch64 dot product extension (`FEAT_DotProd`): the int8 GEMM on `sdot` by element.
+    NeonDot,
+    /// AArch64 int8 matrix multiply extension (`FEAT_I8MM`): the int8 GEMM on `smmla`.
+    NeonI8mm,
     /// x86-64 AVX: the f32 register blocks of Linear and the stride-1 conv tiles.
     Avx,
     /// x86-64 AVX2: AVX plus the int8 GEMM on `vpmaddubsw` (sign trick, cannot saturate).
@@ -38,9 +49,12 @@ pub enum Isa {
 
 impl Isa {
     /// Every ISA, reference first.
-    pub const ALL: [Isa; 7] = [
+    pub const ALL: [Isa; 10] = [
         Isa::Scalar,
         Isa::ArmDsp,
+        Isa::Neon,
+        Isa::NeonDot,
+        Isa::NeonI8mm,
         Isa::Avx,
         Isa::Avx2,
         Isa::AvxVnni,
@@ -49,17 +63,19 @@ impl Isa {
     ];
 
     /// Whether this build contains the kernels of `self`: on x86-64 all the x86 ones (compiled
-    /// with `#[target_feature]`), on Arm [`Isa::ArmDsp`] when the build targets a DSP core, and
-    /// the scalar reference everywhere.
+    /// with `#[target_feature]`), on AArch64 the three AArch64 ones (likewise), on Arm
+    /// [`Isa::ArmDsp`] when the build targets a DSP core, and the scalar reference everywhere.
     pub const fn compiled(self) -> bool {
         const ARM_DSP: bool = cfg!(all(
             target_arch = "arm",
             any(target_feature = "dsp", feature = "arm-dsp")
         ));
         const X86: bool = cfg!(target_arch = "x86_64");
+        const AARCH64: bool = cfg!(target_arch = "aarch64");
         match self {
             Isa::Scalar => true,
             Isa::ArmDsp => ARM_DSP,
+            Isa::Neon | Isa::NeonDot | Isa::NeonI8mm => AARCH64,
             _ => X86,
         }
     }
@@ -76,7 +92,7 @@ impl Isa {
             let avx2 = has!("avx") && has!("avx2");
             match self {
                 Isa::Scalar => true,
-                Isa::ArmDsp => false,
+                Isa::ArmDsp | Isa::Neon | Isa::NeonDot | Isa::NeonI8mm => false,
                 Isa::Avx => has!("avx"),
                 Isa::Avx2 => avx2,
                 Isa::AvxVnni => avx2 && has!("avxvnni"),
@@ -86,13 +102,28 @@ impl Isa {
                 }
             }
         }
-        #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
+        #[cfg(all(feature = "std", target_arch = "aarch64"))]
+        {
+            use std::arch::is_aarch64_feature_detected as has;
+            match self {
+                Isa::Scalar => true,
+                Isa::Neon => has!("neon"),
+                Isa::NeonDot => has!("neon") && has!("dotprod"),
+                Isa::NeonI8mm => has!("neon") && has!("i8mm"),
+                // Not compiled for AArch64 (checked above).
+                _ => false,
+            }
+        }
+        #[cfg(not(all(feature = "std", any(target_arch = "x86_64", target_arch = "aarch64"))))]
         {
             let avx2 = cfg!(all(target_feature = "avx", target_feature = "avx2"));
             let avx512 = avx2 && cfg!(all(target_feature = "avx512f", target_feature = "avx512bw"));
             match self {
                 // Compiled only for a DSP core (checked above).
                 Isa::Scalar | Isa::ArmDsp => true,
+                Isa::Neon => cfg!(target_feature = "neon"),
+                Isa::NeonDot => cfg!(all(target_feature = "neon", target_feature = "dotprod")),
+                Isa::NeonI8mm => cfg!(all(target_feature = "neon", target_feature = "i8mm")),
                 Isa::Avx => cfg!(target_feature = "avx"),
                 Isa::Avx2 => avx2,
                 Isa::AvxVnni => avx2 && cfg!(target_feature = "avxvnni"),
