@@ -319,6 +319,7 @@ fn pack_options(manifest: &Value, weights: WeightFormat) -> Result<PackOptions, 
         quant_resi: config["vqvae"]["quant_resi"].as_f64().unwrap_or(0.5) as f32,
         gn_groups: config["vqvae"]["groupnorm_groups"].as_u64().unwrap_or(32) as u32,
         metadata: Vec::new(),
+        keep: Vec::new(),
     })
 }
 
