@@ -140,6 +140,9 @@ enum Cmd {
         /// bound, the images' PSNR and the greedy token agreement.
         #[arg(long)]
         json: bool,
+        /// Precision plan for the fixture's pack, as `pack --keep` (golden cases only).
+        #[arg(long, value_name = "NAME[=f16|f32]", value_delimiter = ',')]
+        keep: Vec<String>,
         #[command(flatten)]
         threads: ThreadsArg,
     },
@@ -290,8 +293,12 @@ fn run(cli: Cli) -> Result<bool, String> {
             backend: Some(backend),
             model,
             json,
+            keep,
             threads,
         } => {
+            if !keep.is_empty() {
+                return Err("--keep applies to the golden fixture run, not --backend".into());
+            }
             let fixture = match (fixture, fixture_flag) {
                 (None, None) => None,
                 (a, b) => Some(one_path(a, b, "fixture", "FIXTURE or --fixture")?),
@@ -342,6 +349,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             backend: None,
             model,
             json,
+            keep,
             threads,
         } => {
             if !model.is_empty() || json {
@@ -352,7 +360,12 @@ fn run(cli: Cli) -> Result<bool, String> {
             }
             let fixture = one_path(fixture, fixture_flag, "fixture", "FIXTURE or --fixture")?;
             let par = threads.parallel();
-            let rows = srdd_tools::parity::run_fixture_on(&fixture, weights.into(), &par)
+            let keep = keep
+                .iter()
+                .map(|k| KeepRule::parse(k))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            let rows = srdd_tools::parity::run_fixture_on(&fixture, weights.into(), &keep, &par)
                 .map_err(|e| format!("{}: {e}", fixture.display()))?;
             let (mut p, mut f) = (0, 0);
             println!("{:<24} {:<6} {:<40} metric", "case", "result", "tolerance");
