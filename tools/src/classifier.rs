@@ -346,7 +346,7 @@ pub fn sym_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
 /// Fréchet distance between Gaussians fitted to two feature sets:
 /// `|μ₁−μ₂|² + tr Σ₁ + tr Σ₂ − 2 tr (Σ₁Σ₂)^½`, as `evaluate.py`'s `frechet`. The trace of the
 /// square root is `Σ √λ` over the eigenvalues of the symmetric `Σ₁^½ Σ₂ Σ₁^½` (the same as those
-/// of `Σ₁Σ₂`); rounding's tiny negative eigenvalues count as 0.
+/// of `Σ₁Σ₂`); eigenvalues within rounding of 0 count as 0.
 pub fn frechet_distance(a: &[Vec<f32>], b: &[Vec<f32>]) -> Result<f64, FrechetError> {
     let (m1, s1) = mean_cov(a)?;
     let (m2, s2) = mean_cov(b)?;
@@ -354,8 +354,19 @@ pub fn frechet_distance(a: &[Vec<f32>], b: &[Vec<f32>]) -> Result<f64, FrechetEr
     if m2.len() != d {
         return Err(FrechetError::Dim(d, m2.len()));
     }
+    // Eigenvalues within rounding of 0 count as 0: with fewer samples than dimensions the
+    // covariances are singular, and √ of rounding noise (√1e-16 = 1e-8, over ~100 null
+    // directions) would otherwise show as a distance.
+    let floor = |l: &[f64]| {
+        let top = l.iter().fold(0f64, |m, x| m.max(x.abs()));
+        let eps = d as f64 * f64::EPSILON * top;
+        l.iter()
+            .map(|x| if *x <= eps { 0.0 } else { *x })
+            .collect::<Vec<f64>>()
+    };
     // Σ₁^½ = V diag(√λ) Vᵀ.
     let (l1, v1) = sym_eigen(&s1, d);
+    let l1 = floor(&l1);
     let mut r = vec![0f64; d * d];
     for i in 0..d {
         for j in 0..d {
@@ -386,7 +397,7 @@ pub fn frechet_distance(a: &[Vec<f32>], b: &[Vec<f32>]) -> Result<f64, FrechetEr
         }
     }
     let (l, _) = sym_eigen(&m, d);
-    let tr_sqrt: f64 = l.iter().map(|x| x.max(0.0).sqrt()).sum();
+    let tr_sqrt: f64 = floor(&l).iter().map(|x| x.sqrt()).sum();
     let dmu: f64 = m1.iter().zip(&m2).map(|(x, y)| (x - y) * (x - y)).sum();
     let tr = |s: &[f64]| (0..d).map(|i| s[i * d + i]).sum::<f64>();
     Ok(dmu + tr(&s1) + tr(&s2) - 2.0 * tr_sqrt)

@@ -92,7 +92,7 @@ fn wrong_checkpoint_is_a_one_line_error() {
         .expect("not a checkpoint");
     assert!(matches!(e, ClassifierError::Checkpoint(_)), "{e}");
     let m = Classifier::load(&committed_classifier()).unwrap();
-    let e = m.forward(&[0u8; 16 * 16 * 3]).err().expect("wrong size");
+    let e = m.forward(&[0u8; 16 * 16 * 3]).expect_err("wrong size");
     assert!(matches!(e, ClassifierError::ImageSize { .. }), "{e}");
 }
 
@@ -118,6 +118,10 @@ fn frechet_known_answers() {
     // Identical sets: 0.
     let a = set(300, 16, 1);
     let fd = frechet_distance(&a, &a).unwrap();
+    assert!(fd.abs() < 1e-9, "{fd}");
+    // Also with fewer vectors than dimensions (singular covariances).
+    let s = set(10, 32, 3);
+    let fd = frechet_distance(&s, &s).unwrap();
     assert!(fd.abs() < 1e-9, "{fd}");
     // Shifted means, same covariance: |Δμ|².
     let shift: Vec<f32> = (0..16).map(|i| 0.25 * i as f32 - 1.0).collect();
@@ -192,4 +196,26 @@ fn jacobi_reconstructs_a_symmetric_matrix() {
             );
         }
     }
+}
+
+#[test]
+fn frechet_of_grid_halves_matches_evaluate_py() {
+    let golden: Value = serde_json::from_slice(
+        &std::fs::read(root().join("tools/tests/data/classifier/golden.json")).unwrap(),
+    )
+    .unwrap();
+    let grid = srdd::read_png_rgb(&root().join("docs/img/emoji32-grid.png")).unwrap();
+    let m = Classifier::load(&committed_classifier()).unwrap();
+    let half = |cols: std::ops::Range<usize>| -> Vec<Vec<f32>> {
+        (0..9)
+            .flat_map(|r| cols.clone().map(move |c| (r, c)))
+            .map(|(r, c)| m.forward(&tile(&grid, r, c)).unwrap().0)
+            .collect()
+    };
+    let fd = frechet_distance(&half(0..4), &half(4..8)).unwrap();
+    let want = golden["frechet_columns_0_3_vs_4_7"].as_f64().unwrap();
+    eprintln!("Fréchet distance {fd} (evaluate.py {want})");
+    // Features within 2e-6 of PyTorch's; numpy's eigvals of the non-symmetric Σ₁Σ₂ against our
+    // symmetric form, both in f64.
+    assert!((fd - want).abs() < 1e-5 * want, "{fd} vs {want}");
 }

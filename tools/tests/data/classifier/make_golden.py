@@ -2,7 +2,8 @@
 """Writes golden.json: PyTorch features (128-d) and logits of the committed emoji32 classifier
 (tools/train/emoji32-classifier.pt) on three 32x32 tiles of docs/img/emoji32-grid.png (tile (row, col)
 at x = 34*col, y = 34*row; the grid has 2-pixel gaps), preprocessed as evaluate.py does. Checked by
-tools/tests/classifier.rs without torch.
+tools/tests/classifier.rs without torch. Also evaluate.py's Frechet distance between the features of the
+grid's columns 0-3 and columns 4-7 (36 tiles each, every row).
 
 Usage: /work/venv-torch/bin/python tools/tests/data/classifier/make_golden.py
 """
@@ -18,6 +19,7 @@ import torch
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "../../../.."))
 sys.path.insert(0, os.path.join(ROOT, "tools/train"))
 from common import to_tensor_images  # noqa: E402
+from evaluate import frechet  # noqa: E402
 from train_classifier import load_classifier  # noqa: E402
 
 TILES = [(0, 0), (1, 0), (8, 1)]
@@ -76,11 +78,17 @@ def main():
     cases = [{"tile": list(t), "rgb_sum": int(im.astype(np.int64).sum()),
               "features": [float(v) for v in f[i]], "logits": [float(v) for v in lg[i]]}
              for i, (t, im) in enumerate(zip(TILES, imgs))]
+    with torch.no_grad():
+        half = [m.features(to_tensor_images(np.stack([grid[34 * r:34 * r + 32, 34 * c:34 * c + 32]
+                                                      for r in range(9) for c in cols]))).double().numpy()
+                for cols in (range(0, 4), range(4, 8))]
+    fd = frechet(half[0], half[1])
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden.json")
     with open(out, "w") as fh:
-        json.dump({"source": "docs/img/emoji32-grid.png", "torch": torch.__version__, "cases": cases}, fh)
+        json.dump({"source": "docs/img/emoji32-grid.png", "torch": torch.__version__, "cases": cases,
+                   "frechet_columns_0_3_vs_4_7": fd}, fh)
         fh.write("\n")
-    print(f"wrote {out}: {len(cases)} cases, argmax {[int(v) for v in lg.argmax(1)]}")
+    print(f"wrote {out}: {len(cases)} cases, argmax {[int(v) for v in lg.argmax(1)]}, Frechet {fd}")
 
 
 if __name__ == "__main__":
