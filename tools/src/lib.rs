@@ -7,6 +7,7 @@
 pub mod backend_parity;
 pub mod boards;
 pub mod checkpoint;
+pub mod classifier;
 pub mod convert;
 pub mod inspect;
 pub mod parity;

@@ -168,9 +168,19 @@ enum Cmd {
         schedule: ScheduleArg,
         #[command(flatten)]
         attention: AttentionArg,
-        /// Calibration images sampled from the float model (classes spread, seeds 1..N).
-        #[arg(long, default_value_t = 2)]
-        calib: usize,
+        /// Calibration: N images sampled from the float model (classes spread, seeds 1..N), or
+        /// a directory of PNGs at the model's resolution, encoded by the float model's encoder
+        /// (DIR/CLASS/*.png take class CLASS of the model's class_names, others the null class).
+        #[arg(long, default_value = "2", value_name = "N|DIR")]
+        calib: String,
+        /// Also sample K images per class with both models and report the classifier's class
+        /// consistency and the Fréchet distance of its features (int8 vs float).
+        #[arg(long, value_name = "K")]
+        per_class: Option<usize>,
+        /// EmojiClassifier checkpoint for --per-class (default: tools/train/emoji32-classifier.pt
+        /// when the float model's class_names are the emoji32 classes).
+        #[arg(long, value_name = "PT", requires = "per_class")]
+        classifier: Option<PathBuf>,
         /// JSON output instead of the tables.
         #[arg(long)]
         json: bool,
@@ -394,11 +404,16 @@ fn run(cli: Cli) -> Result<bool, String> {
             schedule,
             attention,
             calib,
+            per_class,
+            classifier,
             json,
             plot,
             threads,
         } => {
-            if calib == 0 {
+            // A number is a count of sampled images; anything else a directory (`./4` for a
+            // directory named 4).
+            let calib_n = calib.parse::<usize>().ok();
+            if calib_n == Some(0) {
                 return Err("--calib 0: at least one calibration image is needed".into());
             }
             let read =
@@ -447,8 +462,32 @@ fn run(cli: Cli) -> Result<bool, String> {
             let qm =
                 srdd_core::Model::from_bytes(qb.as_bytes()).map_err(|e| format!("{qname}: {e}"))?;
             let par = threads.parallel();
-            let mut r = srdd_tools::quant_report::report(&fm, &qm, calib, &par)
-                .map_err(|e| e.to_string())?;
+            let calib_dir = match calib_n {
+                Some(_) => None,
+                None => Some(
+                    srdd_tools::quant_report::calib_images(&fm, std::path::Path::new(&calib))
+                        .map_err(|e| e.to_string())?,
+                ),
+            };
+            let clf = match per_class {
+                Some(k) => Some((k, quant_report_classifier(classifier, &fm)?)),
+                None => None,
+            };
+            let mut r = match (&calib_dir, calib_n) {
+                (Some(imgs), _) => srdd_tools::quant_report::report_encoded(&fm, &qm, imgs, &par),
+                (None, n) => srdd_tools::quant_report::report(&fm, &qm, n.unwrap_or(2), &par),
+            }
+            .map_err(|e| e.to_string())?;
+            let classes = match clf {
+                Some((k, (path, c))) => {
+                    let mut cr = srdd_tools::quant_report::class_report(&fm, &qm, &c, k, &par)
+                        .map_err(|e| e.to_string())?;
+                    cr.classifier = path.display().to_string();
+                    Some(cr)
+                }
+                None => None,
+            };
+            let names = srdd_tools::quant_report::class_names(&fm);
             r.tensors = srdd_tools::quant_report::tensor_errors(fb.as_bytes(), qb.as_bytes())
                 .map_err(|e| e.to_string())?;
             r.float_name = fname;
@@ -458,14 +497,48 @@ fn run(cli: Cli) -> Result<bool, String> {
                     .map_err(|e| format!("{}: {e}", p.display()))?;
                 srdd::write_atomic(&p, &png).map_err(|e| format!("{}: {e}", p.display()))?;
             }
+            let source = match &calib_dir {
+                Some(imgs) => format!("encoded from {calib} ({} images)", imgs.len()),
+                None => "sampled from the float model".into(),
+            };
             if json {
-                println!("{:#}", srdd_tools::quant_report::to_json(&r));
+                let mut v = srdd_tools::quant_report::to_json(&r);
+                v["calib_source"] = source.into();
+                if let Some(c) = &classes {
+                    v["classes"] = srdd_tools::quant_report::class_json(c, &names);
+                }
+                println!("{v:#}");
             } else {
-                println!("{}", srdd_tools::quant_report::to_text(&r));
+                print!("{}", srdd_tools::quant_report::to_text(&r));
+                println!("\ncalibration images: {source}");
+                if let Some(c) = &classes {
+                    println!("{}", srdd_tools::quant_report::class_text(c, &names));
+                }
             }
             Ok(true)
         }
     }
+}
+
+/// The classifier for `quant-report --per-class`: `path`, else the committed emoji32 classifier
+/// when `model`'s class names are the emoji32 classes.
+fn quant_report_classifier(
+    path: Option<PathBuf>,
+    model: &srdd_core::Model<'_>,
+) -> Result<(PathBuf, srdd_tools::classifier::Classifier), String> {
+    use srdd_tools::classifier::{committed_classifier, emoji32_class_names, Classifier};
+    let path = match path {
+        Some(p) => p,
+        None => {
+            let p = committed_classifier();
+            if model.meta("class_names") != Some(emoji32_class_names().as_str()) || !p.is_file() {
+                return Err("--per-class needs --classifier PT (the built-in emoji32 classifier fits only models whose class_names are the emoji32 classes)".into());
+            }
+            p
+        }
+    };
+    let c = Classifier::load(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((path, c))
 }
 
 /// The path given once, either positionally or with its flag: both or neither is a one-line

@@ -33,6 +33,9 @@ pub enum QuantReportError {
     /// The engine refused a run.
     #[error("engine: {0}")]
     Core(#[from] srdd_core::Error),
+    /// A calibration image or the classifier could not be used.
+    #[error("{0}")]
+    Input(String),
 }
 
 /// What one run produced.
@@ -649,4 +652,407 @@ pub fn tensor_errors(float: &[u8], quant: &[u8]) -> Result<Vec<TensorError>, Qua
         });
     }
     Ok(out)
+}
+
+/// One calibration image to encode: its class (`num_classes` = the null class) and its path.
+#[derive(Clone, Debug)]
+pub struct CalibImage {
+    /// Class label; the null class when its directory names no class.
+    pub label: u32,
+    /// The PNG.
+    pub path: std::path::PathBuf,
+}
+
+/// The PNGs of `dir` for `--calib DIR`, sorted by path: `dir/*.png` take the null class,
+/// `dir/NAME/*.png` the class `NAME` of the model's `class_names` (case-insensitive), the null
+/// class when no class has that name. Deeper directories are not read.
+pub fn calib_images(
+    model: &Model<'_>,
+    dir: &std::path::Path,
+) -> Result<Vec<CalibImage>, QuantReportError> {
+    let err = |p: &std::path::Path, e: std::io::Error| {
+        QuantReportError::Input(format!("{}: {e}", p.display()))
+    };
+    let null = model.config.var.num_classes;
+    let class_of = |name: &str| {
+        model
+            .meta("class_names")
+            .and_then(|v| {
+                v.split(',')
+                    .position(|c| c.trim().eq_ignore_ascii_case(name))
+            })
+            .map_or(null, |i| i as u32)
+    };
+    let is_png = |p: &std::path::Path| {
+        p.is_file() && p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"))
+    };
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| err(dir, e))? {
+        let p = e.map_err(|e| err(dir, e))?.path();
+        if p.is_dir() {
+            let label = class_of(&p.file_name().unwrap_or_default().to_string_lossy());
+            for e in std::fs::read_dir(&p).map_err(|e| err(&p, e))? {
+                let q = e.map_err(|e| err(&p, e))?.path();
+                if is_png(&q) {
+                    out.push(CalibImage { label, path: q });
+                }
+            }
+        } else if is_png(&p) {
+            out.push(CalibImage {
+                label: null,
+                path: p,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    if out.is_empty() {
+        return Err(QuantReportError::Input(format!(
+            "{}: no PNG images (in it or in its class subdirectories)",
+            dir.display()
+        )));
+    }
+    Ok(out)
+}
+
+/// Reads `img` (model resolution only) and encodes it with `model`'s encoder into the tokens of
+/// each step of the full schedule (`srdd reconstruct`'s tokenizer) and their `f_hat`.
+fn encode(
+    model: &Model<'_>,
+    img: &CalibImage,
+    par: &dyn Parallel,
+) -> Result<(Vec<Vec<u32>>, Vec<f32>), QuantReportError> {
+    let side = model.config.image_side();
+    let bad = |e: srdd::HostError| QuantReportError::Input(format!("{}: {e}", img.path.display()));
+    let im = srdd::read_png_rgb_sized(&img.path, |w, h| {
+        if w != side || h != side {
+            return Err(srdd::HostError::ImageSize {
+                what: "calibration image",
+                expected: side,
+                width: w,
+                height: h,
+            });
+        }
+        Ok(())
+    })
+    .map_err(bad)?;
+    let sched = Schedule::full(&model.config);
+    let (flat, f_hat) = srdd::zero_shot::tokenize_image(model, &sched, &im, par).map_err(bad)?;
+    let mut steps = Vec::with_capacity(sched.len());
+    let mut at = 0;
+    for k in 0..sched.len() {
+        let n = sched.tokens(k);
+        steps.push(flat[at..at + n].to_vec());
+        at += n;
+    }
+    Ok((steps, f_hat))
+}
+
+/// [`report`] on real images: each of `images` is encoded by the float model's encoder, both
+/// models run teacher forced on those tokens (the image's class; model defaults, seed `i+1`),
+/// giving the per-layer SQNR, per-scale top-1 and KL; both decoders decode the image's `f_hat`
+/// (decoder PSNR). Free running is as [`report`]'s: both models sample the image's class with
+/// seed `i+1`.
+pub fn report_encoded(
+    f: &Model<'_>,
+    q: &Model<'_>,
+    images: &[CalibImage],
+    par: &dyn Parallel,
+) -> Result<Report, QuantReportError> {
+    check_shapes(f, q)?;
+    let vocab = f.config.vae.vocab_size as usize;
+    let width = f.config.var.embed_dim as usize;
+    let mut layers: BTreeMap<(u8, usize), Layer> = BTreeMap::new();
+    let mut scales = vec![Scale::default(); Schedule::full(&f.config).len()];
+    let (mut dec_psnr, mut free_psnr) = (f64::INFINITY, f64::INFINITY);
+    for (i, img) in images.iter().enumerate() {
+        let (tokens, f_hat) = encode(f, img, par)?;
+        let d = SampleOptions::new(img.label);
+        let opts = SampleOptions {
+            seed: i as u64 + 1,
+            refine: 0,
+            top_k: d.top_k.min(vocab as u32),
+            ..d
+        };
+        let mut rf = Recorder::default();
+        let fl = run(f, opts, Some(tokens.clone()), Some(&mut rf), par)?;
+        let mut rq = Recorder::default();
+        let qt = run(q, opts, Some(tokens), Some(&mut rq), par)?;
+        add_layers(&mut layers, &rf, &rq, width);
+        add_scales(&mut scales, &fl, &qt, vocab);
+        let (da, db) = (decode(f, &f_hat, par)?, decode(q, &f_hat, par)?);
+        dec_psnr = dec_psnr.min(psnr_db(&da, &db));
+        let (ff, qf) = (
+            run(f, opts, None, None, par)?,
+            run(q, opts, None, None, par)?,
+        );
+        for (k, s) in scales.iter_mut().enumerate() {
+            if let (Some(a), Some(b)) = (ff.tokens.get(k), qf.tokens.get(k)) {
+                s.free_same += a.iter().zip(b).filter(|(x, y)| x == y).count();
+            }
+        }
+        free_psnr = free_psnr.min(psnr_db(&ff.image, &qf.image));
+    }
+    Ok(Report {
+        calib: images.len(),
+        layers: layers.into_values().collect(),
+        scales,
+        decoder_psnr_db: dec_psnr,
+        free_image_psnr_db: free_psnr,
+        ..Report::default()
+    })
+}
+
+/// [`report`]'s shape check.
+fn check_shapes(f: &Model<'_>, q: &Model<'_>) -> Result<(), QuantReportError> {
+    let (cf, cq) = (&f.config, &q.config);
+    if cf.var.depth != cq.var.depth
+        || cf.var.embed_dim != cq.var.embed_dim
+        || cf.vae.vocab_size != cq.vae.vocab_size
+        || Schedule::full(cf).len() != Schedule::full(cq).len()
+    {
+        return Err(QuantReportError::Mismatch(format!(
+            "depth {}/{}, width {}/{}, vocab {}/{}",
+            cf.var.depth,
+            cq.var.depth,
+            cf.var.embed_dim,
+            cq.var.embed_dim,
+            cf.vae.vocab_size,
+            cq.vae.vocab_size
+        )));
+    }
+    Ok(())
+}
+
+/// [`report`]'s per-layer accumulation of one image's two recordings.
+fn add_layers(
+    layers: &mut BTreeMap<(u8, usize), Layer>,
+    rf: &Recorder,
+    rq: &Recorder,
+    width: usize,
+) {
+    for at in rf.order() {
+        if at.pass != 0 {
+            continue;
+        }
+        let (Some(a), Some(b)) = (rf.get(at), rq.get(at)) else {
+            continue;
+        };
+        let key = match at.op {
+            "input" => (0, 0),
+            "block" => (1, at.layer),
+            _ => (2, 0),
+        };
+        let l = layers.entry(key).or_insert_with(|| Layer {
+            name: match key.0 {
+                0 => "input".into(),
+                1 => format!("block.{}", at.layer),
+                _ => "logits".into(),
+            },
+            chan_max: vec![0.0; if key.0 == 2 { 0 } else { width }],
+            chan_sq: vec![0.0; if key.0 == 2 { 0 } else { width }],
+            ..Layer::default()
+        });
+        for (x, y) in a.iter().zip(&b) {
+            let (x, y) = (*x as f64, *y as f64);
+            l.signal += x * x;
+            l.noise += (x - y) * (x - y);
+        }
+        if a.len() != b.len() {
+            l.noise = f64::INFINITY;
+        }
+        if key.0 != 2 && a.len() % width == 0 {
+            for row in a.chunks(width) {
+                for (c, x) in row.iter().enumerate() {
+                    let x = *x as f64;
+                    l.chan_max[c] = l.chan_max[c].max(x.abs());
+                    l.chan_sq[c] += x * x;
+                }
+                l.chan_n += 1;
+            }
+        }
+    }
+}
+
+/// [`report`]'s per-scale top-1 and KL of one image's two teacher-forced runs.
+fn add_scales(scales: &mut [Scale], fl: &Run, qt: &Run, vocab: usize) {
+    for (k, s) in scales.iter_mut().enumerate() {
+        let (Some(a), Some(b)) = (fl.logits.get(k), qt.logits.get(k)) else {
+            continue;
+        };
+        for (x, y) in a.chunks(vocab).zip(b.chunks(vocab)) {
+            s.tokens += 1;
+            s.top1 += (srdd_core::sample::argmax(x) == srdd_core::sample::argmax(y)) as usize;
+            let d = kl(x, y);
+            s.kl_sum += d;
+            s.kl_max = s.kl_max.max(d);
+        }
+    }
+}
+
+/// Class consistency and feature distance of samples (`--per-class K`).
+#[derive(Clone, Debug, Default)]
+pub struct ClassReport {
+    /// The classifier file.
+    pub classifier: String,
+    /// Samples per class.
+    pub per_class: usize,
+    /// Per class: float samples the classifier puts in their intended class.
+    pub float_correct: Vec<usize>,
+    /// Per class: the same for the int8 samples.
+    pub int8_correct: Vec<usize>,
+    /// Fréchet distance of the int8 samples' features to the float samples' (same seeds).
+    pub fd_int8_float: f64,
+    /// Yardstick: float samples of even seeds against float samples of odd seeds.
+    pub fd_float_halves: f64,
+    /// The int8 effect at the yardstick's size: int8 samples of even seeds against float samples
+    /// of odd seeds.
+    pub fd_int8_even_float_odd: f64,
+    /// Wall time of sampling and classifying (s).
+    pub seconds: f64,
+}
+
+impl ClassReport {
+    fn share(c: &[usize], per_class: usize) -> f64 {
+        c.iter().sum::<usize>() as f64 / (c.len() * per_class).max(1) as f64
+    }
+    /// Class consistency of the float samples.
+    pub fn float_consistency(&self) -> f64 {
+        Self::share(&self.float_correct, self.per_class)
+    }
+    /// Class consistency of the int8 samples.
+    pub fn int8_consistency(&self) -> f64 {
+        Self::share(&self.int8_correct, self.per_class)
+    }
+}
+
+/// Samples `per_class` images of every class with both models (seeds `s + 1000·class` for
+/// `s < per_class`, as `host/examples/tradeoff.rs`; the float model's stored sampling defaults,
+/// without refinement, for both) and scores them with `clf`: class consistency (classifier
+/// argmax = intended class) of each, and Fréchet distances of the classifier's 128-d features.
+pub fn class_report(
+    f: &Model<'_>,
+    q: &Model<'_>,
+    clf: &crate::classifier::Classifier,
+    per_class: usize,
+    par: &dyn Parallel,
+) -> Result<ClassReport, QuantReportError> {
+    use crate::classifier::{argmax, frechet_distance};
+    check_shapes(f, q)?;
+    let classes = f.config.var.num_classes as usize;
+    if clf.classes() != classes {
+        return Err(QuantReportError::Mismatch(format!(
+            "the classifier has {} classes, the model {classes}",
+            clf.classes()
+        )));
+    }
+    let side = f.config.image_side();
+    if side != crate::classifier::SIDE {
+        return Err(QuantReportError::Mismatch(format!(
+            "the classifier takes {0}x{0} images, the model makes {side}x{side}",
+            crate::classifier::SIDE
+        )));
+    }
+    if per_class < 2 {
+        return Err(QuantReportError::Input(
+            "--per-class needs at least 2 samples per class (the split-half yardstick)".into(),
+        ));
+    }
+    let t0 = std::time::Instant::now();
+    let vocab = f.config.vae.vocab_size as usize;
+    let mut out = ClassReport {
+        per_class,
+        float_correct: vec![0; classes],
+        int8_correct: vec![0; classes],
+        ..ClassReport::default()
+    };
+    // Features by model (0 float, 1 int8) and seed parity.
+    let mut feats: [[Vec<Vec<f32>>; 2]; 2] = Default::default();
+    let fe = |e: crate::classifier::ClassifierError| QuantReportError::Input(e.to_string());
+    for label in 0..classes {
+        for s in 0..per_class {
+            let d = SampleOptions::for_model(f, label as u32);
+            let opts = SampleOptions {
+                seed: s as u64 + 1000 * label as u64,
+                refine: 0,
+                top_k: d.top_k.min(vocab as u32),
+                ..d
+            };
+            for (m, model) in [f, q].into_iter().enumerate() {
+                let r = run(model, opts, None, None, par)?;
+                let rgb: Vec<u8> = r
+                    .image
+                    .iter()
+                    .map(|v| srdd_core::vae::to_rgb8(*v))
+                    .collect();
+                let (feat, logits) = clf.forward(&rgb).map_err(fe)?;
+                if argmax(&logits) == label {
+                    [&mut out.float_correct, &mut out.int8_correct][m][label] += 1;
+                }
+                feats[m][s % 2].push(feat);
+            }
+        }
+    }
+    let fd = |a: &[Vec<f32>], b: &[Vec<f32>]| {
+        frechet_distance(a, b).map_err(|e| QuantReportError::Input(e.to_string()))
+    };
+    let all = |m: usize| [feats[m][0].clone(), feats[m][1].clone()].concat();
+    out.fd_int8_float = fd(&all(1), &all(0))?;
+    out.fd_float_halves = fd(&feats[0][0], &feats[0][1])?;
+    out.fd_int8_even_float_odd = fd(&feats[1][0], &feats[0][1])?;
+    out.seconds = t0.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+/// The class report as JSON (the `classes` entry of `--json`), with the model's class names.
+pub fn class_json(c: &ClassReport, names: &[String]) -> Value {
+    json!({
+        "classifier": c.classifier,
+        "per_class": c.per_class,
+        "float_consistency": num(c.float_consistency()),
+        "int8_consistency": num(c.int8_consistency()),
+        "per_class_consistency": names.iter().enumerate().map(|(k, n)| json!({
+            "class": n,
+            "float": num(c.float_correct[k] as f64 / c.per_class as f64),
+            "int8": num(c.int8_correct[k] as f64 / c.per_class as f64),
+        })).collect::<Vec<_>>(),
+        "frechet_int8_vs_float": num(c.fd_int8_float),
+        "frechet_float_even_vs_odd": num(c.fd_float_halves),
+        "frechet_int8_even_vs_float_odd": num(c.fd_int8_even_float_odd),
+        "seconds": num(c.seconds),
+    })
+}
+
+/// The class report as text lines.
+pub fn class_text(c: &ClassReport, names: &[String]) -> String {
+    let mut s = format!(
+        "\nclass consistency ({} samples per class, classifier {}): float {:.3}, int8 {:.3}\n",
+        c.per_class,
+        c.classifier,
+        c.float_consistency(),
+        c.int8_consistency()
+    );
+    for (k, n) in names.iter().enumerate() {
+        s += &format!(
+            "  {:<12} float {:>3}/{}  int8 {:>3}/{}\n",
+            n, c.float_correct[k], c.per_class, c.int8_correct[k], c.per_class
+        );
+    }
+    s += &format!(
+        "Fréchet distance (classifier features, 128-d): int8 vs float (same seeds) {:.3}\n  \
+         yardstick, float even seeds vs float odd seeds {:.3}; int8 even vs float odd {:.3}\n\
+         ({:.1} s)",
+        c.fd_int8_float, c.fd_float_halves, c.fd_int8_even_float_odd, c.seconds
+    );
+    s
+}
+
+/// Class names for the report: the model's `class_names`, else the label numbers.
+pub fn class_names(model: &Model<'_>) -> Vec<String> {
+    let n = model.config.var.num_classes as usize;
+    match model.meta("class_names") {
+        Some(v) if v.split(',').count() == n => {
+            v.split(',').map(|c| c.trim().to_string()).collect()
+        }
+        _ => (0..n).map(|k| k.to_string()).collect(),
+    }
 }
