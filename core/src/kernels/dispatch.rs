@@ -7,8 +7,9 @@
 //! compile-time target features guarantee count. On Arm, [`Isa::ArmDsp`] (the Cortex-M4/M7 DSP
 //! extension) is compiled only for a DSP core: Arm target features are unstable in Rust, so
 //! `cfg(target_feature = "dsp")` is set on nightly only, and stable builds for a DSP core
-//! (`thumbv7em-*`) say so with the core's `arm-dsp` cargo feature (the firmware does). Enabled
-//! for a core without DSP, the build fails at the assembler rather than running a bad kernel.
+//! (`thumbv7em-*`) say so with the core's `arm-dsp` cargo feature (the firmware does). Likewise
+//! [`Isa::ArmMve`] (Helium, Cortex-M55) with `arm-mve` (the firmware's M55 build). Enabled for a
+//! core without the extension, the build fails at the assembler rather than running a bad kernel.
 //! The scalar reference is always compiled, and every kernel with a SIMD variant has a
 //! `*_with(isa, …)` form, so tests run them all and compare bits (the Arm kernel on the
 //! Cortex-M4 under QEMU: `firmware/src/bin/kernels.rs`).
@@ -24,6 +25,9 @@ pub enum Isa {
     /// Armv7E-M DSP extension (Cortex-M4/M7): the int8 GEMM on `SMLAD` of `SXTB16` pairs
     /// (`arch/arm_dsp.rs`).
     ArmDsp,
+    /// Armv8.1-M MVE (Helium, Cortex-M55/M85; the core has the DSP extension too): the int8
+    /// GEMM on word gathers and `VMLADAVA.S8` (`arch/arm_mve.rs`).
+    ArmMve,
     /// x86-64 AVX: the f32 register blocks of Linear and the stride-1 conv tiles.
     Avx,
     /// x86-64 AVX2: AVX plus the int8 GEMM on `vpmaddubsw` (sign trick, cannot saturate).
@@ -38,9 +42,10 @@ pub enum Isa {
 
 impl Isa {
     /// Every ISA, reference first.
-    pub const ALL: [Isa; 7] = [
+    pub const ALL: [Isa; 8] = [
         Isa::Scalar,
         Isa::ArmDsp,
+        Isa::ArmMve,
         Isa::Avx,
         Isa::Avx2,
         Isa::AvxVnni,
@@ -56,10 +61,12 @@ impl Isa {
             target_arch = "arm",
             any(target_feature = "dsp", feature = "arm-dsp")
         ));
+        const ARM_MVE: bool = cfg!(all(target_arch = "arm", feature = "arm-mve"));
         const X86: bool = cfg!(target_arch = "x86_64");
         match self {
             Isa::Scalar => true,
             Isa::ArmDsp => ARM_DSP,
+            Isa::ArmMve => ARM_MVE,
             _ => X86,
         }
     }
@@ -76,7 +83,7 @@ impl Isa {
             let avx2 = has!("avx") && has!("avx2");
             match self {
                 Isa::Scalar => true,
-                Isa::ArmDsp => false,
+                Isa::ArmDsp | Isa::ArmMve => false,
                 Isa::Avx => has!("avx"),
                 Isa::Avx2 => avx2,
                 Isa::AvxVnni => avx2 && has!("avxvnni"),
@@ -91,8 +98,8 @@ impl Isa {
             let avx2 = cfg!(all(target_feature = "avx", target_feature = "avx2"));
             let avx512 = avx2 && cfg!(all(target_feature = "avx512f", target_feature = "avx512bw"));
             match self {
-                // Compiled only for a DSP core (checked above).
-                Isa::Scalar | Isa::ArmDsp => true,
+                // Compiled only for a DSP (MVE) core (checked above).
+                Isa::Scalar | Isa::ArmDsp | Isa::ArmMve => true,
                 Isa::Avx => cfg!(target_feature = "avx"),
                 Isa::Avx2 => avx2,
                 Isa::AvxVnni => avx2 && cfg!(target_feature = "avxvnni"),

@@ -3,7 +3,8 @@
 //! weight in the panel layout of [`super::pack`], with an epilogue per output.
 //!
 //! The sums are exact integers, so every ISA gives the same bits by construction; the scalar
-//! loop here is the reference the SIMD kernels (`arch/x86_gemm.rs`, `arch/arm_dsp.rs`) are tested
+//! loop here is the reference the SIMD kernels (`arch/x86_gemm.rs`, `arch/arm_dsp.rs`,
+//! `arch/arm_mve.rs`) are tested
 //! against (the Arm one on the Cortex-M4 under QEMU: `firmware/src/bin/kernels.rs`). Sums
 //! wrap in i32 like the SIMD lanes (they are exact whenever the true value fits).
 //!
@@ -13,6 +14,8 @@
 
 #[cfg(all(target_arch = "arm", any(target_feature = "dsp", feature = "arm-dsp")))]
 use super::arch::arm_dsp;
+#[cfg(all(target_arch = "arm", feature = "arm-mve"))]
+use super::arch::arm_mve;
 #[cfg(target_arch = "x86_64")]
 use super::arch::x86_gemm as x86;
 use super::layers::PanelsI8;
@@ -82,8 +85,14 @@ pub(crate) fn gemm_i8_with<F: FnMut(usize, usize, &[i32])>(
             Isa::Avx512Vnni => {
                 return unsafe { x86::gemm_i8_avx512vnni(a, lda, m, w, panels, &mut emit) }
             }
-            Isa::Scalar | Isa::ArmDsp | Isa::Avx => {}
+            Isa::Scalar | Isa::ArmDsp | Isa::ArmMve | Isa::Avx => {}
         }
+    }
+    #[cfg(all(target_arch = "arm", feature = "arm-mve"))]
+    if isa == Isa::ArmMve {
+        // SAFETY: this build targets an MVE core (`Isa::ArmMve` is compiled in), and the asserts
+        // above bound every row and panel the kernel reads.
+        return unsafe { arm_mve::gemm_i8_mve(a, lda, m, w, panels, &mut emit) };
     }
     #[cfg(all(target_arch = "arm", any(target_feature = "dsp", feature = "arm-dsp")))]
     if isa == Isa::ArmDsp {

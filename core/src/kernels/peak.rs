@@ -48,7 +48,7 @@ pub fn int8_peak_probe(isa: Isa, iters: usize) -> Option<u64> {
             Isa::AvxVnni => return Some(unsafe { x86::int8_peak_avxvnni(iters) }),
             Isa::Avx512Bw => return Some(unsafe { x86::int8_peak_avx512bw(iters) }),
             Isa::Avx512Vnni => return Some(unsafe { x86::int8_peak_avx512vnni(iters) }),
-            Isa::Scalar | Isa::ArmDsp | Isa::Avx => {}
+            Isa::Scalar | Isa::ArmDsp | Isa::ArmMve | Isa::Avx => {}
         }
     }
     Some(int8_peak_scalar(iters))
@@ -99,7 +99,9 @@ mod tests {
     /// MACs of one iteration of each probe: the table of the module doc, in bytes × lanes.
     fn macs_per_iter(isa: Isa) -> u64 {
         match isa {
-            Isa::Scalar | Isa::ArmDsp | Isa::Avx => (SCALAR_ROWS * SCALAR_K * PANEL_NR) as u64,
+            Isa::Scalar | Isa::ArmDsp | Isa::ArmMve | Isa::Avx => {
+                (SCALAR_ROWS * SCALAR_K * PANEL_NR) as u64
+            }
             Isa::Avx2 => 4 * 2 * 32,
             Isa::AvxVnni => 5 * 2 * 32,
             Isa::Avx512Bw => 8 * 64,

@@ -14,6 +14,13 @@ use srdd_core::kernels::{
 };
 use srdd_core::parallel::Sequential;
 
+/// The kernels under test: the DSP ones on the Cortex-M4 (mps2-an386), the Helium ones on the
+/// Cortex-M55 (mps3-an547).
+#[cfg(not(an547))]
+const FAST: Isa = Isa::ArmDsp;
+#[cfg(an547)]
+const FAST: Isa = Isa::ArmMve;
+
 /// A tiny LCG (Knuth's MMIX constants): the test needs varied bytes, not good randomness.
 struct Lcg(u64);
 impl Lcg {
@@ -88,7 +95,7 @@ fn gemm_case(
     ref_out[..n].iter_mut().for_each(|v| *v = 0x5a5a_5a5a);
     dsp_out[..n].iter_mut().for_each(|v| *v = -0x5a5a_5a5a);
     assert!(gemm_i8_sums(Isa::Scalar, a, lda, m, &w, win, ref_out));
-    assert!(gemm_i8_sums(Isa::ArmDsp, a, lda, m, &w, win, dsp_out));
+    assert!(gemm_i8_sums(FAST, a, lda, m, &w, win, dsp_out));
     if ref_out[..n] != dsp_out[..n] {
         let i = (0..n).find(|&i| ref_out[i] != dsp_out[i]).unwrap();
         hprintln!(
@@ -158,7 +165,7 @@ fn layer_cases(rng: &mut Lcg) -> usize {
         // The padded map's sides: enough for either path.
         let (nu, nr, nf) = conv_scratch_len(cin, h + 2, wd + 2, wo, 3);
         assert!(nu + nr <= si.len() && nf <= sf.len());
-        for (isa, y) in [Isa::Scalar, Isa::ArmDsp].into_iter().zip(cy.iter_mut()) {
+        for (isa, y) in [Isa::Scalar, FAST].into_iter().zip(cy.iter_mut()) {
             let (unfold, qrow) = si.split_at_mut(nu);
             let mut s = ConvScratch {
                 unfold,
@@ -187,7 +194,7 @@ fn layer_cases(rng: &mut Lcg) -> usize {
     };
     for n in 1..=5 {
         let (nf, ni) = linear_scratch_len(n, 60);
-        for (isa, y) in [Isa::Scalar, Isa::ArmDsp].into_iter().zip(cy.iter_mut()) {
+        for (isa, y) in [Isa::Scalar, FAST].into_iter().zip(cy.iter_mut()) {
             let mut s = LinearScratch {
                 f: &mut sf[..nf],
                 q: &mut si[..ni],
@@ -209,9 +216,10 @@ fn layer_cases(rng: &mut Lcg) -> usize {
 
 #[entry]
 fn main() -> ! {
-    if !Isa::ArmDsp.supported() || Isa::active() != Isa::ArmDsp {
+    if !FAST.supported() || Isa::active() != FAST {
         hprintln!(
-            "FAIL: Isa::ArmDsp is not the active ISA ({:?})",
+            "FAIL: {:?} is not the active ISA ({:?})",
+            FAST,
             Isa::active()
         );
         debug::exit(debug::EXIT_FAILURE);
@@ -241,10 +249,11 @@ fn main() -> ! {
     }
     let layers = layer_cases(&mut rng);
     hprintln!(
-        "kernels ok: {} GEMM cases ({} sums) and {} Linear/conv outputs bit-identical, scalar vs ArmDsp",
+        "kernels ok: {} GEMM cases ({} sums) and {} Linear/conv outputs bit-identical, scalar vs {:?}",
         cases,
         sums,
-        layers
+        layers,
+        FAST
     );
     debug::exit(debug::EXIT_SUCCESS);
     loop {

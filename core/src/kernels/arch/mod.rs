@@ -7,6 +7,8 @@
 
 #[cfg(all(target_arch = "arm", any(target_feature = "dsp", feature = "arm-dsp")))]
 pub(crate) mod arm_dsp;
+#[cfg(all(target_arch = "arm", feature = "arm-mve"))]
+pub(crate) mod arm_mve;
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
