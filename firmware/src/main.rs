@@ -61,6 +61,9 @@ fn fnv1a(h: &mut u64, bytes: &[u8]) {
 fn run() -> Result<u64, srdd_core::Error> {
     let t0 = icount::instructions();
     let model = Model::from_bytes(&MODEL.0)?;
+    // Parsing and validating the file, the non-finite check over every f32 tensor and int8
+    // scale included: part of "setup".
+    let load = icount::instructions() - t0;
     // The model's own sampling defaults, as `srdd sample` uses them; the low-memory plan
     // changes no bit of the result.
     let mut opts = SampleOptions::for_model_low_memory(&model, CLASS);
@@ -94,6 +97,7 @@ fn run() -> Result<u64, srdd_core::Error> {
     })?;
     let decoder = icount::instructions() - decode_from;
     hprintln!("icount setup: {}", setup);
+    hprintln!("icount load: {}", load);
     hprintln!("icount decoder: {}", decoder);
     // The phases' sum: the progress prints between them are left out.
     hprintln!("icount total: {}", setup + progress.sum + decoder);

@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{bits, with_model, OFFICIAL, SIX};
-use srdd_core::config::{Attention, VaeConfig, VarConfig};
+use common::{bits, d16_config, with_model, OFFICIAL, SIX};
+use srdd_core::config::Attention;
 use srdd_core::kernels::group_norm;
 use srdd_core::parallel::{Parallel, Sequential, StdThreads};
 use srdd_core::weights::Norm;
@@ -256,49 +256,6 @@ fn group_norm_matches_an_f64_reference() {
             }
         }
     }
-}
-
-/// The VQVAE of the released VAR-d16 checkpoint at 256 px (ch 160, ch_mult (1,1,2,2,4), Cvae 32,
-/// V 4096) with int8 weights; the transformer part is only there to make the config valid.
-fn d16_config() -> ModelConfig {
-    let patch_nums: [u16; 10] = [1, 2, 3, 4, 5, 6, 8, 10, 13, 16];
-    let seq_len: u32 = patch_nums.iter().map(|p| *p as u32 * *p as u32).sum();
-    let cfg = ModelConfig {
-        var: VarConfig {
-            depth: 16,
-            embed_dim: 1024,
-            num_heads: 16,
-            ffn_hidden: 4096,
-            num_classes: 1000,
-            shared_aln: false,
-            attn_l2_norm: true,
-            norm_eps: 1e-6,
-            seq_len,
-        },
-        vae: VaeConfig {
-            vocab_size: 4096,
-            cvae: 32,
-            ch: 160,
-            ch_mult: [1, 1, 2, 2, 4].into_iter().collect(),
-            num_res_blocks: 2,
-            using_sa: true,
-            using_mid_sa: true,
-            num_phi: 4,
-            quant_resi: 0.5,
-            gn_groups: 32,
-            gn_eps: 1e-6,
-            has_encoder: false,
-        },
-        patch_nums: patch_nums.into_iter().collect(),
-        level_index: (0..10).collect(),
-        phi_index: (0..10)
-            .map(|si| srdd_core::config::official_phi_index(4, 10, si) as u8)
-            .collect(),
-        attention: Attention::Markov,
-        weights: WeightFormat::Int8,
-    };
-    cfg.validate().unwrap();
-    cfg
 }
 
 #[test]

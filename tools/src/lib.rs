@@ -10,3 +10,4 @@ pub mod checkpoint;
 pub mod convert;
 pub mod inspect;
 pub mod parity;
+pub mod quant_report;

@@ -5,8 +5,8 @@ use srdd::args::{AttentionArg, ScheduleArg, ThreadsArg};
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::{Attention, WeightFormat};
 use srdd_tools::backend_parity::{self, Backend};
-use srdd_tools::checkpoint::{open_checkpoint, Role};
-use srdd_tools::convert::{pack_to_file, PackOptions};
+use srdd_tools::checkpoint::{open_checkpoint, read_state_dict, Role};
+use srdd_tools::convert::{pack, pack_to_file, PackOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -135,6 +135,40 @@ enum Cmd {
         /// bound, the images' PSNR and the greedy token agreement.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        threads: ThreadsArg,
+    },
+    /// What int8 weights cost against the float model: activation SQNR and outliers per layer,
+    /// teacher-forced top-1 and KL per scale, decoder PSNR, forced and free token agreement.
+    #[command(
+        after_help = "Examples:\n  srdd-tools quant-report --var var_d16.pth --vae vae_ch160v4096z32.pth --calib 4\n  srdd-tools quant-report --f32 d16-f32.srdd --int8 d16-int8.srdd --json --plot report.png\n\nExit status 0 on a report, 2 on an error."
+    )]
+    QuantReport {
+        /// Float model file (f32 or f16 weights); with --int8.
+        #[arg(long = "f32", value_name = "MODEL", requires = "int8")]
+        float: Option<PathBuf>,
+        /// int8 model file; with --f32.
+        #[arg(long, value_name = "MODEL", requires = "float")]
+        int8: Option<PathBuf>,
+        /// VAR checkpoint, packed in memory as f32 and int8 (with --vae).
+        #[arg(long, requires = "vae", conflicts_with = "float")]
+        var: Option<PathBuf>,
+        /// VQVAE checkpoint (with --var).
+        #[arg(long, requires = "var")]
+        vae: Option<PathBuf>,
+        #[command(flatten)]
+        schedule: ScheduleArg,
+        #[command(flatten)]
+        attention: AttentionArg,
+        /// Calibration images sampled from the float model (classes spread, seeds 1..N).
+        #[arg(long, default_value_t = 2)]
+        calib: usize,
+        /// JSON output instead of the tables.
+        #[arg(long)]
+        json: bool,
+        /// Write a PNG of activation SQNR per layer (left) and mean KL per scale (right).
+        #[arg(long, value_name = "PNG")]
+        plot: Option<PathBuf>,
         #[command(flatten)]
         threads: ThreadsArg,
     },
@@ -326,6 +360,85 @@ fn run(cli: Cli) -> Result<bool, String> {
             }
             println!("{p} passed, {f} failed");
             Ok(f == 0)
+        }
+        Cmd::QuantReport {
+            float,
+            int8,
+            var,
+            vae,
+            schedule,
+            attention,
+            calib,
+            json,
+            plot,
+            threads,
+        } => {
+            if calib == 0 {
+                return Err("--calib 0: at least one calibration image is needed".into());
+            }
+            let read =
+                |p: &PathBuf| AlignedBytes::read(p).map_err(|e| format!("{}: {e}", p.display()));
+            let (fb, qb, fname, qname) = match (float, int8, var, vae) {
+                (Some(f), Some(q), None, None) => (
+                    read(&f)?,
+                    read(&q)?,
+                    f.display().to_string(),
+                    q.display().to_string(),
+                ),
+                (None, None, Some(var), Some(vae)) => {
+                    let var_sd = read_state_dict(&var, Role::Var)
+                        .map_err(|e| format!("{}: {e}", var.display()))?;
+                    let vae_sd = read_state_dict(&vae, Role::Vae)
+                        .map_err(|e| format!("{}: {e}", vae.display()))?;
+                    let patch_nums = schedule.patch_nums()?;
+                    // The pack command's options, once per weight format.
+                    let packed = |w: WeightFormat| {
+                        let opts = PackOptions {
+                            weights: w,
+                            patch_nums: patch_nums.clone(),
+                            attention: attention.or(Attention::Markov),
+                            encoder: true,
+                            ..PackOptions::default()
+                        };
+                        pack(&var_sd, &vae_sd, &opts)
+                            .map(|b| AlignedBytes::new(&b))
+                            .map_err(|e| e.to_string())
+                    };
+                    (
+                        packed(WeightFormat::F32)?,
+                        packed(WeightFormat::Int8)?,
+                        format!("{} (f32)", var.display()),
+                        format!("{} (int8)", var.display()),
+                    )
+                }
+                _ => {
+                    return Err(
+                        "give either --f32 MODEL --int8 MODEL or --var CKPT --vae CKPT".into(),
+                    )
+                }
+            };
+            let fm =
+                srdd_core::Model::from_bytes(fb.as_bytes()).map_err(|e| format!("{fname}: {e}"))?;
+            let qm =
+                srdd_core::Model::from_bytes(qb.as_bytes()).map_err(|e| format!("{qname}: {e}"))?;
+            let par = threads.parallel();
+            let mut r = srdd_tools::quant_report::report(&fm, &qm, calib, &par)
+                .map_err(|e| e.to_string())?;
+            r.tensors = srdd_tools::quant_report::tensor_errors(fb.as_bytes(), qb.as_bytes())
+                .map_err(|e| e.to_string())?;
+            r.float_name = fname;
+            r.int8_name = qname;
+            if let Some(p) = plot {
+                let png = srdd::png_bytes(&srdd_tools::quant_report::plot(&r))
+                    .map_err(|e| format!("{}: {e}", p.display()))?;
+                srdd::write_atomic(&p, &png).map_err(|e| format!("{}: {e}", p.display()))?;
+            }
+            if json {
+                println!("{:#}", srdd_tools::quant_report::to_json(&r));
+            } else {
+                println!("{}", srdd_tools::quant_report::to_text(&r));
+            }
+            Ok(true)
         }
     }
 }

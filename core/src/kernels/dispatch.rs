@@ -4,7 +4,9 @@
 //! target CPU, so one binary runs the best kernels of whatever machine it lands on: with `std`,
 //! [`Isa::supported`] asks the CPU (`is_x86_feature_detected!`, cached by std) and
 //! [`Isa::active`] takes the best. Without `std` (the firmware, `nostd-check`) only the ISAs the
-//! compile-time target features guarantee count. On Arm, [`Isa::ArmDsp`] (the Cortex-M4/M7 DSP
+//! compile-time target features guarantee count. AArch64 works the same way: the NEON, dot
+//! product and int8 matrix multiply kernels are always compiled in (`#[target_feature]`), and
+//! with `std` the CPU is asked (`is_aarch64_feature_detected!`). On Arm, [`Isa::ArmDsp`] (the Cortex-M4/M7 DSP
 //! extension) is compiled only for a DSP core: Arm target features are unstable in Rust, so
 //! `cfg(target_feature = "dsp")` is set on nightly only, and stable builds for a DSP core
 //! (`thumbv7em-*`) say so with the core's `arm-dsp` cargo feature (the firmware does). Likewise
@@ -16,8 +18,10 @@
 
 /// An instruction set the kernels can run on, ordered from the portable reference upwards (each
 /// x86 one's CPUs also have the x86 ones before it, except that AVX-VNNI and AVX-512BW are
-/// independent: a CPU may have either). [`Isa::ArmDsp`] sits below every x86 ISA, so the x86
-/// checks `isa >= Isa::Avx2` never hold for it.
+/// independent: a CPU may have either). The Arm ISAs ([`Isa::ArmDsp`], [`Isa::Neon`],
+/// [`Isa::NeonDot`], [`Isa::NeonI8mm`]) sit below every x86 ISA, so the x86 checks
+/// `isa >= Isa::Avx2` never hold for them; the AArch64 ones are ordered so that [`Isa::best`]
+/// prefers `smmla` over `sdot` over plain NEON (a CPU may have i8mm without the dot product).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Isa {
     /// The portable reference loops, compiled on every target (Cortex-M included).
@@ -28,6 +32,13 @@ pub enum Isa {
     /// Armv8.1-M MVE (Helium, Cortex-M55/M85; the core has the DSP extension too): the int8
     /// GEMM on word gathers and `VMLADAVA.S8` (`arch/arm_mve.rs`).
     ArmMve,
+    /// AArch64 Advanced SIMD (every AArch64 CPU): the int8 GEMM on `smull` + `sadalp`
+    /// (`arch/aarch64_gemm.rs`).
+    Neon,
+    /// AArch64 dot product extension (`FEAT_DotProd`): the int8 GEMM on `sdot` by element.
+    NeonDot,
+    /// AArch64 int8 matrix multiply extension (`FEAT_I8MM`): the int8 GEMM on `smmla`.
+    NeonI8mm,
     /// x86-64 AVX: the f32 register blocks of Linear and the stride-1 conv tiles.
     Avx,
     /// x86-64 AVX2: AVX plus the int8 GEMM on `vpmaddubsw` (sign trick, cannot saturate).
@@ -42,10 +53,13 @@ pub enum Isa {
 
 impl Isa {
     /// Every ISA, reference first.
-    pub const ALL: [Isa; 8] = [
+    pub const ALL: [Isa; 11] = [
         Isa::Scalar,
         Isa::ArmDsp,
         Isa::ArmMve,
+        Isa::Neon,
+        Isa::NeonDot,
+        Isa::NeonI8mm,
         Isa::Avx,
         Isa::Avx2,
         Isa::AvxVnni,
@@ -54,8 +68,8 @@ impl Isa {
     ];
 
     /// Whether this build contains the kernels of `self`: on x86-64 all the x86 ones (compiled
-    /// with `#[target_feature]`), on Arm [`Isa::ArmDsp`] when the build targets a DSP core, and
-    /// the scalar reference everywhere.
+    /// with `#[target_feature]`), on AArch64 the three AArch64 ones (likewise), on Arm
+    /// [`Isa::ArmDsp`] when the build targets a DSP core, and the scalar reference everywhere.
     pub const fn compiled(self) -> bool {
         const ARM_DSP: bool = cfg!(all(
             target_arch = "arm",
@@ -63,10 +77,12 @@ impl Isa {
         ));
         const ARM_MVE: bool = cfg!(all(target_arch = "arm", feature = "arm-mve"));
         const X86: bool = cfg!(target_arch = "x86_64");
+        const AARCH64: bool = cfg!(target_arch = "aarch64");
         match self {
             Isa::Scalar => true,
             Isa::ArmDsp => ARM_DSP,
             Isa::ArmMve => ARM_MVE,
+            Isa::Neon | Isa::NeonDot | Isa::NeonI8mm => AARCH64,
             _ => X86,
         }
     }
@@ -83,7 +99,7 @@ impl Isa {
             let avx2 = has!("avx") && has!("avx2");
             match self {
                 Isa::Scalar => true,
-                Isa::ArmDsp | Isa::ArmMve => false,
+                Isa::ArmDsp | Isa::ArmMve | Isa::Neon | Isa::NeonDot | Isa::NeonI8mm => false,
                 Isa::Avx => has!("avx"),
                 Isa::Avx2 => avx2,
                 Isa::AvxVnni => avx2 && has!("avxvnni"),
@@ -93,13 +109,30 @@ impl Isa {
                 }
             }
         }
-        #[cfg(not(all(feature = "std", target_arch = "x86_64")))]
+        #[cfg(all(feature = "std", target_arch = "aarch64"))]
+        {
+            use std::arch::is_aarch64_feature_detected as has;
+            match self {
+                Isa::Scalar => true,
+                Isa::Neon => has!("neon"),
+                Isa::NeonDot => has!("neon") && has!("dotprod"),
+                Isa::NeonI8mm => has!("neon") && has!("i8mm"),
+                // Not compiled for AArch64 (checked above).
+                _ => false,
+            }
+        }
+        #[cfg(not(all(feature = "std", any(target_arch = "x86_64", target_arch = "aarch64"))))]
         {
             let avx2 = cfg!(all(target_feature = "avx", target_feature = "avx2"));
             let avx512 = avx2 && cfg!(all(target_feature = "avx512f", target_feature = "avx512bw"));
             match self {
                 // Compiled only for a DSP (MVE) core (checked above).
                 Isa::Scalar | Isa::ArmDsp | Isa::ArmMve => true,
+                // Compiled only for AArch64 (checked above), so an Arm32 "neon" feature (which
+                // a Cortex-M55 target-cpu may report) never reaches these.
+                Isa::Neon => cfg!(target_feature = "neon"),
+                Isa::NeonDot => cfg!(all(target_feature = "neon", target_feature = "dotprod")),
+                Isa::NeonI8mm => cfg!(all(target_feature = "neon", target_feature = "i8mm")),
                 Isa::Avx => cfg!(target_feature = "avx"),
                 Isa::Avx2 => avx2,
                 Isa::AvxVnni => avx2 && cfg!(target_feature = "avxvnni"),

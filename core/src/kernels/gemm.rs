@@ -3,8 +3,8 @@
 //! weight in the panel layout of [`super::pack`], with an epilogue per output.
 //!
 //! The sums are exact integers, so every ISA gives the same bits by construction; the scalar
-//! loop here is the reference the SIMD kernels (`arch/x86_gemm.rs`, `arch/arm_dsp.rs`,
-//! `arch/arm_mve.rs`) are tested
+//! loop here is the reference the SIMD kernels (`arch/x86_gemm.rs`, `arch/aarch64_gemm.rs`,
+//! `arch/arm_dsp.rs`, `arch/arm_mve.rs`) are tested
 //! against (the Arm one on the Cortex-M4 under QEMU: `firmware/src/bin/kernels.rs`). Sums
 //! wrap in i32 like the SIMD lanes (they are exact whenever the true value fits).
 //!
@@ -12,6 +12,8 @@
 //! `vpmaddubsw` kernel unable to saturate (see `arch/x86_gemm.rs`). Rows are `lda` bytes apart and
 //! hold [`panel_k`] values, the padding zero ([`act_row_len`]); they may overlap.
 
+#[cfg(target_arch = "aarch64")]
+use super::arch::aarch64_gemm as aarch64;
 #[cfg(all(target_arch = "arm", any(target_feature = "dsp", feature = "arm-dsp")))]
 use super::arch::arm_dsp;
 #[cfg(all(target_arch = "arm", feature = "arm-mve"))]
@@ -85,7 +87,28 @@ pub(crate) fn gemm_i8_with<F: FnMut(usize, usize, &[i32])>(
             Isa::Avx512Vnni => {
                 return unsafe { x86::gemm_i8_avx512vnni(a, lda, m, w, panels, &mut emit) }
             }
-            Isa::Scalar | Isa::ArmDsp | Isa::ArmMve | Isa::Avx => {}
+            Isa::Scalar
+            | Isa::ArmDsp
+            | Isa::ArmMve
+            | Isa::Neon
+            | Isa::NeonDot
+            | Isa::NeonI8mm
+            | Isa::Avx => {}
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        // SAFETY: `isa` is supported (the caller's contract), and the asserts above bound every
+        // row and panel the kernels read.
+        match isa {
+            Isa::Neon => return unsafe { aarch64::gemm_i8_neon(a, lda, m, w, panels, &mut emit) },
+            Isa::NeonDot => {
+                return unsafe { aarch64::gemm_i8_dot(a, lda, m, w, panels, &mut emit) }
+            }
+            Isa::NeonI8mm => {
+                return unsafe { aarch64::gemm_i8_i8mm(a, lda, m, w, panels, &mut emit) }
+            }
+            _ => {}
         }
     }
     #[cfg(all(target_arch = "arm", feature = "arm-mve"))]

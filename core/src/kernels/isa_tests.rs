@@ -31,7 +31,7 @@ fn on_this_cpu(isa: Isa) -> bool {
         let avx512 = avx2 && has!("avx512f") && has!("avx512bw");
         match isa {
             Isa::Scalar => true,
-            Isa::ArmDsp | Isa::ArmMve => false,
+            Isa::ArmDsp | Isa::ArmMve | Isa::Neon | Isa::NeonDot | Isa::NeonI8mm => false,
             Isa::Avx => has!("avx"),
             Isa::Avx2 => avx2,
             Isa::AvxVnni => avx2 && has!("avxvnni"),
@@ -39,7 +39,18 @@ fn on_this_cpu(isa: Isa) -> bool {
             Isa::Avx512Vnni => avx512 && has!("avx512vnni"),
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    {
+        use std::arch::is_aarch64_feature_detected as has;
+        match isa {
+            Isa::Scalar => true,
+            Isa::Neon => has!("neon"),
+            Isa::NeonDot => has!("neon") && has!("dotprod"),
+            Isa::NeonI8mm => has!("neon") && has!("i8mm"),
+            _ => false,
+        }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         isa == Isa::Scalar
     }

@@ -131,6 +131,34 @@ impl<R: Read + Seek> PthArchive<R> {
         })
     }
 
+    /// The tensor `value` of entry `key` and its validated view: the view must fit in the storage
+    /// its persistent id declares (the entry itself is checked when read).
+    fn view_plan(
+        &self,
+        key: &str,
+        value: &Value,
+    ) -> Result<(Rc<TensorRef>, ViewPlan), CheckpointError> {
+        let t = match self.heap.get(value) {
+            Some(Object::Custom(TorchObject::Tensor(t))) => t.clone(),
+            _ => {
+                return Err(CheckpointError::NotATensor {
+                    key: key.to_string(),
+                    found: self.heap.describe(value),
+                })
+            }
+        };
+        let plan = ViewPlan::new(key, &t)?;
+        let declared = t.storage.numel.saturating_mul(plan.itemsize);
+        if declared < plan.extent_bytes {
+            return Err(CheckpointError::StorageTooSmall {
+                key: t.storage.key.to_string(),
+                available: declared,
+                needed: plan.extent_bytes,
+            });
+        }
+        Ok((t, plan))
+    }
+
     /// Materializes the given `(key, tensor value)` pairs, in order.
     pub(crate) fn materialize(
         &mut self,
@@ -144,26 +172,7 @@ impl<R: Read + Seek> PthArchive<R> {
         let id = |key: &Rc<str>| Rc::as_ptr(key) as *const u8 as usize;
         let mut need: HashMap<usize, (u64, usize)> = HashMap::new();
         for (key, value) in items {
-            let t = match self.heap.get(value) {
-                Some(Object::Custom(TorchObject::Tensor(t))) => t.clone(),
-                _ => {
-                    return Err(CheckpointError::NotATensor {
-                        key: key.clone(),
-                        found: self.heap.describe(value),
-                    })
-                }
-            };
-            let plan = ViewPlan::new(key, &t)?;
-            // The view must fit in the storage its persistent id declares
-            // (the entry itself is checked when read).
-            let declared = t.storage.numel.saturating_mul(plan.itemsize);
-            if declared < plan.extent_bytes {
-                return Err(CheckpointError::StorageTooSmall {
-                    key: t.storage.key.to_string(),
-                    available: declared,
-                    needed: plan.extent_bytes,
-                });
-            }
+            let (t, plan) = self.view_plan(key, value)?;
             let e = need.entry(id(&t.storage.key)).or_insert((0, 0));
             e.0 = e.0.max(plan.extent_bytes);
             e.1 += 1;
@@ -230,24 +239,7 @@ impl<R: Read + Seek> PthArchive<R> {
         let id = |key: &Rc<str>| Rc::as_ptr(key) as *const u8 as usize;
         let mut need: HashMap<usize, u64> = HashMap::new();
         for (key, value) in items {
-            let t = match self.heap.get(value) {
-                Some(Object::Custom(TorchObject::Tensor(t))) => t.clone(),
-                _ => {
-                    return Err(CheckpointError::NotATensor {
-                        key: key.clone(),
-                        found: self.heap.describe(value),
-                    })
-                }
-            };
-            let plan = ViewPlan::new(key, &t)?;
-            let declared = t.storage.numel.saturating_mul(plan.itemsize);
-            if declared < plan.extent_bytes {
-                return Err(CheckpointError::StorageTooSmall {
-                    key: t.storage.key.to_string(),
-                    available: declared,
-                    needed: plan.extent_bytes,
-                });
-            }
+            let (t, plan) = self.view_plan(key, value)?;
             let e = need.entry(id(&t.storage.key)).or_insert(0);
             *e = (*e).max(plan.extent_bytes);
             plans.push((key.clone(), t, plan));
