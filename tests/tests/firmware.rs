@@ -6,8 +6,11 @@
 //! The firmware's DSP kernels (`Isa::ArmDsp`, active there) must equal the scalar reference:
 //! its `kernels` binary compares them on the Cortex-M4 itself (the host cannot run Arm code).
 //!
-//! Needs the `thumbv7em-none-eabihf` target and `qemu-system-arm` (`.ci/run` installs both).
-//! Without them the tests are skipped locally and fail loudly when `CI=true`.
+//! The same two checks run on the Cortex-M55 (`mps3-an547`, `Isa::ArmMve`, Helium).
+//!
+//! Needs the `thumbv7em-none-eabihf` and `thumbv8m.main-none-eabihf` targets and
+//! `qemu-system-arm` (`scripts/test-all`, which `.ci/run` calls, installs them). Without them the
+//! tests are skipped locally and fail loudly when `CI=true`.
 
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::generate::{Generator, Plan, SampleOptions};

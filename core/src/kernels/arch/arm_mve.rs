@@ -51,7 +51,7 @@ pub(crate) unsafe fn gemm_i8_mve(
     let groups = panel_k(w.k) / PANEL_KR;
     let bytes = w.panel_bytes();
     // `panel_bytes` is a multiple of 64, so every panel is word-aligned when the first is.
-    let vector = w.q.as_ptr() as usize % 4 == 0;
+    let vector = (w.q.as_ptr() as usize).is_multiple_of(4);
     let chunks = if vector { groups / GATHER } else { 0 };
     for t in 0..m {
         let row = &a[t * lda..t * lda + groups * PANEL_KR];
