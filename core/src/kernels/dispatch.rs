@@ -18,10 +18,11 @@
 
 /// An instruction set the kernels can run on, ordered from the portable reference upwards (each
 /// x86 one's CPUs also have the x86 ones before it, except that AVX-VNNI and AVX-512BW are
-/// independent: a CPU may have either). The Arm ISAs ([`Isa::ArmDsp`], [`Isa::Neon`],
-/// [`Isa::NeonDot`], [`Isa::NeonI8mm`]) sit below every x86 ISA, so the x86 checks
-/// `isa >= Isa::Avx2` never hold for them; the AArch64 ones are ordered so that [`Isa::best`]
-/// prefers `smmla` over `sdot` over plain NEON (a CPU may have i8mm without the dot product).
+/// independent: a CPU may have either). The Arm ISAs ([`Isa::ArmDsp`], [`Isa::ArmMve`],
+/// [`Isa::Neon`], [`Isa::NeonDot`], [`Isa::NeonI8mm`]) sit below every x86 ISA, so the x86 checks
+/// `isa >= Isa::Avx2` never hold for them; [`Isa::best`] prefers MVE over DSP on a Cortex-M55
+/// (which has both), and on AArch64 `smmla` over `sdot` over plain NEON (a CPU may have i8mm
+/// without the dot product).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Isa {
     /// The portable reference loops, compiled on every target (Cortex-M included).
