@@ -474,11 +474,12 @@ impl<'a> TensorSource<'a> for FileSource<'a> {
         let index = self.index;
         let e = self.next_entry(name, shape)?;
         let numel: usize = shape.iter().product();
-        // Scratch is planned from the header's weight format, so a tensor may only be stored in
-        // f32 or in that format.
+        // Scratch is planned from the header's weight format: only an int8 file plans the int8
+        // GEMM's activation scratch, so int8 tensors need an int8 header. The float paths need
+        // no scratch, so an int8 file may keep any tensor in f16 or f32 (its precision plan).
         let allowed = match e.dtype {
             TensorDType::F32 => true,
-            TensorDType::F16 => self.weights == crate::config::WeightFormat::F16,
+            TensorDType::F16 => self.weights != crate::config::WeightFormat::F32,
             TensorDType::I8 => self.weights == crate::config::WeightFormat::Int8,
         };
         if !allowed {

@@ -69,6 +69,10 @@ pub enum ConvertError {
     /// The output file could not be written.
     #[error("{0}: {1}")]
     Write(String, std::io::Error),
+    /// A `--keep` rule is malformed, matches no quantizable weight, or is not more precise
+    /// than the file's weight format.
+    #[error("--keep {0}")]
+    Keep(String),
 }
 
 /// Options of `srdd-tools pack`.
@@ -88,6 +92,95 @@ pub struct PackOptions {
     pub gn_groups: u32,
     /// Free-form metadata lines (`key=value`), e.g. `class_names=a,b,c`.
     pub metadata: Vec<(String, String)>,
+    /// The precision plan's exceptions: quantizable weights kept in a more precise format than
+    /// `weights` (`srdd-tools pack --keep`). Each rule must match at least one weight; the
+    /// last matching rule wins.
+    pub keep: Vec<KeepRule>,
+}
+
+/// `--keep PATTERN[=f16|f32]`: Linear/Conv weights whose canonical name matches `PATTERN` (`*`
+/// matches any run of characters, e.g. `blocks.*.ffn.fc1.weight`) are stored as `format`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeepRule {
+    /// Canonical tensor name, with `*` wildcards.
+    pub pattern: String,
+    /// Storage format: f16 or f32, more precise than the file's weight format.
+    pub format: WeightFormat,
+}
+
+impl KeepRule {
+    /// Parses `PATTERN[=f16|f32]` (f16 when no format is given: half the bytes of f32, and
+    /// within f16's rounding of the float model).
+    pub fn parse(text: &str) -> Result<KeepRule, ConvertError> {
+        let (pattern, format) = match text.rsplit_once('=') {
+            Some((p, "f16")) => (p, WeightFormat::F16),
+            Some((p, "f32")) => (p, WeightFormat::F32),
+            Some((_, f)) => {
+                return Err(ConvertError::Keep(format!(
+                    "{text}: format {f:?} is not f16 or f32"
+                )))
+            }
+            None => (text, WeightFormat::F16),
+        };
+        if pattern.is_empty() {
+            return Err(ConvertError::Keep(format!("{text}: empty tensor name")));
+        }
+        Ok(KeepRule {
+            pattern: pattern.to_string(),
+            format,
+        })
+    }
+
+    /// Whether `name` matches the pattern (`*` = any run of characters).
+    pub fn matches(&self, name: &str) -> bool {
+        glob_match(self.pattern.as_bytes(), name.as_bytes())
+    }
+}
+
+impl fmt::Display for KeepRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.pattern, format_name(self.format))
+    }
+}
+
+/// `*`-only glob matching (iterative, linear backtracking to the last star).
+fn glob_match(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == s[si] {
+            pi += 1;
+            si += 1;
+        } else if let Some((sp, ss)) = star {
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// `int8`, `f16` or `f32`.
+pub fn format_name(w: WeightFormat) -> &'static str {
+    match w {
+        WeightFormat::F32 => "f32",
+        WeightFormat::F16 => "f16",
+        WeightFormat::Int8 => "int8",
+    }
+}
+
+/// Bits of precision of a storage format, for "more precise than" checks.
+fn precision_rank(w: WeightFormat) -> u8 {
+    match w {
+        WeightFormat::Int8 => 0,
+        WeightFormat::F16 => 1,
+        WeightFormat::F32 => 2,
+    }
 }
 
 impl Default for PackOptions {
@@ -100,6 +193,7 @@ impl Default for PackOptions {
             quant_resi: 0.5,
             gn_groups: 32,
             metadata: Vec::new(),
+            keep: Vec::new(),
         }
     }
 }
@@ -546,6 +640,15 @@ fn plan_pack<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
     let meta = metadata_text(&cfg, &opts.metadata)?;
     let (naming, _) = phi_naming(vae);
     let cat = catalog(&cfg)?;
+    for r in &opts.keep {
+        if precision_rank(r.format) <= precision_rank(cfg.weights) {
+            return Err(ConvertError::Keep(format!(
+                "{r}: not more precise than the file's weights ({})",
+                format_name(cfg.weights)
+            )));
+        }
+    }
+    let mut matched = vec![false; opts.keep.len()];
 
     // Key accounting: everything must be used, dropped on purpose, or reported. The checks run
     // in the order the in-memory converter ran them, so the first error is the same.
@@ -582,7 +685,14 @@ fn plan_pack<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
         let numel: usize = e.shape.iter().product();
         let phi = e.name.starts_with("quantize.quant_resi.");
         let fmt = if e.is_weight && !phi {
-            cfg.weights
+            let mut fmt = cfg.weights;
+            for (i, r) in opts.keep.iter().enumerate() {
+                if r.matches(&e.name) {
+                    matched[i] = true;
+                    fmt = r.format;
+                }
+            }
+            fmt
         } else {
             WeightFormat::F32
         };
@@ -612,6 +722,12 @@ fn plan_pack<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
     }
     if !missing.is_empty() {
         return Err(ConvertError::MissingKeys(missing));
+    }
+    if let Some(i) = matched.iter().position(|m| !m) {
+        return Err(ConvertError::Keep(format!(
+            "{}: matches no quantizable Linear/Conv weight (see `srdd-tools inspect`)",
+            opts.keep[i]
+        )));
     }
     let mut unexpected = Vec::new();
     check_leftovers(var, false, &used, &cfg, &mut unexpected)?;

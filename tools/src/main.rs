@@ -6,7 +6,7 @@ use srdd_core::aligned::AlignedBytes;
 use srdd_core::{Attention, WeightFormat};
 use srdd_tools::backend_parity::{self, Backend};
 use srdd_tools::checkpoint::{open_checkpoint, read_state_dict, Role};
-use srdd_tools::convert::{pack, pack_to_file, PackOptions};
+use srdd_tools::convert::{pack, pack_to_file, KeepRule, PackOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -84,6 +84,11 @@ enum Cmd {
         /// Extra metadata lines `key=value` (repeatable). Default: none.
         #[arg(long)]
         meta: Vec<String>,
+        /// Keep matching Linear/Conv weights more precise than --weights (repeatable or
+        /// comma-separated): canonical names as `inspect` lists them, `*` matches any run of
+        /// characters, `=f32` or `=f16` (default) picks the format.
+        #[arg(long, value_name = "NAME[=f16|f32]", value_delimiter = ',')]
+        keep: Vec<String>,
         /// Output file.
         #[arg(short, long)]
         output: PathBuf,
@@ -135,6 +140,9 @@ enum Cmd {
         /// bound, the images' PSNR and the greedy token agreement.
         #[arg(long)]
         json: bool,
+        /// Precision plan for the fixture's pack, as `pack --keep` (golden cases only).
+        #[arg(long, value_name = "NAME[=f16|f32]", value_delimiter = ',')]
+        keep: Vec<String>,
         #[command(flatten)]
         threads: ThreadsArg,
     },
@@ -195,6 +203,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             class_names,
             resample,
             meta,
+            keep,
             output,
         } => {
             let t0 = Instant::now();
@@ -224,6 +233,11 @@ fn run(cli: Cli) -> Result<bool, String> {
                 }
                 md
             };
+            let keep = keep
+                .iter()
+                .map(|k| KeepRule::parse(k))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
             // Opened lazily: the pickle or header now, each tensor when it is written.
             let var_sd =
                 open_checkpoint(&var, Role::Var).map_err(|e| format!("{}: {e}", var.display()))?;
@@ -235,6 +249,7 @@ fn run(cli: Cli) -> Result<bool, String> {
                 attention: attention.or(Attention::Markov),
                 encoder: !no_encoder,
                 metadata,
+                keep,
                 ..PackOptions::default()
             };
             let len = pack_to_file(&var_sd, &vae_sd, &opts, &output).map_err(|e| e.to_string())?;
@@ -278,8 +293,12 @@ fn run(cli: Cli) -> Result<bool, String> {
             backend: Some(backend),
             model,
             json,
+            keep,
             threads,
         } => {
+            if !keep.is_empty() {
+                return Err("--keep applies to the golden fixture run, not --backend".into());
+            }
             let fixture = match (fixture, fixture_flag) {
                 (None, None) => None,
                 (a, b) => Some(one_path(a, b, "fixture", "FIXTURE or --fixture")?),
@@ -330,6 +349,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             backend: None,
             model,
             json,
+            keep,
             threads,
         } => {
             if !model.is_empty() || json {
@@ -340,7 +360,12 @@ fn run(cli: Cli) -> Result<bool, String> {
             }
             let fixture = one_path(fixture, fixture_flag, "fixture", "FIXTURE or --fixture")?;
             let par = threads.parallel();
-            let rows = srdd_tools::parity::run_fixture_on(&fixture, weights.into(), &par)
+            let keep = keep
+                .iter()
+                .map(|k| KeepRule::parse(k))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            let rows = srdd_tools::parity::run_fixture_on(&fixture, weights.into(), &keep, &par)
                 .map_err(|e| format!("{}: {e}", fixture.display()))?;
             let (mut p, mut f) = (0, 0);
             println!("{:<24} {:<6} {:<40} metric", "case", "result", "tolerance");

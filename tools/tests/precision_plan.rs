@@ -1,0 +1,129 @@
+//! The precision plan (`srdd-tools pack --keep`): matching Linear/Conv weights of an int8 file are
+//! stored in f16 or f32, the file records each tensor's format, the engine runs the mixture, and a
+//! rule that is malformed, matches nothing or is not more precise than the file is refused.
+
+use srdd_core::aligned::AlignedBytes;
+use srdd_core::format::{parse, TensorDType, TensorEntry};
+use srdd_core::{Model, WeightFormat};
+use srdd_tools::checkpoint::{read_state_dict, Role, StateDict};
+use srdd_tools::convert::{pack, ConvertError, KeepRule, PackOptions};
+use std::path::Path;
+
+fn state_dicts() -> (StateDict, StateDict) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-six-scales");
+    let read = |stem: &str, role| {
+        let p = dir.join(format!("{stem}.safetensors"));
+        read_state_dict(&p, role).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    };
+    (read("var", Role::Var), read("vae", Role::Vae))
+}
+
+fn packed(weights: WeightFormat, keep: &[&str]) -> Result<Vec<u8>, ConvertError> {
+    let (var, vae) = state_dicts();
+    let opts = PackOptions {
+        weights,
+        patch_nums: Some(vec![1, 2, 3, 4, 6, 8]),
+        keep: keep
+            .iter()
+            .map(|k| KeepRule::parse(k))
+            .collect::<Result<_, _>>()?,
+        ..PackOptions::default()
+    };
+    pack(&var, &vae, &opts)
+}
+
+/// Every tensor's name and stored type.
+fn dtypes(bytes: &[u8]) -> Vec<(String, TensorDType)> {
+    let file = parse(bytes).expect("parses");
+    let mut table = file.table;
+    (0..file.header.tensor_count)
+        .map(|_| {
+            let (e, rest) = postcard::take_from_bytes::<TensorEntry<'_>>(table).unwrap();
+            table = rest;
+            (e.name.to_string(), e.dtype)
+        })
+        .collect()
+}
+
+#[test]
+fn kept_weights_are_stored_as_asked_and_the_engine_loads_the_mixture() {
+    let plain = packed(WeightFormat::Int8, &[]).unwrap();
+    let mixed = packed(
+        WeightFormat::Int8,
+        &[
+            "head.weight=f32",
+            "blocks.*.ffn.fc2.weight",
+            "decoder.conv_out.weight",
+        ],
+    )
+    .unwrap();
+    let (a, b) = (dtypes(&plain), dtypes(&mixed));
+    assert_eq!(a.len(), b.len());
+    let mut changed = Vec::new();
+    for ((name, da), (name_b, db)) in a.iter().zip(&b) {
+        assert_eq!(name, name_b);
+        if da != db {
+            assert_eq!(*da, TensorDType::I8, "{name}: only int8 weights change");
+            changed.push((name.clone(), *db));
+        }
+    }
+    let fc2: Vec<_> = changed
+        .iter()
+        .filter(|(n, _)| n.ends_with("ffn.fc2.weight"))
+        .collect();
+    assert!(!fc2.is_empty());
+    assert!(fc2.iter().all(|(_, d)| *d == TensorDType::F16));
+    assert!(changed.contains(&("head.weight".into(), TensorDType::F32)));
+    assert!(changed.contains(&("decoder.conv_out.weight".into(), TensorDType::F16)));
+    assert_eq!(changed.len(), fc2.len() + 2, "{changed:?}");
+    for bytes in [&plain, &mixed] {
+        let ab = AlignedBytes::new(bytes);
+        let m = Model::from_bytes(ab.as_bytes()).expect("the mixture loads");
+        assert_eq!(m.config.weights, WeightFormat::Int8);
+    }
+}
+
+#[test]
+fn the_last_matching_rule_wins() {
+    let bytes = packed(WeightFormat::Int8, &["blocks.*=f32", "blocks.0.*=f16"]).unwrap();
+    for (name, d) in dtypes(&bytes) {
+        if name.starts_with("blocks.0.") && name.ends_with(".weight") && !name.contains("ada_lin") {
+            assert_eq!(d, TensorDType::F16, "{name}");
+        } else if name.starts_with("blocks.1.") && name.ends_with("fc1.weight") {
+            assert_eq!(d, TensorDType::F32, "{name}");
+        }
+    }
+}
+
+#[test]
+fn bad_rules_are_refused_in_one_line() {
+    let refused = |w, keep: &[&str], needle: &str| {
+        let e = packed(w, keep).expect_err("refused");
+        let msg = e.to_string();
+        assert!(matches!(e, ConvertError::Keep(_)), "{msg}");
+        assert!(msg.contains(needle), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+    };
+    refused(WeightFormat::Int8, &["head.weight=int4"], "not f16 or f32");
+    refused(WeightFormat::Int8, &["=f16"], "empty tensor name");
+    refused(WeightFormat::Int8, &["nope.*"], "matches no quantizable");
+    // Norms and biases are float already; Phi convs always stay f32.
+    refused(WeightFormat::Int8, &["blocks.0.ffn.fc1.bias"], "matches no");
+    refused(WeightFormat::F16, &["head.weight=f16"], "not more precise");
+    refused(WeightFormat::F32, &["head.weight=f32"], "not more precise");
+}
+
+#[test]
+fn glob_patterns_match_runs_of_characters() {
+    let r = KeepRule::parse("blocks.*.attn.*").unwrap();
+    assert!(r.matches("blocks.12.attn.mat_qkv.weight"));
+    assert!(!r.matches("blocks.1.ffn.fc1.weight"));
+    assert!(KeepRule::parse("*").unwrap().matches("anything"));
+    assert!(KeepRule::parse("a*b*c").unwrap().matches("aXbYbc"));
+    assert!(!KeepRule::parse("a*b*c").unwrap().matches("aXbYb"));
+    assert_eq!(
+        KeepRule::parse("x").unwrap().format,
+        WeightFormat::F16,
+        "f16 by default"
+    );
+}
