@@ -1,4 +1,4 @@
-//! Puts memory.x where cortex-m-rt's link.x finds it, and computes the exact arena of the
+//! Puts memory-an386.x (memory-an547.x for the Cortex-M55 target) as memory.x where cortex-m-rt's link.x finds it, and computes the exact arena of the
 //! embedded model for the firmware's options at build time: `$OUT_DIR/arena.rs` holds
 //! `const ARENA_BYTES: usize`, so the `static` arena is exactly as large as the plan needs.
 use srdd_core::aligned::AlignedBytes;
@@ -15,9 +15,19 @@ fn options(model: &Model<'_>) -> SampleOptions {
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").unwrap());
-    fs::write(out.join("memory.x"), include_bytes!("memory.x")).unwrap();
+    // The Cortex-M55 target runs on QEMU's mps3-an547 (`cfg(an547)`: its memory map and clock).
+    println!("cargo:rustc-check-cfg=cfg(an547)");
+    let an547 = env::var("TARGET").unwrap().starts_with("thumbv8m.main");
+    let memory: &[u8] = if an547 {
+        println!("cargo:rustc-cfg=an547");
+        include_bytes!("memory-an547.x")
+    } else {
+        include_bytes!("memory-an386.x")
+    };
+    fs::write(out.join("memory.x"), memory).unwrap();
     println!("cargo:rustc-link-search={}", out.display());
-    println!("cargo:rerun-if-changed=memory.x");
+    println!("cargo:rerun-if-changed=memory-an386.x");
+    println!("cargo:rerun-if-changed=memory-an547.x");
     let model_path = PathBuf::from("../models/default-int8.srdd");
     println!("cargo:rerun-if-changed={}", model_path.display());
     let bytes = AlignedBytes::read(&model_path).expect("read the embedded model");

@@ -1,6 +1,7 @@
 //! Instruction counts under `qemu-system-arm -icount shift=0`, where every guest instruction
 //! advances virtual time by exactly 1 ns. SysTick runs on the processor clock, which QEMU's
-//! mps2-an386 model sets to 25 MHz (`SYSCLK_FRQ`), so one tick is 40 ns = 40 instructions;
+//! mps2-an386 model sets to 25 MHz (`SYSCLK_FRQ`), so one tick is 40 ns = 40 instructions, and
+//! its mps3-an547 (Cortex-M55) model to 32 MHz (one tick = 31.25 instructions);
 //! [`calibrate`] checks that against a loop of a known instruction count. The 24-bit counter
 //! wraps every 2^24 ticks (≈ 671 M instructions); the SysTick exception counts the wraps.
 //! Without `-icount` the same figures are host-time noise: only the icount run means anything.
@@ -10,8 +11,12 @@ use cortex_m::peripheral::syst::SystClkSource;
 use cortex_m::peripheral::{SCB, SYST};
 use cortex_m_rt::exception;
 
-/// Instructions per SysTick tick: 1 ns per instruction (`-icount shift=0`) at 25 MHz.
-pub const INSTR_PER_TICK: u64 = 40;
+/// The processor clock of QEMU's board model: 1 ns per instruction (`-icount shift=0`) makes
+/// a tick `10^9 / SYSCLK_HZ` instructions.
+#[cfg(not(an547))]
+const SYSCLK_HZ: u64 = 25_000_000;
+#[cfg(an547)]
+const SYSCLK_HZ: u64 = 32_000_000;
 const RELOAD: u32 = 0x00ff_ffff;
 static WRAPS: AtomicU32 = AtomicU32::new(0);
 
@@ -47,9 +52,9 @@ pub fn ticks() -> u64 {
     }
 }
 
-/// Instructions since [`start`], in units of [`INSTR_PER_TICK`].
+/// Instructions since [`start`], in units of one tick (`10^9 / SYSCLK_HZ`).
 pub fn instructions() -> u64 {
-    ticks() * INSTR_PER_TICK
+    ticks() * 1_000_000_000 / SYSCLK_HZ
 }
 
 /// Counts a loop of exactly `2 · iters` instructions (`subs` + `bne` per iteration) and returns

@@ -16,7 +16,15 @@ use srdd_core::aligned::Aligned;
 use srdd_core::generate::{Generator, Plan, SampleOptions, StepHook};
 use srdd_core::{Model, Schedule};
 
+#[cfg(not(an547))]
 static MODEL: &Aligned<[u8]> = &Aligned(*include_bytes!("../../models/default-int8.srdd"));
+// The an547's ITCM (code) is 512 KiB: the model goes to the ISRAM (memory-an547.x).
+#[cfg(an547)]
+#[link_section = ".model"]
+static MODEL_DATA: Aligned<[u8; include_bytes!("../../models/default-int8.srdd").len()]> =
+    Aligned(*include_bytes!("../../models/default-int8.srdd"));
+#[cfg(an547)]
+static MODEL: &Aligned<[u8]> = &MODEL_DATA;
 
 // `ARENA_BYTES`: the plan's exact size, computed from the model file by build.rs.
 include!(concat!(env!("OUT_DIR"), "/arena.rs"));
@@ -101,7 +109,7 @@ fn run() -> Result<u64, srdd_core::Error> {
 fn main() -> ! {
     let cp = cortex_m::Peripherals::take().unwrap();
     icount::start(cp.SYST);
-    // A loop of exactly 20,000,000 instructions: checks `icount::INSTR_PER_TICK` under -icount.
+    // A loop of exactly 20,000,000 instructions: checks the clock `icount.rs` assumes, under -icount.
     hprintln!("icount calibration: {}", icount::calibrate(10_000_000));
     match run() {
         Ok(h) => {

@@ -6,8 +6,11 @@
 //! The firmware's DSP kernels (`Isa::ArmDsp`, active there) must equal the scalar reference:
 //! its `kernels` binary compares them on the Cortex-M4 itself (the host cannot run Arm code).
 //!
-//! Needs the `thumbv7em-none-eabihf` target and `qemu-system-arm` (`.ci/run` installs both).
-//! Without them the tests are skipped locally and fail loudly when `CI=true`.
+//! The same two checks run on the Cortex-M55 (`mps3-an547`, `Isa::ArmMve`, Helium).
+//!
+//! Needs the `thumbv7em-none-eabihf` and `thumbv8m.main-none-eabihf` targets and
+//! `qemu-system-arm` (`scripts/test-all`, which `.ci/run` calls, installs them). Without them the
+//! tests are skipped locally and fail loudly when `CI=true`.
 
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::generate::{Generator, Plan, SampleOptions};
@@ -115,15 +118,42 @@ fn the_cli_and_the_host_library_give_the_same_default_image() {
 /// Builds the firmware's binaries and runs `bin` under QEMU; its output, or `None` (test
 /// skipped) without the target or QEMU outside CI. Panics when the build or the run fails.
 fn run_firmware(bin: &str) -> Option<String> {
+    run_on(bin, &M4)
+}
+
+/// A firmware target: the Rust target and the QEMU board that runs it.
+struct Board {
+    target: &'static str,
+    cpu: &'static str,
+    machine: &'static str,
+}
+const M4: Board = Board {
+    target: "thumbv7em-none-eabihf",
+    cpu: "cortex-m4",
+    machine: "mps2-an386",
+};
+/// The Cortex-M55 (Helium): rustc has no thumbv8.1m target; the v8-M Mainline one with
+/// `-C target-cpu=cortex-m55` (firmware/.cargo/config.toml) builds for it.
+const M55: Board = Board {
+    target: "thumbv8m.main-none-eabihf",
+    cpu: "cortex-m55",
+    machine: "mps3-an547",
+};
+
+/// As [`run_firmware`] on `board`.
+fn run_on(bin: &str, board: &Board) -> Option<String> {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     let target_ok = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("thumbv7em-none-eabihf"))
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(board.target))
         .unwrap_or(false);
     let qemu_ok = have("qemu-system-arm", "--version");
     if !(target_ok && qemu_ok) {
-        let msg = format!("firmware test needs the thumbv7em-none-eabihf target ({target_ok}) and qemu-system-arm ({qemu_ok})");
+        let msg = format!(
+            "firmware test needs the {} target ({target_ok}) and qemu-system-arm ({qemu_ok})",
+            board.target
+        );
         assert!(!ci, "{msg}");
         eprintln!("SKIPPED: {msg}");
         return None;
@@ -131,22 +161,32 @@ fn run_firmware(bin: &str) -> Option<String> {
     let fw = root().join("firmware");
     let build = Command::new(env!("CARGO"))
         .current_dir(&fw)
-        .args(["build", "--release", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            board.target,
+            "--target-dir",
+        ])
         .arg(fw.join("target"))
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("RUSTFLAGS")
         .status()
         .expect("cargo runs");
     assert!(build.success(), "firmware build failed");
-    let elf = fw.join("target/thumbv7em-none-eabihf/release").join(bin);
+    let elf = fw
+        .join("target")
+        .join(board.target)
+        .join("release")
+        .join(bin);
     let out = Command::new("timeout")
         .args([
             "900",
             "qemu-system-arm",
             "-cpu",
-            "cortex-m4",
+            board.cpu,
             "-machine",
-            "mps2-an386",
+            board.machine,
             "-nographic",
             "-semihosting-config",
             "enable=on,target=native",
@@ -195,5 +235,39 @@ fn firmware_dsp_kernels_equal_the_scalar_reference_on_the_cortex_m4() {
         .lines()
         .find(|l| l.starts_with("kernels ok: "))
         .unwrap_or_else(|| panic!("no pass line in:\n{text}"));
+    eprintln!("{line}");
+}
+
+#[test]
+fn cortex_m55_image_equals_srdd_sample_for_the_same_class_and_seed() {
+    let Some(text) = run_on("srdd-firmware", &M55) else {
+        return;
+    };
+    assert!(
+        text.contains("isa ArmMve"),
+        "the M55 firmware should sample on the Helium kernels:\n{text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("checksum=0x"))
+        .unwrap_or_else(|| panic!("no checksum in:\n{text}"));
+    let fw_sum = u64::from_str_radix(line.trim_start_matches("checksum=0x").trim(), 16).unwrap();
+    let cli_sum = cli_checksum(3, 0);
+    eprintln!("Cortex-M55 {fw_sum:#018x}, srdd sample --class 3 --seed 0 {cli_sum:#018x}");
+    assert_eq!(
+        fw_sum, cli_sum,
+        "the Cortex-M55 image differs from `srdd sample --class 3 --seed 0`"
+    );
+}
+
+#[test]
+fn firmware_mve_kernels_equal_the_scalar_reference_on_the_cortex_m55() {
+    let Some(text) = run_on("kernels", &M55) else {
+        return;
+    };
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("kernels ok: ") && l.ends_with("ArmMve"))
+        .unwrap_or_else(|| panic!("no ArmMve pass line in:\n{text}"));
     eprintln!("{line}");
 }

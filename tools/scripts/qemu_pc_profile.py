@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""A sampling profile of the Cortex-M4 firmware under QEMU, by function.
+"""A sampling profile of the Cortex-M4 or Cortex-M55 (--m55) firmware under QEMU, by function.
 
-    python3 tools/scripts/qemu_pc_profile.py ELF [TOP]
+    python3 tools/scripts/qemu_pc_profile.py [--m55] ELF [TOP]
 
-Runs ELF on `qemu-system-arm -machine mps2-an386 -icount shift=0` with a monitor socket, reads the
+Runs ELF on `qemu-system-arm -machine mps2-an386 -icount shift=0` (mps3-an547 with --m55: the
+firmware built with `--target thumbv8m.main-none-eabihf`) with a monitor socket, reads the
 program counter (`info registers`, R15) every ~3 ms of wall time until the firmware exits, and maps
 each sample to the enclosing function symbol (`llvm-nm -n` from rustup's llvm-tools component).
 Wall-time sampling under -icount approximates instruction shares; with LTO most kernels are inlined
@@ -21,14 +22,18 @@ import subprocess
 import sys
 import time
 
-elf = sys.argv[1]
-top = int(sys.argv[2]) if len(sys.argv) > 2 else 25
+args = sys.argv[1:]
+m55 = "--m55" in args
+args = [a for a in args if a != "--m55"]
+cpu, machine = ("cortex-m55", "mps3-an547") if m55 else ("cortex-m4", "mps2-an386")
+elf = args[0]
+top = int(args[1]) if len(args) > 1 else 25
 nm = sorted(glob.glob(os.path.expanduser("~/.rustup/toolchains/*/lib/rustlib/*/bin/llvm-nm")))
 if not nm:
     sys.exit("llvm-nm not found: rustup component add llvm-tools")
 sock = f"/tmp/qemu_pc_profile.{os.getpid()}.sock"
 qemu = subprocess.Popen(
-    ["qemu-system-arm", "-cpu", "cortex-m4", "-machine", "mps2-an386", "-nographic",
+    ["qemu-system-arm", "-cpu", cpu, "-machine", machine, "-nographic",
      "-semihosting-config", "enable=on,target=native", "-icount", "shift=0", "-kernel", elf,
      "-monitor", f"unix:{sock},server,nowait", "-serial", "null"],
     stdout=open("/tmp/qemu_pc_profile.out", "w"), stderr=subprocess.STDOUT)

@@ -9,18 +9,20 @@
 //! with `std` the CPU is asked (`is_aarch64_feature_detected!`). On Arm, [`Isa::ArmDsp`] (the Cortex-M4/M7 DSP
 //! extension) is compiled only for a DSP core: Arm target features are unstable in Rust, so
 //! `cfg(target_feature = "dsp")` is set on nightly only, and stable builds for a DSP core
-//! (`thumbv7em-*`) say so with the core's `arm-dsp` cargo feature (the firmware does). Enabled
-//! for a core without DSP, the build fails at the assembler rather than running a bad kernel.
+//! (`thumbv7em-*`) say so with the core's `arm-dsp` cargo feature (the firmware does). Likewise
+//! [`Isa::ArmMve`] (Helium, Cortex-M55) with `arm-mve` (the firmware's M55 build). Enabled for a
+//! core without the extension, the build fails at the assembler rather than running a bad kernel.
 //! The scalar reference is always compiled, and every kernel with a SIMD variant has a
 //! `*_with(isa, …)` form, so tests run them all and compare bits (the Arm kernel on the
 //! Cortex-M4 under QEMU: `firmware/src/bin/kernels.rs`).
 
 /// An instruction set the kernels can run on, ordered from the portable reference upwards (each
 /// x86 one's CPUs also have the x86 ones before it, except that AVX-VNNI and AVX-512BW are
-/// independent: a CPU may have either). The Arm ISAs ([`Isa::ArmDsp`], [`Isa::Neon`],
-/// [`Isa::NeonDot`], [`Isa::NeonI8mm`]) sit below every x86 ISA, so the x86 checks
-/// `isa >= Isa::Avx2` never hold for them; the AArch64 ones are ordered so that [`Isa::best`]
-/// prefers `smmla` over `sdot` over plain NEON (a CPU may have i8mm without the dot product).
+/// independent: a CPU may have either). The Arm ISAs ([`Isa::ArmDsp`], [`Isa::ArmMve`],
+/// [`Isa::Neon`], [`Isa::NeonDot`], [`Isa::NeonI8mm`]) sit below every x86 ISA, so the x86 checks
+/// `isa >= Isa::Avx2` never hold for them; [`Isa::best`] prefers MVE over DSP on a Cortex-M55
+/// (which has both), and on AArch64 `smmla` over `sdot` over plain NEON (a CPU may have i8mm
+/// without the dot product).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Isa {
     /// The portable reference loops, compiled on every target (Cortex-M included).
@@ -28,6 +30,9 @@ pub enum Isa {
     /// Armv7E-M DSP extension (Cortex-M4/M7): the int8 GEMM on `SMLAD` of `SXTB16` pairs
     /// (`arch/arm_dsp.rs`).
     ArmDsp,
+    /// Armv8.1-M MVE (Helium, Cortex-M55/M85; the core has the DSP extension too): the int8
+    /// GEMM on word gathers and `VMLADAVA.S8` (`arch/arm_mve.rs`).
+    ArmMve,
     /// AArch64 Advanced SIMD (every AArch64 CPU): the int8 GEMM on `smull` + `sadalp`
     /// (`arch/aarch64_gemm.rs`).
     Neon,
@@ -49,9 +54,10 @@ pub enum Isa {
 
 impl Isa {
     /// Every ISA, reference first.
-    pub const ALL: [Isa; 10] = [
+    pub const ALL: [Isa; 11] = [
         Isa::Scalar,
         Isa::ArmDsp,
+        Isa::ArmMve,
         Isa::Neon,
         Isa::NeonDot,
         Isa::NeonI8mm,
@@ -70,11 +76,13 @@ impl Isa {
             target_arch = "arm",
             any(target_feature = "dsp", feature = "arm-dsp")
         ));
+        const ARM_MVE: bool = cfg!(all(target_arch = "arm", feature = "arm-mve"));
         const X86: bool = cfg!(target_arch = "x86_64");
         const AARCH64: bool = cfg!(target_arch = "aarch64");
         match self {
             Isa::Scalar => true,
             Isa::ArmDsp => ARM_DSP,
+            Isa::ArmMve => ARM_MVE,
             Isa::Neon | Isa::NeonDot | Isa::NeonI8mm => AARCH64,
             _ => X86,
         }
@@ -92,7 +100,7 @@ impl Isa {
             let avx2 = has!("avx") && has!("avx2");
             match self {
                 Isa::Scalar => true,
-                Isa::ArmDsp | Isa::Neon | Isa::NeonDot | Isa::NeonI8mm => false,
+                Isa::ArmDsp | Isa::ArmMve | Isa::Neon | Isa::NeonDot | Isa::NeonI8mm => false,
                 Isa::Avx => has!("avx"),
                 Isa::Avx2 => avx2,
                 Isa::AvxVnni => avx2 && has!("avxvnni"),
@@ -119,8 +127,10 @@ impl Isa {
             let avx2 = cfg!(all(target_feature = "avx", target_feature = "avx2"));
             let avx512 = avx2 && cfg!(all(target_feature = "avx512f", target_feature = "avx512bw"));
             match self {
-                // Compiled only for a DSP core (checked above).
-                Isa::Scalar | Isa::ArmDsp => true,
+                // Compiled only for a DSP (MVE) core (checked above).
+                Isa::Scalar | Isa::ArmDsp | Isa::ArmMve => true,
+                // Compiled only for AArch64 (checked above), so an Arm32 "neon" feature (which
+                // a Cortex-M55 target-cpu may report) never reaches these.
                 Isa::Neon => cfg!(target_feature = "neon"),
                 Isa::NeonDot => cfg!(all(target_feature = "neon", target_feature = "dotprod")),
                 Isa::NeonI8mm => cfg!(all(target_feature = "neon", target_feature = "i8mm")),

@@ -4,7 +4,7 @@
 //!
 //! The sums are exact integers, so every ISA gives the same bits by construction; the scalar
 //! loop here is the reference the SIMD kernels (`arch/x86_gemm.rs`, `arch/aarch64_gemm.rs`,
-//! `arch/arm_dsp.rs`) are tested
+//! `arch/arm_dsp.rs`, `arch/arm_mve.rs`) are tested
 //! against (the Arm one on the Cortex-M4 under QEMU: `firmware/src/bin/kernels.rs`). Sums
 //! wrap in i32 like the SIMD lanes (they are exact whenever the true value fits).
 //!
@@ -16,6 +16,8 @@
 use super::arch::aarch64_gemm as aarch64;
 #[cfg(all(target_arch = "arm", any(target_feature = "dsp", feature = "arm-dsp")))]
 use super::arch::arm_dsp;
+#[cfg(all(target_arch = "arm", feature = "arm-mve"))]
+use super::arch::arm_mve;
 #[cfg(target_arch = "x86_64")]
 use super::arch::x86_gemm as x86;
 use super::layers::PanelsI8;
@@ -85,7 +87,13 @@ pub(crate) fn gemm_i8_with<F: FnMut(usize, usize, &[i32])>(
             Isa::Avx512Vnni => {
                 return unsafe { x86::gemm_i8_avx512vnni(a, lda, m, w, panels, &mut emit) }
             }
-            Isa::Scalar | Isa::ArmDsp | Isa::Neon | Isa::NeonDot | Isa::NeonI8mm | Isa::Avx => {}
+            Isa::Scalar
+            | Isa::ArmDsp
+            | Isa::ArmMve
+            | Isa::Neon
+            | Isa::NeonDot
+            | Isa::NeonI8mm
+            | Isa::Avx => {}
         }
     }
     #[cfg(target_arch = "aarch64")]
@@ -102,6 +110,12 @@ pub(crate) fn gemm_i8_with<F: FnMut(usize, usize, &[i32])>(
             }
             _ => {}
         }
+    }
+    #[cfg(all(target_arch = "arm", feature = "arm-mve"))]
+    if isa == Isa::ArmMve {
+        // SAFETY: this build targets an MVE core (`Isa::ArmMve` is compiled in), and the asserts
+        // above bound every row and panel the kernel reads.
+        return unsafe { arm_mve::gemm_i8_mve(a, lda, m, w, panels, &mut emit) };
     }
     #[cfg(all(target_arch = "arm", any(target_feature = "dsp", feature = "arm-dsp")))]
     if isa == Isa::ArmDsp {

@@ -31,7 +31,7 @@ fn on_this_cpu(isa: Isa) -> bool {
         let avx512 = avx2 && has!("avx512f") && has!("avx512bw");
         match isa {
             Isa::Scalar => true,
-            Isa::ArmDsp | Isa::Neon | Isa::NeonDot | Isa::NeonI8mm => false,
+            Isa::ArmDsp | Isa::ArmMve | Isa::Neon | Isa::NeonDot | Isa::NeonI8mm => false,
             Isa::Avx => has!("avx"),
             Isa::Avx2 => avx2,
             Isa::AvxVnni => avx2 && has!("avxvnni"),

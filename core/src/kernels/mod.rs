@@ -24,6 +24,7 @@
 //! | `arch/x86_gemm.rs` | the int8 GEMM on AVX2, AVX-VNNI, AVX-512BW, AVX-512 VNNI |
 //! | `arch/x86_peak.rs` | the int8 peak probes of those four ISAs |
 //! | `arch/arm_dsp.rs` | the int8 GEMM on the Cortex-M4/M7 DSP extension (`SMLAD`) |
+//! | `arch/arm_mve.rs` | the int8 GEMM on Cortex-M55 Helium (MVE: word gathers + `VMLADAVA.S8`) |
 //!
 //! # Contract
 //!

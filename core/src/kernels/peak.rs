@@ -14,10 +14,10 @@
 //! | [`Isa::Avx512Vnni`] | zmm `vpdpbusd` | 10 rows |
 //!
 //! [`Isa::Avx`] has no int8 kernel of its own (its int8 GEMM is the reference), so its peak is
-//! the reference's; [`Isa::ArmDsp`] has no probe (the Cortex-M firmware counts instructions
-//! instead: `docs/EMBEDDED.md`) and reports the reference's too, as do the AArch64 ISAs
-//! ([`Isa::Neon`], [`Isa::NeonDot`], [`Isa::NeonI8mm`]: no probe yet, so their layers can exceed
-//! that figure). The SIMD loops load no panels and write no outputs: real layers stay below
+//! the reference's; [`Isa::ArmDsp`] and [`Isa::ArmMve`] have no probe (the Cortex-M firmware
+//! counts instructions instead: `docs/EMBEDDED.md`) and report the reference's too, as do the
+//! AArch64 ISAs ([`Isa::Neon`], [`Isa::NeonDot`], [`Isa::NeonI8mm`]: no probe yet, so their
+//! layers can exceed that figure). The SIMD loops load no panels and write no outputs: real layers stay below
 //! their figure by what loads, broadcasts and epilogues cost. The scalar figure is the reference
 //! kernel itself on cached data, so layers come close to it.
 
@@ -50,7 +50,13 @@ pub fn int8_peak_probe(isa: Isa, iters: usize) -> Option<u64> {
             Isa::AvxVnni => return Some(unsafe { x86::int8_peak_avxvnni(iters) }),
             Isa::Avx512Bw => return Some(unsafe { x86::int8_peak_avx512bw(iters) }),
             Isa::Avx512Vnni => return Some(unsafe { x86::int8_peak_avx512vnni(iters) }),
-            Isa::Scalar | Isa::ArmDsp | Isa::Neon | Isa::NeonDot | Isa::NeonI8mm | Isa::Avx => {}
+            Isa::Scalar
+            | Isa::ArmDsp
+            | Isa::ArmMve
+            | Isa::Neon
+            | Isa::NeonDot
+            | Isa::NeonI8mm
+            | Isa::Avx => {}
         }
     }
     Some(int8_peak_scalar(iters))
@@ -101,9 +107,13 @@ mod tests {
     /// MACs of one iteration of each probe: the table of the module doc, in bytes × lanes.
     fn macs_per_iter(isa: Isa) -> u64 {
         match isa {
-            Isa::Scalar | Isa::ArmDsp | Isa::Neon | Isa::NeonDot | Isa::NeonI8mm | Isa::Avx => {
-                (SCALAR_ROWS * SCALAR_K * PANEL_NR) as u64
-            }
+            Isa::Scalar
+            | Isa::ArmDsp
+            | Isa::ArmMve
+            | Isa::Neon
+            | Isa::NeonDot
+            | Isa::NeonI8mm
+            | Isa::Avx => (SCALAR_ROWS * SCALAR_K * PANEL_NR) as u64,
             Isa::Avx2 => 4 * 2 * 32,
             Isa::AvxVnni => 5 * 2 * 32,
             Isa::Avx512Bw => 8 * 64,
