@@ -10,4 +10,5 @@ pub mod checkpoint;
 pub mod convert;
 pub mod inspect;
 pub mod parity;
+pub mod plan;
 pub mod quant_report;
