@@ -191,7 +191,9 @@ impl Figures {
     }
 
     /// The objective `J` the plan lowers: each part's error as a fraction of plain int8's
-    /// (`base`), summed, so both parts share one scale (2 at plain int8, 0 at float).
+    /// (`base`), summed, so both parts share one scale (2 at plain int8, 0 at float). Top-1
+    /// misses are not in it: counted on a calibration set they move by whole near-tie tokens,
+    /// and a walk led by them kept worse sets (measured on emoji32, docs/QUANTIZATION.md).
     pub fn objective(&self, base: &Figures) -> f64 {
         let frac = |x: f64, b: f64| if b > 0.0 { x / b } else { 0.0 };
         frac(self.kl_scales(), base.kl_scales()) + frac(self.decoder_mse, base.decoder_mse)
@@ -448,15 +450,18 @@ pub fn auto_plan_on<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
             });
         }
         // Best benefit per byte first; a weight that costs nothing (or saves bytes) first of
-        // all; ties by name so the order is reproducible.
+        // all; a weight that does not help alone last (with others it may), least harmful
+        // first; ties by name so the order is reproducible.
         let score = |c: &Candidate| {
-            if c.bytes <= 0 {
+            if c.benefit <= 0.0 {
+                // Below every helpful weight, best (least harmful) first.
+                c.benefit - 1.0
+            } else if c.bytes <= 0 {
                 f64::INFINITY
             } else {
                 c.benefit / c.bytes as f64
             }
         };
-        plan.candidates.retain(|c| c.benefit > 0.0);
         plan.candidates
             .sort_by(|a, b| score(b).total_cmp(&score(a)).then(a.name.cmp(&b.name)));
         plan.ended = "every candidate tried";
