@@ -357,6 +357,14 @@ pub fn auto_plan_on<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
     };
     let plain_len = packed_len(var, vae, &plain)?;
     let budget = auto.max_growth.bytes(plain_len);
+    // Checked before any measurement: it needs the layout only.
+    let user_growth = packed_len(var, vae, opts)? as i64 - plain_len as i64;
+    if user_growth > budget as i64 {
+        return Err(PlanError::KeepOverBudget {
+            used: user_growth,
+            budget,
+        });
+    }
     let f32_bytes = AlignedBytes::new(&pack(
         var,
         vae,
@@ -378,13 +386,6 @@ pub fn auto_plan_on<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
     };
     let t = &auto.targets;
     let before = m.measure(&[], true, true, &Figures::default())?;
-    let user_growth = m.growth(&user, plain_len)?;
-    if user_growth > budget as i64 {
-        return Err(PlanError::KeepOverBudget {
-            used: user_growth,
-            budget,
-        });
-    }
     let mut state = user.clone();
     let mut fig = if user.is_empty() {
         before.clone()
