@@ -240,7 +240,7 @@ pub struct Candidate {
 pub struct Step {
     /// Canonical tensor name.
     pub name: String,
-    /// Its alone-measured benefit and per-byte rank score.
+    /// Its benefit measured alone (`ΔJ`, as in [`Candidate`]).
     pub benefit: f64,
     /// File growth of the combined plan with it (over the plain int8 file).
     pub growth: i64,
