@@ -949,6 +949,17 @@ impl PackPlan {
     }
 }
 
+/// The length in bytes of the file [`pack`] would write, from the checkpoints' keys and shapes
+/// alone (every check is made; no tensor is converted). The automatic precision plan prices
+/// its candidates with it.
+pub fn packed_len<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
+    var: &V,
+    vae: &A,
+    opts: &PackOptions,
+) -> Result<u64, ConvertError> {
+    Ok(plan_pack(var, vae, opts)?.file_len as u64)
+}
+
 /// Converts two official state dicts into `.srdd` bytes (the whole file in memory; see
 /// [`pack_to_file`] for a file written one tensor at a time).
 pub fn pack<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(

@@ -180,6 +180,52 @@ pub fn parameter_counts(entries: &[TensorEntry<'_>]) -> Vec<(&'static str, u64)>
     groups.to_vec()
 }
 
+/// The precision plan of a file: per stored format among the quantizable Linear/Conv weights
+/// (the Phi convolutions, always f32, are not among them) the count and bytes (int8 scales
+/// included), and the weights stored other than as the file's weight format (the kept ones).
+pub struct PrecisionPlan {
+    /// `(format, count, bytes)` for int8, f16, f32.
+    pub formats: Vec<(&'static str, usize, u64)>,
+    /// `(name, format, bytes)` of every weight not stored in the file's weight format.
+    pub kept: Vec<(String, &'static str, u64)>,
+}
+
+/// The precision plan of the file whose tensors are `entries`.
+pub fn precision_plan(
+    cfg: &ModelConfig,
+    entries: &[TensorEntry<'_>],
+) -> Result<PrecisionPlan, srdd_core::Error> {
+    let weights: std::collections::BTreeSet<String> = crate::convert::catalog(cfg)
+        .map_err(|_| srdd_core::Error::BadHeader)?
+        .into_iter()
+        .filter(|e| e.is_weight && !e.name.starts_with("quantize.quant_resi."))
+        .map(|e| e.name)
+        .collect();
+    let mut p = PrecisionPlan {
+        formats: vec![("int8", 0, 0), ("f16", 0, 0), ("f32", 0, 0)],
+        kept: Vec::new(),
+    };
+    let file = weights_name(cfg.weights);
+    for e in entries.iter().filter(|e| weights.contains(e.name)) {
+        let f = dtype_name(e.dtype);
+        // An int8 weight carries one f32 scale per output channel.
+        let scales = if e.dtype == TensorDType::I8 {
+            e.shape.first().copied().unwrap_or(0) as u64 * 4
+        } else {
+            0
+        };
+        let bytes = e.len + scales;
+        if let Some(row) = p.formats.iter_mut().find(|r| r.0 == f) {
+            row.1 += 1;
+            row.2 += bytes;
+        }
+        if f != file {
+            p.kept.push((e.name.to_string(), f, bytes));
+        }
+    }
+    Ok(p)
+}
+
 /// A storage type as every output of `inspect` names it: `int8`, `f16` or `f32`.
 pub fn weights_name(w: WeightFormat) -> &'static str {
     match w {
@@ -251,6 +297,7 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
         entries.push(e);
     }
     let arena = arena_table(&model);
+    let plan = precision_plan(&model.config, &entries)?;
     let params = parameter_counts(&entries);
     let total_params: u64 = params.iter().map(|(_, n)| n).sum();
     let cfg = &model.config;
@@ -277,6 +324,10 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
             "image_side": cfg.image_side(),
             "metadata": metadata,
             "parameters": parameters,
+            "precision_plan": {
+                "formats": plan.formats.iter().map(|(f, n, b)| json!({"format": f, "weights": n, "bytes": b})).collect::<Vec<_>>(),
+                "kept": plan.kept.iter().map(|(n, f, b)| json!({"name": n, "format": f, "bytes": b})).collect::<Vec<_>>(),
+            },
             "tensors": entries.iter().map(|e| json!({
                 "name": e.name, "dtype": dtype_name(e.dtype), "layout": layout(&e.layout), "shape": e.shape.as_slice(),
                 "offset": e.offset, "bytes": e.len, "scales_offset": e.scales_offset,
@@ -308,6 +359,14 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
         weights_name(cfg.weights),
         attention_name(cfg.attention)
     );
+    let _ = write!(s, "precision plan (Linear/Conv weights):");
+    for (f, n, b) in &plan.formats {
+        let _ = write!(s, "  {f} {n} ({b} B)");
+    }
+    let _ = writeln!(s);
+    for (n, f, b) in &plan.kept {
+        let _ = writeln!(s, "  kept {f}: {n} ({b} B)");
+    }
     let _ = writeln!(
         s,
         "VAR: depth {} width {} heads {} ffn {} classes {} (+null) shared_aln {} l2_attn {} L {}",

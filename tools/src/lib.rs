@@ -11,4 +11,5 @@ pub mod classifier;
 pub mod convert;
 pub mod inspect;
 pub mod parity;
+pub mod plan;
 pub mod quant_report;

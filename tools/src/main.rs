@@ -89,6 +89,18 @@ enum Cmd {
         /// characters, `=f32` or `=f16` (default) picks the format.
         #[arg(long, value_name = "NAME[=f16|f32]", value_delimiter = ',')]
         keep: Vec<String>,
+        /// Automatic precision plan (with --weights int8): keep the weights that measure most
+        /// sensitive in --plan-format, best per byte first, while the file grows by at most
+        /// GROWTH over the plain int8 file: `N%` of its length (e.g. `10%`) or `N` bytes (e.g.
+        /// `62720`). --keep rules apply first and count against it; 0 is the plain int8 file.
+        #[arg(long, value_name = "GROWTH")]
+        max_growth: Option<String>,
+        /// With --max-growth: calibration images sampled from the float model.
+        #[arg(long, value_name = "N")]
+        calib: Option<usize>,
+        /// With --max-growth: the format of the weights the plan keeps.
+        #[arg(long, value_enum, ignore_case = true, value_name = "f16|f32")]
+        plan_format: Option<Weights>,
         /// Output file.
         #[arg(short, long)]
         output: PathBuf,
@@ -214,9 +226,13 @@ fn run(cli: Cli) -> Result<bool, String> {
             resample,
             meta,
             keep,
+            max_growth,
+            calib,
+            plan_format,
             output,
         } => {
             let t0 = Instant::now();
+            let auto = auto_plan_options(weights, max_growth, calib, plan_format)?;
             let patch_nums = schedule.patch_nums()?;
             // The options first: a bad one is named before any checkpoint is read.
             let metadata = {
@@ -248,6 +264,38 @@ fn run(cli: Cli) -> Result<bool, String> {
                 .map(|k| KeepRule::parse(k))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
+            if let Some(auto) = auto {
+                // Read whole: the plan packs the model many times in memory.
+                let var_sd = read_state_dict(&var, Role::Var)
+                    .map_err(|e| format!("{}: {e}", var.display()))?;
+                let vae_sd = read_state_dict(&vae, Role::Vae)
+                    .map_err(|e| format!("{}: {e}", vae.display()))?;
+                let mut opts = PackOptions {
+                    weights: weights.into(),
+                    patch_nums,
+                    attention: attention.or(Attention::Markov),
+                    encoder: !no_encoder,
+                    metadata,
+                    keep,
+                    ..PackOptions::default()
+                };
+                let par = srdd::args::ThreadsArg::default().parallel();
+                let plan = srdd_tools::plan::auto_plan_on(&var_sd, &vae_sd, &opts, &auto, &par)
+                    .map_err(|e| e.to_string())?;
+                println!("{}", srdd_tools::plan::to_text(&plan, &auto.targets));
+                opts.keep = plan.keep;
+                let len =
+                    pack_to_file(&var_sd, &vae_sd, &opts, &output).map_err(|e| e.to_string())?;
+                eprintln!(
+                    "wrote {} ({} bytes, plain int8 {} + {}) in {:.2} s",
+                    output.display(),
+                    len,
+                    plan.plain_len,
+                    len as i64 - plan.plain_len as i64,
+                    t0.elapsed().as_secs_f64()
+                );
+                return Ok(true);
+            }
             // Opened lazily: the pickle or header now, each tensor when it is written.
             let var_sd =
                 open_checkpoint(&var, Role::Var).map_err(|e| format!("{}: {e}", var.display()))?;
@@ -539,6 +587,49 @@ fn quant_report_classifier(
     };
     let c = Classifier::load(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok((path, c))
+}
+
+/// `pack`'s automatic-plan flags, checked before any checkpoint is read: `--calib` and
+/// `--plan-format` only with `--max-growth`, which needs `--weights int8`.
+fn auto_plan_options(
+    weights: Weights,
+    max_growth: Option<String>,
+    calib: Option<usize>,
+    plan_format: Option<Weights>,
+) -> Result<Option<srdd_tools::plan::AutoPlanOptions>, String> {
+    use srdd_tools::plan::{AutoPlanOptions, Growth, PlanError};
+    let Some(g) = max_growth else {
+        if calib.is_some() || plan_format.is_some() {
+            return Err(format!(
+                "{} needs --max-growth (the automatic precision plan)",
+                if calib.is_some() {
+                    "--calib"
+                } else {
+                    "--plan-format"
+                }
+            ));
+        }
+        return Ok(None);
+    };
+    let d = AutoPlanOptions::default();
+    let weights = WeightFormat::from(weights);
+    if weights != WeightFormat::Int8 {
+        return Err(PlanError::NotInt8(srdd_tools::convert::format_name(weights)).to_string());
+    }
+    let format = plan_format.map_or(d.format, WeightFormat::from);
+    if format == WeightFormat::Int8 {
+        return Err(PlanError::KeptFormat("int8").to_string());
+    }
+    let calib = calib.unwrap_or(d.calib);
+    if calib == 0 {
+        return Err(PlanError::NoCalib.to_string());
+    }
+    Ok(Some(AutoPlanOptions {
+        max_growth: Growth::parse(&g).map_err(|e| e.to_string())?,
+        format,
+        calib,
+        ..d
+    }))
 }
 
 /// The path given once, either positionally or with its flag: both or neither is a one-line

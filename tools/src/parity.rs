@@ -8,7 +8,7 @@
 //! logits. In int8 mode the same cases report quantization error instead of exact agreement,
 //! checked against the bounds in [`Int8Bounds`] (documented in docs/QUANTIZATION.md).
 
-use crate::checkpoint::{read_state_dict, Role};
+use crate::checkpoint::{read_state_dict, Role, StateDict};
 use crate::convert::{pack, KeepRule, PackOptions};
 use serde_json::Value;
 use srdd_core::aligned::AlignedBytes;
@@ -328,9 +328,12 @@ fn pack_options(
     })
 }
 
-/// Packs the fixture in `dir` (its `var.pth`/`vae.pth`, else the `.safetensors` pair) as
-/// [`run_fixture`] does, returning the `.srdd` bytes.
-pub fn pack_fixture(dir: &Path, weights: WeightFormat) -> Result<Vec<u8>, ParityError> {
+/// The fixture in `dir`: its pack options for `weights` and its checkpoints (`var.pth`/`vae.pth`,
+/// else the `.safetensors` pair), with the extension used.
+fn fixture_inputs(
+    dir: &Path,
+    weights: WeightFormat,
+) -> Result<(PackOptions, StateDict, StateDict, &'static str), ParityError> {
     let path = |name: &str| dir.join(name);
     let manifest_path = path("manifest.json");
     let manifest: Value = serde_json::from_slice(
@@ -346,7 +349,24 @@ pub fn pack_fixture(dir: &Path, weights: WeightFormat) -> Result<Vec<u8>, Parity
     };
     let var = read_state_dict(&path(&format!("var.{ext}")), Role::Var)?;
     let vae = read_state_dict(&path(&format!("vae.{ext}")), Role::Vae)?;
+    Ok((opts, var, vae, ext))
+}
+
+/// Packs the fixture in `dir` (its `var.pth`/`vae.pth`, else the `.safetensors` pair) as
+/// [`run_fixture`] does, returning the `.srdd` bytes.
+pub fn pack_fixture(dir: &Path, weights: WeightFormat) -> Result<Vec<u8>, ParityError> {
+    let (opts, var, vae, ext) = fixture_inputs(dir, weights)?;
     pack(&var, &vae, &opts).map_err(|e| ParityError::Convert(ext.into(), e))
+}
+
+/// The automatic precision plan of the fixture in `dir` packed as int8 ([`pack_fixture`]'s
+/// options): the keep rules (exact names) to add to those options.
+pub fn auto_plan_fixture(
+    dir: &Path,
+    auto: &crate::plan::AutoPlanOptions,
+) -> Result<Vec<crate::convert::KeepRule>, crate::plan::PlanError> {
+    let (opts, var, vae, _) = fixture_inputs(dir, WeightFormat::Int8)?;
+    Ok(crate::plan::auto_plan(&var, &vae, &opts, auto)?.keep)
 }
 
 /// Runs every case of the fixture in `dir`; returns one row per case (plus the packing check).

@@ -88,6 +88,7 @@ fn run(
     opts: SampleOptions,
     forced: Option<Vec<Vec<u32>>>,
     rec: Option<&mut Recorder>,
+    decode_image: bool,
     par: &dyn Parallel,
 ) -> Result<Run, QuantReportError> {
     let sched = Schedule::full(&model.config);
@@ -115,7 +116,10 @@ fn run(
         }
     }
     let mut rows: Vec<(usize, Vec<f32>)> = Vec::new();
-    s.decode(0, &mut |y, row| rows.push((y, row.to_vec())))?;
+    // Teacher-forced runs need only the logits: decoding is skipped there.
+    if decode_image {
+        s.decode(0, &mut |y, row| rows.push((y, row.to_vec())))?;
+    }
     rows.sort_by_key(|r| r.0);
     Ok(Run {
         tokens: hook.tokens,
@@ -143,6 +147,142 @@ fn decode(
     )?;
     rows.sort_by_key(|r| r.0);
     Ok(rows.into_iter().flat_map(|r| r.1).collect())
+}
+
+/// The two models must agree in depth, width, vocabulary and schedule length.
+fn check_shapes(f: &Model<'_>, q: &Model<'_>) -> Result<(), QuantReportError> {
+    let (cf, cq) = (&f.config, &q.config);
+    if cf.var.depth != cq.var.depth
+        || cf.var.embed_dim != cq.var.embed_dim
+        || cf.vae.vocab_size != cq.vae.vocab_size
+        || Schedule::full(cf).len() != Schedule::full(cq).len()
+    {
+        return Err(QuantReportError::Mismatch(format!(
+            "depth {}/{}, width {}/{}, vocab {}/{}",
+            cf.var.depth,
+            cq.var.depth,
+            cf.var.embed_dim,
+            cq.var.embed_dim,
+            cf.vae.vocab_size,
+            cq.vae.vocab_size
+        )));
+    }
+    Ok(())
+}
+
+/// Sampling options of calibration image `i` of `calib`: class `i·C/N`, seed `i+1`, the
+/// engine's defaults with top-k within a small test model's vocabulary, no refinement.
+pub fn calib_options(cfg: &srdd_core::ModelConfig, i: usize, calib: usize) -> SampleOptions {
+    let classes = cfg.var.num_classes.max(1) as usize;
+    let label = (i * classes / calib.max(1)) as u32;
+    let d = SampleOptions::new(label);
+    SampleOptions {
+        seed: i as u64 + 1,
+        refine: 0,
+        top_k: d.top_k.min(cfg.vae.vocab_size),
+        ..d
+    }
+}
+
+/// Adds one image's teacher-forced comparison (float logits `a`, quantized `b`, per step) to
+/// the per-scale tallies: top-1 agreement and KL(float ‖ quantized).
+fn score_scales(scales: &mut [Scale], vocab: usize, a: &[Vec<f32>], b: &[Vec<f32>]) {
+    for (k, s) in scales.iter_mut().enumerate() {
+        let (Some(a), Some(b)) = (a.get(k), b.get(k)) else {
+            continue;
+        };
+        for (x, y) in a.chunks(vocab).zip(b.chunks(vocab)) {
+            s.tokens += 1;
+            s.top1 += (srdd_core::sample::argmax(x) == srdd_core::sample::argmax(y)) as usize;
+            let d = kl(x, y);
+            s.kl_sum += d;
+            s.kl_max = s.kl_max.max(d);
+        }
+    }
+}
+
+/// The float model's calibration runs, kept so that quantized variants are measured against
+/// them without sampling again (the automatic precision plan measures many).
+pub struct Calibration {
+    /// Sampling options per image ([`calib_options`]).
+    pub opts: Vec<SampleOptions>,
+    /// Tokens per image, per step.
+    pub tokens: Vec<Vec<Vec<u32>>>,
+    /// Conditional logits per image, per step.
+    pub logits: Vec<Vec<Vec<f32>>>,
+    /// Final `f_hat` per image.
+    pub f_hat: Vec<Vec<f32>>,
+    /// The float decoder's image of each `f_hat`.
+    pub decoded: Vec<Vec<f32>>,
+}
+
+/// Samples `calib` images with the float model `f` (as [`report`] does) and decodes each.
+pub fn calibrate(
+    f: &Model<'_>,
+    calib: usize,
+    par: &dyn Parallel,
+) -> Result<Calibration, QuantReportError> {
+    let mut c = Calibration {
+        opts: Vec::new(),
+        tokens: Vec::new(),
+        logits: Vec::new(),
+        f_hat: Vec::new(),
+        decoded: Vec::new(),
+    };
+    for i in 0..calib {
+        let opts = calib_options(&f.config, i, calib);
+        let fl = run(f, opts, None, None, false, par)?;
+        c.decoded.push(decode(f, &fl.f_hat, par)?);
+        c.opts.push(opts);
+        c.tokens.push(fl.tokens);
+        c.logits.push(fl.logits);
+        c.f_hat.push(fl.f_hat);
+    }
+    Ok(c)
+}
+
+/// Teacher-forced per-scale figures of `q` against the calibration (the same tallies as
+/// [`report`]'s, without the free run or any decoding).
+pub fn forced_scales(
+    f: &Model<'_>,
+    q: &Model<'_>,
+    cal: &Calibration,
+    par: &dyn Parallel,
+) -> Result<Vec<Scale>, QuantReportError> {
+    check_shapes(f, q)?;
+    let vocab = f.config.vae.vocab_size as usize;
+    let mut scales = vec![Scale::default(); Schedule::full(&f.config).len()];
+    for (i, opts) in cal.opts.iter().enumerate() {
+        let qt = run(q, *opts, Some(cal.tokens[i].clone()), None, false, par)?;
+        score_scales(&mut scales, vocab, &cal.logits[i], &qt.logits);
+    }
+    Ok(scales)
+}
+
+/// `q`'s decoder against the float decoder on the calibration `f_hat`s: the minimum PSNR (dB,
+/// as [`report`]'s) and the mean squared error in the PSNR's units (images mapped to [0, 1]).
+pub fn decoder_error(
+    q: &Model<'_>,
+    cal: &Calibration,
+    par: &dyn Parallel,
+) -> Result<(f64, f64), QuantReportError> {
+    let (mut psnr, mut sq, mut n) = (f64::INFINITY, 0f64, 0usize);
+    for (f_hat, a) in cal.f_hat.iter().zip(&cal.decoded) {
+        let b = decode(q, f_hat, par)?;
+        psnr = psnr.min(psnr_db(a, &b));
+        if a.len() != b.len() {
+            return Err(QuantReportError::Mismatch(
+                "decoded image sizes differ".into(),
+            ));
+        }
+        sq += a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| ((*x as f64 - *y as f64) * 0.5).powi(2))
+            .sum::<f64>();
+        n += a.len();
+    }
+    Ok((psnr, sq / n.max(1) as f64))
 }
 
 /// SQNR in dB of `Σa²` over `Σ(a−b)²` (infinite when the noise is 0).
@@ -265,100 +405,25 @@ pub fn report(
     calib: usize,
     par: &dyn Parallel,
 ) -> Result<Report, QuantReportError> {
-    let (cf, cq) = (&f.config, &q.config);
-    if cf.var.depth != cq.var.depth
-        || cf.var.embed_dim != cq.var.embed_dim
-        || cf.vae.vocab_size != cq.vae.vocab_size
-        || Schedule::full(cf).len() != Schedule::full(cq).len()
-    {
-        return Err(QuantReportError::Mismatch(format!(
-            "depth {}/{}, width {}/{}, vocab {}/{}",
-            cf.var.depth,
-            cq.var.depth,
-            cf.var.embed_dim,
-            cq.var.embed_dim,
-            cf.vae.vocab_size,
-            cq.vae.vocab_size
-        )));
-    }
+    check_shapes(f, q)?;
+    let cf = &f.config;
     let vocab = cf.vae.vocab_size as usize;
     let width = cf.var.embed_dim as usize;
     let steps = Schedule::full(cf).len();
-    let classes = cf.var.num_classes.max(1) as usize;
     let mut layers: BTreeMap<(u8, usize), Layer> = BTreeMap::new();
     let mut scales = vec![Scale::default(); steps];
     let (mut dec_psnr, mut free_psnr) = (f64::INFINITY, f64::INFINITY);
     for i in 0..calib {
-        let label = (i * classes / calib.max(1)) as u32;
-        let d = SampleOptions::new(label);
-        // The defaults, with top-k within a small test model's vocabulary.
-        let opts = SampleOptions {
-            seed: i as u64 + 1,
-            refine: 0,
-            top_k: d.top_k.min(vocab as u32),
-            ..d
-        };
+        let opts = calib_options(&f.config, i, calib);
         let mut rf = Recorder::default();
-        let fl = run(f, opts, None, Some(&mut rf), par)?;
+        let fl = run(f, opts, None, Some(&mut rf), true, par)?;
         let mut rq = Recorder::default();
-        let qt = run(q, opts, Some(fl.tokens.clone()), Some(&mut rq), par)?;
-        for at in rf.order() {
-            if at.pass != 0 {
-                continue;
-            }
-            let (Some(a), Some(b)) = (rf.get(at), rq.get(at)) else {
-                continue;
-            };
-            let key = match at.op {
-                "input" => (0, 0),
-                "block" => (1, at.layer),
-                _ => (2, 0),
-            };
-            let l = layers.entry(key).or_insert_with(|| Layer {
-                name: match key.0 {
-                    0 => "input".into(),
-                    1 => format!("block.{}", at.layer),
-                    _ => "logits".into(),
-                },
-                chan_max: vec![0.0; if key.0 == 2 { 0 } else { width }],
-                chan_sq: vec![0.0; if key.0 == 2 { 0 } else { width }],
-                ..Layer::default()
-            });
-            for (x, y) in a.iter().zip(&b) {
-                let (x, y) = (*x as f64, *y as f64);
-                l.signal += x * x;
-                l.noise += (x - y) * (x - y);
-            }
-            if a.len() != b.len() {
-                l.noise = f64::INFINITY;
-            }
-            // Outliers per channel of the residual stream (the logits are not a matmul input).
-            if key.0 != 2 && a.len() % width == 0 {
-                for row in a.chunks(width) {
-                    for (c, x) in row.iter().enumerate() {
-                        let x = *x as f64;
-                        l.chan_max[c] = l.chan_max[c].max(x.abs());
-                        l.chan_sq[c] += x * x;
-                    }
-                    l.chan_n += 1;
-                }
-            }
-        }
-        for (k, s) in scales.iter_mut().enumerate() {
-            let (Some(a), Some(b)) = (fl.logits.get(k), qt.logits.get(k)) else {
-                continue;
-            };
-            for (x, y) in a.chunks(vocab).zip(b.chunks(vocab)) {
-                s.tokens += 1;
-                s.top1 += (srdd_core::sample::argmax(x) == srdd_core::sample::argmax(y)) as usize;
-                let d = kl(x, y);
-                s.kl_sum += d;
-                s.kl_max = s.kl_max.max(d);
-            }
-        }
+        let qt = run(q, opts, Some(fl.tokens.clone()), Some(&mut rq), false, par)?;
+        add_layers(&mut layers, &rf, &rq, width);
+        score_scales(&mut scales, vocab, &fl.logits, &qt.logits);
         let (da, db) = (decode(f, &fl.f_hat, par)?, decode(q, &fl.f_hat, par)?);
         dec_psnr = dec_psnr.min(psnr_db(&da, &db));
-        let qf = run(q, opts, None, None, par)?;
+        let qf = run(q, opts, None, None, true, par)?;
         for (k, s) in scales.iter_mut().enumerate() {
             if let (Some(a), Some(b)) = (fl.tokens.get(k), qf.tokens.get(k)) {
                 s.free_same += a.iter().zip(b).filter(|(x, y)| x == y).count();
@@ -774,16 +839,16 @@ pub fn report_encoded(
             ..d
         };
         let mut rf = Recorder::default();
-        let fl = run(f, opts, Some(tokens.clone()), Some(&mut rf), par)?;
+        let fl = run(f, opts, Some(tokens.clone()), Some(&mut rf), false, par)?;
         let mut rq = Recorder::default();
-        let qt = run(q, opts, Some(tokens), Some(&mut rq), par)?;
+        let qt = run(q, opts, Some(tokens), Some(&mut rq), false, par)?;
         add_layers(&mut layers, &rf, &rq, width);
-        add_scales(&mut scales, &fl, &qt, vocab);
+        score_scales(&mut scales, vocab, &fl.logits, &qt.logits);
         let (da, db) = (decode(f, &f_hat, par)?, decode(q, &f_hat, par)?);
         dec_psnr = dec_psnr.min(psnr_db(&da, &db));
         let (ff, qf) = (
-            run(f, opts, None, None, par)?,
-            run(q, opts, None, None, par)?,
+            run(f, opts, None, None, true, par)?,
+            run(q, opts, None, None, true, par)?,
         );
         for (k, s) in scales.iter_mut().enumerate() {
             if let (Some(a), Some(b)) = (ff.tokens.get(k), qf.tokens.get(k)) {
@@ -802,28 +867,7 @@ pub fn report_encoded(
     })
 }
 
-/// [`report`]'s shape check.
-fn check_shapes(f: &Model<'_>, q: &Model<'_>) -> Result<(), QuantReportError> {
-    let (cf, cq) = (&f.config, &q.config);
-    if cf.var.depth != cq.var.depth
-        || cf.var.embed_dim != cq.var.embed_dim
-        || cf.vae.vocab_size != cq.vae.vocab_size
-        || Schedule::full(cf).len() != Schedule::full(cq).len()
-    {
-        return Err(QuantReportError::Mismatch(format!(
-            "depth {}/{}, width {}/{}, vocab {}/{}",
-            cf.var.depth,
-            cq.var.depth,
-            cf.var.embed_dim,
-            cq.var.embed_dim,
-            cf.vae.vocab_size,
-            cq.vae.vocab_size
-        )));
-    }
-    Ok(())
-}
-
-/// [`report`]'s per-layer accumulation of one image's two recordings.
+/// Per-layer accumulation of one image's two recordings ([`report`], [`report_encoded`]).
 fn add_layers(
     layers: &mut BTreeMap<(u8, usize), Layer>,
     rf: &Recorder,
@@ -869,22 +913,6 @@ fn add_layers(
                 }
                 l.chan_n += 1;
             }
-        }
-    }
-}
-
-/// [`report`]'s per-scale top-1 and KL of one image's two teacher-forced runs.
-fn add_scales(scales: &mut [Scale], fl: &Run, qt: &Run, vocab: usize) {
-    for (k, s) in scales.iter_mut().enumerate() {
-        let (Some(a), Some(b)) = (fl.logits.get(k), qt.logits.get(k)) else {
-            continue;
-        };
-        for (x, y) in a.chunks(vocab).zip(b.chunks(vocab)) {
-            s.tokens += 1;
-            s.top1 += (srdd_core::sample::argmax(x) == srdd_core::sample::argmax(y)) as usize;
-            let d = kl(x, y);
-            s.kl_sum += d;
-            s.kl_max = s.kl_max.max(d);
         }
     }
 }
@@ -978,7 +1006,7 @@ pub fn class_report(
                 ..d
             };
             for (m, model) in [f, q].into_iter().enumerate() {
-                let r = run(model, opts, None, None, par)?;
+                let r = run(model, opts, None, None, true, par)?;
                 let rgb: Vec<u8> = r
                     .image
                     .iter()
