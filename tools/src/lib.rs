@@ -11,3 +11,4 @@ pub mod convert;
 pub mod inspect;
 pub mod parity;
 pub mod quant_report;
+pub mod smooth;

@@ -7,6 +7,7 @@ use srdd_core::{Attention, WeightFormat};
 use srdd_tools::backend_parity::{self, Backend};
 use srdd_tools::checkpoint::{open_checkpoint, read_state_dict, Role};
 use srdd_tools::convert::{pack, pack_to_file, KeepRule, PackOptions};
+use srdd_tools::smooth::{parse_alpha, SmoothError, Smoothing};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -89,6 +90,22 @@ enum Cmd {
         /// characters, `=f32` or `=f16` (default) picks the format.
         #[arg(long, value_name = "NAME[=f16|f32]", value_delimiter = ',')]
         keep: Vec<String>,
+        /// Smooth the outliers of the AdaLN-modulated Linear inputs (mat_qkv, ffn.fc1, head;
+        /// SmoothQuant, folded into the weights) with migration strength ALPHA in [0, 1]
+        /// (default 0.5), calibrated on --calib images sampled from the float model.
+        #[arg(
+            long,
+            value_name = "ALPHA",
+            num_args = 0..=1,
+            default_missing_value = "0.5",
+            allow_negative_numbers = true
+        )]
+        smooth: Option<String>,
+        /// Calibration images of --smooth (classes spread, seeds 1..N; default 16).
+        #[arg(long, value_name = "N")]
+        calib: Option<usize>,
+        #[command(flatten)]
+        threads: ThreadsArg,
         /// Output file.
         #[arg(short, long)]
         output: PathBuf,
@@ -174,6 +191,20 @@ enum Cmd {
         /// Write a PNG of activation SQNR per layer (left) and mean KL per scale (right).
         #[arg(long, value_name = "PNG")]
         plot: Option<PathBuf>,
+        /// With --var/--vae: the int8 model smoothed as `pack --smooth ALPHA` (default 0.5),
+        /// calibrated on the --calib images.
+        #[arg(
+            long,
+            value_name = "ALPHA",
+            num_args = 0..=1,
+            default_missing_value = "0.5",
+            allow_negative_numbers = true
+        )]
+        smooth: Option<String>,
+        /// With --var/--vae: instead of the full report, one row per option: plain int8, then
+        /// int8 smoothed with each ALPHA (default 0.5,0.8).
+        #[arg(long, value_name = "ALPHA,...", num_args = 0..=1, default_missing_value = "0.5,0.8")]
+        compare: Option<String>,
         #[command(flatten)]
         threads: ThreadsArg,
     },
@@ -201,6 +232,9 @@ fn run(cli: Cli) -> Result<bool, String> {
             resample,
             meta,
             keep,
+            smooth,
+            calib,
+            threads,
             output,
         } => {
             let t0 = Instant::now();
@@ -235,12 +269,13 @@ fn run(cli: Cli) -> Result<bool, String> {
                 .map(|k| KeepRule::parse(k))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
+            let smooth = smooth_option(smooth.as_deref(), calib)?;
             // Opened lazily: the pickle or header now, each tensor when it is written.
             let var_sd =
                 open_checkpoint(&var, Role::Var).map_err(|e| format!("{}: {e}", var.display()))?;
             let vae_sd =
                 open_checkpoint(&vae, Role::Vae).map_err(|e| format!("{}: {e}", vae.display()))?;
-            let opts = PackOptions {
+            let mut opts = PackOptions {
                 weights: weights.into(),
                 patch_nums,
                 attention: attention.or(Attention::Markov),
@@ -249,6 +284,21 @@ fn run(cli: Cli) -> Result<bool, String> {
                 keep,
                 ..PackOptions::default()
             };
+            if let Some((alpha, calib)) = smooth {
+                let (s, _) = Smoothing::calibrate(
+                    &var_sd,
+                    &vae_sd,
+                    &opts,
+                    alpha,
+                    calib,
+                    &threads.parallel(),
+                )
+                .map_err(|e| e.to_string())?;
+                if let Some(note) = s.note() {
+                    eprintln!("note: {note}");
+                }
+                opts.smooth = Some(s);
+            }
             let len = pack_to_file(&var_sd, &vae_sd, &opts, &output).map_err(|e| e.to_string())?;
             eprintln!(
                 "wrote {} ({} bytes) in {:.2} s",
@@ -383,11 +433,38 @@ fn run(cli: Cli) -> Result<bool, String> {
             calib,
             json,
             plot,
+            smooth,
+            compare,
             threads,
         } => {
             if calib == 0 {
                 return Err("--calib 0: at least one calibration image is needed".into());
             }
+            // Smoothing calibrates on the report's own calibration images.
+            let smooth = smooth_option(smooth.as_deref(), smooth.is_some().then_some(calib))?;
+            let compare = compare
+                .map(|c| {
+                    c.split(',')
+                        .map(parse_alpha)
+                        .collect::<Result<Vec<f32>, _>>()
+                        .map_err(|_| {
+                            format!("--compare {c}: each alpha must be a number in [0, 1]")
+                        })
+                })
+                .transpose()?;
+            if (smooth.is_some() || compare.is_some()) && var.is_none() {
+                return Err(format!(
+                    "--{} needs --var CKPT --vae CKPT (the smoothing factors are folded in when packing)",
+                    if smooth.is_some() { "smooth" } else { "compare" }
+                ));
+            }
+            if compare.is_some() && (smooth.is_some() || plot.is_some()) {
+                return Err(format!(
+                    "--compare prints the option table only; drop --{}",
+                    if smooth.is_some() { "smooth" } else { "plot" }
+                ));
+            }
+            let par = threads.parallel();
             let read =
                 |p: &PathBuf| AlignedBytes::read(p).map_err(|e| format!("{}: {e}", p.display()));
             let (fb, qb, fname, qname) = match (float, int8, var, vae) {
@@ -404,24 +481,55 @@ fn run(cli: Cli) -> Result<bool, String> {
                         .map_err(|e| format!("{}: {e}", vae.display()))?;
                     let patch_nums = schedule.patch_nums()?;
                     // The pack command's options, once per weight format.
-                    let packed = |w: WeightFormat| {
+                    let base = PackOptions {
+                        patch_nums: patch_nums.clone(),
+                        attention: attention.or(Attention::Markov),
+                        encoder: true,
+                        ..PackOptions::default()
+                    };
+                    let packed = |w: WeightFormat, smooth: Option<Smoothing>| {
                         let opts = PackOptions {
                             weights: w,
-                            patch_nums: patch_nums.clone(),
-                            attention: attention.or(Attention::Markov),
-                            encoder: true,
-                            ..PackOptions::default()
+                            smooth,
+                            ..base.clone()
                         };
                         pack(&var_sd, &vae_sd, &opts)
                             .map(|b| AlignedBytes::new(&b))
                             .map_err(|e| e.to_string())
                     };
-                    (
-                        packed(WeightFormat::F32)?,
-                        packed(WeightFormat::Int8)?,
-                        format!("{} (f32)", var.display()),
-                        format!("{} (int8)", var.display()),
-                    )
+                    let calibrate = |alpha: f32| {
+                        let (s, stats) =
+                            Smoothing::calibrate(&var_sd, &vae_sd, &base, alpha, calib, &par)
+                                .map_err(|e| e.to_string())?;
+                        if let Some(note) = s.note() {
+                            eprintln!("note: {note}");
+                        }
+                        Ok::<_, String>((s, stats))
+                    };
+                    let fb = packed(WeightFormat::F32, None)?;
+                    if let Some(alphas) = compare {
+                        return compare_options(
+                            &fb,
+                            &alphas,
+                            calib,
+                            json,
+                            &par,
+                            |s| packed(WeightFormat::Int8, s),
+                            calibrate,
+                            |s| packed(WeightFormat::F32, Some(s)),
+                        );
+                    }
+                    let (qb, qname) = match smooth {
+                        Some((alpha, _)) => (
+                            packed(WeightFormat::Int8, Some(calibrate(alpha)?.0))?,
+                            format!("{} (int8, smoothed a={alpha})", var.display()),
+                        ),
+                        None => (
+                            packed(WeightFormat::Int8, None)?,
+                            format!("{} (int8)", var.display()),
+                        ),
+                    };
+                    (fb, qb, format!("{} (f32)", var.display()), qname)
                 }
                 _ => {
                     return Err(
@@ -433,7 +541,6 @@ fn run(cli: Cli) -> Result<bool, String> {
                 srdd_core::Model::from_bytes(fb.as_bytes()).map_err(|e| format!("{fname}: {e}"))?;
             let qm =
                 srdd_core::Model::from_bytes(qb.as_bytes()).map_err(|e| format!("{qname}: {e}"))?;
-            let par = threads.parallel();
             let mut r = srdd_tools::quant_report::report(&fm, &qm, calib, &par)
                 .map_err(|e| e.to_string())?;
             r.tensors = srdd_tools::quant_report::tensor_errors(fb.as_bytes(), qb.as_bytes())
@@ -453,6 +560,73 @@ fn run(cli: Cli) -> Result<bool, String> {
             Ok(true)
         }
     }
+}
+
+/// `--smooth [ALPHA]` and `--calib N` checked together: α and the calibration images, or
+/// nothing without `--smooth` (a `--calib` of its own is refused).
+fn smooth_option(
+    smooth: Option<&str>,
+    calib: Option<usize>,
+) -> Result<Option<(f32, usize)>, String> {
+    let Some(alpha) = smooth else {
+        return match calib {
+            Some(n) => Err(format!(
+                "--calib {n} goes with --smooth (it calibrates the smoothing factors)"
+            )),
+            None => Ok(None),
+        };
+    };
+    let alpha = parse_alpha(alpha).map_err(|e| e.to_string())?;
+    let calib = calib.unwrap_or(srdd_tools::smooth::DEFAULT_CALIB);
+    if calib == 0 {
+        return Err(SmoothError::Calib(calib).to_string());
+    }
+    Ok(Some((alpha, calib)))
+}
+
+/// `quant-report --compare`: the option table, plain int8 then int8 smoothed with each α.
+#[allow(clippy::too_many_arguments)]
+fn compare_options(
+    fb: &AlignedBytes,
+    alphas: &[f32],
+    calib: usize,
+    json: bool,
+    par: &dyn srdd_core::parallel::Parallel,
+    int8: impl Fn(Option<Smoothing>) -> Result<AlignedBytes, String>,
+    calibrate: impl Fn(f32) -> Result<(Smoothing, srdd_tools::smooth::Stats), String>,
+    f32_smoothed: impl Fn(Smoothing) -> Result<AlignedBytes, String>,
+) -> Result<bool, String> {
+    use srdd_tools::quant_report::{options_json, options_text, report, OptionRow};
+    let fm = srdd_core::Model::from_bytes(fb.as_bytes()).map_err(|e| format!("f32: {e}"))?;
+    let mut rows = Vec::new();
+    let mut plain_ratio = None;
+    let mut options: Vec<(String, Option<Smoothing>, Option<f64>)> = Vec::new();
+    for &alpha in alphas {
+        let (s, stats) = calibrate(alpha)?;
+        plain_ratio = Some(stats.mean_peak_to_rms());
+        // The smoothed float model's own inputs, as the int8 kernels will see them.
+        let sb = f32_smoothed(s.clone())?;
+        let sm = srdd_core::Model::from_bytes(sb.as_bytes()).map_err(|e| e.to_string())?;
+        let after = srdd_tools::smooth::collect(&sm, calib, par).map_err(|e| e.to_string())?;
+        options.push((
+            format!("int8 + smooth a={alpha}"),
+            Some(s),
+            Some(after.mean_peak_to_rms()),
+        ));
+    }
+    options.insert(0, ("int8".into(), None, plain_ratio));
+    for (name, s, ratio) in options {
+        let qb = int8(s)?;
+        let qm = srdd_core::Model::from_bytes(qb.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
+        let r = report(&fm, &qm, calib, par).map_err(|e| e.to_string())?;
+        rows.push(OptionRow::of(&name, &r, ratio));
+    }
+    if json {
+        println!("{:#}", options_json(calib, &rows));
+    } else {
+        println!("{}", options_text(calib, &rows));
+    }
+    Ok(true)
 }
 
 /// The path given once, either positionally or with its flag: both or neither is a one-line

@@ -320,6 +320,7 @@ fn pack_options(manifest: &Value, weights: WeightFormat) -> Result<PackOptions, 
         gn_groups: config["vqvae"]["groupnorm_groups"].as_u64().unwrap_or(32) as u32,
         metadata: Vec::new(),
         keep: Vec::new(),
+        smooth: None,
     })
 }
 
