@@ -467,10 +467,13 @@ fn run(cli: Cli) -> Result<bool, String> {
             let par = threads.parallel();
             let read =
                 |p: &PathBuf| AlignedBytes::read(p).map_err(|e| format!("{}: {e}", p.display()));
-            let (fb, qb, fname, qname) = match (float, int8, var, vae) {
+            // `wb`: the float weights the int8 ones are rounded from (the smoothed f32 pack when
+            // smoothing, whose tensors differ from the plain file's by the factors).
+            let (fb, qb, wb, fname, qname) = match (float, int8, var, vae) {
                 (Some(f), Some(q), None, None) => (
                     read(&f)?,
                     read(&q)?,
+                    None,
                     f.display().to_string(),
                     q.display().to_string(),
                 ),
@@ -519,17 +522,22 @@ fn run(cli: Cli) -> Result<bool, String> {
                             |s| packed(WeightFormat::F32, Some(s)),
                         );
                     }
-                    let (qb, qname) = match smooth {
-                        Some((alpha, _)) => (
-                            packed(WeightFormat::Int8, Some(calibrate(alpha)?.0))?,
-                            format!("{} (int8, smoothed a={alpha})", var.display()),
-                        ),
+                    let (qb, wb, qname) = match smooth {
+                        Some((alpha, _)) => {
+                            let s = calibrate(alpha)?.0;
+                            (
+                                packed(WeightFormat::Int8, Some(s.clone()))?,
+                                Some(packed(WeightFormat::F32, Some(s))?),
+                                format!("{} (int8, smoothed a={alpha})", var.display()),
+                            )
+                        }
                         None => (
                             packed(WeightFormat::Int8, None)?,
+                            None,
                             format!("{} (int8)", var.display()),
                         ),
                     };
-                    (fb, qb, format!("{} (f32)", var.display()), qname)
+                    (fb, qb, wb, format!("{} (f32)", var.display()), qname)
                 }
                 _ => {
                     return Err(
@@ -543,7 +551,8 @@ fn run(cli: Cli) -> Result<bool, String> {
                 srdd_core::Model::from_bytes(qb.as_bytes()).map_err(|e| format!("{qname}: {e}"))?;
             let mut r = srdd_tools::quant_report::report(&fm, &qm, calib, &par)
                 .map_err(|e| e.to_string())?;
-            r.tensors = srdd_tools::quant_report::tensor_errors(fb.as_bytes(), qb.as_bytes())
+            let wb = wb.as_ref().unwrap_or(&fb);
+            r.tensors = srdd_tools::quant_report::tensor_errors(wb.as_bytes(), qb.as_bytes())
                 .map_err(|e| e.to_string())?;
             r.float_name = fname;
             r.int8_name = qname;

@@ -396,3 +396,30 @@ fn quant_report_compares_the_options() {
         }
     }
 }
+
+#[test]
+fn quant_report_smooth_rates_the_smoothed_weights() {
+    let fx = fixture();
+    let r = tools(&[
+        "quant-report",
+        "--var",
+        fx.join("var.pth").to_str().unwrap(),
+        "--vae",
+        fx.join("vae.pth").to_str().unwrap(),
+        "--calib",
+        "1",
+        "--smooth",
+        "--json",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).expect("JSON");
+    assert!(v["int8"].as_str().unwrap().contains("smoothed a=0.5"));
+    // Against the smoothed float weights: int8 rounding only (about 42 dB here; against the
+    // plain float weights the folded ones would be off by their factors).
+    for t in v["tensors"].as_array().unwrap() {
+        let db = t["sqnr_db"].as_f64().unwrap_or(f64::INFINITY);
+        assert!(db > 35.0, "{t}");
+    }
+    let forced = v["end_to_end"]["forced_token_agreement"].as_f64().unwrap();
+    assert!(forced > 0.9, "{forced}");
+}
