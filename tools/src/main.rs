@@ -7,7 +7,7 @@ use srdd_core::{Attention, WeightFormat};
 use srdd_tools::backend_parity::{self, Backend};
 use srdd_tools::checkpoint::{open_checkpoint, read_state_dict, Role};
 use srdd_tools::convert::{pack, pack_to_file, KeepRule, PackOptions};
-use srdd_tools::smooth::{parse_alpha, SmoothError, Smoothing};
+use srdd_tools::smooth::{parse_alpha, Calibration, SmoothError, Smoothing};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -500,17 +500,21 @@ fn run(cli: Cli) -> Result<bool, String> {
                             .map(|b| AlignedBytes::new(&b))
                             .map_err(|e| e.to_string())
                     };
-                    let calibrate = |alpha: f32| {
-                        let (s, stats) =
-                            Smoothing::calibrate(&var_sd, &vae_sd, &base, alpha, calib, &par)
-                                .map_err(|e| e.to_string())?;
+                    // Measured once, for every α.
+                    let measured = || {
+                        Calibration::measure(&var_sd, &vae_sd, &base, calib, &par)
+                            .map_err(|e| e.to_string())
+                    };
+                    let smoothing = |m: &Calibration, alpha: f32| {
+                        let s = m.smoothing(alpha).map_err(|e| e.to_string())?;
                         if let Some(note) = s.note() {
                             eprintln!("note: {note}");
                         }
-                        Ok::<_, String>((s, stats))
+                        Ok::<_, String>(s)
                     };
                     let fb = packed(WeightFormat::F32, None)?;
                     if let Some(alphas) = compare {
+                        let m = measured()?;
                         return compare_options(
                             &fb,
                             &alphas,
@@ -518,13 +522,13 @@ fn run(cli: Cli) -> Result<bool, String> {
                             json,
                             &par,
                             |s| packed(WeightFormat::Int8, s),
-                            calibrate,
+                            |alpha| Ok((smoothing(&m, alpha)?, m.stats.clone())),
                             |s| packed(WeightFormat::F32, Some(s)),
                         );
                     }
                     let (qb, wb, qname) = match smooth {
                         Some((alpha, _)) => {
-                            let s = calibrate(alpha)?.0;
+                            let s = smoothing(&measured()?, alpha)?;
                             (
                                 packed(WeightFormat::Int8, Some(s.clone()))?,
                                 Some(packed(WeightFormat::F32, Some(s))?),

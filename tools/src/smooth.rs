@@ -245,21 +245,28 @@ enum Fold<'s> {
     Rows(Vec<(usize, bool, &'s [f32])>, bool),
 }
 
-impl Smoothing {
-    /// Computes the factors of the model in `var`/`vae` packed with `opts` (any weight format):
-    /// packs it as f32 in memory, samples `calib` images ([`calib_options`]) and reads the
-    /// consumer weights' column maxima from `var`.
-    pub fn calibrate<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
+/// What the factors are computed from, for any α: the float model's input statistics and the
+/// consumer weights' column maxima.
+#[derive(Clone, Debug)]
+pub struct Calibration {
+    /// Statistics of the modulated inputs of the plain float model.
+    pub stats: Stats,
+    /// Per block, max |W[:, j]| of `mat_qkv` and `ffn.fc1` (empty with shared AdaLN).
+    wmax_blocks: Vec<[Vec<f32>; 2]>,
+    /// max |W[:, j]| of `head`.
+    wmax_head: Vec<f32>,
+}
+
+impl Calibration {
+    /// Packs the model in `var`/`vae` (with `opts`, any weight format) as f32 in memory,
+    /// samples `calib` images ([`calib_options`]) and reads the consumer weights from `var`.
+    pub fn measure<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
         var: &V,
         vae: &A,
         opts: &PackOptions,
-        alpha: f32,
         calib: usize,
         par: &dyn Parallel,
-    ) -> Result<(Smoothing, Stats), SmoothError> {
-        if !(0.0..=1.0).contains(&alpha) {
-            return Err(SmoothError::Alpha(alpha.to_string()));
-        }
+    ) -> Result<Calibration, SmoothError> {
         if calib == 0 {
             return Err(SmoothError::Calib(calib));
         }
@@ -282,26 +289,61 @@ impl Smoothing {
                 .ok_or_else(|| SmoothError::Weights(format!("no {key} in the VAR checkpoint")))?;
             Ok(column_max(&t.to_f32().map_err(ConvertError::from)?, c))
         };
-        let mut blocks = Vec::new();
+        let mut wmax_blocks = Vec::new();
         if !cfg.var.shared_aln {
             for i in 0..cfg.var.depth as usize {
-                let q = wmax(&format!("blocks.{i}.attn.mat_qkv.weight"))?;
-                let f = wmax(&format!("blocks.{i}.ffn.fc1.weight"))?;
-                blocks.push([
-                    factors(&stats.qkv[i].amax, &q, alpha),
-                    factors(&stats.fc1[i].amax, &f, alpha),
+                wmax_blocks.push([
+                    wmax(&format!("blocks.{i}.attn.mat_qkv.weight"))?,
+                    wmax(&format!("blocks.{i}.ffn.fc1.weight"))?,
                 ]);
             }
         }
-        let head = factors(&stats.head.amax, &wmax("head.weight")?, alpha);
-        Ok((
-            Smoothing {
-                alpha,
-                blocks,
-                head,
-            },
+        Ok(Calibration {
             stats,
-        ))
+            wmax_blocks,
+            wmax_head: wmax("head.weight")?,
+        })
+    }
+
+    /// The factors for migration strength `alpha`.
+    pub fn smoothing(&self, alpha: f32) -> Result<Smoothing, SmoothError> {
+        if !(0.0..=1.0).contains(&alpha) {
+            return Err(SmoothError::Alpha(alpha.to_string()));
+        }
+        let st = &self.stats;
+        Ok(Smoothing {
+            alpha,
+            blocks: self
+                .wmax_blocks
+                .iter()
+                .enumerate()
+                .map(|(i, [q, f])| {
+                    [
+                        factors(&st.qkv[i].amax, q, alpha),
+                        factors(&st.fc1[i].amax, f, alpha),
+                    ]
+                })
+                .collect(),
+            head: factors(&st.head.amax, &self.wmax_head, alpha),
+        })
+    }
+}
+
+impl Smoothing {
+    /// [`Calibration::measure`] then [`Calibration::smoothing`]; also returns the statistics.
+    pub fn calibrate<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
+        var: &V,
+        vae: &A,
+        opts: &PackOptions,
+        alpha: f32,
+        calib: usize,
+        par: &dyn Parallel,
+    ) -> Result<(Smoothing, Stats), SmoothError> {
+        if !(0.0..=1.0).contains(&alpha) {
+            return Err(SmoothError::Alpha(alpha.to_string()));
+        }
+        let c = Calibration::measure(var, vae, opts, calib, par)?;
+        Ok((c.smoothing(alpha)?, c.stats))
     }
 
     /// Whether the factors fit a model with `cfg` (checked before a file is written).
