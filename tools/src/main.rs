@@ -48,7 +48,7 @@ impl From<Weights> for WeightFormat {
 enum Cmd {
     /// Convert official checkpoints (.pth / .safetensors) into one .srdd file.
     #[command(
-        after_help = "Example:\n  srdd-tools pack --vae vae_ch160v4096z32.pth --var var_d16.pth --weights int8 -o d16-int8.srdd"
+        after_help = "Examples:\n  srdd-tools pack --vae vae_ch160v4096z32.pth --var var_d16.pth --weights int8 -o d16-int8.srdd\n  srdd-tools pack --vae vae_ch160v4096z32.pth --var var_d16.pth --weights int8 --smooth 0.5 --calib 16 -o d16-int8-s.srdd"
     )]
     Pack {
         /// VQVAE checkpoint (e.g. vae_ch160v4096z32.pth).
@@ -163,7 +163,7 @@ enum Cmd {
     /// What int8 weights cost against the float model: activation SQNR and outliers per layer,
     /// teacher-forced top-1 and KL per scale, decoder PSNR, forced and free token agreement.
     #[command(
-        after_help = "Examples:\n  srdd-tools quant-report --var var_d16.pth --vae vae_ch160v4096z32.pth --calib 4\n  srdd-tools quant-report --f32 d16-f32.srdd --int8 d16-int8.srdd --json --plot report.png\n\nExit status 0 on a report, 2 on an error."
+        after_help = "Examples:\n  srdd-tools quant-report --var var_d16.pth --vae vae_ch160v4096z32.pth --calib 4\n  srdd-tools quant-report --f32 d16-f32.srdd --int8 d16-int8.srdd --json --plot report.png\n  srdd-tools quant-report --var var_d16.pth --vae vae_ch160v4096z32.pth --calib 16 --compare 0.5,0.8\n\nExit status 0 on a report, 2 on an error."
     )]
     QuantReport {
         /// Float model file (f32 or f16 weights); with --int8.
