@@ -9,6 +9,7 @@
 //! are this scale's tokens of the same row) or block-causal (keys and values of every earlier
 //! scale come from the row's cache slot in the arena).
 
+use crate::forward::{Probe, TensorId};
 use crate::kernels::attention::{attend_row, KeyValues};
 use crate::kernels::{gelu_row, layer_norm, linear, linear_shared, silu, Isa, LinearScratch};
 use crate::parallel::{for_rows, Parallel, SharedMut};
@@ -68,6 +69,35 @@ pub struct Rows<'x> {
     /// This block's AdaLN vectors, row `r`'s `6C` at `r · 6C`: γ1, γ2, scale1, scale2, shift1,
     /// shift2.
     pub ada: &'x [f32],
+}
+
+/// Where [`block_forward`] and [`head_logits`] report the inputs of their modulated Linears
+/// (when [`Probe::linear_inputs`]): the block index and the step row of the pass's first row.
+pub struct Tap<'p> {
+    /// Receives `"qkv_in"`, `"fc1_in"` or `"head_in"` tensors, a row's tokens of a chunk each.
+    pub probe: &'p mut dyn Probe,
+    /// Block index (0 for the head).
+    pub layer: usize,
+    /// Step row of the pass's row 0.
+    pub row0: usize,
+}
+
+impl Tap<'_> {
+    /// Reports the span's modulated LayerNorm `xn`, row by row (a row's tokens are contiguous).
+    fn report(&mut self, op: &'static str, sp: Span, xn: &[f32], c: usize) {
+        if !self.probe.linear_inputs() {
+            return;
+        }
+        for (r, data) in xn[..sp.len() * c].chunks_exact(sp.m * c).enumerate() {
+            let id = TensorId {
+                op,
+                layer: self.layer,
+                row: self.row0 + r,
+                token: sp.t0,
+            };
+            self.probe.tensor(id, data);
+        }
+    }
 }
 
 /// Keys and values this scale attends to.
@@ -237,6 +267,7 @@ pub fn block_forward(
     rows: Rows<'_>,
     kv: Kv<'_>,
     s: &mut StepScratch<'_>,
+    tap: &mut Tap<'_>,
     par: &dyn Parallel,
 ) {
     let hd = c / heads;
@@ -280,6 +311,7 @@ pub fn block_forward(
     while t0 < n {
         let sp = span(t0);
         modulate(x, sp, xn, c, eps, ada, (6, SCALE1, SHIFT1), par);
+        tap.report("qkv_in", sp, xn, c);
         let out = &mut ffn[..sp.len() * 2 * c];
         if single_chunk {
             // The queries come from the same LayerNorm output: quantized once for both.
@@ -384,6 +416,7 @@ pub fn block_forward(
         let sp = span(t0);
         let sm = sp.len();
         modulate(x, sp, xn, c, eps, ada, (6, SCALE2, SHIFT2), par);
+        tap.report("fc1_in", sp, xn, c);
         linear(xn, sm, &b.fc1, ffn, lin, par);
         each_row(par, &mut ffn[..sm * f], f, f, &|_, row| {
             gelu_row(isa, row);
@@ -434,6 +467,7 @@ pub fn head_logits(
     xn: &mut [f32],
     logits: &mut [f32],
     lin: &mut LinearScratch<'_>,
+    tap: &mut Tap<'_>,
     par: &dyn Parallel,
 ) {
     let sp = Span {
@@ -443,5 +477,6 @@ pub fn head_logits(
         rows,
     };
     modulate(x, sp, xn, c, eps, head_ada, (2, 0, 1), par);
+    tap.report("head_in", sp, xn, c);
     linear(xn, sp.len(), &t.head, logits, lin, par);
 }

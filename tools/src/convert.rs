@@ -73,6 +73,9 @@ pub enum ConvertError {
     /// than the file's weight format.
     #[error("--keep {0}")]
     Keep(String),
+    /// Smoothing factors that do not fit the model.
+    #[error("--smooth {0}")]
+    Smooth(String),
 }
 
 /// Options of `srdd-tools pack`.
@@ -96,6 +99,8 @@ pub struct PackOptions {
     /// `weights` (`srdd-tools pack --keep`). Each rule must match at least one weight; the
     /// last matching rule wins.
     pub keep: Vec<KeepRule>,
+    /// Outlier smoothing folded into the weights as they are written (`pack --smooth`).
+    pub smooth: Option<crate::smooth::Smoothing>,
 }
 
 /// `--keep PATTERN[=f16|f32]`: Linear/Conv weights whose canonical name matches `PATTERN` (`*`
@@ -194,6 +199,7 @@ impl Default for PackOptions {
             gn_groups: 32,
             metadata: Vec::new(),
             keep: Vec::new(),
+            smooth: None,
         }
     }
 }
@@ -618,6 +624,7 @@ struct Planned {
 /// writing fails only on I/O (or a checkpoint whose data is shorter than its index declares).
 struct PackPlan {
     meta: String,
+    smooth: Option<crate::smooth::Smoothing>,
     tensors: Vec<Planned>,
     /// Postcard header followed by the tensor table.
     table: Vec<u8>,
@@ -649,6 +656,9 @@ fn plan_pack<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
         }
     }
     let mut matched = vec![false; opts.keep.len()];
+    if let Some(s) = &opts.smooth {
+        s.check(&cfg).map_err(ConvertError::Smooth)?;
+    }
 
     // Key accounting: everything must be used, dropped on purpose, or reported. The checks run
     // in the order the in-memory converter ran them, so the first error is the same.
@@ -775,6 +785,7 @@ fn plan_pack<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
     let data_start = align_up(PREFIX_LEN + table.len(), TENSOR_ALIGN);
     Ok(PackPlan {
         meta,
+        smooth: opts.smooth.clone(),
         tensors,
         table,
         data_start,
@@ -892,12 +903,22 @@ impl PackPlan {
         out.sum.update(&prefix[8..24]);
         out.put(&self.table)?;
         for p in &self.tensors {
-            let t = if p.is_vae {
+            let mut t = if p.is_vae {
                 vae.load_tensor(&p.key)?
             } else {
                 var.load_tensor(&p.key)?
             }
             .expect("planned keys exist");
+            // The per-tensor transform: smoothing rewrites a few tensors as f32 (one at a time).
+            if let Some(s) = self.smooth.as_ref().filter(|s| s.touches(&p.name)) {
+                let mut v = t.to_f32()?;
+                s.apply(&p.name, &mut v);
+                t = std::borrow::Cow::Owned(crate::checkpoint::RawTensor {
+                    dtype: DType::F32,
+                    shape: t.shape.clone(),
+                    data: bytemuck::cast_slice(&v).to_vec(),
+                });
+            }
             out.pad_to(self.data_start + p.offset)?;
             match p.dtype {
                 TensorDType::F32 if t.dtype == DType::F32 => out.put(&t.data)?,

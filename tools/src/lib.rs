@@ -13,3 +13,4 @@ pub mod inspect;
 pub mod parity;
 pub mod plan;
 pub mod quant_report;
+pub mod smooth;

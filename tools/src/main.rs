@@ -7,6 +7,7 @@ use srdd_core::{Attention, WeightFormat};
 use srdd_tools::backend_parity::{self, Backend};
 use srdd_tools::checkpoint::{open_checkpoint, read_state_dict, Role};
 use srdd_tools::convert::{pack, pack_to_file, KeepRule, PackOptions};
+use srdd_tools::smooth::{parse_alpha, Calibration, SmoothError, Smoothing};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -47,7 +48,7 @@ impl From<Weights> for WeightFormat {
 enum Cmd {
     /// Convert official checkpoints (.pth / .safetensors) into one .srdd file.
     #[command(
-        after_help = "Example:\n  srdd-tools pack --vae vae_ch160v4096z32.pth --var var_d16.pth --weights int8 -o d16-int8.srdd"
+        after_help = "Examples:\n  srdd-tools pack --vae vae_ch160v4096z32.pth --var var_d16.pth --weights int8 -o d16-int8.srdd\n  srdd-tools pack --vae vae_ch160v4096z32.pth --var var_d16.pth --weights int8 --smooth 0.5 --calib 16 -o d16-int8-s.srdd"
     )]
     Pack {
         /// VQVAE checkpoint (e.g. vae_ch160v4096z32.pth).
@@ -95,12 +96,26 @@ enum Cmd {
         /// `62720`). --keep rules apply first and count against it; 0 is the plain int8 file.
         #[arg(long, value_name = "GROWTH")]
         max_growth: Option<String>,
-        /// With --max-growth: calibration images sampled from the float model.
-        #[arg(long, value_name = "N")]
-        calib: Option<usize>,
         /// With --max-growth: the format of the weights the plan keeps.
         #[arg(long, value_enum, ignore_case = true, value_name = "f16|f32")]
         plan_format: Option<Weights>,
+        /// Smooth the outliers of the AdaLN-modulated Linear inputs (mat_qkv, ffn.fc1, head;
+        /// SmoothQuant, folded into the weights) with migration strength ALPHA in [0, 1]
+        /// (default 0.5), calibrated on --calib images sampled from the float model.
+        #[arg(
+            long,
+            value_name = "ALPHA",
+            num_args = 0..=1,
+            default_missing_value = "0.5",
+            allow_negative_numbers = true
+        )]
+        smooth: Option<String>,
+        /// Calibration images of --smooth and --max-growth, sampled from the float model
+        /// (classes spread, seeds 1..N; default 16).
+        #[arg(long, value_name = "N")]
+        calib: Option<usize>,
+        #[command(flatten)]
+        threads: ThreadsArg,
         /// Output file.
         #[arg(short, long)]
         output: PathBuf,
@@ -161,7 +176,7 @@ enum Cmd {
     /// What int8 weights cost against the float model: activation SQNR and outliers per layer,
     /// teacher-forced top-1 and KL per scale, decoder PSNR, forced and free token agreement.
     #[command(
-        after_help = "Examples:\n  srdd-tools quant-report --var var_d16.pth --vae vae_ch160v4096z32.pth --calib 4\n  srdd-tools quant-report --f32 d16-f32.srdd --int8 d16-int8.srdd --json --plot report.png\n\nExit status 0 on a report, 2 on an error."
+        after_help = "Examples:\n  srdd-tools quant-report --var var_d16.pth --vae vae_ch160v4096z32.pth --calib 4\n  srdd-tools quant-report --f32 d16-f32.srdd --int8 d16-int8.srdd --json --plot report.png\n  srdd-tools quant-report --var var_d16.pth --vae vae_ch160v4096z32.pth --calib 16 --compare 0.5,0.8\n\nExit status 0 on a report, 2 on an error."
     )]
     QuantReport {
         /// Float model file (f32 or f16 weights); with --int8.
@@ -199,6 +214,20 @@ enum Cmd {
         /// Write a PNG of activation SQNR per layer (left) and mean KL per scale (right).
         #[arg(long, value_name = "PNG")]
         plot: Option<PathBuf>,
+        /// With --var/--vae: the int8 model smoothed as `pack --smooth ALPHA` (default 0.5),
+        /// calibrated on the --calib images.
+        #[arg(
+            long,
+            value_name = "ALPHA",
+            num_args = 0..=1,
+            default_missing_value = "0.5",
+            allow_negative_numbers = true
+        )]
+        smooth: Option<String>,
+        /// With --var/--vae: instead of the full report, one row per option: plain int8, then
+        /// int8 smoothed with each ALPHA (default 0.5,0.8).
+        #[arg(long, value_name = "ALPHA,...", num_args = 0..=1, default_missing_value = "0.5,0.8")]
+        compare: Option<String>,
         #[command(flatten)]
         threads: ThreadsArg,
     },
@@ -227,12 +256,16 @@ fn run(cli: Cli) -> Result<bool, String> {
             meta,
             keep,
             max_growth,
-            calib,
             plan_format,
+            smooth,
+            calib,
+            threads,
             output,
         } => {
             let t0 = Instant::now();
-            let auto = auto_plan_options(weights, max_growth, calib, plan_format)?;
+            let auto =
+                auto_plan_options(weights, max_growth, calib, plan_format, smooth.is_some())?;
+            let smooth = smooth_option(smooth.as_deref(), calib, auto.is_some())?;
             let patch_nums = schedule.patch_nums()?;
             // The options first: a bad one is named before any checkpoint is read.
             let metadata = {
@@ -264,44 +297,21 @@ fn run(cli: Cli) -> Result<bool, String> {
                 .map(|k| KeepRule::parse(k))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
-            if let Some(auto) = auto {
-                // Read whole: the plan packs the model many times in memory.
-                let var_sd = read_state_dict(&var, Role::Var)
-                    .map_err(|e| format!("{}: {e}", var.display()))?;
-                let vae_sd = read_state_dict(&vae, Role::Vae)
-                    .map_err(|e| format!("{}: {e}", vae.display()))?;
-                let mut opts = PackOptions {
-                    weights: weights.into(),
-                    patch_nums,
-                    attention: attention.or(Attention::Markov),
-                    encoder: !no_encoder,
-                    metadata,
-                    keep,
-                    ..PackOptions::default()
-                };
-                let par = srdd::args::ThreadsArg::default().parallel();
-                let plan = srdd_tools::plan::auto_plan_on(&var_sd, &vae_sd, &opts, &auto, &par)
-                    .map_err(|e| e.to_string())?;
-                println!("{}", srdd_tools::plan::to_text(&plan, &auto.targets));
-                opts.keep = plan.keep;
-                let len =
-                    pack_to_file(&var_sd, &vae_sd, &opts, &output).map_err(|e| e.to_string())?;
-                eprintln!(
-                    "wrote {} ({} bytes, plain int8 {} + {}) in {:.2} s",
-                    output.display(),
-                    len,
-                    plan.plain_len,
-                    len as i64 - plan.plain_len as i64,
-                    t0.elapsed().as_secs_f64()
-                );
-                return Ok(true);
-            }
-            // Opened lazily: the pickle or header now, each tensor when it is written.
-            let var_sd =
-                open_checkpoint(&var, Role::Var).map_err(|e| format!("{}: {e}", var.display()))?;
-            let vae_sd =
-                open_checkpoint(&vae, Role::Vae).map_err(|e| format!("{}: {e}", vae.display()))?;
-            let opts = PackOptions {
+            // Opened lazily (the pickle or header now, each tensor when it is written), unless the
+            // automatic plan packs the model many times in memory: then read whole.
+            type Store = Box<dyn srdd_tools::checkpoint::TensorStore>;
+            let open = |path: &PathBuf, role| -> Result<Store, String> {
+                let at = |e| format!("{}: {e}", path.display());
+                Ok(if auto.is_some() {
+                    Box::new(read_state_dict(path, role).map_err(at)?)
+                } else {
+                    Box::new(open_checkpoint(path, role).map_err(at)?)
+                })
+            };
+            let (var_sd, vae_sd) = (open(&var, Role::Var)?, open(&vae, Role::Vae)?);
+            let (var_sd, vae_sd) = (var_sd.as_ref(), vae_sd.as_ref());
+            let par = threads.parallel();
+            let mut opts = PackOptions {
                 weights: weights.into(),
                 patch_nums,
                 attention: attention.or(Attention::Markov),
@@ -310,11 +320,29 @@ fn run(cli: Cli) -> Result<bool, String> {
                 keep,
                 ..PackOptions::default()
             };
-            let len = pack_to_file(&var_sd, &vae_sd, &opts, &output).map_err(|e| e.to_string())?;
+            if let Some((alpha, calib)) = smooth {
+                let (s, _) = Smoothing::calibrate(var_sd, vae_sd, &opts, alpha, calib, &par)
+                    .map_err(|e| e.to_string())?;
+                if let Some(note) = s.note() {
+                    eprintln!("note: {note}");
+                }
+                opts.smooth = Some(s);
+            }
+            let mut plain_len = None;
+            if let Some(auto) = auto {
+                let plan = srdd_tools::plan::auto_plan_on(var_sd, vae_sd, &opts, &auto, &par)
+                    .map_err(|e| e.to_string())?;
+                println!("{}", srdd_tools::plan::to_text(&plan, &auto.targets));
+                opts.keep = plan.keep;
+                plain_len = Some(plan.plain_len);
+            }
+            let len = pack_to_file(var_sd, vae_sd, &opts, &output).map_err(|e| e.to_string())?;
+            let growth = plain_len.map_or(String::new(), |p| {
+                format!(", plain int8 {p} + {}", len as i64 - p as i64)
+            });
             eprintln!(
-                "wrote {} ({} bytes) in {:.2} s",
+                "wrote {} ({len} bytes{growth}) in {:.2} s",
                 output.display(),
-                len,
                 t0.elapsed().as_secs_f64()
             );
             Ok(true)
@@ -456,6 +484,8 @@ fn run(cli: Cli) -> Result<bool, String> {
             classifier,
             json,
             plot,
+            smooth,
+            compare,
             threads,
         } => {
             // A number is a count of sampled images; anything else a directory (`./4` for a
@@ -464,12 +494,51 @@ fn run(cli: Cli) -> Result<bool, String> {
             if calib_n == Some(0) {
                 return Err("--calib 0: at least one calibration image is needed".into());
             }
+            // Smoothing calibrates on the report's own sampled calibration images.
+            let smooth = smooth_option(smooth.as_deref(), None, false)?;
+            if (smooth.is_some() || compare.is_some()) && calib_n.is_none() {
+                return Err(format!(
+                    "--{} calibrates on --calib N sampled images, not on a directory",
+                    if smooth.is_some() {
+                        "smooth"
+                    } else {
+                        "compare"
+                    }
+                ));
+            }
+            let calib_count = calib_n.unwrap_or(2);
+            let compare = compare
+                .map(|c| {
+                    c.split(',')
+                        .map(parse_alpha)
+                        .collect::<Result<Vec<f32>, _>>()
+                        .map_err(|_| {
+                            format!("--compare {c}: each alpha must be a number in [0, 1]")
+                        })
+                })
+                .transpose()?;
+            if (smooth.is_some() || compare.is_some()) && var.is_none() {
+                return Err(format!(
+                    "--{} needs --var CKPT --vae CKPT (the smoothing factors are folded in when packing)",
+                    if smooth.is_some() { "smooth" } else { "compare" }
+                ));
+            }
+            if compare.is_some() && (smooth.is_some() || plot.is_some()) {
+                return Err(format!(
+                    "--compare prints the option table only; drop --{}",
+                    if smooth.is_some() { "smooth" } else { "plot" }
+                ));
+            }
+            let par = threads.parallel();
             let read =
                 |p: &PathBuf| AlignedBytes::read(p).map_err(|e| format!("{}: {e}", p.display()));
-            let (fb, qb, fname, qname) = match (float, int8, var, vae) {
+            // `wb`: the float weights the int8 ones are rounded from (the smoothed f32 pack when
+            // smoothing, whose tensors differ from the plain file's by the factors).
+            let (fb, qb, wb, fname, qname) = match (float, int8, var, vae) {
                 (Some(f), Some(q), None, None) => (
                     read(&f)?,
                     read(&q)?,
+                    None,
                     f.display().to_string(),
                     q.display().to_string(),
                 ),
@@ -480,24 +549,64 @@ fn run(cli: Cli) -> Result<bool, String> {
                         .map_err(|e| format!("{}: {e}", vae.display()))?;
                     let patch_nums = schedule.patch_nums()?;
                     // The pack command's options, once per weight format.
-                    let packed = |w: WeightFormat| {
+                    let base = PackOptions {
+                        patch_nums: patch_nums.clone(),
+                        attention: attention.or(Attention::Markov),
+                        encoder: true,
+                        ..PackOptions::default()
+                    };
+                    let packed = |w: WeightFormat, smooth: Option<Smoothing>| {
                         let opts = PackOptions {
                             weights: w,
-                            patch_nums: patch_nums.clone(),
-                            attention: attention.or(Attention::Markov),
-                            encoder: true,
-                            ..PackOptions::default()
+                            smooth,
+                            ..base.clone()
                         };
                         pack(&var_sd, &vae_sd, &opts)
                             .map(|b| AlignedBytes::new(&b))
                             .map_err(|e| e.to_string())
                     };
-                    (
-                        packed(WeightFormat::F32)?,
-                        packed(WeightFormat::Int8)?,
-                        format!("{} (f32)", var.display()),
-                        format!("{} (int8)", var.display()),
-                    )
+                    // Measured once, for every α.
+                    let measured = || {
+                        Calibration::measure(&var_sd, &vae_sd, &base, calib_count, &par)
+                            .map_err(|e| e.to_string())
+                    };
+                    let smoothing = |m: &Calibration, alpha: f32| {
+                        let s = m.smoothing(alpha).map_err(|e| e.to_string())?;
+                        if let Some(note) = s.note() {
+                            eprintln!("note: {note}");
+                        }
+                        Ok::<_, String>(s)
+                    };
+                    let fb = packed(WeightFormat::F32, None)?;
+                    if let Some(alphas) = compare {
+                        let m = measured()?;
+                        return compare_options(
+                            &fb,
+                            &alphas,
+                            calib_count,
+                            json,
+                            &par,
+                            |s| packed(WeightFormat::Int8, s),
+                            |alpha| Ok((smoothing(&m, alpha)?, m.stats.clone())),
+                            |s| packed(WeightFormat::F32, Some(s)),
+                        );
+                    }
+                    let (qb, wb, qname) = match smooth {
+                        Some((alpha, _)) => {
+                            let s = smoothing(&measured()?, alpha)?;
+                            (
+                                packed(WeightFormat::Int8, Some(s.clone()))?,
+                                Some(packed(WeightFormat::F32, Some(s))?),
+                                format!("{} (int8, smoothed a={alpha})", var.display()),
+                            )
+                        }
+                        None => (
+                            packed(WeightFormat::Int8, None)?,
+                            None,
+                            format!("{} (int8)", var.display()),
+                        ),
+                    };
+                    (fb, qb, wb, format!("{} (f32)", var.display()), qname)
                 }
                 _ => {
                     return Err(
@@ -509,7 +618,6 @@ fn run(cli: Cli) -> Result<bool, String> {
                 srdd_core::Model::from_bytes(fb.as_bytes()).map_err(|e| format!("{fname}: {e}"))?;
             let qm =
                 srdd_core::Model::from_bytes(qb.as_bytes()).map_err(|e| format!("{qname}: {e}"))?;
-            let par = threads.parallel();
             let calib_dir = match calib_n {
                 Some(_) => None,
                 None => Some(
@@ -536,7 +644,8 @@ fn run(cli: Cli) -> Result<bool, String> {
                 None => None,
             };
             let names = srdd_tools::quant_report::class_names(&fm);
-            r.tensors = srdd_tools::quant_report::tensor_errors(fb.as_bytes(), qb.as_bytes())
+            let wb = wb.as_ref().unwrap_or(&fb);
+            r.tensors = srdd_tools::quant_report::tensor_errors(wb.as_bytes(), qb.as_bytes())
                 .map_err(|e| e.to_string())?;
             r.float_name = fname;
             r.int8_name = qname;
@@ -596,18 +705,16 @@ fn auto_plan_options(
     max_growth: Option<String>,
     calib: Option<usize>,
     plan_format: Option<Weights>,
+    smoothing: bool,
 ) -> Result<Option<srdd_tools::plan::AutoPlanOptions>, String> {
     use srdd_tools::plan::{AutoPlanOptions, Growth, PlanError};
     let Some(g) = max_growth else {
-        if calib.is_some() || plan_format.is_some() {
-            return Err(format!(
-                "{} needs --max-growth (the automatic precision plan)",
-                if calib.is_some() {
-                    "--calib"
-                } else {
-                    "--plan-format"
-                }
-            ));
+        if (calib.is_some() && !smoothing) || plan_format.is_some() {
+            return Err(if plan_format.is_some() {
+                "--plan-format needs --max-growth (the automatic precision plan)".into()
+            } else {
+                "--calib needs --max-growth (the automatic precision plan) or --smooth".into()
+            });
         }
         return Ok(None);
     };
@@ -630,6 +737,74 @@ fn auto_plan_options(
         calib,
         ..d
     }))
+}
+
+/// `--smooth [ALPHA]` and `--calib N` checked together: α and the calibration images, or
+/// nothing without `--smooth` (a `--calib` without `--smooth` or the automatic plan is refused).
+fn smooth_option(
+    smooth: Option<&str>,
+    calib: Option<usize>,
+    planning: bool,
+) -> Result<Option<(f32, usize)>, String> {
+    let Some(alpha) = smooth else {
+        return match calib {
+            Some(n) if !planning => Err(format!(
+                "--calib {n} goes with --smooth or --max-growth (it calibrates them)"
+            )),
+            _ => Ok(None),
+        };
+    };
+    let alpha = parse_alpha(alpha).map_err(|e| e.to_string())?;
+    let calib = calib.unwrap_or(srdd_tools::smooth::DEFAULT_CALIB);
+    if calib == 0 {
+        return Err(SmoothError::Calib(calib).to_string());
+    }
+    Ok(Some((alpha, calib)))
+}
+
+/// `quant-report --compare`: the option table, plain int8 then int8 smoothed with each α.
+#[allow(clippy::too_many_arguments)]
+fn compare_options(
+    fb: &AlignedBytes,
+    alphas: &[f32],
+    calib: usize,
+    json: bool,
+    par: &dyn srdd_core::parallel::Parallel,
+    int8: impl Fn(Option<Smoothing>) -> Result<AlignedBytes, String>,
+    calibrate: impl Fn(f32) -> Result<(Smoothing, srdd_tools::smooth::Stats), String>,
+    f32_smoothed: impl Fn(Smoothing) -> Result<AlignedBytes, String>,
+) -> Result<bool, String> {
+    use srdd_tools::quant_report::{options_json, options_text, report, OptionRow};
+    let fm = srdd_core::Model::from_bytes(fb.as_bytes()).map_err(|e| format!("f32: {e}"))?;
+    let mut rows = Vec::new();
+    let mut plain_ratio = None;
+    let mut options: Vec<(String, Option<Smoothing>, Option<f64>)> = Vec::new();
+    for &alpha in alphas {
+        let (s, stats) = calibrate(alpha)?;
+        plain_ratio = Some(stats.mean_peak_to_rms());
+        // The smoothed float model's own inputs, as the int8 kernels will see them.
+        let sb = f32_smoothed(s.clone())?;
+        let sm = srdd_core::Model::from_bytes(sb.as_bytes()).map_err(|e| e.to_string())?;
+        let after = srdd_tools::smooth::collect(&sm, calib, par).map_err(|e| e.to_string())?;
+        options.push((
+            format!("int8 + smooth a={alpha}"),
+            Some(s),
+            Some(after.mean_peak_to_rms()),
+        ));
+    }
+    options.insert(0, ("int8".into(), None, plain_ratio));
+    for (name, s, ratio) in options {
+        let qb = int8(s)?;
+        let qm = srdd_core::Model::from_bytes(qb.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
+        let r = report(&fm, &qm, calib, par).map_err(|e| e.to_string())?;
+        rows.push(OptionRow::of(&name, &r, ratio));
+    }
+    if json {
+        println!("{:#}", options_json(calib, &rows));
+    } else {
+        println!("{}", options_text(calib, &rows));
+    }
+    Ok(true)
 }
 
 /// The path given once, either positionally or with its flag: both or neither is a one-line

@@ -325,6 +325,7 @@ fn pack_options(
         gn_groups: config["vqvae"]["groupnorm_groups"].as_u64().unwrap_or(32) as u32,
         metadata: Vec::new(),
         keep: keep.to_vec(),
+        smooth: None,
     })
 }
 

@@ -917,6 +917,71 @@ fn add_layers(
     }
 }
 
+/// One row of `quant-report --compare`: a quantization option and what it keeps of the float
+/// model's decisions.
+#[derive(Clone, Debug)]
+pub struct OptionRow {
+    /// The option (`int8`, `int8 + smooth a=0.5`).
+    pub name: String,
+    /// Forced-token agreement.
+    pub forced: f64,
+    /// Free-running token agreement.
+    pub free: f64,
+    /// Lowest teacher-forced top-1 over the scales.
+    pub min_top1: f64,
+    /// Mean KL over every token, and the largest per-scale mean.
+    pub kl_mean: f64,
+    pub kl_worst_scale: f64,
+    /// The layer with the lowest activation SQNR, and that SQNR (dB).
+    pub worst_layer: String,
+    pub worst_layer_sqnr_db: f64,
+    /// Decoder PSNR (dB).
+    pub decoder_psnr_db: f64,
+    /// Per scale: top-1 and mean KL.
+    pub top1: Vec<f64>,
+    pub kl: Vec<f64>,
+    /// Mean token max/RMS of the modulated Linear inputs of the float model this option
+    /// quantizes (smoothed or not): what a per-token int8 scale pays.
+    pub input_peak_to_rms: Option<f64>,
+}
+
+impl OptionRow {
+    /// The summary of one report.
+    pub fn of(name: &str, r: &Report, input_peak_to_rms: Option<f64>) -> OptionRow {
+        let mean = |s: &Scale| s.kl_sum / s.tokens.max(1) as f64;
+        let (kl, tokens) = r
+            .scales
+            .iter()
+            .fold((0.0, 0), |(k, t), s| (k + s.kl_sum, t + s.tokens));
+        let worst = r
+            .layers
+            .iter()
+            .min_by(|a, b| a.sqnr_db().total_cmp(&b.sqnr_db()));
+        OptionRow {
+            name: name.to_string(),
+            forced: r.forced_agreement(),
+            free: r.free_agreement(),
+            min_top1: r
+                .scales
+                .iter()
+                .map(|s| s.top1 as f64 / s.tokens.max(1) as f64)
+                .fold(f64::INFINITY, f64::min),
+            kl_mean: kl / tokens.max(1) as f64,
+            kl_worst_scale: r.scales.iter().map(mean).fold(0.0, f64::max),
+            worst_layer: worst.map_or(String::new(), |l| l.name.clone()),
+            worst_layer_sqnr_db: worst.map_or(f64::NAN, |l| l.sqnr_db()),
+            decoder_psnr_db: r.decoder_psnr_db,
+            top1: r
+                .scales
+                .iter()
+                .map(|s| s.top1 as f64 / s.tokens.max(1) as f64)
+                .collect(),
+            kl: r.scales.iter().map(mean).collect(),
+            input_peak_to_rms,
+        }
+    }
+}
+
 /// Class consistency and feature distance of samples (`--per-class K`).
 #[derive(Clone, Debug, Default)]
 pub struct ClassReport {
@@ -1083,4 +1148,58 @@ pub fn class_names(model: &Model<'_>) -> Vec<String> {
         }
         _ => (0..n).map(|k| k.to_string()).collect(),
     }
+}
+
+/// The option table as text.
+pub fn options_text(calib: usize, rows: &[OptionRow]) -> String {
+    let mut s = format!(
+        "{calib} calibration images, teacher-forced against f32\n\n{:<22} {:>8} {:>7} {:>9} {:>9} {:>12}  {:<20} {:>8} {:>6}\n",
+        "option",
+        "forced %",
+        "free %",
+        "min top1%",
+        "KL mean",
+        "KL scale max",
+        "worst layer SQNR dB",
+        "dec PSNR",
+        "pk/RMS"
+    );
+    for r in rows {
+        s += &format!(
+            "{:<22} {:>8.2} {:>7.2} {:>9.2} {:>9.2e} {:>12.2e}  {:<20} {:>8.1} {:>6}\n",
+            r.name,
+            100.0 * r.forced,
+            100.0 * r.free,
+            100.0 * r.min_top1,
+            r.kl_mean,
+            r.kl_worst_scale,
+            format!("{} {:.1}", r.worst_layer, r.worst_layer_sqnr_db),
+            r.decoder_psnr_db,
+            r.input_peak_to_rms
+                .map_or("-".to_string(), |v| format!("{v:.2}")),
+        );
+    }
+    s + "\nKL: mean over every token, and the largest per-scale mean. pk/RMS: mean token \
+         max/RMS of the float model's modulated Linear inputs (smoothed or not)."
+}
+
+/// The option table as JSON.
+pub fn options_json(calib: usize, rows: &[OptionRow]) -> Value {
+    json!({
+        "calib_images": calib,
+        "options": rows.iter().map(|r| json!({
+            "option": r.name,
+            "forced_token_agreement": num(r.forced),
+            "free_token_agreement": num(r.free),
+            "min_top1": num(r.min_top1),
+            "kl_mean": num(r.kl_mean),
+            "kl_worst_scale_mean": num(r.kl_worst_scale),
+            "worst_layer": r.worst_layer,
+            "worst_layer_sqnr_db": num(r.worst_layer_sqnr_db),
+            "decoder_psnr_db": num(r.decoder_psnr_db),
+            "input_peak_to_rms": r.input_peak_to_rms.map_or(Value::Null, num),
+            "top1_per_scale": r.top1.iter().map(|v| num(*v)).collect::<Vec<_>>(),
+            "kl_mean_per_scale": r.kl.iter().map(|v| num(*v)).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
 }

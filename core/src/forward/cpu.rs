@@ -19,7 +19,7 @@ use crate::kernels::{linear, linear_scratch_len, LinearScratch};
 use crate::layout::arena_layout;
 use crate::parallel::Parallel;
 use crate::schedule::Schedule;
-use crate::var::{ada_vectors, block_forward, head_logits, Kv, Rows, StepScratch};
+use crate::var::{ada_vectors, block_forward, head_logits, Kv, Rows, StepScratch, Tap};
 use crate::{vae, Model};
 
 impl Shape {
@@ -293,7 +293,12 @@ impl Forward for CpuForward<'_, '_> {
                     n,
                     ada: &b.ada[ada0..ada0 + gn * 6 * c],
                 };
-                block_forward(blk, c, heads, eps, rows, kv, &mut st, par);
+                let mut tap = Tap {
+                    probe: &mut *probe,
+                    layer: bi,
+                    row0: g0,
+                };
+                block_forward(blk, c, heads, eps, rows, kv, &mut st, &mut tap, par);
                 for r in g0..g0 + gn {
                     probe.tensor(
                         tensor("block", bi, r),
@@ -334,6 +339,11 @@ impl Forward for CpuForward<'_, '_> {
                 b.head_xn,
                 &mut out[g0 * m * v..(g0 + gn) * m * v],
                 &mut lin,
+                &mut Tap {
+                    probe: &mut *probe,
+                    layer: 0,
+                    row0: g0,
+                },
                 self.par,
             );
         }

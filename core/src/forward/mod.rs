@@ -88,9 +88,11 @@ impl Step<'_> {
 /// Names an intermediate tensor of a forward pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TensorId {
-    /// Operation: `"input"` (embedded tokens), `"block"` (a block's output), `"logits"`.
+    /// Operation: `"input"` (embedded tokens), `"block"` (a block's output), `"logits"`; with
+    /// [`Probe::linear_inputs`] also `"qkv_in"` and `"fc1_in"` (a block's modulated LayerNorm
+    /// feeding `mat_qkv` / `ffn.fc1`) and `"head_in"` (the one feeding `head`).
     pub op: &'static str,
-    /// Block index (`"block"`), else 0.
+    /// Block index (`"block"`, `"qkv_in"`, `"fc1_in"`), else 0.
     pub layer: usize,
     /// Row of the step.
     pub row: usize,
@@ -106,6 +108,12 @@ pub trait Probe {
     /// does not.
     fn active(&self) -> bool {
         true
+    }
+    /// Whether this probe also wants the inputs of the AdaLN-modulated Linears (`"qkv_in"`,
+    /// `"fc1_in"`, `"head_in"`; calibration of outlier smoothing). Off by default, so that an
+    /// op-by-op comparison of two backends sees only the ops every backend reports.
+    fn linear_inputs(&self) -> bool {
+        false
     }
 }
 
