@@ -265,7 +265,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             let t0 = Instant::now();
             let auto =
                 auto_plan_options(weights, max_growth, calib, plan_format, smooth.is_some())?;
-            let smooth = smooth_option(smooth.as_deref(), calib, auto.is_some())?;
+            let smooth = smooth_option(smooth.as_deref(), calib)?;
             let patch_nums = schedule.patch_nums()?;
             // The options first: a bad one is named before any checkpoint is read.
             let metadata = {
@@ -495,7 +495,7 @@ fn run(cli: Cli) -> Result<bool, String> {
                 return Err("--calib 0: at least one calibration image is needed".into());
             }
             // Smoothing calibrates on the report's own sampled calibration images.
-            let smooth = smooth_option(smooth.as_deref(), None, false)?;
+            let smooth = smooth_option(smooth.as_deref(), None)?;
             if (smooth.is_some() || compare.is_some()) && calib_n.is_none() {
                 return Err(format!(
                     "--{} calibrates on --calib N sampled images, not on a directory",
@@ -739,20 +739,15 @@ fn auto_plan_options(
     }))
 }
 
-/// `--smooth [ALPHA]` and `--calib N` checked together: α and the calibration images, or
-/// nothing without `--smooth` (a `--calib` without `--smooth` or the automatic plan is refused).
+/// `--smooth [ALPHA]` and its `--calib N`: α and the calibration images, or nothing without
+/// `--smooth` (a `--calib` without `--smooth` or `--max-growth` is refused by
+/// [`auto_plan_options`]).
 fn smooth_option(
     smooth: Option<&str>,
     calib: Option<usize>,
-    planning: bool,
 ) -> Result<Option<(f32, usize)>, String> {
     let Some(alpha) = smooth else {
-        return match calib {
-            Some(n) if !planning => Err(format!(
-                "--calib {n} goes with --smooth or --max-growth (it calibrates them)"
-            )),
-            _ => Ok(None),
-        };
+        return Ok(None);
     };
     let alpha = parse_alpha(alpha).map_err(|e| e.to_string())?;
     let calib = calib.unwrap_or(srdd_tools::smooth::DEFAULT_CALIB);

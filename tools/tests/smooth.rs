@@ -288,7 +288,10 @@ fn bad_options_are_refused_in_one_line() {
             vec!["--smooth", "--calib", "0"],
             "--calib 0: smoothing needs at least one",
         ),
-        (vec!["--calib", "3"], "--calib 3 goes with --smooth"),
+        (
+            vec!["--calib", "3"],
+            "--calib needs --max-growth (the automatic precision plan) or --smooth",
+        ),
         (vec!["--smooth", "NaN"], "alpha must be"),
         (vec!["--smooth", "0.5,0.8"], "alpha must be"),
         (vec!["--smooth", "inf"], "alpha must be"),
