@@ -1,14 +1,16 @@
 //! Golden parity: every fixture under `tests/fixtures/` (discovered at run time) is packed and run
 //! through `srdd_tools::parity::run_fixture` in f32, int8 and f16.
 //!
-//! f32 rows must pass the manifest's tolerances, int8 rows the documented `INT8_BOUNDS`; f16 is
-//! not bounded yet, so it only has to run every case without an error and produce finite
-//! teacher-forcing logits.
+//! f32 rows must pass the manifest's tolerances, plain int8 rows the documented `INT8_BOUNDS`,
+//! int8 with the transformer precision plan (`transformer_plan`) the raised `PLAN_BOUNDS` of
+//! issue #12; f16 is not bounded yet, so it only has to run every case without an error and
+//! produce finite teacher-forcing logits.
 
 mod common;
 
+use srdd_core::parallel::Sequential;
 use srdd_core::WeightFormat;
-use srdd_tools::parity::{run_fixture, Row};
+use srdd_tools::parity::{run_fixture, run_fixture_on, transformer_plan, Row};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -189,6 +191,48 @@ fn int8_teacher_forcing_is_tight(dir: &Path, rows: &[Row]) -> Vec<String> {
         }
     }
     bad
+}
+
+/// Every fixture packed int8 with the transformer precision plan meets `PLAN_BOUNDS`: top-1
+/// ≥ 99 % (≥ 98 % at every scale) and KL ≤ 1e-3 teacher forced, forced-token agreement ≥ 98 % on
+/// every sample and edit case, decoder and encoder PSNR ≥ 40 dB.
+#[test]
+fn every_fixture_meets_the_raised_bounds_with_the_precision_plan() {
+    let dirs = common::fixture_dirs();
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = dirs
+            .iter()
+            .map(|d| {
+                s.spawn(move || {
+                    let rows = match run_fixture_on(
+                        d,
+                        WeightFormat::Int8,
+                        &transformer_plan(),
+                        &Sequential,
+                    ) {
+                        Ok(rows) => rows,
+                        Err(e) => return Some(format!("{}: {e}", d.display())),
+                    };
+                    println!("{} (int8 + plan):\n{}", d.display(), table(&rows));
+                    let bad = all_pass(d, &rows);
+                    (!bad.is_empty())
+                        .then(|| format!("{} (int8 + plan):\n{}", d.display(), bad.join("\n")))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Some("fixture thread panicked".into()))
+            })
+            .collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "parity failures:\n{}",
+        failures.join("\n\n")
+    );
 }
 
 /// One `#[test]` a row: every fixture, run in the weight format, must pass the check.

@@ -46,9 +46,10 @@ pub enum ParityError {
 /// Bounds the int8 path must meet on the parity fixtures (per case kind).
 #[derive(Clone, Copy, Debug)]
 pub struct Int8Bounds {
-    /// Teacher forcing: minimum fraction of positions whose top-1 token equals the reference's,
-    /// at every scale.
+    /// Teacher forcing: minimum fraction of positions whose top-1 token equals the reference's.
     pub teacher_top1_min: f64,
+    /// Teacher forcing: minimum of that fraction over the scales (0 = not bounded).
+    pub teacher_scale_top1_min: f64,
     /// Teacher forcing: maximum mean KL divergence (reference ‖ int8), nats per position.
     pub teacher_kld_max: f64,
     /// Decode / reconstruction: minimum PSNR (dB, images in [−1, 1] mapped to [0, 1]).
@@ -58,13 +59,40 @@ pub struct Int8Bounds {
     pub sample_forced_top1_min: f64,
 }
 
-/// The documented int8 bounds.
+/// The bounds of plain int8 (every Linear/Conv weight int8): a regression guard on the int8
+/// kernels and quantization, whose near-tie flips the precision plan exists to remove.
 pub const INT8_BOUNDS: Int8Bounds = Int8Bounds {
     teacher_top1_min: 0.95,
+    teacher_scale_top1_min: 0.0,
     teacher_kld_max: 0.005,
     image_psnr_min: 38.0,
     sample_forced_top1_min: 0.92,
 };
+
+/// The raised bounds of an int8 pack with a precision plan (issue #12): top-1 ≥ 99 % and ≥ 98 %
+/// at every scale, mean KL ≤ 1e-3, decoder PSNR ≥ 40 dB, forced-token agreement ≥ 98 %.
+pub const PLAN_BOUNDS: Int8Bounds = Int8Bounds {
+    teacher_top1_min: 0.99,
+    teacher_scale_top1_min: 0.98,
+    teacher_kld_max: 0.001,
+    image_psnr_min: 40.0,
+    sample_forced_top1_min: 0.98,
+};
+
+/// The precision plan the parity fixtures run with [`PLAN_BOUNDS`]: every Linear weight of the
+/// transformer (blocks, input embedding, head and its AdaLN) in f16, the VQVAE int8. It is where
+/// the automatic plan (`pack --max-growth`) ends when its targets are not met earlier (on the
+/// built-in model at ≥ 35 % growth); calibrated plans that stop earlier meet the targets on
+/// their calibration images but not on every fixture case (docs/QUANTIZATION.md).
+pub fn transformer_plan() -> Vec<KeepRule> {
+    ["word_embed.weight", "blocks.*", "head_nm.*", "head.weight"]
+        .iter()
+        .map(|p| KeepRule {
+            pattern: p.to_string(),
+            format: WeightFormat::F16,
+        })
+        .collect()
+}
 
 /// One result row.
 #[derive(Clone, Debug)]
@@ -425,7 +453,7 @@ pub fn run_fixture_on(
     let cases = manifest["cases"].as_array().cloned().unwrap_or_default();
     for case in &cases {
         let id = case["id"].as_str().unwrap_or("?").to_string();
-        match run_case(&model, case, &reference, weights, par) {
+        match run_case(&model, case, &reference, weights, !keep.is_empty(), par) {
             Ok(mut r) => rows.append(&mut r),
             Err(e) => rows.push(Row {
                 id,
@@ -535,6 +563,7 @@ fn run_case(
     case: &Value,
     reference: &Reference,
     weights: WeightFormat,
+    keep: bool,
     par: &dyn Parallel,
 ) -> Result<Vec<Row>, ParityError> {
     let cfg = &model.config;
@@ -857,7 +886,7 @@ fn run_case(
         }
     }
     if int8 {
-        let b = INT8_BOUNDS;
+        let b = if keep { PLAN_BOUNDS } else { INT8_BOUNDS };
         let (pass, tol) = match kind {
             "teacher_forced" => {
                 let get = |k: &str| extra.iter().find(|x| x.0 == k).map_or(f64::NAN, |x| x.1);
@@ -870,10 +899,17 @@ fn run_case(
                     get("maxd"),
                     get("rmsd")
                 ));
+                let scales = if b.teacher_scale_top1_min > 0.0 {
+                    format!(" (>={:.0}% per scale)", 100.0 * b.teacher_scale_top1_min)
+                } else {
+                    String::new()
+                };
                 (
-                    worst >= b.teacher_top1_min && kld <= b.teacher_kld_max,
+                    top1 >= b.teacher_top1_min
+                        && worst >= b.teacher_scale_top1_min
+                        && kld <= b.teacher_kld_max,
                     format!(
-                        "top1>={:.0}% every scale, kld<={}",
+                        "top1>={:.0}%{scales} kld<={}",
                         100.0 * b.teacher_top1_min,
                         b.teacher_kld_max
                     ),
