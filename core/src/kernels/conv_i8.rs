@@ -221,15 +221,93 @@ fn pixel_major_row_body<'x>(
     qt[(left + w) * cin..].iter_mut().for_each(|v| *v = 0);
     // Codes of a channel's row a block at a time (a loop the compiler vectorizes), then stored
     // pixel-major.
-    let mut block = [0i8; 64];
+    const BLOCK: usize = 64;
+    let mut block = [0i8; BLOCK];
     for (ci, xr) in row.enumerate() {
-        for (b, xs) in xr.chunks(block.len()).enumerate() {
-            encode(xs, inv, &mut block[..xs.len()]);
-            let at = (left + b * block.len()) * cin + ci;
-            for (j, q) in block[..xs.len()].iter().enumerate() {
-                qt[at + j * cin] = *q;
+        for (b, xs) in xr.chunks(BLOCK).enumerate() {
+            let codes = &mut block[..xs.len()];
+            match inv {
+                Some(inv) if inv.is_finite() => {
+                    for (o, v) in codes.iter_mut().zip(xs) {
+                        *o = code_in_range(*v * inv);
+                    }
+                }
+                _ => encode(xs, inv, codes),
+            }
+            // The bytes `cin` apart from pixel `left + BLOCK·b`, sliced once (no per-byte bounds
+            // checks).
+            let at = (left + b * BLOCK) * cin + ci;
+            let dst = &mut qt[at..at + (xs.len() - 1) * cin + 1];
+            for (d, q) in dst.iter_mut().step_by(cin).zip(codes.iter()) {
+                *d = *q;
             }
         }
     }
     scale
+}
+
+/// [`super::quant::code`] of a value whose product with a finite factor of
+/// [`super::quant::row_scale`] is `r`: then |r| ≤ 127·(1 + 2⁻²⁴)² < 127.5 (or NaN), so the clamp
+/// to ±127 never acts, and `round_half_away(r)` is `(m + 1 + (m >> 31)) >> 1` with
+/// `m = trunc(2r)` (`2r` is exact): ⌊(m + 1)/2⌋ for r ≥ 0, ⌊m/2⌋ = −⌊(1 − m)/2⌋ below.
+/// NaN gives 0 as before. Three integer operations instead of two float compares and the clamp.
+#[inline(always)]
+fn code_in_range(r: f32) -> i8 {
+    let m = (r + r) as i32;
+    ((m + 1 + (m >> 31)) >> 1) as i8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::code_in_range;
+    use crate::kernels::quant::round_half_away;
+
+    /// The code `quant::code` gives for the product `r`.
+    fn reference(r: f32) -> i8 {
+        round_half_away(r).clamp(-127, 127) as i8
+    }
+
+    #[test]
+    fn code_in_range_matches_round_half_away_and_clamp() {
+        // Every 13th f32 of (−127.5, 127.5) (the products' range), then every f32 within 4096
+        // ulps of each multiple of ½ there (where rounding decides), then NaN.
+        let top = 127.5f32.to_bits() - 1;
+        for b in (0..=top).step_by(13).chain(top - 3..=top) {
+            for r in [f32::from_bits(b), -f32::from_bits(b)] {
+                assert_eq!(code_in_range(r), reference(r), "r = {r:e}");
+            }
+        }
+        for h in 0..=255 {
+            let c = (h as f32 * 0.5).to_bits();
+            for b in c.saturating_sub(4096)..=(c + 4096).min(top) {
+                for r in [f32::from_bits(b), -f32::from_bits(b)] {
+                    assert_eq!(code_in_range(r), reference(r), "r = {r:e}");
+                }
+            }
+        }
+        assert_eq!(code_in_range(f32::NAN), reference(f32::NAN));
+        assert_eq!(code_in_range(-f32::NAN), 0);
+    }
+
+    /// The bound the clamp-free path rests on: a row's largest value times its factor, for
+    /// maxima over many binades, never rounds past 127.5.
+    #[test]
+    fn products_with_the_row_factor_stay_below_127_5() {
+        use crate::kernels::quant::row_scale;
+        let mut b = 0x0000_0001u32;
+        while b < 0x7f80_0000 {
+            let amax = f32::from_bits(b);
+            let row = [amax, -amax, amax * 0.999];
+            if let (_, Some(inv)) = row_scale(core::iter::once(&row[..])) {
+                if inv.is_finite() {
+                    for v in row {
+                        let r = v * inv;
+                        assert!(r.abs() < 127.5, "amax {amax:e}: {r:e}");
+                        assert_eq!(code_in_range(r), reference(r));
+                    }
+                }
+            }
+            b += 0x0000_1fff;
+        }
+    }
 }
