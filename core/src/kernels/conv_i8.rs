@@ -226,10 +226,10 @@ fn pixel_major_row_body<'x>(
     for (ci, xr) in row.enumerate() {
         for (b, xs) in xr.chunks(BLOCK).enumerate() {
             let codes = &mut block[..xs.len()];
-            match inv {
-                Some(inv) if inv.is_finite() => {
+            match inv.map(|f| f + f) {
+                Some(inv2) if inv2.is_finite() => {
                     for (o, v) in codes.iter_mut().zip(xs) {
-                        *o = code_in_range(*v * inv);
+                        *o = code_twice(*v * inv2);
                     }
                 }
                 _ => encode(xs, inv, codes),
@@ -246,20 +246,24 @@ fn pixel_major_row_body<'x>(
     scale
 }
 
-/// [`super::quant::code`] of a value whose product with a finite factor of
-/// [`super::quant::row_scale`] is `r`: then |r| ≤ 127·(1 + 2⁻²⁴)² < 127.5 (or NaN), so the clamp
-/// to ±127 never acts, and `round_half_away(r)` is `(m + 1 + (m >> 31)) >> 1` with
-/// `m = trunc(2r)` (`2r` is exact): ⌊(m + 1)/2⌋ for r ≥ 0, ⌊m/2⌋ = −⌊(1 − m)/2⌋ below.
-/// NaN gives 0 as before. Three integer operations instead of two float compares and the clamp.
+/// [`super::quant::code`] of a value `v` from `r2 = v · 2f`, `f` the factor of
+/// [`super::quant::row_scale`] (with `2f` finite). The product `r = v · f` has
+/// |r| ≤ 127·(1 + 2⁻²⁴)² < 127.5 (or is NaN), so the clamp to ±127 never acts, and
+/// `round_half_away(r)` is `(m + 1 + (m >> 31)) >> 1` with `m = trunc(2r)`: ⌊(m + 1)/2⌋ for
+/// r ≥ 0, ⌊m/2⌋ = −⌊(1 − m)/2⌋ below. `r2` is `2r` exactly wherever `r` is a normal float
+/// (doubling commutes with rounding) and below 2⁻¹²⁴ in magnitude otherwise, where both give
+/// `m = 0`; NaN gives 0 as before. Three integer operations instead of two float compares and
+/// the clamp. (Doubling the factor rather than `r` also keeps LLVM from folding `2r` into a
+/// fixed-point conversion, which the Cortex-M55 build under QEMU got wrong.)
 #[inline(always)]
-fn code_in_range(r: f32) -> i8 {
-    let m = (r + r) as i32;
+fn code_twice(r2: f32) -> i8 {
+    let m = r2 as i32;
     ((m + 1 + (m >> 31)) >> 1) as i8
 }
 
 #[cfg(test)]
 mod tests {
-    use super::code_in_range;
+    use super::code_twice;
     use crate::kernels::quant::round_half_away;
 
     /// The code `quant::code` gives for the product `r`.
@@ -268,42 +272,43 @@ mod tests {
     }
 
     #[test]
-    fn code_in_range_matches_round_half_away_and_clamp() {
+    fn code_twice_matches_round_half_away_and_clamp() {
         // Every 13th f32 of (−127.5, 127.5) (the products' range), then every f32 within 4096
         // ulps of each multiple of ½ there (where rounding decides), then NaN.
         let top = 127.5f32.to_bits() - 1;
         for b in (0..=top).step_by(13).chain(top - 3..=top) {
             for r in [f32::from_bits(b), -f32::from_bits(b)] {
-                assert_eq!(code_in_range(r), reference(r), "r = {r:e}");
+                assert_eq!(code_twice(r + r), reference(r), "r = {r:e}");
             }
         }
         for h in 0..=255 {
             let c = (h as f32 * 0.5).to_bits();
             for b in c.saturating_sub(4096)..=(c + 4096).min(top) {
                 for r in [f32::from_bits(b), -f32::from_bits(b)] {
-                    assert_eq!(code_in_range(r), reference(r), "r = {r:e}");
+                    assert_eq!(code_twice(r + r), reference(r), "r = {r:e}");
                 }
             }
         }
-        assert_eq!(code_in_range(f32::NAN), reference(f32::NAN));
-        assert_eq!(code_in_range(-f32::NAN), 0);
+        assert_eq!(code_twice(f32::NAN), reference(f32::NAN));
+        assert_eq!(code_twice(-f32::NAN), 0);
     }
 
     /// The bound the clamp-free path rests on: a row's largest value times its factor, for
-    /// maxima over many binades, never rounds past 127.5.
+    /// maxima over many binades, never rounds past 127.5; and the doubled factor gives the
+    /// codes of the factor, down to values whose products are subnormal.
     #[test]
     fn products_with_the_row_factor_stay_below_127_5() {
         use crate::kernels::quant::row_scale;
         let mut b = 0x0000_0001u32;
         while b < 0x7f80_0000 {
             let amax = f32::from_bits(b);
-            let row = [amax, -amax, amax * 0.999];
+            let row = [amax, -amax, amax * 0.999, amax * 0.5 / 127.0, amax * 1e-30];
             if let (_, Some(inv)) = row_scale(core::iter::once(&row[..])) {
-                if inv.is_finite() {
+                if (inv + inv).is_finite() {
                     for v in row {
                         let r = v * inv;
                         assert!(r.abs() < 127.5, "amax {amax:e}: {r:e}");
-                        assert_eq!(code_in_range(r), reference(r));
+                        assert_eq!(code_twice(v * (inv + inv)), reference(r), "v {v:e}");
                     }
                 }
             }
