@@ -100,6 +100,41 @@ fn gn_apply_body(x: &[f32], y: &mut [f32], scale: f32, shift: f32, silu_after: b
     }
 }
 
+/// [`gn_apply`] in place (the same operations on each value).
+#[inline]
+pub fn gn_apply_in_place(x: &mut [f32], scale: f32, shift: f32, silu_after: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::active() >= Isa::Avx2 {
+        // SAFETY: the active ISA is supported, so the CPU has AVX2.
+        unsafe { gn_apply_in_place_avx2(x, scale, shift, silu_after) };
+        return;
+    }
+    gn_apply_in_place_body(x, scale, shift, silu_after);
+}
+
+/// [`gn_apply_in_place_body`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn gn_apply_in_place_avx2(x: &mut [f32], scale: f32, shift: f32, silu_after: bool) {
+    gn_apply_in_place_body(x, scale, shift, silu_after);
+}
+
+#[inline(always)]
+fn gn_apply_in_place_body(x: &mut [f32], scale: f32, shift: f32, silu_after: bool) {
+    if silu_after {
+        for v in x.iter_mut() {
+            *v = silu(*v * scale + shift);
+        }
+    } else {
+        for v in x.iter_mut() {
+            *v = *v * scale + shift;
+        }
+    }
+}
+
 /// GroupNorm (with affine) of a `c × hw` map into `y`, optionally followed by SiLU. Statistics:
 /// per channel [`gn_accumulate`] over the plane, channels of a group summed in order,
 /// [`gn_group_stats`], [`gn_channel_affine`].
