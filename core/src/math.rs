@@ -42,11 +42,16 @@ pub fn exp_poly(x: f32) -> f32 {
     // clamp and the end cases, which are identities inside [LO, HI] (the same operations on the
     // same values, so the same bits; about a quarter of SiLU's instructions).
     #[cfg(all(target_arch = "arm", not(feature = "arm-mve")))]
-    if (EXP_LO..=EXP_HI).contains(&x) {
-        return exp_poly_in_range(x);
+    if (EXP_LO..=88.0).contains(&x) {
+        // n ≤ 127 here, so 2ⁿ is an f32 and one product rounds as the two below do.
+        let (y, ni) = exp_poly_in_range(x);
+        return y * pow2(ni);
     }
     // Clamped to [LO, HI] (n in [−126, 128]); outside, the ends are replaced below.
-    let v = exp_poly_in_range(x.clamp(EXP_LO, EXP_HI));
+    let (y, ni) = exp_poly_in_range(x.clamp(EXP_LO, EXP_HI));
+    // 2ⁿ as two exact power-of-two factors (2¹²⁸ itself is not an f32): y ∈ [0.7, 1.42] times
+    // 2^⌊n/2⌋ ≥ 2⁻⁶³ is exact, so only the second product rounds.
+    let v = y * pow2(ni >> 1) * pow2(ni - (ni >> 1));
     let v = if x > EXP_HI { f32::INFINITY } else { v };
     let v = if x < EXP_LO { 0.0 } else { v };
     if x.is_nan() {
@@ -61,9 +66,16 @@ const EXP_HI: f32 = 88.722_83;
 /// ln(f32::MIN_POSITIVE): [`exp_poly`] is 0 below.
 const EXP_LO: f32 = -87.336_55;
 
-/// The body of [`exp_poly`] for `xc` in `[EXP_LO, EXP_HI]`.
+/// `2ᵏ` for `k` in [−126, 127].
 #[inline(always)]
-fn exp_poly_in_range(xc: f32) -> f32 {
+fn pow2(k: i32) -> f32 {
+    f32::from_bits(((k + 127) as u32) << 23)
+}
+
+/// The body of [`exp_poly`] for `xc` in `[EXP_LO, EXP_HI]`: `e^r` (in [0.7, 1.42]) and `n`,
+/// `e^xc = e^r · 2ⁿ`.
+#[inline(always)]
+fn exp_poly_in_range(xc: f32) -> (f32, i32) {
     const LOG2E: f32 = core::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
@@ -77,10 +89,7 @@ fn exp_poly_in_range(xc: f32) -> f32 {
         * r
         + 5e-1;
     let y = (p * z + r) + 1.0;
-    // 2ⁿ as two exact power-of-two factors (2¹²⁸ itself is not an f32).
-    let ni = t.to_bits() as i32 - ROUND.to_bits() as i32;
-    let pow2 = |k: i32| f32::from_bits(((k + 127) as u32) << 23);
-    y * pow2(ni >> 1) * pow2(ni - (ni >> 1))
+    (y, t.to_bits() as i32 - ROUND.to_bits() as i32)
 }
 
 /// `tanh(x)` from plain f32 operations: the Cephes `tanhf` odd polynomial below |x| = 0.625,
