@@ -152,12 +152,17 @@ pub(crate) fn conv2d_i8(
                         }
                         let iy = iy as usize;
                         let a = &qa[iy * row_len + ox0 * lda..];
+                        // `row scale · weight scale` once per channel, not once per output.
                         let sr = rs[iy];
+                        let mut srw = [0f32; PANEL_NR];
+                        for (m, sw) in srw.iter_mut().zip(&wp.scales[cp..ce]) {
+                            *m = sr * sw;
+                        }
                         gemm_i8_with(isa, a, lda, nox, &wp.group(ky), (cp, ce), |ox, co, sums| {
-                            let scales = &wp.scales[co..co + sums.len()];
+                            let m = &srw[co - cp..co - cp + sums.len()];
                             let dst = &mut tile[ox][co - cp..co - cp + sums.len()];
-                            for ((v, acc), sw) in dst.iter_mut().zip(sums).zip(scales) {
-                                *v += *acc as f32 * (sr * sw);
+                            for ((v, acc), m) in dst.iter_mut().zip(sums).zip(m) {
+                                *v += *acc as f32 * m;
                             }
                         });
                     }
