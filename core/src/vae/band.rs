@@ -8,11 +8,11 @@ use super::{conv_scratch, int8_len, is_int8, Job};
 use crate::arena::Arena;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::kernels::norm::gn_apply_in_place;
 use crate::kernels::{
     conv2d, conv_scratch_len, conv_scratch_len_same, gn_accumulate, gn_apply, gn_channel_affine,
     gn_group_stats, ConvScratch, Pad,
 };
-use crate::kernels::norm::gn_apply_in_place;
 use crate::layout::arena_layout;
 use crate::parallel::Parallel;
 use crate::weights::{Conv, Decoder, Norm};
