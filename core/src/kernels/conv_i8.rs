@@ -224,6 +224,24 @@ fn pixel_major_row_body<'x>(
     let (scale, inv) = row_scale(row.clone());
     qt[..left * cin].iter_mut().for_each(|v| *v = 0);
     qt[(left + w) * cin..].iter_mut().for_each(|v| *v = 0);
+    let inv2 = inv.map(|f| f + f).filter(|f| f.is_finite());
+    // On the Cortex-M4 (nothing to vectorize) the codes go straight to their pixel-major bytes.
+    #[cfg(all(target_arch = "arm", not(feature = "arm-mve")))]
+    if let Some(inv2) = inv2 {
+        for (ci, xr) in row.enumerate() {
+            let Some(last) = xr.len().checked_sub(1) else {
+                continue;
+            };
+            let at = left * cin + ci;
+            let dst = &mut qt[at..at + last * cin + 1];
+            let p = dst.as_mut_ptr();
+            for (j, v) in xr.iter().enumerate() {
+                // SAFETY: j·cin ≤ last·cin < dst.len().
+                unsafe { *p.add(j * cin) = code_twice(*v * inv2) };
+            }
+        }
+        return scale;
+    }
     // Codes of a channel's row a block at a time (a loop the compiler vectorizes), then stored
     // pixel-major.
     const BLOCK: usize = 64;
@@ -231,8 +249,8 @@ fn pixel_major_row_body<'x>(
     for (ci, xr) in row.enumerate() {
         for (b, xs) in xr.chunks(BLOCK).enumerate() {
             let codes = &mut block[..xs.len()];
-            match inv.map(|f| f + f) {
-                Some(inv2) if inv2.is_finite() => {
+            match inv2 {
+                Some(inv2) => {
                     for (o, v) in codes.iter_mut().zip(xs) {
                         *o = code_twice(*v * inv2);
                     }
