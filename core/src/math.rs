@@ -93,26 +93,49 @@ fn exp_poly_in_range(xc: f32) -> (f32, i32) {
 }
 
 /// `tanh(x)` from plain f32 operations: the Cephes `tanhf` odd polynomial below |x| = 0.625,
-/// `1 − 2/(e^{2|x|} + 1)` with the sign of `x` above (through [`exp_poly`]); branch-free.
+/// `1 − 2/(e^{2|x|} + 1)` with the sign of `x` above (through [`exp_poly`]); branch-free (on the
+/// Cortex-M4 one branch, the same bits).
 #[inline(always)]
 pub fn tanh_poly(x: f32) -> f32 {
     let a = if x < 0.0 { -x } else { x };
-    let z = x * x;
-    let small =
+    let small = |x: f32| {
+        let z = x * x;
         ((((-5.704_988_7e-3 * z + 2.063_909e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z
             - 3.333_328e-1)
             * z
             * x
-            + x;
-    let large = 1.0 - 2.0 / (exp_poly(a + a) + 1.0);
-    let large = if x < 0.0 { -large } else { large };
-    // ±0 keeps its sign (the polynomial form would give +0 for −0).
-    if a == 0.0 {
-        x
-    } else if a < 0.625 {
-        small
-    } else {
-        large
+            + x
+    };
+    let large = |x: f32, a: f32| {
+        let large = 1.0 - 2.0 / (exp_poly(a + a) + 1.0);
+        if x < 0.0 {
+            -large
+        } else {
+            large
+        }
+    };
+    // ±0 keeps its sign (the polynomial form would give +0 for −0). On the Cortex-M4 (nothing
+    // to vectorize) only the chosen form is computed: the same operations, so the same bits.
+    #[cfg(all(target_arch = "arm", not(feature = "arm-mve")))]
+    {
+        if a == 0.0 {
+            x
+        } else if a < 0.625 {
+            small(x)
+        } else {
+            large(x, a)
+        }
+    }
+    #[cfg(not(all(target_arch = "arm", not(feature = "arm-mve"))))]
+    {
+        let (small, large) = (small(x), large(x, a));
+        if a == 0.0 {
+            x
+        } else if a < 0.625 {
+            small
+        } else {
+            large
+        }
     }
 }
 
