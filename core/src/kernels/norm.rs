@@ -12,12 +12,12 @@ pub fn layer_norm(x: &[f32], y: &mut [f32], c: usize, eps: f32) {
     for (xr, yr) in x.chunks_exact(c).zip(y.chunks_exact_mut(c)) {
         let mut s = 0f64;
         for v in xr {
-            s += *v as f64;
+            s += widen_f64(*v);
         }
         let mean = s / c as f64;
         let mut q = 0f64;
         for v in xr {
-            let d = *v as f64 - mean;
+            let d = widen_f64(*v) - mean;
             q += d * d;
         }
         let var = q / c as f64;
@@ -36,11 +36,43 @@ pub fn layer_norm(x: &[f32], y: &mut [f32], c: usize, eps: f32) {
 pub fn gn_accumulate(x: &[f32], sum: &mut f64, sumsq: &mut f64) {
     let (mut s, mut q) = (*sum, *sumsq);
     for v in x {
-        s += *v as f64;
+        s += widen_f64(*v);
         q += square_f64(*v);
     }
     *sum = s;
     *sumsq = q;
+}
+
+/// `v as f64`; on a core without double-precision hardware (the Cortex-M4) built from the bits
+/// for normal `v` (the exponent rebiased, the significand shifted) instead of a call to the
+/// software conversion: the same value.
+#[inline(always)]
+fn widen_f64(v: f32) -> f64 {
+    #[cfg(all(target_arch = "arm", not(feature = "arm-mve")))]
+    {
+        widen_f64_int(v)
+    }
+    #[cfg(not(all(target_arch = "arm", not(feature = "arm-mve"))))]
+    {
+        v as f64
+    }
+}
+
+/// [`widen_f64`] from integers (zero, subnormals, ∞ and NaN take `as f64`).
+#[inline(always)]
+#[cfg_attr(
+    not(all(target_arch = "arm", not(feature = "arm-mve"))),
+    allow(dead_code)
+)]
+fn widen_f64_int(v: f32) -> f64 {
+    let b = v.to_bits();
+    let e = (b >> 23) & 0xff;
+    if e == 0 || e == 0xff {
+        return v as f64;
+    }
+    let sign = ((b >> 31) as u64) << 63;
+    let exp = (e as u64 + (1023 - 127)) << 52;
+    f64::from_bits(sign | exp | (((b & 0x7f_ffff) as u64) << 29))
 }
 
 /// `(v as f64) · (v as f64)`, which is exact (24-bit significands give a 48-bit product). On a
@@ -219,10 +251,10 @@ pub fn group_norm(
 
 #[cfg(test)]
 mod tests {
-    use super::square_f64_int;
+    use super::{square_f64_int, widen_f64_int};
 
     #[test]
-    fn integer_square_is_the_f64_square() {
+    fn integer_square_and_widening_are_the_f64_ones() {
         // Every 7th f32 bit pattern (both signs), then the ends of every binade.
         let check = |v: f32| {
             let want = (v as f64) * (v as f64);
@@ -230,6 +262,11 @@ mod tests {
             assert!(
                 got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
                 "{v:e}: {got:e} vs {want:e}"
+            );
+            let (got, want) = (widen_f64_int(v), v as f64);
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "widen {v:e}: {got:e} vs {want:e}"
             );
         };
         for b in (0..=u32::MAX).step_by(7) {
