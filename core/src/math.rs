@@ -35,17 +35,51 @@ pub fn exp(x: f32) -> f32 {
 /// and removing 1.5·2²³) and `ln 2` split in two (Cody–Waite, `n·C1` exact), then the Cephes
 /// `expf` polynomial of `r` (|r| ≤ ½ ln 2) and `2ⁿ` built in the exponent bits. Above
 /// ln(f32::MAX) it gives +∞, below the smallest normal's log 0, NaN stays NaN; every branch is
-/// a select.
+/// a select (on the Cortex-M4 one range test first, the same bits).
 #[inline(always)]
 pub fn exp_poly(x: f32) -> f32 {
+    // A Cortex-M4 has no float SIMD to vectorize the selects for: one range test skips the
+    // clamp and the end cases, which are identities inside [LO, HI] (the same operations on the
+    // same values, so the same bits; about a quarter of SiLU's instructions).
+    #[cfg(all(target_arch = "arm", not(feature = "arm-mve")))]
+    if (EXP_LO..=88.0).contains(&x) {
+        // n ≤ 127 here, so 2ⁿ is an f32 and one product rounds as the two below do.
+        let (y, ni) = exp_poly_in_range(x);
+        return y * pow2(ni);
+    }
+    // Clamped to [LO, HI] (n in [−126, 128]); outside, the ends are replaced below.
+    let (y, ni) = exp_poly_in_range(x.clamp(EXP_LO, EXP_HI));
+    // 2ⁿ as two exact power-of-two factors (2¹²⁸ itself is not an f32): y ∈ [0.7, 1.42] times
+    // 2^⌊n/2⌋ ≥ 2⁻⁶³ is exact, so only the second product rounds.
+    let v = y * pow2(ni >> 1) * pow2(ni - (ni >> 1));
+    let v = if x > EXP_HI { f32::INFINITY } else { v };
+    let v = if x < EXP_LO { 0.0 } else { v };
+    if x.is_nan() {
+        x
+    } else {
+        v
+    }
+}
+
+/// ln(f32::MAX): [`exp_poly`] is +∞ above.
+const EXP_HI: f32 = 88.722_83;
+/// ln(f32::MIN_POSITIVE): [`exp_poly`] is 0 below.
+const EXP_LO: f32 = -87.336_55;
+
+/// `2ᵏ` for `k` in [−126, 127].
+#[inline(always)]
+fn pow2(k: i32) -> f32 {
+    f32::from_bits(((k + 127) as u32) << 23)
+}
+
+/// The body of [`exp_poly`] for `xc` in `[EXP_LO, EXP_HI]`: `e^r` (in [0.7, 1.42]) and `n`,
+/// `e^xc = e^r · 2ⁿ`.
+#[inline(always)]
+fn exp_poly_in_range(xc: f32) -> (f32, i32) {
     const LOG2E: f32 = core::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23
-    const HI: f32 = 88.722_83; // ln(f32::MAX)
-    const LO: f32 = -87.336_55; // ln(f32::MIN_POSITIVE)
-                                // Clamped to [LO, HI] (n in [−126, 128]); outside, the ends are replaced below.
-    let xc = x.clamp(LO, HI);
     let t = xc * LOG2E + ROUND;
     let n = t - ROUND;
     let r = (xc - n * C1) - n * C2;
@@ -55,40 +89,53 @@ pub fn exp_poly(x: f32) -> f32 {
         * r
         + 5e-1;
     let y = (p * z + r) + 1.0;
-    // 2ⁿ as two exact power-of-two factors (2¹²⁸ itself is not an f32).
-    let ni = t.to_bits() as i32 - ROUND.to_bits() as i32;
-    let pow2 = |k: i32| f32::from_bits(((k + 127) as u32) << 23);
-    let v = y * pow2(ni >> 1) * pow2(ni - (ni >> 1));
-    let v = if x > HI { f32::INFINITY } else { v };
-    let v = if x < LO { 0.0 } else { v };
-    if x.is_nan() {
-        x
-    } else {
-        v
-    }
+    (y, t.to_bits() as i32 - ROUND.to_bits() as i32)
 }
 
 /// `tanh(x)` from plain f32 operations: the Cephes `tanhf` odd polynomial below |x| = 0.625,
-/// `1 − 2/(e^{2|x|} + 1)` with the sign of `x` above (through [`exp_poly`]); branch-free.
+/// `1 − 2/(e^{2|x|} + 1)` with the sign of `x` above (through [`exp_poly`]); branch-free (on the
+/// Cortex-M4 one branch, the same bits).
 #[inline(always)]
 pub fn tanh_poly(x: f32) -> f32 {
     let a = if x < 0.0 { -x } else { x };
-    let z = x * x;
-    let small =
+    let small = |x: f32| {
+        let z = x * x;
         ((((-5.704_988_7e-3 * z + 2.063_909e-2) * z - 5.373_971_6e-2) * z + 1.333_144_2e-1) * z
             - 3.333_328e-1)
             * z
             * x
-            + x;
-    let large = 1.0 - 2.0 / (exp_poly(a + a) + 1.0);
-    let large = if x < 0.0 { -large } else { large };
-    // ±0 keeps its sign (the polynomial form would give +0 for −0).
-    if a == 0.0 {
-        x
-    } else if a < 0.625 {
-        small
-    } else {
-        large
+            + x
+    };
+    let large = |x: f32, a: f32| {
+        let large = 1.0 - 2.0 / (exp_poly(a + a) + 1.0);
+        if x < 0.0 {
+            -large
+        } else {
+            large
+        }
+    };
+    // ±0 keeps its sign (the polynomial form would give +0 for −0). On the Cortex-M4 (nothing
+    // to vectorize) only the chosen form is computed: the same operations, so the same bits.
+    #[cfg(all(target_arch = "arm", not(feature = "arm-mve")))]
+    {
+        if a == 0.0 {
+            x
+        } else if a < 0.625 {
+            small(x)
+        } else {
+            large(x, a)
+        }
+    }
+    #[cfg(not(all(target_arch = "arm", not(feature = "arm-mve"))))]
+    {
+        let (small, large) = (small(x), large(x, a));
+        if a == 0.0 {
+            x
+        } else if a < 0.625 {
+            small
+        } else {
+            large
+        }
     }
 }
 

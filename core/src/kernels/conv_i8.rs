@@ -152,12 +152,17 @@ pub(crate) fn conv2d_i8(
                         }
                         let iy = iy as usize;
                         let a = &qa[iy * row_len + ox0 * lda..];
+                        // `row scale · weight scale` once per channel, not once per output.
                         let sr = rs[iy];
+                        let mut srw = [0f32; PANEL_NR];
+                        for (m, sw) in srw.iter_mut().zip(&wp.scales[cp..ce]) {
+                            *m = sr * sw;
+                        }
                         gemm_i8_with(isa, a, lda, nox, &wp.group(ky), (cp, ce), |ox, co, sums| {
-                            let scales = &wp.scales[co..co + sums.len()];
+                            let m = &srw[co - cp..co - cp + sums.len()];
                             let dst = &mut tile[ox][co - cp..co - cp + sums.len()];
-                            for ((v, acc), sw) in dst.iter_mut().zip(sums).zip(scales) {
-                                *v += *acc as f32 * (sr * sw);
+                            for ((v, acc), m) in dst.iter_mut().zip(sums).zip(m) {
+                                *v += *acc as f32 * m;
                             }
                         });
                     }
@@ -219,17 +224,120 @@ fn pixel_major_row_body<'x>(
     let (scale, inv) = row_scale(row.clone());
     qt[..left * cin].iter_mut().for_each(|v| *v = 0);
     qt[(left + w) * cin..].iter_mut().for_each(|v| *v = 0);
+    let inv2 = inv.map(|f| f + f).filter(|f| f.is_finite());
+    // On the Cortex-M4 (nothing to vectorize) the codes go straight to their pixel-major bytes.
+    #[cfg(all(target_arch = "arm", not(feature = "arm-mve")))]
+    if let Some(inv2) = inv2 {
+        for (ci, xr) in row.enumerate() {
+            let Some(last) = xr.len().checked_sub(1) else {
+                continue;
+            };
+            let at = left * cin + ci;
+            let dst = &mut qt[at..at + last * cin + 1];
+            let p = dst.as_mut_ptr();
+            for (j, v) in xr.iter().enumerate() {
+                // SAFETY: j·cin ≤ last·cin < dst.len().
+                unsafe { *p.add(j * cin) = code_twice(*v * inv2) };
+            }
+        }
+        return scale;
+    }
     // Codes of a channel's row a block at a time (a loop the compiler vectorizes), then stored
     // pixel-major.
-    let mut block = [0i8; 64];
+    const BLOCK: usize = 64;
+    let mut block = [0i8; BLOCK];
     for (ci, xr) in row.enumerate() {
-        for (b, xs) in xr.chunks(block.len()).enumerate() {
-            encode(xs, inv, &mut block[..xs.len()]);
-            let at = (left + b * block.len()) * cin + ci;
-            for (j, q) in block[..xs.len()].iter().enumerate() {
-                qt[at + j * cin] = *q;
+        for (b, xs) in xr.chunks(BLOCK).enumerate() {
+            let codes = &mut block[..xs.len()];
+            match inv2 {
+                Some(inv2) => {
+                    for (o, v) in codes.iter_mut().zip(xs) {
+                        *o = code_twice(*v * inv2);
+                    }
+                }
+                _ => encode(xs, inv, codes),
+            }
+            // The bytes `cin` apart from pixel `left + BLOCK·b`, bounds-checked once (per-byte
+            // checks and a stepping iterator cost more than the codes on the Cortex-M4).
+            let at = (left + b * BLOCK) * cin + ci;
+            let dst = &mut qt[at..at + (codes.len() - 1) * cin + 1];
+            let p = dst.as_mut_ptr();
+            for (j, q) in codes.iter().enumerate() {
+                // SAFETY: j·cin ≤ (codes.len() − 1)·cin < dst.len().
+                unsafe { *p.add(j * cin) = *q };
             }
         }
     }
     scale
+}
+
+/// [`super::quant::code`] of a value `v` from `r2 = v · 2f`, `f` the factor of
+/// [`super::quant::row_scale`] (with `2f` finite). The product `r = v · f` has
+/// |r| ≤ 127·(1 + 2⁻²⁴)² < 127.5 (or is NaN), so the clamp to ±127 never acts, and
+/// `round_half_away(r)` is `(m + 1 + (m >> 31)) >> 1` with `m = trunc(2r)`: ⌊(m + 1)/2⌋ for
+/// r ≥ 0, ⌊m/2⌋ = −⌊(1 − m)/2⌋ below. `r2` is `2r` exactly wherever `r` is a normal float
+/// (doubling commutes with rounding) and below 2⁻¹²⁴ in magnitude otherwise, where both give
+/// `m = 0`; NaN gives 0 as before. Three integer operations instead of two float compares and
+/// the clamp. (Doubling the factor rather than `r` also keeps LLVM from folding `2r` into a
+/// fixed-point conversion, which the Cortex-M55 build under QEMU got wrong.)
+#[inline(always)]
+fn code_twice(r2: f32) -> i8 {
+    let m = r2 as i32;
+    ((m + 1 + (m >> 31)) >> 1) as i8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::code_twice;
+    use crate::kernels::quant::round_half_away;
+
+    /// The code `quant::code` gives for the product `r`.
+    fn reference(r: f32) -> i8 {
+        round_half_away(r).clamp(-127, 127) as i8
+    }
+
+    #[test]
+    fn code_twice_matches_round_half_away_and_clamp() {
+        // Every 13th f32 of (−127.5, 127.5) (the products' range), then every f32 within 4096
+        // ulps of each multiple of ½ there (where rounding decides), then NaN.
+        let top = 127.5f32.to_bits() - 1;
+        for b in (0..=top).step_by(13).chain(top - 3..=top) {
+            for r in [f32::from_bits(b), -f32::from_bits(b)] {
+                assert_eq!(code_twice(r + r), reference(r), "r = {r:e}");
+            }
+        }
+        for h in 0..=255 {
+            let c = (h as f32 * 0.5).to_bits();
+            for b in c.saturating_sub(4096)..=(c + 4096).min(top) {
+                for r in [f32::from_bits(b), -f32::from_bits(b)] {
+                    assert_eq!(code_twice(r + r), reference(r), "r = {r:e}");
+                }
+            }
+        }
+        assert_eq!(code_twice(f32::NAN), reference(f32::NAN));
+        assert_eq!(code_twice(-f32::NAN), 0);
+    }
+
+    /// The bound the clamp-free path rests on: a row's largest value times its factor, for
+    /// maxima over many binades, never rounds past 127.5; and the doubled factor gives the
+    /// codes of the factor, down to values whose products are subnormal.
+    #[test]
+    fn products_with_the_row_factor_stay_below_127_5() {
+        use crate::kernels::quant::row_scale;
+        let mut b = 0x0000_0001u32;
+        while b < 0x7f80_0000 {
+            let amax = f32::from_bits(b);
+            let row = [amax, -amax, amax * 0.999, amax * 0.5 / 127.0, amax * 1e-30];
+            if let (_, Some(inv)) = row_scale(core::iter::once(&row[..])) {
+                if (inv + inv).is_finite() {
+                    for v in row {
+                        let r = v * inv;
+                        assert!(r.abs() < 127.5, "amax {amax:e}: {r:e}");
+                        assert_eq!(code_twice(v * (inv + inv)), reference(r), "v {v:e}");
+                    }
+                }
+            }
+            b += 0x0000_1fff;
+        }
+    }
 }

@@ -12,12 +12,12 @@ pub fn layer_norm(x: &[f32], y: &mut [f32], c: usize, eps: f32) {
     for (xr, yr) in x.chunks_exact(c).zip(y.chunks_exact_mut(c)) {
         let mut s = 0f64;
         for v in xr {
-            s += *v as f64;
+            s += widen_f64(*v);
         }
         let mean = s / c as f64;
         let mut q = 0f64;
         for v in xr {
-            let d = *v as f64 - mean;
+            let d = widen_f64(*v) - mean;
             q += d * d;
         }
         let var = q / c as f64;
@@ -36,12 +36,82 @@ pub fn layer_norm(x: &[f32], y: &mut [f32], c: usize, eps: f32) {
 pub fn gn_accumulate(x: &[f32], sum: &mut f64, sumsq: &mut f64) {
     let (mut s, mut q) = (*sum, *sumsq);
     for v in x {
-        let v = *v as f64;
-        s += v;
-        q += v * v;
+        s += widen_f64(*v);
+        q += square_f64(*v);
     }
     *sum = s;
     *sumsq = q;
+}
+
+/// `v as f64`; on a core without double-precision hardware (the Cortex-M4) built from the bits
+/// for normal `v` (the exponent rebiased, the significand shifted) instead of a call to the
+/// software conversion: the same value.
+#[inline(always)]
+fn widen_f64(v: f32) -> f64 {
+    #[cfg(all(target_arch = "arm", not(feature = "arm-mve")))]
+    {
+        widen_f64_int(v)
+    }
+    #[cfg(not(all(target_arch = "arm", not(feature = "arm-mve"))))]
+    {
+        v as f64
+    }
+}
+
+/// [`widen_f64`] from integers (zero, subnormals, ∞ and NaN take `as f64`).
+#[inline(always)]
+#[cfg_attr(
+    not(all(target_arch = "arm", not(feature = "arm-mve"))),
+    allow(dead_code)
+)]
+fn widen_f64_int(v: f32) -> f64 {
+    let b = v.to_bits();
+    let e = (b >> 23) & 0xff;
+    if e == 0 || e == 0xff {
+        return v as f64;
+    }
+    let sign = ((b >> 31) as u64) << 63;
+    let exp = (e as u64 + (1023 - 127)) << 52;
+    f64::from_bits(sign | exp | (((b & 0x7f_ffff) as u64) << 29))
+}
+
+/// `(v as f64) · (v as f64)`, which is exact (24-bit significands give a 48-bit product). On a
+/// core without double-precision hardware (the Cortex-M4) it is built from the integer product
+/// of the significands instead of a software `f64` multiply: the same value, so the same bits.
+#[inline(always)]
+fn square_f64(v: f32) -> f64 {
+    #[cfg(all(target_arch = "arm", not(feature = "arm-mve")))]
+    {
+        square_f64_int(v)
+    }
+    #[cfg(not(all(target_arch = "arm", not(feature = "arm-mve"))))]
+    {
+        let v = v as f64;
+        v * v
+    }
+}
+
+/// [`square_f64`] from integers for normal `v` (zero, subnormals, ∞ and NaN take the `f64`
+/// multiply): significand `m` in [2²³, 2²⁴), `m²` in [2⁴⁶, 2⁴⁸) fits an `f64` significand, and
+/// the exponent `2(e − 150)` plus the product's top bit stays far inside the `f64` range.
+#[inline(always)]
+#[cfg_attr(
+    not(all(target_arch = "arm", not(feature = "arm-mve"))),
+    allow(dead_code)
+)]
+fn square_f64_int(v: f32) -> f64 {
+    let b = v.to_bits() & 0x7fff_ffff;
+    let e = (b >> 23) as i32;
+    if e == 0 || e == 0xff {
+        let v = v as f64;
+        return v * v;
+    }
+    let m = ((b & 0x7f_ffff) | 0x80_0000) as u64;
+    let p = m * m;
+    let top = (p >> 47) as i32;
+    let mant = (p << (6 - top)) & ((1u64 << 52) - 1);
+    let exp = (46 + top + 2 * (e - 150) + 1023) as u64;
+    f64::from_bits((exp << 52) | mant)
 }
 
 /// Mean and `1/sqrt(var + eps)` of one GroupNorm group from the sums of its channels (each from
@@ -100,6 +170,41 @@ fn gn_apply_body(x: &[f32], y: &mut [f32], scale: f32, shift: f32, silu_after: b
     }
 }
 
+/// [`gn_apply`] in place (the same operations on each value).
+#[inline]
+pub fn gn_apply_in_place(x: &mut [f32], scale: f32, shift: f32, silu_after: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::active() >= Isa::Avx2 {
+        // SAFETY: the active ISA is supported, so the CPU has AVX2.
+        unsafe { gn_apply_in_place_avx2(x, scale, shift, silu_after) };
+        return;
+    }
+    gn_apply_in_place_body(x, scale, shift, silu_after);
+}
+
+/// [`gn_apply_in_place_body`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn gn_apply_in_place_avx2(x: &mut [f32], scale: f32, shift: f32, silu_after: bool) {
+    gn_apply_in_place_body(x, scale, shift, silu_after);
+}
+
+#[inline(always)]
+fn gn_apply_in_place_body(x: &mut [f32], scale: f32, shift: f32, silu_after: bool) {
+    if silu_after {
+        for v in x.iter_mut() {
+            *v = silu(*v * scale + shift);
+        }
+    } else {
+        for v in x.iter_mut() {
+            *v = *v * scale + shift;
+        }
+    }
+}
+
 /// GroupNorm (with affine) of a `c × hw` map into `y`, optionally followed by SiLU. Statistics:
 /// per channel [`gn_accumulate`] over the plane, channels of a group summed in order,
 /// [`gn_group_stats`], [`gn_channel_affine`].
@@ -142,4 +247,36 @@ pub fn group_norm(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{square_f64_int, widen_f64_int};
+
+    #[test]
+    fn integer_square_and_widening_are_the_f64_ones() {
+        // Every 7th f32 bit pattern (both signs), then the ends of every binade.
+        let check = |v: f32| {
+            let want = (v as f64) * (v as f64);
+            let got = square_f64_int(v);
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{v:e}: {got:e} vs {want:e}"
+            );
+            let (got, want) = (widen_f64_int(v), v as f64);
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "widen {v:e}: {got:e} vs {want:e}"
+            );
+        };
+        for b in (0..=u32::MAX).step_by(7) {
+            check(f32::from_bits(b));
+        }
+        for e in 0..=255u32 {
+            for m in [0, 1, 0x40_0000, 0x7f_fffe, 0x7f_ffff] {
+                check(f32::from_bits(e << 23 | m));
+                check(-f32::from_bits(e << 23 | m));
+            }
+        }
+    }
 }

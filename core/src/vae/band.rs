@@ -8,6 +8,7 @@ use super::{conv_scratch, int8_len, is_int8, Job};
 use crate::arena::Arena;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::kernels::norm::gn_apply_in_place;
 use crate::kernels::{
     conv2d, conv_scratch_len, conv_scratch_len_same, gn_accumulate, gn_apply, gn_channel_affine,
     gn_group_stats, ConvScratch, Pad,
@@ -321,6 +322,12 @@ struct Node<'d, 's> {
     rows: usize,
     produced: usize,
     committed: usize,
+    /// The ring keeps its consumer's GroupNorm + SiLU of the rows rather than the rows (the
+    /// consumer, a NormConv, is the only reader): each row is normalised once instead of once
+    /// per conv window it falls in (three times with one-row bands).
+    normed: bool,
+    /// Ring rows below this one hold normalised values (`normed` nodes).
+    normed_upto: usize,
     conv: Option<&'d Conv<'d>>,
     nin: Option<&'d Conv<'d>>,
     norm: Option<&'d Norm<'d>>,
@@ -343,6 +350,33 @@ impl Node<'_, '_> {
         }
         self.committed = e;
     }
+
+    /// [`Node::commit`] of a `normed` node from its consumer's conv window `win`
+    /// (`cout × hwin × side`, rows from `ws`), which holds the pending rows normalised.
+    fn commit_normed(&mut self, win: &[f32], ws: usize, hwin: usize) {
+        let (a, e, w, cout) = (self.committed, self.produced, self.sh.side, self.sh.cout);
+        debug_assert!(a >= ws && e <= ws + hwin);
+        for c in 0..cout {
+            for y in a..e {
+                let at = ((y % self.rows) * cout + c) * w;
+                let from = (c * hwin + y - ws) * w;
+                self.ring[at..at + w].copy_from_slice(&win[from..from + w]);
+            }
+        }
+        self.committed = e;
+        self.normed_upto = e;
+    }
+}
+
+/// Whether node `i`'s ring can hold its consumer's GroupNorm + SiLU of its rows: its one reader
+/// is a NormConv (no skip or upsampling reads it, and it is not the image).
+fn normed_ring(shapes: &[Shape], i: usize) -> bool {
+    let mut readers = shapes[1..].iter().filter(|t| t.input == i);
+    i > 0
+        && i + 1 < shapes.len()
+        && !shapes.iter().any(|t| t.skip == Some(i))
+        && readers.clone().count() == 1
+        && readers.all(|t| t.kind == Kind::NormConv)
 }
 
 /// Shared scratch of the streamed part.
@@ -413,22 +447,40 @@ fn pull(nodes: &mut [Node<'_, '_>], i: usize, upto: usize, st: &mut Stream<'_, '
         }
         let (lo, hi) = nodes.split_at_mut(i);
         let me = &mut hi[0];
+        let normed = lo[sh.input].normed;
+        if normed {
+            // Raw rows a multi-chunk pull committed: normalised in place, once.
+            let src = &mut lo[sh.input];
+            for y in ws.max(src.normed_upto)..src.committed {
+                for c in 0..sh.cin {
+                    let at = ((y % src.rows) * sh.cin + c) * w;
+                    gn_apply_in_place(&mut src.ring[at..at + w], me.scale[c], me.shift[c], true);
+                }
+            }
+            src.normed_upto = src.normed_upto.max(src.committed);
+        }
+        let ready = if normed { lo[sh.input].committed } else { 0 };
         let win = &mut st.win[..sh.cin * hwin * w];
         for c in 0..sh.cin {
             for (wy, y) in (ws..we).enumerate() {
                 let dst = &mut win[(c * hwin + wy) * w..(c * hwin + wy + 1) * w];
                 if sh.kind == Kind::Up {
                     let srow = node_row(lo, st.src, st.out, sh.input, y / 2, c);
-                    for (x, o) in dst.iter_mut().enumerate() {
-                        *o = srow[x / 2];
+                    for (o, v) in dst.chunks_exact_mut(2).zip(srow) {
+                        o[0] = *v;
+                        o[1] = *v;
                     }
+                } else if y < ready {
+                    dst.copy_from_slice(node_row(lo, st.src, st.out, sh.input, y, c));
                 } else {
                     let srow = node_row(lo, st.src, st.out, sh.input, y, c);
                     gn_apply(srow, dst, me.scale[c], me.shift[c], true);
                 }
             }
         }
-        if sh.input > 0 {
+        if normed {
+            lo[sh.input].commit_normed(win, ws, hwin);
+        } else if sh.input > 0 {
             lo[sh.input].commit(st.out);
         }
         let n = e - a;
@@ -576,6 +628,8 @@ pub(super) fn decode(job: &mut Job<'_, '_>, arena: &mut Arena<'_>, band_rows: us
             rows: lens.rows,
             produced: 0,
             committed: 0,
+            normed: normed_ring(&shapes, i),
+            normed_upto: 0,
             conv: *conv,
             nin: *nin,
             norm: *norm,
@@ -611,7 +665,7 @@ pub(super) fn decode(job: &mut Job<'_, '_>, arena: &mut Arena<'_>, band_rows: us
         let in_side = nodes[inp].sh.side;
         nodes
             .iter_mut()
-            .for_each(|nd| (nd.produced, nd.committed) = (0, 0));
+            .for_each(|nd| (nd.produced, nd.committed, nd.normed_upto) = (0, 0, 0));
         st.sums[..sh.cin].fill(0.0);
         st.sqs[..sh.cin].fill(0.0);
         if inp == 0 {
@@ -643,7 +697,7 @@ pub(super) fn decode(job: &mut Job<'_, '_>, arena: &mut Arena<'_>, band_rows: us
     // Final pass: the image, band by band.
     nodes
         .iter_mut()
-        .for_each(|nd| (nd.produced, nd.committed) = (0, 0));
+        .for_each(|nd| (nd.produced, nd.committed, nd.normed_upto) = (0, 0, 0));
     let last = nodes.len() - 1;
     let mut y0 = 0;
     while y0 < side {
