@@ -83,7 +83,14 @@ fn srdd_binary() -> PathBuf {
 
 /// The checksum of the PNG that `srdd sample --class C --seed S` writes.
 fn cli_checksum(class: u32, seed: u64) -> u64 {
-    let out = std::env::temp_dir().join(format!("srdd-fw-cli-{}.png", std::process::id()));
+    // One file per call: the tests run in parallel, and a shared name let one test read (or
+    // delete) the PNG another was writing.
+    static CALL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out = std::env::temp_dir().join(format!(
+        "srdd-fw-cli-{}-{n}-{class}-{seed}.png",
+        std::process::id()
+    ));
     let st = Command::new(srdd_binary())
         .args([
             "sample",
