@@ -243,6 +243,10 @@ fn firmware_dsp_kernels_equal_the_scalar_reference_on_the_cortex_m4() {
         .find(|l| l.starts_with("kernels ok: "))
         .unwrap_or_else(|| panic!("no pass line in:\n{text}"));
     eprintln!("{line}");
+    assert!(
+        text.contains("f16 ok: 63488 finite halves convert exactly"),
+        "the FPU's f16 conversion was not checked:\n{text}"
+    );
 }
 
 #[test]
@@ -277,4 +281,8 @@ fn firmware_mve_kernels_equal_the_scalar_reference_on_the_cortex_m55() {
         .find(|l| l.starts_with("kernels ok: ") && l.ends_with("ArmMve"))
         .unwrap_or_else(|| panic!("no ArmMve pass line in:\n{text}"));
     eprintln!("{line}");
+    assert!(
+        text.contains("f16 ok: 63488 finite halves convert exactly"),
+        "the FPU's f16 conversion was not checked:\n{text}"
+    );
 }

@@ -309,7 +309,7 @@ pub fn conv2d_with(
             let wv = |idx: usize| -> f32 {
                 match c.w {
                     Weight::F32(w) => w[idx],
-                    Weight::F16(w) => w[idx].to_f32(),
+                    Weight::F16(w) => super::dot::f16_to_f32(w[idx]),
                     Weight::I8 { .. } => f32::NAN,
                 }
             };

@@ -259,6 +259,22 @@ fn main() -> ! {
         }
     }
     let layers = layer_cases(&mut rng);
+    // The FPU's f16 → f32 (`VCVTB`, the precision plan's f16 weights) against `half`'s portable
+    // conversion, on every finite half.
+    let mut halves = 0;
+    for bits in 0..=u16::MAX {
+        let h = half::f16::from_bits(bits);
+        if !h.is_finite() {
+            continue;
+        }
+        let (got, want) = (srdd_core::kernels::dot::f16_to_f32(h), h.to_f32());
+        if got.to_bits() != want.to_bits() {
+            hprintln!("FAIL f16 {:#06x}: {} vs {}", bits, got, want);
+            debug::exit(debug::EXIT_FAILURE);
+        }
+        halves += 1;
+    }
+    hprintln!("f16 ok: {} finite halves convert exactly", halves);
     hprintln!(
         "kernels ok: {} GEMM cases ({} sums) and {} Linear/conv outputs bit-identical, scalar vs {:?}",
         cases,
