@@ -108,7 +108,8 @@ pub(crate) fn dot_block_with(isa: Isa, x: [&[f32]; 4], w: [&[f32]; 2], n: usize)
         assert!(s.len() >= n);
     }
     let full = n / 8 * 8;
-    let acc = dot_block_lanes(isa, x, w, full);
+    let mut acc = [[[0f32; 8]; 2]; 4];
+    dot_block_lanes(isa, x, w, full, &mut acc);
     let mut out = [[0f32; 2]; 4];
     for t in 0..4 {
         for o in 0..2 {
@@ -122,16 +123,23 @@ pub(crate) fn dot_block_with(isa: Isa, x: [&[f32]; 4], w: [&[f32]; 2], n: usize)
     out
 }
 
-/// Lane sums of [`dot_block_with`] over `0..full` (a multiple of 8 within every slice).
+/// Adds the lane sums of [`dot_block_with`] over `0..full` (a multiple of 8 within every slice)
+/// to `acc`: lane `l` of `acc[t][o]` gains `x[t][i]·w[o][i]` for `i ≡ l (mod 8)` in increasing
+/// `i`, so sums over consecutive 8-aligned ranges chain to the same bits as one call over all.
 #[inline(always)]
-fn dot_block_lanes(isa: Isa, x: [&[f32]; 4], w: [&[f32]; 2], full: usize) -> [[[f32; 8]; 2]; 4] {
+pub(crate) fn dot_block_lanes(
+    isa: Isa,
+    x: [&[f32]; 4],
+    w: [&[f32]; 2],
+    full: usize,
+    acc: &mut [[[f32; 8]; 2]; 4],
+) {
     #[cfg(target_arch = "x86_64")]
     if isa.has_avx() {
         // SAFETY: `isa` is supported (the caller's contract), so the CPU has AVX.
-        return unsafe { x86::dot_block_lanes_avx(x, w, full) };
+        return unsafe { x86::dot_block_lanes_avx(x, w, full, acc) };
     }
     let _ = isa;
-    let mut acc = [[[0f32; 8]; 2]; 4];
     let mut i = 0;
     while i < full {
         for t in 0..4 {
@@ -143,5 +151,4 @@ fn dot_block_lanes(isa: Isa, x: [&[f32]; 4], w: [&[f32]; 2], full: usize) -> [[[
         }
         i += 8;
     }
-    acc
 }

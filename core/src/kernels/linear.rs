@@ -1,7 +1,7 @@
 //! Linear (`y = x Wᵀ + b`) in f32, f16 and int8 weights, blocked 4 tokens × 2 output rows, with
 //! its scratch type and scratch-size function.
 
-use super::dot::{dot, dot_block_with, dot_f16};
+use super::dot::{dot, dot_block_lanes, dot_block_with, f16_to_f32, reduce_lanes};
 use super::gemm::{act_row_len, encode_activations, gemm_i8_with};
 use super::layers::{Linear, PanelsI8, Weight};
 use super::quant::quantize_row_with;
@@ -129,21 +129,95 @@ pub fn linear_with(
         }),
         Weight::F16(w) => par.run(tasks, &|i| {
             let (o0, o1) = split(dout, par.width() * 4, 16, i);
-            for t0 in (0..n).step_by(TOKEN_BLOCK) {
-                let t1 = (t0 + TOKEN_BLOCK).min(n);
-                for o in o0..o1 {
-                    let row = &w[o * din..(o + 1) * din];
-                    for t in t0..t1 {
-                        let v = dot_f16(&x[t * din..(t + 1) * din], row) + bias(o);
-                        // SAFETY: output column o belongs to this task only.
-                        unsafe { y.set(t * dout + o, v) };
-                    }
-                }
-            }
+            f16_outputs(isa, x, n, din, dout, w, (o0, o1), &y, bias);
         }),
         Weight::I8(wp) => {
             let lda = quantize_activations(isa, par, x, n, din, s);
             int8_outputs(isa, par, (&s.q[..n * lda], lda, &s.f[..n]), n, l, &wp, &y);
+        }
+    }
+}
+
+/// f16 weight columns widened to f32 at a time: a multiple of 8, so the lane sums chain across
+/// chunks to the bits of one pass (2 rows: 1 KiB of stack).
+const F16_CHUNK: usize = 128;
+/// Tokens whose lane sums are held while a chunk of two weight rows is reused (2 KiB of stack).
+const F16_TOKENS: usize = 32;
+
+/// Output columns `o0..o1` of a Linear with f16 weights: each chunk of two weight rows is widened
+/// once into f32 and runs through the f32 register block for every 4 tokens of a token block,
+/// the lane sums carried across chunks. Every value has the bits of the f32 Linear on the widened
+/// weights (and of [`super::dot::dot_f16`]): the same lanes in the same order, the same tail and
+/// reduction. Stack only, no scratch (a precision plan's f16 weights run on a microcontroller).
+#[allow(clippy::too_many_arguments)]
+fn f16_outputs(
+    isa: Isa,
+    x: &[f32],
+    n: usize,
+    din: usize,
+    dout: usize,
+    w: &[half::f16],
+    (o0, o1): (usize, usize),
+    y: &SharedMut<'_, f32>,
+    bias: impl Fn(usize) -> f32,
+) {
+    let full = din / 8 * 8;
+    let mut wb = [[0f32; F16_CHUNK]; 2];
+    for t0 in (0..n).step_by(F16_TOKENS) {
+        let t1 = (t0 + F16_TOKENS).min(n);
+        let groups = (t1 - t0) / 4;
+        let mut o = o0;
+        while o < o1 {
+            // Two rows, or the last one (its lanes also fill the second slot; not written).
+            let rows = if o + 1 < o1 { 2 } else { 1 };
+            let mut acc = [[[[0f32; 8]; 2]; 4]; F16_TOKENS / 4];
+            let mut rest = [[[0f32; 8]; 2]; 4];
+            let mut k0 = 0;
+            while k0 < full {
+                let kc = (full - k0).min(F16_CHUNK);
+                for r in 0..2 {
+                    let src = &w[(o + r.min(rows - 1)) * din + k0..][..kc];
+                    for (d, s) in wb[r][..kc].iter_mut().zip(src) {
+                        *d = f16_to_f32(*s);
+                    }
+                }
+                let ws = [&wb[0][..kc], &wb[1][..kc]];
+                for (g, a) in acc.iter_mut().enumerate().take(groups) {
+                    let t = t0 + 4 * g;
+                    let xs = [0, 1, 2, 3].map(|d| &x[(t + d) * din + k0..][..kc]);
+                    dot_block_lanes(isa, xs, ws, kc, a);
+                }
+                for (d, t) in (t0 + 4 * groups..t1).enumerate() {
+                    let xt = &x[t * din + k0..][..kc];
+                    for r in 0..rows {
+                        for (i, (a, b)) in xt.iter().zip(ws[r]).enumerate() {
+                            rest[d][r][i % 8] += a * b;
+                        }
+                    }
+                }
+                k0 += kc;
+            }
+            let put = |t: usize, lanes: &[[f32; 8]; 2]| {
+                for r in 0..rows {
+                    let wr = &w[(o + r) * din..(o + r + 1) * din];
+                    let mut tail = 0f32;
+                    for j in full..din {
+                        tail += x[t * din + j] * f16_to_f32(wr[j]);
+                    }
+                    let v = reduce_lanes(&lanes[r], tail) + bias(o + r);
+                    // SAFETY: output columns o0..o1 belong to the calling task only.
+                    unsafe { y.set(t * dout + o + r, v) };
+                }
+            };
+            for (g, a) in acc.iter().enumerate().take(groups) {
+                for (d, lanes) in a.iter().enumerate() {
+                    put(t0 + 4 * g + d, lanes);
+                }
+            }
+            for (d, t) in (t0 + 4 * groups..t1).enumerate() {
+                put(t, &rest[d]);
+            }
+            o += rows;
         }
     }
 }

@@ -430,11 +430,15 @@ fn f16_conv_equals_f32_conv_on_f16_values() {
 #[test]
 fn f16_linear_equals_f32_linear_on_f16_values() {
     let mut rng = Lcg(3);
+    // Past the 128-column widening chunk and the 32-token block, odd row counts, ragged tails.
     for (n, din, dout) in [
         (1usize, 8usize, 3usize),
         (5, 37, 11),
         (17, 64, 9),
         (9, 16, 33),
+        (70, 300, 7),
+        (35, 1030, 4),
+        (3, 129, 1),
     ] {
         let w16: Vec<f16> = (0..din * dout)
             .map(|_| f16::from_f32(rng.next() * 2.0))
@@ -447,6 +451,12 @@ fn f16_linear_equals_f32_linear_on_f16_values() {
             linear_on(Isa::active(), &Sequential, &x, n, &l)
         });
         assert_eq!(bits(&y[0]), bits(&y[1]), "n {n} in {din} out {dout}");
+        // The same bits on every ISA this CPU runs (the scalar lanes and the AVX block).
+        for isa in Isa::ALL.into_iter().filter(|i| i.supported()) {
+            let l = linear_layer(Weight::F16(&w16), Some(&b), din, dout);
+            let z = linear_on(isa, &Sequential, &x, n, &l);
+            assert_eq!(bits(&z), bits(&y[1]), "{isa:?}: n {n} in {din} out {dout}");
+        }
         // And both are the dot products.
         for t in 0..n {
             for o in 0..dout {

@@ -10,8 +10,8 @@ use crate::kernels::conv::{ConvInput, COL_BLOCK, CO_BLOCK};
 use crate::kernels::layers::Conv;
 use core::arch::x86_64::*;
 
-/// Lane sums of the 4 × 2 f32 dot block over `0..full` (a multiple of 8): lane `l` of
-/// `[t][o]` is `Σ_j x[t][8j + l]·w[o][8j + l]` in `j` order, as in the scalar loop.
+/// Adds the lane sums of the 4 × 2 f32 dot block over `0..full` (a multiple of 8) to `acc`: lane
+/// `l` of `[t][o]` gains `Σ_j x[t][8j + l]·w[o][8j + l]` in `j` order, as in the scalar loop.
 ///
 /// # Safety
 /// The CPU has AVX.
@@ -20,14 +20,20 @@ pub(crate) unsafe fn dot_block_lanes_avx(
     x: [&[f32]; 4],
     w: [&[f32]; 2],
     full: usize,
-) -> [[[f32; 8]; 2]; 4] {
+    acc: &mut [[[f32; 8]; 2]; 4],
+) {
     for s in x.iter().chain(w.iter()) {
         assert!(s.len() >= full);
     }
-    let mut acc = [[[0f32; 8]; 2]; 4];
-    // SAFETY: every load reads 8 floats at offset i < full ≤ the slice's length (asserted).
+    // SAFETY: every load reads 8 floats at offset i < full ≤ the slice's length (asserted); the
+    // accumulators are 8 floats each.
     unsafe {
         let mut a = [[_mm256_setzero_ps(); 2]; 4];
+        for t in 0..4 {
+            for o in 0..2 {
+                a[t][o] = _mm256_loadu_ps(acc[t][o].as_ptr());
+            }
+        }
         let mut i = 0;
         while i < full {
             let w0 = _mm256_loadu_ps(w[0].as_ptr().add(i));
@@ -45,7 +51,6 @@ pub(crate) unsafe fn dot_block_lanes_avx(
             }
         }
     }
-    acc
 }
 
 /// `acc[c][j] += wk[c] · xs[j]` for the whole conv register tile (separate multiply and add, as
