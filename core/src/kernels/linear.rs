@@ -1,7 +1,7 @@
 //! Linear (`y = x Wᵀ + b`) in f32, f16 and int8 weights, blocked 4 tokens × 2 output rows, with
 //! its scratch type and scratch-size function.
 
-use super::dot::{dot, dot_block_lanes, dot_block_with, f16_to_f32, reduce_lanes};
+use super::dot::{dot, dot_block_lanes, dot_block_with, dot_f16, f16_to_f32, reduce_lanes};
 use super::gemm::{act_row_len, encode_activations, gemm_i8_with};
 use super::layers::{Linear, PanelsI8, Weight};
 use super::quant::quantize_row_with;
@@ -127,9 +127,26 @@ pub fn linear_with(
                 |_, b, v| v + b,
             );
         }),
-        Weight::F16(w) => par.run(tasks, &|i| {
+        // With AVX the widened chunks feed the vector register block; elsewhere (the scalar
+        // lanes of Cortex-M and AArch64) one dot product per output keeps its eight lanes in
+        // registers, which measured cheaper on the Cortex-M4 (docs/QUANTIZATION.md). Same bits.
+        Weight::F16(w) if isa.has_avx() => par.run(tasks, &|i| {
             let (o0, o1) = split(dout, par.width() * 4, 16, i);
             f16_outputs(isa, x, n, din, dout, w, (o0, o1), &y, bias);
+        }),
+        Weight::F16(w) => par.run(tasks, &|i| {
+            let (o0, o1) = split(dout, par.width() * 4, 16, i);
+            for t0 in (0..n).step_by(TOKEN_BLOCK) {
+                let t1 = (t0 + TOKEN_BLOCK).min(n);
+                for o in o0..o1 {
+                    let row = &w[o * din..(o + 1) * din];
+                    for t in t0..t1 {
+                        let v = dot_f16(&x[t * din..(t + 1) * din], row) + bias(o);
+                        // SAFETY: output column o belongs to this task only.
+                        unsafe { y.set(t * dout + o, v) };
+                    }
+                }
+            }
         }),
         Weight::I8(wp) => {
             let lda = quantize_activations(isa, par, x, n, din, s);
