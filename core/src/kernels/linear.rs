@@ -130,7 +130,7 @@ pub fn linear_with(
         // With AVX the widened chunks feed the vector register block; elsewhere (the scalar
         // lanes of Cortex-M and AArch64) one dot product per output keeps its eight lanes in
         // registers, which measured cheaper on the Cortex-M4 (docs/QUANTIZATION.md). Same bits.
-        Weight::F16(w) if isa.has_avx() => par.run(tasks, &|i| {
+        Weight::F16(w) if f16_blocked(isa) => par.run(tasks, &|i| {
             let (o0, o1) = split(dout, par.width() * 4, 16, i);
             f16_outputs(isa, x, n, din, dout, w, (o0, o1), &y, bias);
         }),
@@ -152,6 +152,18 @@ pub fn linear_with(
             let lda = quantize_activations(isa, par, x, n, din, s);
             int8_outputs(isa, par, (&s.q[..n * lda], lda, &s.f[..n]), n, l, &wp, &y);
         }
+    }
+}
+
+/// Whether f16 weights go through [`f16_outputs`] (AVX's vector register block) rather than one
+/// dot product per output.
+fn f16_blocked(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return isa.has_avx();
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = isa;
+        false
     }
 }
 
