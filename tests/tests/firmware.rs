@@ -211,14 +211,12 @@ fn run_on(bin: &str, board: &Board) -> Option<String> {
     Some(text)
 }
 
-#[test]
-fn firmware_image_equals_srdd_sample_for_the_same_class_and_seed() {
-    let Some(text) = run_firmware("srdd-firmware") else {
-        return;
-    };
+/// The sample firmware's output `text` ran on `isa` and printed the checksum of the image
+/// `srdd sample --class 3 --seed 0` writes.
+fn image_equals_srdd_sample(text: &str, isa: &str, board: &str) {
     assert!(
-        text.contains("isa ArmDsp"),
-        "the firmware should sample on the DSP kernels:\n{text}"
+        text.contains(&format!("isa {isa}")),
+        "the {board} firmware should sample on {isa}:\n{text}"
     );
     let line = text
         .lines()
@@ -226,11 +224,32 @@ fn firmware_image_equals_srdd_sample_for_the_same_class_and_seed() {
         .unwrap_or_else(|| panic!("no checksum in:\n{text}"));
     let fw_sum = u64::from_str_radix(line.trim_start_matches("checksum=0x").trim(), 16).unwrap();
     let cli_sum = cli_checksum(3, 0);
-    eprintln!("firmware {fw_sum:#018x}, srdd sample --class 3 --seed 0 {cli_sum:#018x}");
+    eprintln!("{board} {fw_sum:#018x}, srdd sample --class 3 --seed 0 {cli_sum:#018x}");
     assert_eq!(
         fw_sum, cli_sum,
-        "the Cortex-M4 image differs from `srdd sample --class 3 --seed 0`"
+        "the {board} image differs from `srdd sample --class 3 --seed 0`"
     );
+}
+
+/// The kernel self-test's output `text` passed on `isa`, the f16 conversion included.
+fn kernels_pass(text: &str, isa: &str) {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("kernels ok: ") && l.ends_with(isa))
+        .unwrap_or_else(|| panic!("no {isa} pass line in:\n{text}"));
+    eprintln!("{line}");
+    assert!(
+        text.contains("f16 ok: 63488 finite halves convert exactly"),
+        "the FPU's f16 conversion was not checked:\n{text}"
+    );
+}
+
+#[test]
+fn firmware_image_equals_srdd_sample_for_the_same_class_and_seed() {
+    let Some(text) = run_firmware("srdd-firmware") else {
+        return;
+    };
+    image_equals_srdd_sample(&text, "ArmDsp", "Cortex-M4");
 }
 
 #[test]
@@ -238,15 +257,7 @@ fn firmware_dsp_kernels_equal_the_scalar_reference_on_the_cortex_m4() {
     let Some(text) = run_firmware("kernels") else {
         return;
     };
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("kernels ok: "))
-        .unwrap_or_else(|| panic!("no pass line in:\n{text}"));
-    eprintln!("{line}");
-    assert!(
-        text.contains("f16 ok: 63488 finite halves convert exactly"),
-        "the FPU's f16 conversion was not checked:\n{text}"
-    );
+    kernels_pass(&text, "ArmDsp");
 }
 
 #[test]
@@ -254,21 +265,7 @@ fn cortex_m55_image_equals_srdd_sample_for_the_same_class_and_seed() {
     let Some(text) = run_on("srdd-firmware", &M55) else {
         return;
     };
-    assert!(
-        text.contains("isa ArmMve"),
-        "the M55 firmware should sample on the Helium kernels:\n{text}"
-    );
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("checksum=0x"))
-        .unwrap_or_else(|| panic!("no checksum in:\n{text}"));
-    let fw_sum = u64::from_str_radix(line.trim_start_matches("checksum=0x").trim(), 16).unwrap();
-    let cli_sum = cli_checksum(3, 0);
-    eprintln!("Cortex-M55 {fw_sum:#018x}, srdd sample --class 3 --seed 0 {cli_sum:#018x}");
-    assert_eq!(
-        fw_sum, cli_sum,
-        "the Cortex-M55 image differs from `srdd sample --class 3 --seed 0`"
-    );
+    image_equals_srdd_sample(&text, "ArmMve", "Cortex-M55");
 }
 
 #[test]
@@ -276,13 +273,5 @@ fn firmware_mve_kernels_equal_the_scalar_reference_on_the_cortex_m55() {
     let Some(text) = run_on("kernels", &M55) else {
         return;
     };
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("kernels ok: ") && l.ends_with("ArmMve"))
-        .unwrap_or_else(|| panic!("no ArmMve pass line in:\n{text}"));
-    eprintln!("{line}");
-    assert!(
-        text.contains("f16 ok: 63488 finite halves convert exactly"),
-        "the FPU's f16 conversion was not checked:\n{text}"
-    );
+    kernels_pass(&text, "ArmMve");
 }

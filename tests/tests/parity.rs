@@ -66,21 +66,33 @@ fn rows_of(dir: &Path, weights: WeightFormat) -> Result<Vec<Row>, String> {
     Ok(rows)
 }
 
-/// Runs every fixture (one thread each) and returns the failures, one message per fixture.
+/// Runs every fixture (one thread each) in the weight format and fails with every fixture's
+/// failures.
 fn for_every_fixture(weights: WeightFormat, check: fn(&Path, &[Row]) -> Vec<String>) {
+    check_every_fixture(&format!("{weights:?}"), |d| cached_rows(d, weights), check);
+}
+
+/// Gets each fixture's rows from `rows` (one thread each), checks them with `check`, and fails
+/// with every fixture's failures, one message per fixture.
+fn check_every_fixture(
+    label: &str,
+    rows: impl Fn(&Path) -> Result<Vec<Row>, String> + Sync,
+    check: fn(&Path, &[Row]) -> Vec<String>,
+) {
     let dirs: Vec<PathBuf> = common::fixture_dirs();
+    let rows = &rows;
     let failures: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = dirs
             .iter()
             .map(|d| {
-                s.spawn(move || match cached_rows(d, weights) {
+                s.spawn(move || match rows(d) {
                     Ok(rows) => {
                         let bad = check(d, &rows);
                         if bad.is_empty() {
                             None
                         } else {
                             Some(format!(
-                                "{} ({weights:?}):\n{}\nrows:\n{}",
+                                "{} ({label}):\n{}\nrows:\n{}",
                                 d.display(),
                                 bad.join("\n"),
                                 table(&rows)
@@ -198,40 +210,15 @@ fn int8_teacher_forcing_is_tight(dir: &Path, rows: &[Row]) -> Vec<String> {
 /// every sample and edit case, decoder and encoder PSNR ≥ 40 dB.
 #[test]
 fn every_fixture_meets_the_raised_bounds_with_the_precision_plan() {
-    let dirs = common::fixture_dirs();
-    let failures: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = dirs
-            .iter()
-            .map(|d| {
-                s.spawn(move || {
-                    let rows = match run_fixture_on(
-                        d,
-                        WeightFormat::Int8,
-                        &transformer_plan(),
-                        &Sequential,
-                    ) {
-                        Ok(rows) => rows,
-                        Err(e) => return Some(format!("{}: {e}", d.display())),
-                    };
-                    println!("{} (int8 + plan):\n{}", d.display(), table(&rows));
-                    let bad = all_pass(d, &rows);
-                    (!bad.is_empty())
-                        .then(|| format!("{} (int8 + plan):\n{}", d.display(), bad.join("\n")))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .filter_map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Some("fixture thread panicked".into()))
-            })
-            .collect()
-    });
-    assert!(
-        failures.is_empty(),
-        "parity failures:\n{}",
-        failures.join("\n\n")
+    check_every_fixture(
+        "int8 + plan",
+        |d| {
+            let rows = run_fixture_on(d, WeightFormat::Int8, &transformer_plan(), &Sequential)
+                .map_err(|e| format!("{}: {e}", d.display()))?;
+            println!("{} (int8 + plan):\n{}", d.display(), table(&rows));
+            Ok(rows)
+        },
+        all_pass,
     );
 }
 
