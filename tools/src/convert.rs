@@ -101,6 +101,11 @@ pub struct PackOptions {
     pub keep: Vec<KeepRule>,
     /// Outlier smoothing folded into the weights as they are written (`pack --smooth`).
     pub smooth: Option<crate::smooth::Smoothing>,
+    /// Fake quantization: every weight this plan stores as int8 is written as f32 holding its
+    /// int8 rounding (`q · scale`, the values the int8 GEMM multiplies by). The file then has
+    /// the int8 file's weight error and none of its activation error, since f32 weights run
+    /// with f32 activations (`quant-report --compare`'s "int8 weights only" row).
+    pub fake_quant: bool,
 }
 
 /// `--keep PATTERN[=f16|f32]`: Linear/Conv weights whose canonical name matches `PATTERN` (`*`
@@ -200,6 +205,7 @@ impl Default for PackOptions {
             metadata: Vec::new(),
             keep: Vec::new(),
             smooth: None,
+            fake_quant: false,
         }
     }
 }
@@ -617,6 +623,8 @@ struct Planned {
     /// Offsets relative to the data section.
     offset: usize,
     scales_offset: usize,
+    /// Stored as f32 holding the int8 rounding ([`PackOptions::fake_quant`]).
+    fake_quant: bool,
 }
 
 /// A `.srdd` file laid out from the checkpoints' keys, dtypes and shapes alone, before any
@@ -706,6 +714,8 @@ fn plan_pack<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
         } else {
             WeightFormat::F32
         };
+        let fake_quant = opts.fake_quant && fmt == WeightFormat::Int8;
+        let fmt = if fake_quant { WeightFormat::F32 } else { fmt };
         let (dtype, len, scales_len) = match fmt {
             WeightFormat::F32 => (TensorDType::F32, numel * 4, 0),
             WeightFormat::F16 => (TensorDType::F16, numel * 2, 0),
@@ -728,6 +738,7 @@ fn plan_pack<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
             scales_len,
             offset: 0,
             scales_offset: 0,
+            fake_quant,
         });
     }
     if !missing.is_empty() {
@@ -913,6 +924,23 @@ impl PackPlan {
             if let Some(s) = self.smooth.as_ref().filter(|s| s.touches(&p.name)) {
                 let mut v = t.to_f32()?;
                 s.apply(&p.name, &mut v);
+                t = std::borrow::Cow::Owned(crate::checkpoint::RawTensor {
+                    dtype: DType::F32,
+                    shape: t.shape.clone(),
+                    data: bytemuck::cast_slice(&v).to_vec(),
+                });
+            }
+            if p.fake_quant {
+                let mut v = t.to_f32()?;
+                let rows = p.shape[0];
+                let cols = v.len() / rows.max(1);
+                // Row by row, as the int8 branch below quantizes.
+                for row in v.chunks_exact_mut(cols.max(1)) {
+                    let (q, s) = quantize_rows(row, 1);
+                    for (x, c) in row.iter_mut().zip(&q) {
+                        *x = f32::from(*c) * s[0];
+                    }
+                }
                 t = std::borrow::Cow::Owned(crate::checkpoint::RawTensor {
                     dtype: DType::F32,
                     shape: t.shape.clone(),

@@ -114,6 +114,11 @@ enum Cmd {
         /// (classes spread, seeds 1..N; default 16).
         #[arg(long, value_name = "N")]
         calib: Option<usize>,
+        /// With --weights int8: a diagnostic file that stores every weight int8 would quantize
+        /// as f32 holding its int8 rounding (q * scale), so it runs with f32 activations: the
+        /// int8 weight error alone (rate it with quant-report --f32 F32_FILE --int8 THIS_FILE).
+        #[arg(long)]
+        fake_quant: bool,
         #[command(flatten)]
         threads: ThreadsArg,
         /// Output file.
@@ -224,7 +229,8 @@ enum Cmd {
             allow_negative_numbers = true
         )]
         smooth: Option<String>,
-        /// With --var/--vae: instead of the full report, one row per option: plain int8, then
+        /// With --var/--vae: instead of the full report, one row per option: plain int8, its
+        /// int8 weights with f32 activations (the bound of any activation-side option), then
         /// int8 smoothed with each ALPHA (default 0.5,0.8).
         #[arg(long, value_name = "ALPHA,...", num_args = 0..=1, default_missing_value = "0.5,0.8")]
         compare: Option<String>,
@@ -259,10 +265,19 @@ fn run(cli: Cli) -> Result<bool, String> {
             plan_format,
             smooth,
             calib,
+            fake_quant,
             threads,
             output,
         } => {
             let t0 = Instant::now();
+            if fake_quant && (!matches!(weights, Weights::Int8) || max_growth.is_some()) {
+                return Err(if max_growth.is_some() {
+                    "--fake-quant writes a diagnostic file: it does not combine with --max-growth"
+                } else {
+                    "--fake-quant rounds the weights int8 would quantize: it needs --weights int8"
+                }
+                .into());
+            }
             let auto =
                 auto_plan_options(weights, max_growth, calib, plan_format, smooth.is_some())?;
             let smooth = smooth_option(smooth.as_deref(), calib)?;
@@ -318,6 +333,7 @@ fn run(cli: Cli) -> Result<bool, String> {
                 encoder: !no_encoder,
                 metadata,
                 keep,
+                fake_quant,
                 ..PackOptions::default()
             };
             if let Some((alpha, calib)) = smooth {
@@ -589,6 +605,16 @@ fn run(cli: Cli) -> Result<bool, String> {
                             |s| packed(WeightFormat::Int8, s),
                             |alpha| Ok((smoothing(&m, alpha)?, m.stats.clone())),
                             |s| packed(WeightFormat::F32, Some(s)),
+                            || {
+                                let opts = PackOptions {
+                                    weights: WeightFormat::Int8,
+                                    fake_quant: true,
+                                    ..base.clone()
+                                };
+                                pack(&var_sd, &vae_sd, &opts)
+                                    .map(|b| AlignedBytes::new(&b))
+                                    .map_err(|e| e.to_string())
+                            },
                         );
                     }
                     let (qb, wb, qname) = match smooth {
@@ -757,7 +783,8 @@ fn smooth_option(
     Ok(Some((alpha, calib)))
 }
 
-/// `quant-report --compare`: the option table, plain int8 then int8 smoothed with each α.
+/// `quant-report --compare`: the option table, plain int8, its weights alone (f32 activations:
+/// what no activation-side option can beat), then int8 smoothed with each α.
 #[allow(clippy::too_many_arguments)]
 fn compare_options(
     fb: &AlignedBytes,
@@ -768,6 +795,7 @@ fn compare_options(
     int8: impl Fn(Option<Smoothing>) -> Result<AlignedBytes, String>,
     calibrate: impl Fn(f32) -> Result<(Smoothing, srdd_tools::smooth::Stats), String>,
     f32_smoothed: impl Fn(Smoothing) -> Result<AlignedBytes, String>,
+    weights_only: impl Fn() -> Result<AlignedBytes, String>,
 ) -> Result<bool, String> {
     use srdd_tools::quant_report::{options_json, options_text, report, OptionRow};
     let fm = srdd_core::Model::from_bytes(fb.as_bytes()).map_err(|e| format!("f32: {e}"))?;
@@ -788,11 +816,17 @@ fn compare_options(
         ));
     }
     options.insert(0, ("int8".into(), None, plain_ratio));
-    for (name, s, ratio) in options {
+    for (i, (name, s, ratio)) in options.into_iter().enumerate() {
         let qb = int8(s)?;
         let qm = srdd_core::Model::from_bytes(qb.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
         let r = report(&fm, &qm, calib, par).map_err(|e| e.to_string())?;
         rows.push(OptionRow::of(&name, &r, ratio));
+        if i == 0 {
+            let wb = weights_only()?;
+            let wm = srdd_core::Model::from_bytes(wb.as_bytes()).map_err(|e| e.to_string())?;
+            let r = report(&fm, &wm, calib, par).map_err(|e| e.to_string())?;
+            rows.push(OptionRow::of("int8 weights only", &r, None));
+        }
     }
     if json {
         println!("{:#}", options_json(calib, &rows));

@@ -354,6 +354,7 @@ fn pack_options(
         metadata: Vec::new(),
         keep: keep.to_vec(),
         smooth: None,
+        fake_quant: false,
     })
 }
 

@@ -921,7 +921,7 @@ fn add_layers(
 /// model's decisions.
 #[derive(Clone, Debug)]
 pub struct OptionRow {
-    /// The option (`int8`, `int8 + smooth a=0.5`).
+    /// The option (`int8`, `int8 weights only`, `int8 + smooth a=0.5`).
     pub name: String,
     /// Forced-token agreement.
     pub forced: f64,
@@ -1180,7 +1180,8 @@ pub fn options_text(calib: usize, rows: &[OptionRow]) -> String {
         );
     }
     s + "\nKL: mean over every token, and the largest per-scale mean. pk/RMS: mean token \
-         max/RMS of the float model's modulated Linear inputs (smoothed or not)."
+         max/RMS of the float model's modulated Linear inputs (smoothed or not). \"int8 weights \
+         only\": the int8 weights with f32 activations, the bound of any activation-side option."
 }
 
 /// The option table as JSON.

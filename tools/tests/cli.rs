@@ -340,3 +340,61 @@ fn pack_accepts_new_and_old_spellings_alike() {
     ]);
     assert!(err.contains("--resample 1,2"), "{err}");
 }
+
+/// `pack --fake-quant`: an int8 file's rounded weights stored as f32 (the plan's kept weights as
+/// kept), refused without `--weights int8` or with `--max-growth`.
+#[test]
+fn pack_fake_quant_stores_every_int8_weight_as_f32() {
+    let args = [
+        "--schedule",
+        "1,2,3,4,6,8",
+        "--resample",
+        "-3.5,0.3,1.1,-1.4",
+    ];
+    let plain = pack(&[&args[..], &["--weights", "int8"]].concat(), "fq-plain");
+    let fake = pack(
+        &[
+            &args[..],
+            &["--weights", "int8", "--fake-quant", "--keep", "head.weight"],
+        ]
+        .concat(),
+        "fq",
+    );
+    let dir = std::env::temp_dir().join(format!("srdd-tools-cli-fq-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (p, f) = (dir.join("plain.srdd"), dir.join("fake.srdd"));
+    std::fs::write(&p, &plain).unwrap();
+    std::fs::write(&f, &fake).unwrap();
+    let count = |path: &Path, format: &str| {
+        inspect_json(path)["precision_plan"]["formats"]
+            .as_array()
+            .expect("formats")
+            .iter()
+            .find(|e| e["format"] == format)
+            .and_then(|e| e["weights"].as_u64())
+            .expect("a count per format")
+    };
+    let all = count(&p, "int8");
+    assert!(all > 20, "{all} int8 weights");
+    assert_eq!(count(&f, "int8"), 0);
+    assert_eq!(count(&f, "f16"), 1);
+    assert_eq!(count(&f, "f32"), all - 1);
+    let _ = std::fs::remove_dir_all(&dir);
+    let fixture = fixture_dir();
+    let (var, vae) = (fixture.join("var.pth"), fixture.join("vae.pth"));
+    let base = [
+        "pack",
+        "--var",
+        var.to_str().unwrap(),
+        "--vae",
+        vae.to_str().unwrap(),
+        "-o",
+        "never-written.srdd",
+        "--fake-quant",
+    ];
+    let err = refused(&[&base[..], &["--weights", "f16"]].concat());
+    assert!(err.contains("--weights int8"), "{err}");
+    let err = refused(&[&base[..], &["--weights", "int8", "--max-growth", "5%"]].concat());
+    assert!(err.contains("--max-growth"), "{err}");
+    assert!(!Path::new("never-written.srdd").exists());
+}

@@ -127,3 +127,59 @@ fn glob_patterns_match_runs_of_characters() {
         "f16 by default"
     );
 }
+
+/// `PackOptions::fake_quant` (quant-report's "int8 weights only" row): every weight the int8 file
+/// quantizes is stored as f32 holding exactly the int8 value `q · scale` the GEMM multiplies by,
+/// kept weights stay as the plan keeps them, and everything else is the f32 file's.
+#[test]
+fn fake_quant_stores_the_int8_values_as_f32() {
+    use srdd_tools::quant_report::tensor_errors;
+    let (var, vae) = state_dicts();
+    let opts = |weights, fake_quant| PackOptions {
+        weights,
+        patch_nums: Some(vec![1, 2, 3, 4, 6, 8]),
+        keep: match weights {
+            WeightFormat::Int8 => vec![KeepRule::parse("head.weight").unwrap()],
+            _ => Vec::new(),
+        },
+        fake_quant,
+        ..PackOptions::default()
+    };
+    let int8 = pack(&var, &vae, &opts(WeightFormat::Int8, false)).unwrap();
+    let fake = pack(&var, &vae, &opts(WeightFormat::Int8, true)).unwrap();
+    let float = pack(&var, &vae, &opts(WeightFormat::F32, false)).unwrap();
+    let (di, df) = (dtypes(&int8), dtypes(&fake));
+    let mut rounded = 0;
+    for ((name, ti), (name_f, tf)) in di.iter().zip(&df) {
+        assert_eq!(name, name_f);
+        match ti {
+            TensorDType::I8 => {
+                assert_eq!(*tf, TensorDType::F32, "{name}");
+                rounded += 1;
+            }
+            other => assert_eq!(tf, other, "{name}"),
+        }
+    }
+    assert!(rounded > 20, "{rounded} rounded weights");
+    // Equal to the int8 file's dequantized panels, bit for bit.
+    for e in tensor_errors(&fake, &int8).unwrap() {
+        assert_eq!(e.rmse, 0.0, "{}", e.name);
+    }
+    // And really rounded: the int8 (and the kept f16) weights differ from the float ones, the
+    // rest do not.
+    let errs = tensor_errors(&float, &fake).unwrap();
+    for e in &errs {
+        let rounded = di
+            .iter()
+            .any(|(n, t)| n == &e.name && *t != TensorDType::F32);
+        assert_eq!(e.rmse > 0.0, rounded, "{}: rmse {}", e.name, e.rmse);
+    }
+    // The engine runs it as an f32-activation model.
+    let bytes = AlignedBytes::new(&fake);
+    Model::from_bytes(bytes.as_bytes()).expect("loads");
+    // Without int8 weights there is nothing to round.
+    assert_eq!(
+        pack(&var, &vae, &opts(WeightFormat::F32, true)).unwrap(),
+        float
+    );
+}
