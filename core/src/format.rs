@@ -470,6 +470,13 @@ impl<'a> TensorSource<'a> for FileSource<'a> {
         )
     }
 
+    fn next_is(&mut self, name: fmt::Arguments<'_>) -> bool {
+        // A peek: a malformed entry is reported by the read that follows.
+        self.index < self.count
+            && postcard::take_from_bytes::<TensorEntry<'a>>(self.table)
+                .is_ok_and(|(e, _)| name_matches(e.name, name))
+    }
+
     fn weight(&mut self, name: fmt::Arguments<'_>, shape: &[usize]) -> Result<Weight<'a>> {
         let index = self.index;
         let e = self.next_entry(name, shape)?;

@@ -7,7 +7,7 @@
 use crate::config::Attention;
 use crate::generate::SampleOptions;
 use crate::schedule::Schedule;
-use crate::weights::{AttnBlock, Conv, Decoder, Mid, ResBlock};
+use crate::weights::{AdaLn, AttnBlock, Conv, Decoder, Mid, ResBlock};
 use crate::Model;
 
 /// MACs of one image.
@@ -38,6 +38,18 @@ pub fn sample_macs(model: &Model<'_>, opts: &SampleOptions, sched: &Schedule) ->
     let depth = cfg.var.depth as u64;
     let steps = sched.len();
     let causal = opts.attention == Attention::Causal;
+    // AdaLN per CFG row: each block's 6C (with shared AdaLN counted per block, as the shared
+    // Linear's share), the head's 2C; nothing where a per-label table replaces the Linear.
+    let var = &model.weights.var;
+    let ada_macs: u64 = var
+        .blocks
+        .iter()
+        .map(|b| match (&b.ada, &var.shared_ada_lin) {
+            (AdaLn::Linear(f), _) | (AdaLn::Shared(_), Some(f)) => f.macs(),
+            (AdaLn::Shared(_), None) => 0,
+        })
+        .sum::<u64>()
+        + var.head_nm.macs();
     let mut t = 0u64;
     let mut seen = 0u64;
     for k in 0..steps {
@@ -57,7 +69,7 @@ pub fn sample_macs(model: &Model<'_>, opts: &SampleOptions, sched: &Schedule) ->
         let pass = embed + rows * (depth * block + head);
         // AdaLN vectors (every block's 6C and the head's 2C) for each planned CFG row, once per
         // step (they live in the step scratch).
-        let ada = opts.rows() as u64 * (depth * c * 6 * c + c * 2 * c);
+        let ada = opts.rows() as u64 * ada_macs;
         t += ada + pass * (1 + s.refine as u64);
         seen += n;
     }

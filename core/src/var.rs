@@ -13,7 +13,7 @@ use crate::forward::{Probe, TensorId};
 use crate::kernels::attention::{attend_row, KeyValues};
 use crate::kernels::{gelu_row, layer_norm, linear, linear_shared, silu, Isa, LinearScratch};
 use crate::parallel::{for_rows, Parallel, SharedMut};
-use crate::weights::{AdaLn, Block, Transformer};
+use crate::weights::{AdaLn, Block, ByLabel, Transformer};
 
 /// Default tokens per row in an FFN / head chunk: bounds the FFN hidden activation to
 /// `rows × chunk × F` floats and the logits to `rows × chunk × V`. Any chunk gives identical
@@ -145,12 +145,12 @@ pub fn ada_vectors(
     }
     let shared = &mut shared[..l * 6 * c];
     if let Some(sh) = &t.shared_ada_lin {
-        linear(cond, l, sh, shared, lin, par);
+        by_label(sh, cond, labels, shared, lin, par);
     }
     for (i, b) in t.blocks.iter().enumerate() {
         let out = &mut ada[i * block_stride..i * block_stride + l * 6 * c];
         match &b.ada {
-            AdaLn::Linear(w) => linear(cond, l, w, out, lin, par),
+            AdaLn::Linear(f) => by_label(f, cond, labels, out, lin, par),
             AdaLn::Shared(gss) => {
                 for (o, s) in out.chunks_exact_mut(6 * c).zip(shared.chunks_exact(6 * c)) {
                     for ((o, g), s) in o.iter_mut().zip(gss.iter()).zip(s) {
@@ -160,7 +160,28 @@ pub fn ada_vectors(
             }
         }
     }
-    linear(cond, l, &t.head_nm, &mut head[..l * 2 * c], lin, par);
+    by_label(&t.head_nm, cond, labels, &mut head[..l * 2 * c], lin, par);
+}
+
+/// `out` (`labels.len()` rows) = the AdaLN Linear `f` of `cond` (`SiLU(class_emb[label])` per
+/// row), or the rows of its table.
+fn by_label(
+    f: &ByLabel<'_>,
+    cond: &[f32],
+    labels: &[u32],
+    out: &mut [f32],
+    lin: &mut LinearScratch<'_>,
+    par: &dyn Parallel,
+) {
+    match f {
+        ByLabel::Linear(w) => linear(cond, labels.len(), w, out, lin, par),
+        ByLabel::Table { rows, out_dim } => {
+            for (o, &label) in out.chunks_exact_mut(*out_dim).zip(labels) {
+                let at = label as usize * out_dim;
+                o.copy_from_slice(&rows[at..at + out_dim]);
+            }
+        }
+    }
 }
 
 /// Calls `f(i, row)` for every `width`-wide row of `buf`, rows split over `par` when each task

@@ -20,6 +20,12 @@ pub trait TensorSource<'a> {
     fn float(&mut self, name: fmt::Arguments<'_>, shape: &[usize]) -> Result<&'a [f32]>;
     /// A Linear (`[out, in]`) or Conv (`[out, in, k, k]`) weight, in any storage type.
     fn weight(&mut self, name: fmt::Arguments<'_>, shape: &[usize]) -> Result<Weight<'a>>;
+    /// Whether the next tensor is `name`, without taking it: how the walk tells an AdaLN
+    /// Linear from the per-label table that may replace it ([`ByLabel`]). The default: never.
+    fn next_is(&mut self, name: fmt::Arguments<'_>) -> bool {
+        let _ = name;
+        false
+    }
 }
 
 /// VQVAE ResBlock: `shortcut(x) + conv2(SiLU(norm2(conv1(SiLU(norm1(x))))))`.
@@ -124,11 +130,38 @@ pub struct Quantizer<'a> {
     pub phi: Vec<Conv<'a>, MAX_PHI>,
 }
 
+/// A Linear whose only input is the condition `SiLU(class_emb[label])` (the AdaLN Linears): the
+/// Linear itself, or its output for every label, precomputed when the file was packed
+/// (`srdd-tools pack --ada-table`). With few classes the table is smaller than the weight and
+/// exact in f32; the two give the same vectors up to f32 rounding.
+#[derive(Clone, Copy, Debug)]
+pub enum ByLabel<'a> {
+    /// The Linear (`C → out_dim`).
+    Linear(Linear<'a>),
+    /// `{name}.table` `[num_classes + 1, out_dim]`: row `label` is the output for that label.
+    Table {
+        /// The rows, label-major.
+        rows: &'a [f32],
+        /// Floats per row.
+        out_dim: usize,
+    },
+}
+
+impl<'a> ByLabel<'a> {
+    /// Multiply-adds of one row (0 for a table).
+    pub fn macs(&self) -> u64 {
+        match self {
+            ByLabel::Linear(l) => (l.in_dim * l.out_dim) as u64,
+            ByLabel::Table { .. } => 0,
+        }
+    }
+}
+
 /// Where a block's six AdaLN vectors come from.
 #[derive(Clone, Copy, Debug)]
 pub enum AdaLn<'a> {
-    /// Per-block `ada_lin` (SiLU then Linear C → 6C).
-    Linear(Linear<'a>),
+    /// Per-block `ada_lin` (SiLU then Linear C → 6C), or its per-label table.
+    Linear(ByLabel<'a>),
     /// Shared AdaLN: per-block offset `ada_gss` `[6, C]` added to `shared_ada_lin`'s output.
     Shared(&'a [f32]),
 }
@@ -168,11 +201,11 @@ pub struct Transformer<'a> {
     /// `lvl_embed` `[SN, C]`.
     pub lvl_embed: &'a [f32],
     /// `shared_ada_lin` (C → 6C), shared AdaLN only.
-    pub shared_ada_lin: Option<Linear<'a>>,
+    pub shared_ada_lin: Option<ByLabel<'a>>,
     /// Blocks.
     pub blocks: Vec<Block<'a>, MAX_DEPTH>,
     /// `head_nm.ada_lin` (C → 2C).
-    pub head_nm: Linear<'a>,
+    pub head_nm: ByLabel<'a>,
     /// `head` (C → V).
     pub head: Linear<'a>,
 }
@@ -230,6 +263,29 @@ impl<'a, S: TensorSource<'a>> Walker<'_, S> {
             out_dim,
             in_dim,
         })
+    }
+
+    /// The AdaLN Linear `{p}.1` (`C → out_dim`, with bias), or the table `{p}.table` that
+    /// replaces it.
+    fn by_label(
+        &mut self,
+        p: &str,
+        out_dim: usize,
+        c: usize,
+        labels: usize,
+    ) -> Result<ByLabel<'a>> {
+        if self.src.next_is(format_args!("{p}.table")) {
+            let rows = self
+                .src
+                .float(format_args!("{p}.table"), &[labels, out_dim])?;
+            return Ok(ByLabel::Table { rows, out_dim });
+        }
+        Ok(ByLabel::Linear(self.linear(
+            &prefix(format_args!("{p}.1"))?,
+            out_dim,
+            c,
+            true,
+        )?))
     }
 
     fn conv(&mut self, p: &str, cout: usize, cin: usize, k: usize) -> Result<Conv<'a>> {
@@ -338,8 +394,9 @@ impl<'a> Weights<'a> {
             &[v.num_classes as usize + 1, c],
         )?;
         let lvl_embed = w.src.float(format_args!("lvl_embed.weight"), &[sn, c])?;
+        let labels = v.num_classes as usize + 1;
         let shared_ada_lin = if v.shared_aln {
-            Some(w.linear("shared_ada_lin.1", 6 * c, c, true)?)
+            Some(w.by_label("shared_ada_lin", 6 * c, c, labels)?)
         } else {
             None
         };
@@ -374,11 +431,11 @@ impl<'a> Weights<'a> {
             let fc2 = w.linear(&prefix(format_args!("blocks.{i}.ffn.fc2"))?, c, f, true)?;
             let ada = match ada_gss {
                 Some(g) => AdaLn::Shared(g),
-                None => AdaLn::Linear(w.linear(
-                    &prefix(format_args!("blocks.{i}.ada_lin.1"))?,
+                None => AdaLn::Linear(w.by_label(
+                    &prefix(format_args!("blocks.{i}.ada_lin"))?,
                     6 * c,
                     c,
-                    true,
+                    labels,
                 )?),
             };
             push(
@@ -395,7 +452,7 @@ impl<'a> Weights<'a> {
                 },
             )?;
         }
-        let head_nm = w.linear("head_nm.ada_lin.1", 2 * c, c, true)?;
+        let head_nm = w.by_label("head_nm.ada_lin", 2 * c, c, labels)?;
         let head = w.linear("head", cfg.vae.vocab_size as usize, c, true)?;
         let var = Transformer {
             pos_start,

@@ -339,7 +339,7 @@ pub fn tiny_model_bytes() -> Vec<u8> {
     // Random weights from a fixed LCG, small enough that activations stay finite.
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let (mut var, mut vae) = (StateDict::new(), StateDict::new());
-    for e in catalog(&cfg).expect("the tiny configuration is valid") {
+    for e in catalog(&cfg, false).expect("the tiny configuration is valid") {
         let n: usize = e.shape.iter().product();
         let mut data = Vec::with_capacity(4 * n);
         for _ in 0..n {

@@ -273,7 +273,7 @@ const std::vector<Entry>& registry() {
         K(input_tokens),    K(embed_words),        K(silu_labels),     K(add_gss),
         K(qkv_post),        K(kv_to_cache),        K(gelu_inplace),    K(residual_gamma),
         K(add_inplace),     K(upsample2),          K(vae_attn_scores), K(softmax_rows),
-        K(vae_attn_out),    K(to_rgb_rows),
+        K(vae_attn_out),    K(to_rgb_rows),       K(rows_by_label),
     };
     return r;
 }

@@ -59,6 +59,17 @@ extern "C" __global__ void silu_labels(const float* __restrict__ class_emb, cons
     }
 }
 
+// out[r] = table[label_r] (an AdaLN Linear precomputed per label), `len` floats per row.
+extern "C" __global__ void rows_by_label(const float* __restrict__ table, const int* __restrict__ labels,
+                                         int rows, int len, float* __restrict__ out) {
+    size_t total = (size_t)rows * len;
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < total;
+         e += (size_t)gridDim.x * blockDim.x) {
+        int i = (int)(e % len), r = (int)(e / len);
+        out[e] = table[(size_t)labels[r] * len + i];
+    }
+}
+
 // out[r][i] = gss[i] + shared[r][i] (shared AdaLN), `len` = 6C per row.
 extern "C" __global__ void add_gss(float* __restrict__ out, const float* __restrict__ gss,
                                    const float* __restrict__ shared, int rows, int len) {

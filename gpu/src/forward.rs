@@ -232,22 +232,22 @@ impl<'d> CudaForward<'d> {
                 .p(b.cond.ptr()),
         )?;
         if let Some(sh) = &t.shared_ada_lin {
-            ops::linear(
+            ops::by_label(
                 gpu,
                 b.cond.ptr(),
                 c,
+                b.labels.ptr(),
                 nr,
                 sh,
                 b.shared.ptr(),
-                6 * c,
                 &b.quant,
             )?;
         }
         for (bi, blk) in t.blocks.iter().enumerate() {
             let ada = b.ada.at::<f32>(bi * rmax * 6 * c);
             match &blk.ada {
-                DevAda::Linear(l) => {
-                    ops::linear(gpu, b.cond.ptr(), c, nr, l, ada, 6 * c, &b.quant)?
+                DevAda::Linear(f) => {
+                    ops::by_label(gpu, b.cond.ptr(), c, b.labels.ptr(), nr, f, ada, &b.quant)?
                 }
                 DevAda::Shared(gss) => ops::each(
                     gpu,
@@ -262,14 +262,14 @@ impl<'d> CudaForward<'d> {
                 )?,
             }
         }
-        ops::linear(
+        ops::by_label(
             gpu,
             b.cond.ptr(),
             c,
+            b.labels.ptr(),
             nr,
             &t.head_nm,
             b.head_ada.ptr(),
-            2 * c,
             &b.quant,
         )?;
 

@@ -5,7 +5,7 @@
 use crate::driver::{DevBuf, Gpu};
 use crate::error::Result;
 use srdd_core::kernels::pack::panels_len;
-use srdd_core::weights::{AdaLn, AttnBlock, Conv, Linear, Norm, ResBlock, Weight};
+use srdd_core::weights::{AdaLn, AttnBlock, ByLabel, Conv, Linear, Norm, ResBlock, Weight};
 use srdd_core::Model;
 
 /// A weight on the device.
@@ -162,9 +162,31 @@ pub(crate) struct DevDecoder {
     pub(crate) conv_out: DevConv,
 }
 
+/// An AdaLN Linear on the device, or its per-label table (`ByLabel`).
+pub(crate) enum DevByLabel {
+    Linear(DevLinear),
+    /// `[num_classes + 1, out_dim]`.
+    Table {
+        rows: DevBuf,
+        out_dim: usize,
+    },
+}
+
+impl DevByLabel {
+    fn new(gpu: &Gpu, f: &ByLabel<'_>) -> Result<Self> {
+        Ok(match f {
+            ByLabel::Linear(l) => DevByLabel::Linear(DevLinear::new(gpu, l)?),
+            ByLabel::Table { rows, out_dim } => DevByLabel::Table {
+                rows: gpu.upload(rows)?,
+                out_dim: *out_dim,
+            },
+        })
+    }
+}
+
 /// Where a block's AdaLN vectors come from.
 pub(crate) enum DevAda {
-    Linear(DevLinear),
+    Linear(DevByLabel),
     Shared(DevBuf),
 }
 
@@ -187,9 +209,9 @@ pub(crate) struct DevTransformer {
     pub(crate) word_embed: DevLinear,
     pub(crate) class_emb: DevBuf,
     pub(crate) lvl_embed: DevBuf,
-    pub(crate) shared_ada_lin: Option<DevLinear>,
+    pub(crate) shared_ada_lin: Option<DevByLabel>,
     pub(crate) blocks: Vec<DevBlock>,
-    pub(crate) head_nm: DevLinear,
+    pub(crate) head_nm: DevByLabel,
     pub(crate) head: DevLinear,
 }
 
@@ -219,7 +241,7 @@ impl<'m> DeviceModel<'m> {
                 fc1: DevLinear::new(gpu, &b.fc1)?,
                 fc2: DevLinear::new(gpu, &b.fc2)?,
                 ada: match &b.ada {
-                    AdaLn::Linear(l) => DevAda::Linear(DevLinear::new(gpu, l)?),
+                    AdaLn::Linear(f) => DevAda::Linear(DevByLabel::new(gpu, f)?),
                     AdaLn::Shared(g) => DevAda::Shared(gpu.upload(g)?),
                 },
             });
@@ -233,10 +255,10 @@ impl<'m> DeviceModel<'m> {
             shared_ada_lin: t
                 .shared_ada_lin
                 .as_ref()
-                .map(|l| DevLinear::new(gpu, l))
+                .map(|f| DevByLabel::new(gpu, f))
                 .transpose()?,
             blocks,
-            head_nm: DevLinear::new(gpu, &t.head_nm)?,
+            head_nm: DevByLabel::new(gpu, &t.head_nm)?,
             head: DevLinear::new(gpu, &t.head)?,
         };
         let d = &model.weights.decoder;

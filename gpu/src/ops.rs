@@ -371,6 +371,30 @@ pub(crate) fn each(gpu: &Gpu, name: &'static str, total: usize, a: Args) -> Resu
     gpu.launch(name, (blocks(total), 1, 1), THREADS, 0, &a)
 }
 
+/// `y` (`m` rows of `f`'s width) = the AdaLN Linear `f` of `cond` (`m` rows, stride `ldc`), or
+/// the rows of its table picked by the `m` labels at `labels` (i32, on the device).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn by_label(
+    gpu: &Gpu,
+    cond: u64,
+    ldc: usize,
+    labels: u64,
+    m: usize,
+    f: &crate::model::DevByLabel,
+    y: u64,
+    s: &QuantScratch,
+) -> Result<()> {
+    match f {
+        crate::model::DevByLabel::Linear(l) => linear(gpu, cond, ldc, m, l, y, l.out_dim, s),
+        crate::model::DevByLabel::Table { rows, out_dim } => each(
+            gpu,
+            "rows_by_label",
+            m * out_dim,
+            Args::new().p(rows.ptr()).p(labels).i(m).i(*out_dim).p(y),
+        ),
+    }
+}
+
 /// `y += x` over `len` floats.
 pub(crate) fn add(gpu: &Gpu, y: u64, x: u64, len: usize) -> Result<()> {
     each(gpu, "add_inplace", len, Args::new().p(y).p(x).p(len as u64))

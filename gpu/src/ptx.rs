@@ -41,6 +41,7 @@ pub const KERNELS: &[&str] = &[
     "input_tokens",
     "embed_words",
     "silu_labels",
+    "rows_by_label",
     "add_gss",
     "qkv_post",
     "kv_to_cache",

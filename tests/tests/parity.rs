@@ -10,7 +10,7 @@ mod common;
 
 use srdd_core::parallel::Sequential;
 use srdd_core::WeightFormat;
-use srdd_tools::parity::{run_fixture, run_fixture_on, transformer_plan, Row};
+use srdd_tools::parity::{run_fixture, run_fixture_on, transformer_plan, FixturePlan, Row};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -213,8 +213,13 @@ fn every_fixture_meets_the_raised_bounds_with_the_precision_plan() {
     check_every_fixture(
         "int8 + plan",
         |d| {
-            let rows = run_fixture_on(d, WeightFormat::Int8, &transformer_plan(), &Sequential)
-                .map_err(|e| format!("{}: {e}", d.display()))?;
+            let rows = run_fixture_on(
+                d,
+                WeightFormat::Int8,
+                &FixturePlan::keep(transformer_plan()),
+                &Sequential,
+            )
+            .map_err(|e| format!("{}: {e}", d.display()))?;
             println!("{} (int8 + plan):\n{}", d.display(), table(&rows));
             Ok(rows)
         },

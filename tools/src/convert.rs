@@ -106,6 +106,11 @@ pub struct PackOptions {
     /// the int8 file's weight error and none of its activation error, since f32 weights run
     /// with f32 activations (`quant-report --compare`'s "int8 weights only" row).
     pub fake_quant: bool,
+    /// Replace every AdaLN Linear (`blocks.*.ada_lin`, `head_nm.ada_lin`, `shared_ada_lin`) by
+    /// its per-label table `{name}.table` `[num_classes + 1, out]`, computed here in f64 from
+    /// the float weights (after smoothing) and stored as f32: exact, and smaller than the
+    /// weights when the classes are few (`pack --ada-table`; `srdd_core::weights::ByLabel`).
+    pub ada_tables: bool,
 }
 
 /// `--keep PATTERN[=f16|f32]`: Linear/Conv weights whose canonical name matches `PATTERN` (`*`
@@ -206,6 +211,7 @@ impl Default for PackOptions {
             keep: Vec::new(),
             smooth: None,
             fake_quant: false,
+            ada_tables: false,
         }
     }
 }
@@ -484,7 +490,7 @@ pub struct CatalogEntry {
     pub is_weight: bool,
 }
 
-struct Recorder(Vec<CatalogEntry>);
+struct Recorder(Vec<CatalogEntry>, bool);
 
 impl TensorSource<'static> for Recorder {
     fn float(
@@ -511,11 +517,15 @@ impl TensorSource<'static> for Recorder {
         });
         Ok(Weight::F32(&[]))
     }
+    fn next_is(&mut self, name: fmt::Arguments<'_>) -> bool {
+        self.1 && name.to_string().ends_with(".table")
+    }
 }
 
-/// Every tensor a model with `cfg` has, in file order.
-pub fn catalog(cfg: &ModelConfig) -> Result<Vec<CatalogEntry>, ConvertError> {
-    let mut r = Recorder(Vec::new());
+/// Every tensor a model with `cfg` has, in file order; with `ada_tables`, the AdaLN Linears'
+/// per-label tables in place of their weights and biases ([`PackOptions::ada_tables`]).
+pub fn catalog(cfg: &ModelConfig, ada_tables: bool) -> Result<Vec<CatalogEntry>, ConvertError> {
+    let mut r = Recorder(Vec::new(), ada_tables);
     Weights::build(cfg, &mut r)?;
     Ok(r.0)
 }
@@ -625,6 +635,17 @@ struct Planned {
     scales_offset: usize,
     /// Stored as f32 holding the int8 rounding ([`PackOptions::fake_quant`]).
     fake_quant: bool,
+    /// An AdaLN table, computed from `class_emb` (`key`) and this Linear's checkpoint keys
+    /// (weight, bias) and canonical names ([`PackOptions::ada_tables`]).
+    table: Option<AdaTableSource>,
+}
+
+/// Where an AdaLN table comes from.
+struct AdaTableSource {
+    weight_key: String,
+    bias_key: String,
+    weight_name: String,
+    bias_name: String,
 }
 
 /// A `.srdd` file laid out from the checkpoints' keys, dtypes and shapes alone, before any
@@ -654,7 +675,7 @@ fn plan_pack<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
     let cfg = infer_config(var, vae, opts)?;
     let meta = metadata_text(&cfg, &opts.metadata)?;
     let (naming, _) = phi_naming(vae);
-    let cat = catalog(&cfg)?;
+    let cat = catalog(&cfg, opts.ada_tables)?;
     for r in &opts.keep {
         if precision_rank(r.format) <= precision_rank(cfg.weights) {
             return Err(ConvertError::Keep(format!(
@@ -674,6 +695,53 @@ fn plan_pack<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
     let mut missing = Vec::new();
     let mut tensors = Vec::new();
     for e in &cat {
+        if let Some(p) = e.name.strip_suffix(".table") {
+            // The Linear `{p}.1` this table replaces, read from the VAR checkpoint.
+            let (weight_name, bias_name) = (format!("{p}.1.weight"), format!("{p}.1.bias"));
+            let (out, c) = (e.shape[1], cfg.var.embed_dim as usize);
+            for (name, shape) in [(&weight_name, vec![out, c]), (&bias_name, vec![out])] {
+                let key = official_key(name, naming);
+                let Some((dtype, found)) = var.tensor_meta(&key) else {
+                    missing.push(format!("var:{key}"));
+                    continue;
+                };
+                used.insert((false, key.clone()));
+                if found != shape.as_slice() {
+                    return Err(ConvertError::Shape {
+                        key,
+                        found: found.to_vec(),
+                        expected: shape,
+                    });
+                }
+                if !dtype.is_float() {
+                    return Err(CheckpointError::WrongDType {
+                        found: dtype,
+                        wanted: "a floating-point type",
+                    }
+                    .into());
+                }
+            }
+            let numel: usize = e.shape.iter().product();
+            tensors.push(Planned {
+                name: e.name.clone(),
+                key: official_key("class_emb.weight", naming),
+                is_vae: false,
+                shape: e.shape.clone(),
+                dtype: TensorDType::F32,
+                len: numel * 4,
+                scales_len: 0,
+                offset: 0,
+                scales_offset: 0,
+                fake_quant: false,
+                table: Some(AdaTableSource {
+                    weight_key: official_key(&weight_name, naming),
+                    bias_key: official_key(&bias_name, naming),
+                    weight_name,
+                    bias_name,
+                }),
+            });
+            continue;
+        }
         let key = official_key(&e.name, naming);
         let is_vae = is_vae_key(&e.name);
         let found = if is_vae {
@@ -739,6 +807,7 @@ fn plan_pack<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
             offset: 0,
             scales_offset: 0,
             fake_quant,
+            table: None,
         });
     }
     if !missing.is_empty() {
@@ -873,6 +942,55 @@ impl<W: Write> Out<'_, W> {
     }
 }
 
+/// The AdaLN table of `src`: row `label` = `SiLU(class_emb[label]) · Wᵀ + b` for every label
+/// (`class_emb` `[labels, C]`), summed in f64 and rounded once to f32, from the float weights
+/// after smoothing (which rewrites `ada_lin` rows).
+fn ada_table<V: TensorStore + ?Sized>(
+    class_emb: &crate::checkpoint::RawTensor,
+    src: &AdaTableSource,
+    var: &V,
+    smooth: Option<&crate::smooth::Smoothing>,
+) -> Result<crate::checkpoint::RawTensor, CheckpointError> {
+    let load = |key: &str, name: &str| -> Result<Vec<f32>, CheckpointError> {
+        let mut v = var
+            .load_tensor(key)?
+            .expect("planned keys exist")
+            .to_f32()?;
+        if let Some(s) = smooth.filter(|s| s.touches(name)) {
+            s.apply(name, &mut v);
+        }
+        Ok(v)
+    };
+    let (w, b) = (
+        load(&src.weight_key, &src.weight_name)?,
+        load(&src.bias_key, &src.bias_name)?,
+    );
+    let (labels, c) = (class_emb.shape[0], class_emb.shape[1]);
+    let cond: Vec<f64> = class_emb
+        .to_f32()?
+        .iter()
+        .map(|&x| {
+            let x = f64::from(x);
+            x / (1.0 + (-x).exp())
+        })
+        .collect();
+    let out = b.len();
+    let mut rows = Vec::with_capacity(labels * out);
+    for l in 0..labels {
+        let x = &cond[l * c..(l + 1) * c];
+        for (o, bias) in b.iter().enumerate() {
+            let wo = &w[o * c..(o + 1) * c];
+            let dot: f64 = x.iter().zip(wo).map(|(a, b)| a * f64::from(*b)).sum();
+            rows.push((dot + f64::from(*bias)) as f32);
+        }
+    }
+    Ok(crate::checkpoint::RawTensor {
+        dtype: DType::F32,
+        shape: vec![labels, out],
+        data: bytemuck::cast_slice(&rows).to_vec(),
+    })
+}
+
 /// A write error or a conversion error while writing.
 enum WriteError {
     Io(io::Error),
@@ -920,6 +1038,9 @@ impl PackPlan {
                 var.load_tensor(&p.key)?
             }
             .expect("planned keys exist");
+            if let Some(src) = &p.table {
+                t = std::borrow::Cow::Owned(ada_table(&t, src, var, self.smooth.as_ref())?);
+            }
             // The per-tensor transform: smoothing rewrites a few tensors as f32 (one at a time).
             if let Some(s) = self.smooth.as_ref().filter(|s| s.touches(&p.name)) {
                 let mut v = t.to_f32()?;

@@ -195,7 +195,7 @@ pub fn precision_plan(
     cfg: &ModelConfig,
     entries: &[TensorEntry<'_>],
 ) -> Result<PrecisionPlan, srdd_core::Error> {
-    let weights: std::collections::BTreeSet<String> = crate::convert::catalog(cfg)
+    let weights: std::collections::BTreeSet<String> = crate::convert::catalog(cfg, false)
         .map_err(|_| srdd_core::Error::BadHeader)?
         .into_iter()
         .filter(|e| e.is_weight && !e.name.starts_with("quantize.quant_resi."))

@@ -119,6 +119,11 @@ enum Cmd {
         /// int8 weight error alone (rate it with quant-report --f32 F32_FILE --int8 THIS_FILE).
         #[arg(long)]
         fake_quant: bool,
+        /// Store each AdaLN Linear (blocks.*.ada_lin, head_nm.ada_lin) as its output for every
+        /// class label, computed here in f64: exact and no int8 rounding, and smaller than the
+        /// weights when the classes are few (9 + null: 37 % of the int8 weights' bytes).
+        #[arg(long)]
+        ada_table: bool,
         #[command(flatten)]
         threads: ThreadsArg,
         /// Output file.
@@ -175,6 +180,9 @@ enum Cmd {
         /// Precision plan for the fixture's pack, as `pack --keep` (golden cases only).
         #[arg(long, value_name = "NAME[=f16|f32]", value_delimiter = ',')]
         keep: Vec<String>,
+        /// AdaLN tables in the fixture's pack, as `pack --ada-table` (golden cases only).
+        #[arg(long)]
+        ada_table: bool,
         #[command(flatten)]
         threads: ThreadsArg,
     },
@@ -266,6 +274,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             smooth,
             calib,
             fake_quant,
+            ada_table,
             threads,
             output,
         } => {
@@ -334,6 +343,7 @@ fn run(cli: Cli) -> Result<bool, String> {
                 metadata,
                 keep,
                 fake_quant,
+                ada_tables: ada_table,
                 ..PackOptions::default()
             };
             if let Some((alpha, calib)) = smooth {
@@ -396,10 +406,14 @@ fn run(cli: Cli) -> Result<bool, String> {
             model,
             json,
             keep,
+            ada_table,
             threads,
         } => {
-            if !keep.is_empty() {
-                return Err("--keep applies to the golden fixture run, not --backend".into());
+            if !keep.is_empty() || ada_table {
+                return Err(format!(
+                    "--{} applies to the golden fixture run, not --backend",
+                    if ada_table { "ada-table" } else { "keep" }
+                ));
             }
             let fixture = match (fixture, fixture_flag) {
                 (None, None) => None,
@@ -452,6 +466,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             model,
             json,
             keep,
+            ada_table,
             threads,
         } => {
             if !model.is_empty() || json {
@@ -467,7 +482,11 @@ fn run(cli: Cli) -> Result<bool, String> {
                 .map(|k| KeepRule::parse(k))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
-            let rows = srdd_tools::parity::run_fixture_on(&fixture, weights.into(), &keep, &par)
+            let plan = srdd_tools::parity::FixturePlan {
+                keep,
+                ada_tables: ada_table,
+            };
+            let rows = srdd_tools::parity::run_fixture_on(&fixture, weights.into(), &plan, &par)
                 .map_err(|e| format!("{}: {e}", fixture.display()))?;
             let (mut p, mut f) = (0, 0);
             println!("{:<24} {:<6} {:<40} metric", "case", "result", "tolerance");

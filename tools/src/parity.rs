@@ -330,12 +330,32 @@ impl StepHook for Capture {
     }
 }
 
+/// What a fixture's int8 (or f16) pack keeps beyond its weight format: a precision plan
+/// (`--keep` rules; the run is then held to [`PLAN_BOUNDS`]) and AdaLN tables (`--ada-table`).
+#[derive(Clone, Debug, Default)]
+pub struct FixturePlan {
+    /// Weights kept in f16/f32 (`pack --keep`).
+    pub keep: Vec<KeepRule>,
+    /// AdaLN Linears stored as per-label tables (`pack --ada-table`).
+    pub ada_tables: bool,
+}
+
+impl FixturePlan {
+    /// Keep rules only.
+    pub fn keep(keep: Vec<KeepRule>) -> FixturePlan {
+        FixturePlan {
+            keep,
+            ada_tables: false,
+        }
+    }
+}
+
 /// How a fixture's checkpoints are packed: its manifest's schedule and VQVAE settings,
 /// Markovian attention, with the encoder.
 fn pack_options(
     manifest: &Value,
     weights: WeightFormat,
-    keep: &[KeepRule],
+    plan: &FixturePlan,
 ) -> Result<PackOptions, ParityError> {
     let config = &manifest["config"];
     let patch_nums: Vec<u16> = config["patch_nums"]
@@ -352,9 +372,10 @@ fn pack_options(
         quant_resi: config["vqvae"]["quant_resi"].as_f64().unwrap_or(0.5) as f32,
         gn_groups: config["vqvae"]["groupnorm_groups"].as_u64().unwrap_or(32) as u32,
         metadata: Vec::new(),
-        keep: keep.to_vec(),
+        keep: plan.keep.clone(),
         smooth: None,
         fake_quant: false,
+        ada_tables: plan.ada_tables,
     })
 }
 
@@ -371,7 +392,7 @@ fn fixture_inputs(
             .map_err(|e| ParityError::Io(manifest_path.display().to_string(), e))?,
     )
     .map_err(|e| ParityError::Manifest(e.to_string()))?;
-    let opts = pack_options(&manifest, weights, &[])?;
+    let opts = pack_options(&manifest, weights, &FixturePlan::default())?;
     let ext = if path("var.pth").is_file() {
         "pth"
     } else {
@@ -401,15 +422,15 @@ pub fn auto_plan_fixture(
 
 /// Runs every case of the fixture in `dir`; returns one row per case (plus the packing check).
 pub fn run_fixture(dir: &Path, weights: WeightFormat) -> Result<Vec<Row>, ParityError> {
-    run_fixture_on(dir, weights, &[], &Sequential)
+    run_fixture_on(dir, weights, &FixturePlan::default(), &Sequential)
 }
 
-/// [`run_fixture`] with the precision plan's `keep` rules (int8 and f16 packs) and the kernels
+/// [`run_fixture`] with a precision plan and AdaLN tables (int8 and f16 packs) and the kernels
 /// on `par` (the rows do not depend on it).
 pub fn run_fixture_on(
     dir: &Path,
     weights: WeightFormat,
-    keep: &[KeepRule],
+    plan: &FixturePlan,
     par: &dyn Parallel,
 ) -> Result<Vec<Row>, ParityError> {
     let read = |name: &str| {
@@ -421,7 +442,7 @@ pub fn run_fixture_on(
     let reference = Reference {
         bytes: read("reference.safetensors")?,
     };
-    let opts = pack_options(&manifest, weights, keep)?;
+    let opts = pack_options(&manifest, weights, plan)?;
     let mut rows = Vec::new();
     let mut packed = Vec::new();
     // Both official formats when the fixture ships both (they must pack identically), else the
@@ -454,7 +475,14 @@ pub fn run_fixture_on(
     let cases = manifest["cases"].as_array().cloned().unwrap_or_default();
     for case in &cases {
         let id = case["id"].as_str().unwrap_or("?").to_string();
-        match run_case(&model, case, &reference, weights, !keep.is_empty(), par) {
+        match run_case(
+            &model,
+            case,
+            &reference,
+            weights,
+            !plan.keep.is_empty(),
+            par,
+        ) {
             Ok(mut r) => rows.append(&mut r),
             Err(e) => rows.push(Row {
                 id,

@@ -74,7 +74,7 @@ fn fixture(name: &str) -> PathBuf {
 /// L x L `attn_bias_for_masking`, do not count), and of all tensors of both files as stored.
 fn sizes(var: &dyn TensorStore, vae: &dyn TensorStore, opts: &PackOptions) -> (usize, usize) {
     let cfg = infer_config(var, vae, opts).unwrap();
-    let largest = catalog(&cfg)
+    let largest = catalog(&cfg, false)
         .unwrap()
         .iter()
         .map(|e| e.shape.iter().product::<usize>() * 4)

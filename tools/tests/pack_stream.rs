@@ -52,7 +52,7 @@ fn reference_pack(var: &StateDict, vae: &StateDict, opts: &PackOptions) -> Vec<u
         meta.push_str(&format!("{k}={v}\n"));
     }
     let mut packed = Vec::new();
-    for e in catalog(&cfg).unwrap() {
+    for e in catalog(&cfg, false).unwrap() {
         let is_vae = [
             "encoder.",
             "decoder.",

@@ -1,0 +1,217 @@
+//! AdaLN tables (`pack --ada-table`): each AdaLN Linear is replaced by its output for every
+//! label. In f32 the table gives the Linear's logits (with and without smoothing, which rewrites
+//! the `ada_lin` rows the table is computed from), an int8 file stores the tables as f32 in
+//! place of the int8 weights, is smaller and spends no AdaLN MACs, and `inspect` lists them.
+
+use srdd_core::aligned::AlignedBytes;
+use srdd_core::format::{parse, TensorDType, TensorEntry};
+use srdd_core::generate::SampleOptions;
+use srdd_core::macs::sample_macs;
+use srdd_core::parallel::Sequential;
+use srdd_core::{Guidance, Model, Schedule, WeightFormat};
+use srdd_tools::checkpoint::{read_state_dict, Role, StateDict};
+use srdd_tools::convert::{pack, PackOptions};
+use srdd_tools::quant_report::{report, Report};
+use srdd_tools::smooth::Smoothing;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const CALIB: usize = 2;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-six-scales")
+}
+
+fn state_dicts() -> (StateDict, StateDict) {
+    let read = |stem: &str, role| {
+        let p = fixture().join(format!("{stem}.safetensors"));
+        read_state_dict(&p, role).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    };
+    (read("var", Role::Var), read("vae", Role::Vae))
+}
+
+fn options(weights: WeightFormat, ada_tables: bool, smooth: Option<Smoothing>) -> PackOptions {
+    PackOptions {
+        weights,
+        patch_nums: Some(vec![1, 2, 3, 4, 6, 8]),
+        ada_tables,
+        smooth,
+        ..PackOptions::default()
+    }
+}
+
+fn packed(var: &StateDict, vae: &StateDict, opts: &PackOptions) -> AlignedBytes {
+    AlignedBytes::new(&pack(var, vae, opts).expect("packs"))
+}
+
+/// `b` teacher-forced against `a` on the calibration images.
+fn compare(a: &AlignedBytes, b: &AlignedBytes) -> Report {
+    let fa = Model::from_bytes(a.as_bytes()).expect("loads");
+    let fb = Model::from_bytes(b.as_bytes()).expect("loads");
+    report(&fa, &fb, CALIB, &Sequential).expect("reports")
+}
+
+/// Within f32 rounding: every greedy choice kept, every probed activation at ≥ 100 dB SQNR (an
+/// AdaLN vector of the wrong label or row is far below that; int8 gives about 40 dB).
+fn assert_same(r: &Report, what: &str) {
+    for l in &r.layers {
+        assert!(
+            l.sqnr_db() >= 100.0,
+            "{what}: {} at {:.1} dB",
+            l.name,
+            l.sqnr_db()
+        );
+    }
+    for (k, s) in r.scales.iter().enumerate() {
+        assert_eq!(s.top1, s.tokens, "{what}: step {k} top-1");
+        assert!(s.kl_max <= 1e-9, "{what}: step {k} KL {:e}", s.kl_max);
+    }
+}
+
+/// Every tensor's name, type and shape.
+fn entries(bytes: &[u8]) -> Vec<(String, TensorDType, Vec<u32>)> {
+    let file = parse(bytes).expect("parses");
+    let mut table = file.table;
+    (0..file.header.tensor_count)
+        .map(|_| {
+            let (e, rest) = postcard::take_from_bytes::<TensorEntry<'_>>(table).unwrap();
+            table = rest;
+            (e.name.to_string(), e.dtype, e.shape.to_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn f32_tables_give_the_linear_outputs() {
+    let (var, vae) = state_dicts();
+    let plain = packed(&var, &vae, &options(WeightFormat::F32, false, None));
+    let tables = packed(&var, &vae, &options(WeightFormat::F32, true, None));
+    assert_ne!(plain.as_bytes(), tables.as_bytes());
+    assert_same(&compare(&plain, &tables), "f32 tables");
+    // The decoder is untouched.
+    assert!(compare(&plain, &tables).decoder_psnr_db.is_infinite());
+}
+
+#[test]
+fn tables_are_computed_from_the_smoothed_rows() {
+    let (var, vae) = state_dicts();
+    let plain = packed(&var, &vae, &options(WeightFormat::F32, false, None));
+    let (s, _) = Smoothing::calibrate(
+        &var,
+        &vae,
+        &options(WeightFormat::Int8, false, None),
+        0.5,
+        CALIB,
+        &Sequential,
+    )
+    .expect("calibrates");
+    let both = packed(
+        &var,
+        &vae,
+        &options(WeightFormat::F32, true, Some(s.clone())),
+    );
+    assert_same(&compare(&plain, &both), "smoothed f32 tables");
+    // And an int8 file with both runs close to the float model.
+    let int8 = packed(&var, &vae, &options(WeightFormat::Int8, true, Some(s)));
+    let r = compare(&plain, &int8);
+    assert!(r.forced_agreement() >= 0.95, "{}", r.forced_agreement());
+}
+
+#[test]
+fn int8_tables_replace_the_ada_weights_and_their_macs() {
+    let (var, vae) = state_dicts();
+    let plain = packed(&var, &vae, &options(WeightFormat::Int8, false, None));
+    let tables = packed(&var, &vae, &options(WeightFormat::Int8, true, None));
+    let (pm, tm) = (
+        Model::from_bytes(plain.as_bytes()).unwrap(),
+        Model::from_bytes(tables.as_bytes()).unwrap(),
+    );
+    let cfg = &pm.config;
+    let (c, labels, depth) = (
+        cfg.var.embed_dim,
+        cfg.var.num_classes + 1,
+        cfg.var.depth as usize,
+    );
+    let (pe, te) = (entries(plain.as_bytes()), entries(tables.as_bytes()));
+    let mut want = Vec::new();
+    for i in 0..depth {
+        want.push((format!("blocks.{i}.ada_lin.table"), 6 * c));
+    }
+    want.push(("head_nm.ada_lin.table".to_string(), 2 * c));
+    for (name, width) in &want {
+        let linear = name.replace(".table", ".1.weight");
+        assert!(pe.iter().any(|e| e.0 == linear && e.1 == TensorDType::I8));
+        assert!(!te
+            .iter()
+            .any(|e| e.0.starts_with(&name.replace(".table", ".1."))));
+        let t = te.iter().find(|e| &e.0 == name).expect("table present");
+        assert_eq!((t.1, t.2.clone()), (TensorDType::F32, vec![labels, *width]));
+    }
+    // Everything else is the same list, in the same order.
+    let rest = |v: &[(String, TensorDType, Vec<u32>)]| -> Vec<String> {
+        v.iter()
+            .map(|e| e.0.clone())
+            .filter(|n| !n.contains("ada_lin"))
+            .collect()
+    };
+    assert_eq!(rest(&pe), rest(&te));
+    // Per step and planned CFG row, the AdaLN Linears' MACs are gone and nothing else changed.
+    let opts = SampleOptions::for_model(&pm, 1);
+    assert!(opts.table.is_none());
+    // One AdaLN row per image without guidance, two (conditional and null) with it.
+    let rows: u64 = if matches!(opts.guidance, Guidance::Off) {
+        1
+    } else {
+        2
+    };
+    let sched = Schedule::full(cfg);
+    let (mp, mt) = (
+        sample_macs(&pm, &opts, &sched),
+        sample_macs(&tm, &opts, &sched),
+    );
+    let (c, depth) = (c as u64, depth as u64);
+    let ada = (depth * 6 * c * c + 2 * c * c) * rows * sched.len() as u64;
+    assert_eq!(mp.transformer - mt.transformer, ada);
+    assert_eq!(mp.decoder, mt.decoder);
+    // Runs, and stays close to the float model.
+    let float = packed(&var, &vae, &options(WeightFormat::F32, false, None));
+    let r = compare(&float, &tables);
+    assert!(r.forced_agreement() >= 0.95, "{}", r.forced_agreement());
+}
+
+#[test]
+fn pack_ada_table_and_inspect_on_the_command_line() {
+    let dir = std::env::temp_dir().join(format!("srdd-ada-table-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("t.srdd");
+    let tools = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_srdd-tools"))
+            .args(args)
+            .output()
+            .expect("runs")
+    };
+    let (var, vae) = (fixture().join("var.pth"), fixture().join("vae.pth"));
+    let o = tools(&[
+        "pack",
+        "--var",
+        var.to_str().unwrap(),
+        "--vae",
+        vae.to_str().unwrap(),
+        "--schedule",
+        "1,2,3,4,6,8",
+        "--weights",
+        "int8",
+        "--ada-table",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = tools(&["inspect", out.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success());
+    assert!(
+        text.contains("blocks.0.ada_lin.table") && text.contains("head_nm.ada_lin.table"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
