@@ -210,7 +210,11 @@ fn pack_ada_table_and_inspect_on_the_command_line() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success());
     assert!(
-        text.contains("blocks.0.ada_lin.table") && text.contains("head_nm.ada_lin.table"),
+        text.contains("blocks.0.ada_lin.table")
+            && text.contains("head_nm.ada_lin.table")
+            && text.contains(
+                "AdaLN tables (f32, one row per class label, in place of their Linears): 2 "
+            ),
         "{text}"
     );
     let _ = std::fs::remove_dir_all(&dir);
