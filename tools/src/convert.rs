@@ -701,25 +701,7 @@ fn plan_pack<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
             let (out, c) = (e.shape[1], cfg.var.embed_dim as usize);
             for (name, shape) in [(&weight_name, vec![out, c]), (&bias_name, vec![out])] {
                 let key = official_key(name, naming);
-                let Some((dtype, found)) = var.tensor_meta(&key) else {
-                    missing.push(format!("var:{key}"));
-                    continue;
-                };
-                used.insert((false, key.clone()));
-                if found != shape.as_slice() {
-                    return Err(ConvertError::Shape {
-                        key,
-                        found: found.to_vec(),
-                        expected: shape,
-                    });
-                }
-                if !dtype.is_float() {
-                    return Err(CheckpointError::WrongDType {
-                        found: dtype,
-                        wanted: "a floating-point type",
-                    }
-                    .into());
-                }
+                account_key(var, false, key, &shape, &mut used, &mut missing)?;
             }
             let numel: usize = e.shape.iter().product();
             tensors.push(Planned {
@@ -745,28 +727,12 @@ fn plan_pack<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
         let key = official_key(&e.name, naming);
         let is_vae = is_vae_key(&e.name);
         let found = if is_vae {
-            vae.tensor_meta(&key)
+            account_key(vae, true, key.clone(), &e.shape, &mut used, &mut missing)?
         } else {
-            var.tensor_meta(&key)
+            account_key(var, false, key.clone(), &e.shape, &mut used, &mut missing)?
         };
-        let Some((dtype, shape)) = found else {
-            missing.push(format!("{}{key}", if is_vae { "vae:" } else { "var:" }));
+        if !found {
             continue;
-        };
-        used.insert((is_vae, key.clone()));
-        if shape != e.shape.as_slice() {
-            return Err(ConvertError::Shape {
-                key,
-                found: shape.to_vec(),
-                expected: e.shape.clone(),
-            });
-        }
-        if !dtype.is_float() {
-            return Err(CheckpointError::WrongDType {
-                found: dtype,
-                wanted: "a floating-point type",
-            }
-            .into());
         }
         let numel: usize = e.shape.iter().product();
         let phi = e.name.starts_with("quantize.quant_resi.");
@@ -940,6 +906,38 @@ impl<W: Write> Out<'_, W> {
         }
         Ok(())
     }
+}
+
+/// Accounts for checkpoint key `key`, expected with `shape`: marks it used and checks its shape
+/// and dtype. A missing key goes to `missing` (all are reported together) and gives `false`.
+fn account_key<S: TensorStore + ?Sized>(
+    sd: &S,
+    is_vae: bool,
+    key: String,
+    shape: &[usize],
+    used: &mut BTreeSet<(bool, String)>,
+    missing: &mut Vec<String>,
+) -> Result<bool, ConvertError> {
+    let Some((dtype, found)) = sd.tensor_meta(&key) else {
+        missing.push(format!("{}{key}", if is_vae { "vae:" } else { "var:" }));
+        return Ok(false);
+    };
+    if found != shape {
+        return Err(ConvertError::Shape {
+            found: found.to_vec(),
+            expected: shape.to_vec(),
+            key,
+        });
+    }
+    if !dtype.is_float() {
+        return Err(CheckpointError::WrongDType {
+            found: dtype,
+            wanted: "a floating-point type",
+        }
+        .into());
+    }
+    used.insert((is_vae, key));
+    Ok(true)
 }
 
 /// The AdaLN table of `src`: row `label` = `SiLU(class_emb[label]) · Wᵀ + b` for every label

@@ -3,32 +3,22 @@
 //! the `ada_lin` rows the table is computed from), an int8 file stores the tables as f32 in
 //! place of the int8 weights, is smaller and spends no AdaLN MACs, and `inspect` lists them.
 
+mod common;
+
+use common::{assert_same, entries, fixture, state_dicts};
 use srdd_core::aligned::AlignedBytes;
-use srdd_core::format::{parse, TensorDType, TensorEntry};
+use srdd_core::format::TensorDType;
 use srdd_core::generate::SampleOptions;
 use srdd_core::macs::sample_macs;
 use srdd_core::parallel::Sequential;
 use srdd_core::{Guidance, Model, Schedule, WeightFormat};
-use srdd_tools::checkpoint::{read_state_dict, Role, StateDict};
+use srdd_tools::checkpoint::StateDict;
 use srdd_tools::convert::{pack, PackOptions};
-use srdd_tools::quant_report::{report, Report};
+use srdd_tools::quant_report::Report;
 use srdd_tools::smooth::Smoothing;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const CALIB: usize = 2;
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-six-scales")
-}
-
-fn state_dicts() -> (StateDict, StateDict) {
-    let read = |stem: &str, role| {
-        let p = fixture().join(format!("{stem}.safetensors"));
-        read_state_dict(&p, role).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-    };
-    (read("var", Role::Var), read("vae", Role::Vae))
-}
 
 fn options(weights: WeightFormat, ada_tables: bool, smooth: Option<Smoothing>) -> PackOptions {
     PackOptions {
@@ -46,39 +36,7 @@ fn packed(var: &StateDict, vae: &StateDict, opts: &PackOptions) -> AlignedBytes 
 
 /// `b` teacher-forced against `a` on the calibration images.
 fn compare(a: &AlignedBytes, b: &AlignedBytes) -> Report {
-    let fa = Model::from_bytes(a.as_bytes()).expect("loads");
-    let fb = Model::from_bytes(b.as_bytes()).expect("loads");
-    report(&fa, &fb, CALIB, &Sequential).expect("reports")
-}
-
-/// Within f32 rounding: every greedy choice kept, every probed activation at ≥ 100 dB SQNR (an
-/// AdaLN vector of the wrong label or row is far below that; int8 gives about 40 dB).
-fn assert_same(r: &Report, what: &str) {
-    for l in &r.layers {
-        assert!(
-            l.sqnr_db() >= 100.0,
-            "{what}: {} at {:.1} dB",
-            l.name,
-            l.sqnr_db()
-        );
-    }
-    for (k, s) in r.scales.iter().enumerate() {
-        assert_eq!(s.top1, s.tokens, "{what}: step {k} top-1");
-        assert!(s.kl_max <= 1e-9, "{what}: step {k} KL {:e}", s.kl_max);
-    }
-}
-
-/// Every tensor's name, type and shape.
-fn entries(bytes: &[u8]) -> Vec<(String, TensorDType, Vec<u32>)> {
-    let file = parse(bytes).expect("parses");
-    let mut table = file.table;
-    (0..file.header.tensor_count)
-        .map(|_| {
-            let (e, rest) = postcard::take_from_bytes::<TensorEntry<'_>>(table).unwrap();
-            table = rest;
-            (e.name.to_string(), e.dtype, e.shape.to_vec())
-        })
-        .collect()
+    common::compare(a, b, CALIB)
 }
 
 #[test]

@@ -2,29 +2,19 @@
 //! file, blocks and head), it flattens the modulated inputs the int8 kernels quantize, the int8
 //! smoothed file runs, shared AdaLN smooths the head only, and bad options are refused.
 
+mod common;
+
+use common::{assert_same, fixture, state_dicts};
 use srdd_core::aligned::AlignedBytes;
 use srdd_core::parallel::Sequential;
 use srdd_core::{Model, WeightFormat};
-use srdd_tools::checkpoint::{read_state_dict, DType, RawTensor, Role, StateDict};
+use srdd_tools::checkpoint::{DType, RawTensor, StateDict};
 use srdd_tools::convert::{pack, ConvertError, PackOptions};
-use srdd_tools::quant_report::{report, Report};
+use srdd_tools::quant_report::Report;
 use srdd_tools::smooth::{collect, Smoothing, Stats};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const CALIB: usize = 2;
-
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-six-scales")
-}
-
-fn state_dicts() -> (StateDict, StateDict) {
-    let read = |stem: &str, role| {
-        let p = fixture().join(format!("{stem}.safetensors"));
-        read_state_dict(&p, role).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-    };
-    (read("var", Role::Var), read("vae", Role::Vae))
-}
 
 /// Blocks of a VAR state dict.
 fn depth(var: &StateDict) -> usize {
@@ -60,27 +50,7 @@ fn calibrate(var: &StateDict, vae: &StateDict, alpha: f32) -> (Smoothing, Stats)
 
 /// `b` teacher-forced against `a` on the calibration images.
 fn compare(a: &AlignedBytes, b: &AlignedBytes) -> Report {
-    let fa = Model::from_bytes(a.as_bytes()).expect("loads");
-    let fb = Model::from_bytes(b.as_bytes()).expect("loads");
-    report(&fa, &fb, CALIB, &Sequential).expect("reports")
-}
-
-/// Within f32 rounding of `a`: every greedy choice kept and every probed activation (embedded
-/// input, each block's output, the logits) at ≥ 100 dB SQNR (a relative error ≤ 1e-5; int8 gives
-/// about 40 dB here, a fold with a wrong row or bias far less).
-fn assert_same(r: &Report, what: &str) {
-    for l in &r.layers {
-        assert!(
-            l.sqnr_db() >= 100.0,
-            "{what}: {} at {:.1} dB",
-            l.name,
-            l.sqnr_db()
-        );
-    }
-    for (k, s) in r.scales.iter().enumerate() {
-        assert_eq!(s.top1, s.tokens, "{what}: step {k} top-1");
-        assert!(s.kl_max <= 1e-9, "{what}: step {k} KL {:e}", s.kl_max);
-    }
+    common::compare(a, b, CALIB)
 }
 
 /// A smoothing with these factors everywhere (block factors per block, head factors).
@@ -387,17 +357,31 @@ fn quant_report_compares_the_options() {
     let v: serde_json::Value = serde_json::from_slice(&r.stdout).expect("JSON");
     let rows = v["options"].as_array().expect("options");
     let names: Vec<&str> = rows.iter().map(|r| r["option"].as_str().unwrap()).collect();
-    assert_eq!(names, ["int8", "int8 + smooth a=0.5", "int8 + smooth a=1"]);
+    assert_eq!(
+        names,
+        [
+            "int8",
+            "int8 weights only",
+            "int8 + smooth a=0.5",
+            "int8 + smooth a=1"
+        ]
+    );
     let ratio = |i: usize| rows[i]["input_peak_to_rms"].as_f64().unwrap();
+    let f = |i: usize, k: &str| rows[i][k].as_f64().unwrap();
     for (i, row) in rows.iter().enumerate() {
         let forced = row["forced_token_agreement"].as_f64().unwrap();
         assert!(forced > 0.9 && forced <= 1.0, "{row}");
         assert_eq!(row["top1_per_scale"].as_array().unwrap().len(), 6);
         // The smoothed float models' inputs are flatter than the plain one's.
-        if i > 0 {
+        if i > 1 {
             assert!(ratio(i) < ratio(0), "{row}");
         }
     }
+    // The weights alone, with f32 activations: no input ratio (nothing smoothed or quantized
+    // there), and less error than int8's weights and activations together.
+    assert!(rows[1]["input_peak_to_rms"].is_null());
+    assert!(f(1, "kl_mean") < f(0, "kl_mean"), "{v}");
+    assert!(f(1, "decoder_psnr_db") > f(0, "decoder_psnr_db"), "{v}");
 }
 
 #[test]
