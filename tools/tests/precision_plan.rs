@@ -2,21 +2,13 @@
 //! stored in f16 or f32, the file records each tensor's format, the engine runs the mixture, and a
 //! rule that is malformed, matches nothing or is not more precise than the file is refused.
 
-use srdd_core::aligned::AlignedBytes;
-use srdd_core::format::{parse, TensorDType, TensorEntry};
-use srdd_core::{Model, WeightFormat};
-use srdd_tools::checkpoint::{read_state_dict, Role, StateDict};
-use srdd_tools::convert::{pack, ConvertError, KeepRule, PackOptions};
-use std::path::Path;
+mod common;
 
-fn state_dicts() -> (StateDict, StateDict) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-six-scales");
-    let read = |stem: &str, role| {
-        let p = dir.join(format!("{stem}.safetensors"));
-        read_state_dict(&p, role).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-    };
-    (read("var", Role::Var), read("vae", Role::Vae))
-}
+use common::state_dicts;
+use srdd_core::aligned::AlignedBytes;
+use srdd_core::format::TensorDType;
+use srdd_core::{Model, WeightFormat};
+use srdd_tools::convert::{pack, ConvertError, KeepRule, PackOptions};
 
 fn packed(weights: WeightFormat, keep: &[&str]) -> Result<Vec<u8>, ConvertError> {
     let (var, vae) = state_dicts();
@@ -34,14 +26,9 @@ fn packed(weights: WeightFormat, keep: &[&str]) -> Result<Vec<u8>, ConvertError>
 
 /// Every tensor's name and stored type.
 fn dtypes(bytes: &[u8]) -> Vec<(String, TensorDType)> {
-    let file = parse(bytes).expect("parses");
-    let mut table = file.table;
-    (0..file.header.tensor_count)
-        .map(|_| {
-            let (e, rest) = postcard::take_from_bytes::<TensorEntry<'_>>(table).unwrap();
-            table = rest;
-            (e.name.to_string(), e.dtype)
-        })
+    common::entries(bytes)
+        .into_iter()
+        .map(|(name, dtype, _)| (name, dtype))
         .collect()
 }
 
