@@ -227,6 +227,30 @@ fn every_fixture_meets_the_raised_bounds_with_the_precision_plan() {
     );
 }
 
+/// Every fixture packed int8 with AdaLN tables (`pack --ada-table`, as the built-in model ships)
+/// meets the int8 bounds and the tighter teacher-forcing guard against the official reference.
+#[test]
+fn every_fixture_meets_the_int8_bounds_with_ada_tables() {
+    check_every_fixture(
+        "int8 + AdaLN tables",
+        |d| {
+            let plan = FixturePlan {
+                ada_tables: true,
+                ..FixturePlan::default()
+            };
+            let rows = run_fixture_on(d, WeightFormat::Int8, &plan, &Sequential)
+                .map_err(|e| format!("{}: {e}", d.display()))?;
+            println!("{} (int8 + AdaLN tables):\n{}", d.display(), table(&rows));
+            Ok(rows)
+        },
+        |d, rows| {
+            let mut bad = all_pass(d, rows);
+            bad.extend(int8_teacher_forcing_is_tight(d, rows));
+            bad
+        },
+    );
+}
+
 /// One `#[test]` a row: every fixture, run in the weight format, must pass the check.
 macro_rules! fixture_tests {
     ($($name:ident: $format:ident => $check:ident,)*) => {
