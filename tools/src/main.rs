@@ -242,6 +242,9 @@ enum Cmd {
         /// int8 smoothed with each ALPHA (default 0.5,0.8).
         #[arg(long, value_name = "ALPHA,...", num_args = 0..=1, default_missing_value = "0.5,0.8")]
         compare: Option<String>,
+        /// With --var/--vae: pack every model compared with AdaLN tables (as `pack --ada-table`).
+        #[arg(long)]
+        ada_table: bool,
         #[command(flatten)]
         threads: ThreadsArg,
     },
@@ -521,6 +524,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             plot,
             smooth,
             compare,
+            ada_table,
             threads,
         } => {
             // A number is a count of sampled images; anything else a directory (`./4` for a
@@ -552,10 +556,16 @@ fn run(cli: Cli) -> Result<bool, String> {
                         })
                 })
                 .transpose()?;
-            if (smooth.is_some() || compare.is_some()) && var.is_none() {
+            if (smooth.is_some() || compare.is_some() || ada_table) && var.is_none() {
                 return Err(format!(
-                    "--{} needs --var CKPT --vae CKPT (the smoothing factors are folded in when packing)",
-                    if smooth.is_some() { "smooth" } else { "compare" }
+                    "--{} needs --var CKPT --vae CKPT (it applies when packing)",
+                    if smooth.is_some() {
+                        "smooth"
+                    } else if compare.is_some() {
+                        "compare"
+                    } else {
+                        "ada-table"
+                    }
                 ));
             }
             if compare.is_some() && (smooth.is_some() || plot.is_some()) {
@@ -588,6 +598,7 @@ fn run(cli: Cli) -> Result<bool, String> {
                         patch_nums: patch_nums.clone(),
                         attention: attention.or(Attention::Markov),
                         encoder: true,
+                        ada_tables: ada_table,
                         ..PackOptions::default()
                     };
                     let packed = |w: WeightFormat, smooth: Option<Smoothing>| {

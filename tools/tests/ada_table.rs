@@ -175,5 +175,41 @@ fn pack_ada_table_and_inspect_on_the_command_line() {
             ),
         "{text}"
     );
+    // quant-report packs both models with tables; with packed files it has nothing to pack.
+    let o = tools(&[
+        "quant-report",
+        "--var",
+        var.to_str().unwrap(),
+        "--vae",
+        vae.to_str().unwrap(),
+        "--schedule",
+        "1,2,3,4,6,8",
+        "--calib",
+        "1",
+        "--ada-table",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let names: Vec<&str> = v["tensors"]
+        .as_array()
+        .expect("tensors")
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains("ada_lin.1")), "{names:?}");
+    assert!(names.contains(&"head_nm.ada_lin.table"), "{names:?}");
+    let o = tools(&[
+        "quant-report",
+        "--f32",
+        out.to_str().unwrap(),
+        "--int8",
+        out.to_str().unwrap(),
+        "--ada-table",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("--ada-table needs --var"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
