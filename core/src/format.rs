@@ -470,6 +470,40 @@ impl<'a> TensorSource<'a> for FileSource<'a> {
         )
     }
 
+    fn table(
+        &mut self,
+        name: fmt::Arguments<'_>,
+        shape: &[usize],
+    ) -> Result<crate::weights::TableRows<'a>> {
+        use crate::weights::TableRows;
+        let index = self.index;
+        let e = self.next_entry(name, shape)?;
+        if e.layout != WeightLayout::Plain {
+            return Err(Error::TensorMismatch {
+                index,
+                what: "an AdaLN table must be stored plain",
+            });
+        }
+        let numel: usize = shape.iter().product();
+        match e.dtype {
+            TensorDType::F32 => Ok(TableRows::F32(finite_f32(
+                index,
+                self.values(index, &e, numel)?,
+            )?)),
+            TensorDType::F16 => {
+                let v = self.values::<f16>(index, &e, numel)?;
+                if !all_finite_f16(v) {
+                    return Err(Error::NonFinite { index });
+                }
+                Ok(TableRows::F16(v))
+            }
+            TensorDType::I8 => Err(Error::TensorMismatch {
+                index,
+                what: "an AdaLN table must be f32 or f16",
+            }),
+        }
+    }
+
     fn next_is(&mut self, name: fmt::Arguments<'_>) -> bool {
         // A peek: a malformed entry is reported by the read that follows.
         self.index < self.count

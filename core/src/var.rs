@@ -177,8 +177,7 @@ fn by_label(
         ByLabel::Linear(w) => linear(cond, labels.len(), w, out, lin, par),
         ByLabel::Table { rows, out_dim } => {
             for (o, &label) in out.chunks_exact_mut(*out_dim).zip(labels) {
-                let at = label as usize * out_dim;
-                o.copy_from_slice(&rows[at..at + out_dim]);
+                rows.row_into(label as usize, *out_dim, o);
             }
         }
     }

@@ -26,6 +26,33 @@ pub trait TensorSource<'a> {
         let _ = name;
         false
     }
+    /// A per-label AdaLN table ([`ByLabel::Table`]), f32 or f16. The default: an f32 tensor.
+    fn table(&mut self, name: fmt::Arguments<'_>, shape: &[usize]) -> Result<TableRows<'a>> {
+        self.float(name, shape).map(TableRows::F32)
+    }
+}
+
+/// The rows of an AdaLN table, as stored.
+#[derive(Clone, Copy, Debug)]
+pub enum TableRows<'a> {
+    /// f32 values (exact up to one rounding of the f64 sums).
+    F32(&'a [f32]),
+    /// IEEE half values (widened exactly when read).
+    F16(&'a [half::f16]),
+}
+
+impl TableRows<'_> {
+    /// Row `i` of `width` values into `out`, as f32.
+    pub fn row_into(&self, i: usize, width: usize, out: &mut [f32]) {
+        match self {
+            TableRows::F32(r) => out.copy_from_slice(&r[i * width..(i + 1) * width]),
+            TableRows::F16(r) => {
+                for (o, h) in out.iter_mut().zip(&r[i * width..(i + 1) * width]) {
+                    *o = crate::kernels::dot::f16_to_f32(*h);
+                }
+            }
+        }
+    }
 }
 
 /// VQVAE ResBlock: `shortcut(x) + conv2(SiLU(norm2(conv1(SiLU(norm1(x))))))`.
@@ -141,7 +168,7 @@ pub enum ByLabel<'a> {
     /// `{name}.table` `[num_classes + 1, out_dim]`: row `label` is the output for that label.
     Table {
         /// The rows, label-major.
-        rows: &'a [f32],
+        rows: TableRows<'a>,
         /// Floats per row.
         out_dim: usize,
     },
@@ -277,7 +304,7 @@ impl<'a, S: TensorSource<'a>> Walker<'_, S> {
         if self.src.next_is(format_args!("{p}.table")) {
             let rows = self
                 .src
-                .float(format_args!("{p}.table"), &[labels, out_dim])?;
+                .table(format_args!("{p}.table"), &[labels, out_dim])?;
             return Ok(ByLabel::Table { rows, out_dim });
         }
         Ok(ByLabel::Linear(self.linear(

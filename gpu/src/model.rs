@@ -5,7 +5,9 @@
 use crate::driver::{DevBuf, Gpu};
 use crate::error::Result;
 use srdd_core::kernels::pack::panels_len;
-use srdd_core::weights::{AdaLn, AttnBlock, ByLabel, Conv, Linear, Norm, ResBlock, Weight};
+use srdd_core::weights::{
+    AdaLn, AttnBlock, ByLabel, Conv, Linear, Norm, ResBlock, TableRows, Weight,
+};
 use srdd_core::Model;
 
 /// A weight on the device.
@@ -177,7 +179,14 @@ impl DevByLabel {
         Ok(match f {
             ByLabel::Linear(l) => DevByLabel::Linear(DevLinear::new(gpu, l)?),
             ByLabel::Table { rows, out_dim } => DevByLabel::Table {
-                rows: gpu.upload(rows)?,
+                // f16 rows are widened here (exactly): the gather kernel reads f32.
+                rows: match rows {
+                    TableRows::F32(r) => gpu.upload(r)?,
+                    TableRows::F16(r) => {
+                        let v: Vec<f32> = r.iter().map(|h| h.to_f32()).collect();
+                        gpu.upload(&v)?
+                    }
+                },
                 out_dim: *out_dim,
             },
         })

@@ -235,7 +235,7 @@ fn every_fixture_meets_the_int8_bounds_with_ada_tables() {
         "int8 + AdaLN tables",
         |d| {
             let plan = FixturePlan {
-                ada_tables: true,
+                ada_tables: Some(WeightFormat::F16),
                 ..FixturePlan::default()
             };
             let rows = run_fixture_on(d, WeightFormat::Int8, &plan, &Sequential)

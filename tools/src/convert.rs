@@ -76,6 +76,9 @@ pub enum ConvertError {
     /// Smoothing factors that do not fit the model.
     #[error("--smooth {0}")]
     Smooth(String),
+    /// AdaLN tables in a format other than f32 or f16.
+    #[error("--ada-table {0}: the tables are stored as f32 or f16")]
+    AdaTable(&'static str),
 }
 
 /// Options of `srdd-tools pack`.
@@ -108,9 +111,10 @@ pub struct PackOptions {
     pub fake_quant: bool,
     /// Replace every AdaLN Linear (`blocks.*.ada_lin`, `head_nm.ada_lin`, `shared_ada_lin`) by
     /// its per-label table `{name}.table` `[num_classes + 1, out]`, computed here in f64 from
-    /// the float weights (after smoothing) and stored as f32: exact, and smaller than the
-    /// weights when the classes are few (`pack --ada-table`; `srdd_core::weights::ByLabel`).
-    pub ada_tables: bool,
+    /// the float weights (after smoothing) and stored in this format, f32 (one rounding) or f16:
+    /// smaller than the weights when the classes are few (`pack --ada-table [f32|f16]`;
+    /// `srdd_core::weights::ByLabel`).
+    pub ada_tables: Option<WeightFormat>,
 }
 
 /// `--keep PATTERN[=f16|f32]`: Linear/Conv weights whose canonical name matches `PATTERN` (`*`
@@ -211,7 +215,7 @@ impl Default for PackOptions {
             keep: Vec::new(),
             smooth: None,
             fake_quant: false,
-            ada_tables: false,
+            ada_tables: None,
         }
     }
 }
@@ -675,7 +679,12 @@ fn plan_pack<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
     let cfg = infer_config(var, vae, opts)?;
     let meta = metadata_text(&cfg, &opts.metadata)?;
     let (naming, _) = phi_naming(vae);
-    let cat = catalog(&cfg, opts.ada_tables)?;
+    let table_dtype = match opts.ada_tables {
+        Some(WeightFormat::Int8) => return Err(ConvertError::AdaTable("int8")),
+        Some(WeightFormat::F16) => TensorDType::F16,
+        _ => TensorDType::F32,
+    };
+    let cat = catalog(&cfg, opts.ada_tables.is_some())?;
     for r in &opts.keep {
         if precision_rank(r.format) <= precision_rank(cfg.weights) {
             return Err(ConvertError::Keep(format!(
@@ -709,8 +718,13 @@ fn plan_pack<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
                 key: official_key("class_emb.weight", naming),
                 is_vae: false,
                 shape: e.shape.clone(),
-                dtype: TensorDType::F32,
-                len: numel * 4,
+                dtype: table_dtype,
+                len: numel
+                    * if table_dtype == TensorDType::F16 {
+                        2
+                    } else {
+                        4
+                    },
                 scales_len: 0,
                 offset: 0,
                 scales_offset: 0,

@@ -120,10 +120,18 @@ enum Cmd {
         #[arg(long)]
         fake_quant: bool,
         /// Store each AdaLN Linear (blocks.*.ada_lin, head_nm.ada_lin) as its output for every
-        /// class label, computed here in f64: exact and no int8 rounding, and smaller than the
-        /// weights when the classes are few (9 + null: 37 % of the int8 weights' bytes).
-        #[arg(long)]
-        ada_table: bool,
+        /// class label, computed here in f64 and stored as f32 (the default) or f16: no int8
+        /// rounding, and smaller than the weights when the classes are few (9 + null: 37 % of
+        /// the int8 weights' bytes in f32, 19 % in f16).
+        #[arg(
+            long,
+            value_enum,
+            ignore_case = true,
+            num_args = 0..=1,
+            default_missing_value = "f32",
+            value_name = "f32|f16"
+        )]
+        ada_table: Option<Weights>,
         #[command(flatten)]
         threads: ThreadsArg,
         /// Output file.
@@ -181,8 +189,15 @@ enum Cmd {
         #[arg(long, value_name = "NAME[=f16|f32]", value_delimiter = ',')]
         keep: Vec<String>,
         /// AdaLN tables in the fixture's pack, as `pack --ada-table` (golden cases only).
-        #[arg(long)]
-        ada_table: bool,
+        #[arg(
+            long,
+            value_enum,
+            ignore_case = true,
+            num_args = 0..=1,
+            default_missing_value = "f32",
+            value_name = "f32|f16"
+        )]
+        ada_table: Option<Weights>,
         #[command(flatten)]
         threads: ThreadsArg,
     },
@@ -243,8 +258,15 @@ enum Cmd {
         #[arg(long, value_name = "ALPHA,...", num_args = 0..=1, default_missing_value = "0.5,0.8")]
         compare: Option<String>,
         /// With --var/--vae: pack every model compared with AdaLN tables (as `pack --ada-table`).
-        #[arg(long)]
-        ada_table: bool,
+        #[arg(
+            long,
+            value_enum,
+            ignore_case = true,
+            num_args = 0..=1,
+            default_missing_value = "f32",
+            value_name = "f32|f16"
+        )]
+        ada_table: Option<Weights>,
         #[command(flatten)]
         threads: ThreadsArg,
     },
@@ -346,7 +368,7 @@ fn run(cli: Cli) -> Result<bool, String> {
                 metadata,
                 keep,
                 fake_quant,
-                ada_tables: ada_table,
+                ada_tables: ada_table.map(WeightFormat::from),
                 ..PackOptions::default()
             };
             if let Some((alpha, calib)) = smooth {
@@ -412,10 +434,14 @@ fn run(cli: Cli) -> Result<bool, String> {
             ada_table,
             threads,
         } => {
-            if !keep.is_empty() || ada_table {
+            if !keep.is_empty() || ada_table.is_some() {
                 return Err(format!(
                     "--{} applies to the golden fixture run, not --backend",
-                    if ada_table { "ada-table" } else { "keep" }
+                    if ada_table.is_some() {
+                        "ada-table"
+                    } else {
+                        "keep"
+                    }
                 ));
             }
             let fixture = match (fixture, fixture_flag) {
@@ -487,7 +513,7 @@ fn run(cli: Cli) -> Result<bool, String> {
                 .map_err(|e| e.to_string())?;
             let plan = srdd_tools::parity::FixturePlan {
                 keep,
-                ada_tables: ada_table,
+                ada_tables: ada_table.map(WeightFormat::from),
             };
             let rows = srdd_tools::parity::run_fixture_on(&fixture, weights.into(), &plan, &par)
                 .map_err(|e| format!("{}: {e}", fixture.display()))?;
@@ -556,7 +582,7 @@ fn run(cli: Cli) -> Result<bool, String> {
                         })
                 })
                 .transpose()?;
-            if (smooth.is_some() || compare.is_some() || ada_table) && var.is_none() {
+            if (smooth.is_some() || compare.is_some() || ada_table.is_some()) && var.is_none() {
                 return Err(format!(
                     "--{} needs --var CKPT --vae CKPT (it applies when packing)",
                     if smooth.is_some() {
@@ -598,7 +624,7 @@ fn run(cli: Cli) -> Result<bool, String> {
                         patch_nums: patch_nums.clone(),
                         attention: attention.or(Attention::Markov),
                         encoder: true,
-                        ada_tables: ada_table,
+                        ada_tables: ada_table.map(WeightFormat::from),
                         ..PackOptions::default()
                     };
                     let packed = |w: WeightFormat, smooth: Option<Smoothing>| {

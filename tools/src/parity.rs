@@ -336,8 +336,8 @@ impl StepHook for Capture {
 pub struct FixturePlan {
     /// Weights kept in f16/f32 (`pack --keep`).
     pub keep: Vec<KeepRule>,
-    /// AdaLN Linears stored as per-label tables (`pack --ada-table`).
-    pub ada_tables: bool,
+    /// AdaLN Linears stored as per-label tables in this format (`pack --ada-table`).
+    pub ada_tables: Option<WeightFormat>,
 }
 
 impl FixturePlan {
@@ -345,7 +345,7 @@ impl FixturePlan {
     pub fn keep(keep: Vec<KeepRule>) -> FixturePlan {
         FixturePlan {
             keep,
-            ada_tables: false,
+            ada_tables: None,
         }
     }
 }

@@ -416,7 +416,7 @@ pub fn auto_plan_on<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
         // A part whose targets are met at the start offers no candidates: the bytes go where a
         // target is missed.
         let (var_open, dec_open) = (!fig.var_meets(t), fig.decoder_psnr_db < t.decoder_psnr_db);
-        for e in catalog(&cfg, m.opts.ada_tables)? {
+        for e in catalog(&cfg, m.opts.ada_tables.is_some())? {
             let n = e.name.as_str();
             let part = if n.starts_with("decoder.") || n.starts_with("post_quant_conv.") {
                 Part::Decoder

@@ -24,7 +24,7 @@ fn options(weights: WeightFormat, ada_tables: bool, smooth: Option<Smoothing>) -
     PackOptions {
         weights,
         patch_nums: Some(vec![1, 2, 3, 4, 6, 8]),
-        ada_tables,
+        ada_tables: ada_tables.then_some(WeightFormat::F32),
         smooth,
         ..PackOptions::default()
     }
