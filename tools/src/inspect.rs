@@ -188,8 +188,9 @@ pub struct PrecisionPlan {
     pub formats: Vec<(&'static str, usize, u64)>,
     /// `(name, format, bytes)` of every weight not stored in the file's weight format.
     pub kept: Vec<(String, &'static str, u64)>,
-    /// `(name, bytes)` of every AdaLN table stored in place of its Linear (`pack --ada-table`).
-    pub ada_tables: Vec<(String, u64)>,
+    /// `(name, format, bytes)` of every AdaLN table stored in place of its Linear
+    /// (`pack --ada-table`).
+    pub ada_tables: Vec<(String, &'static str, u64)>,
 }
 
 /// The precision plan of the file whose tensors are `entries`.
@@ -209,7 +210,7 @@ pub fn precision_plan(
         ada_tables: entries
             .iter()
             .filter(|e| e.name.ends_with(".table"))
-            .map(|e| (e.name.to_string(), e.len))
+            .map(|e| (e.name.to_string(), dtype_name(e.dtype), e.len))
             .collect(),
     };
     let file = weights_name(cfg.weights);
@@ -334,7 +335,7 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
             "precision_plan": {
                 "formats": plan.formats.iter().map(|(f, n, b)| json!({"format": f, "weights": n, "bytes": b})).collect::<Vec<_>>(),
                 "kept": plan.kept.iter().map(|(n, f, b)| json!({"name": n, "format": f, "bytes": b})).collect::<Vec<_>>(),
-                "ada_tables": plan.ada_tables.iter().map(|(n, b)| json!({"name": n, "bytes": b})).collect::<Vec<_>>(),
+                "ada_tables": plan.ada_tables.iter().map(|(n, f, b)| json!({"name": n, "format": f, "bytes": b})).collect::<Vec<_>>(),
             },
             "tensors": entries.iter().map(|e| json!({
                 "name": e.name, "dtype": dtype_name(e.dtype), "layout": layout(&e.layout), "shape": e.shape.as_slice(),
@@ -376,11 +377,14 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
         let _ = writeln!(s, "  kept {f}: {n} ({b} B)");
     }
     if !plan.ada_tables.is_empty() {
+        let formats: std::collections::BTreeSet<&str> =
+            plan.ada_tables.iter().map(|t| t.1).collect();
         let _ = writeln!(
             s,
-            "AdaLN tables (f32, one row per class label, in place of their Linears): {} ({} B)",
+            "AdaLN tables (one row per class label, in place of their Linears): {} {} ({} B)",
             plan.ada_tables.len(),
-            plan.ada_tables.iter().map(|t| t.1).sum::<u64>()
+            formats.into_iter().collect::<Vec<_>>().join("+"),
+            plan.ada_tables.iter().map(|t| t.2).sum::<u64>()
         );
     }
     let _ = writeln!(

@@ -137,6 +137,74 @@ fn int8_tables_replace_the_ada_weights_and_their_macs() {
     assert!(r.forced_agreement() >= 0.95, "{}", r.forced_agreement());
 }
 
+/// The values of the tensor `name` of a packed file, as f32.
+fn values(bytes: &[u8], name: &str) -> Vec<f32> {
+    let file = srdd_core::format::parse(bytes).expect("parses");
+    let mut table = file.table;
+    for _ in 0..file.header.tensor_count {
+        let (e, rest) =
+            postcard::take_from_bytes::<srdd_core::format::TensorEntry<'_>>(table).unwrap();
+        table = rest;
+        if e.name == name {
+            let raw = &file.data[e.offset as usize..(e.offset + e.len) as usize];
+            return match e.dtype {
+                TensorDType::F32 => raw
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                TensorDType::F16 => raw
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                TensorDType::I8 => panic!("{name} is int8"),
+            };
+        }
+    }
+    panic!("{name} not in the file")
+}
+
+/// `--ada-table f16`: the same tables rounded once more, to half, in half the bytes; in an f32
+/// model they change the logits by f16 rounding only (KL ≤ 1e-6, every greedy token kept).
+#[test]
+fn f16_tables_are_the_f32_tables_rounded_to_half() {
+    let (var, vae) = state_dicts();
+    let opts = |weights, t| PackOptions {
+        ada_tables: Some(t),
+        ..options(weights, false, None)
+    };
+    let t32 = packed(&var, &vae, &opts(WeightFormat::Int8, WeightFormat::F32));
+    let t16 = packed(&var, &vae, &opts(WeightFormat::Int8, WeightFormat::F16));
+    let tables: Vec<String> = entries(t16.as_bytes())
+        .into_iter()
+        .filter(|e| e.0.ends_with(".table"))
+        .map(|e| {
+            assert_eq!(e.1, TensorDType::F16, "{}", e.0);
+            e.0
+        })
+        .collect();
+    assert!(!tables.is_empty());
+    let mut saved = 0;
+    for name in &tables {
+        let (a, b) = (values(t32.as_bytes(), name), values(t16.as_bytes(), name));
+        saved += 2 * a.len();
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(half::f16::from_f32(*x).to_f32(), *y, "{name}");
+        }
+    }
+    assert!(t32.as_bytes().len() - t16.as_bytes().len() >= saved - 64 * tables.len());
+    // In an f32 model: f16 rounding of the AdaLN vectors only.
+    let plain = packed(&var, &vae, &options(WeightFormat::F32, false, None));
+    let f16 = packed(&var, &vae, &opts(WeightFormat::F32, WeightFormat::F16));
+    let r = compare(&plain, &f16);
+    for (k, s) in r.scales.iter().enumerate() {
+        assert_eq!(s.top1, s.tokens, "step {k}");
+        assert!(s.kl_max <= 1e-6, "step {k}: KL {:e}", s.kl_max);
+    }
+    // int8 is refused as a table format.
+    let err = pack(&var, &vae, &opts(WeightFormat::Int8, WeightFormat::Int8)).unwrap_err();
+    assert!(err.to_string().contains("f32 or f16"), "{err}");
+}
+
 #[test]
 fn pack_ada_table_and_inspect_on_the_command_line() {
     let dir = std::env::temp_dir().join(format!("srdd-ada-table-{}", std::process::id()));
@@ -171,7 +239,7 @@ fn pack_ada_table_and_inspect_on_the_command_line() {
         text.contains("blocks.0.ada_lin.table")
             && text.contains("head_nm.ada_lin.table")
             && text.contains(
-                "AdaLN tables (f32, one row per class label, in place of their Linears): 2 "
+                "AdaLN tables (one row per class label, in place of their Linears): 2 f32 "
             ),
         "{text}"
     );
