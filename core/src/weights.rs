@@ -159,8 +159,9 @@ pub struct Quantizer<'a> {
 
 /// A Linear whose only input is the condition `SiLU(class_emb[label])` (the AdaLN Linears): the
 /// Linear itself, or its output for every label, precomputed when the file was packed
-/// (`srdd-tools pack --ada-table`). With few classes the table is smaller than the weight and
-/// exact in f32; the two give the same vectors up to f32 rounding.
+/// (`srdd-tools pack --ada-table [f32|f16]`). With few classes the table is smaller than the
+/// weight; an f32 table gives the Linear's vectors up to f32 rounding, an f16 one up to f16
+/// rounding (the engine widens its rows exactly).
 #[derive(Clone, Copy, Debug)]
 pub enum ByLabel<'a> {
     /// The Linear (`C → out_dim`).
