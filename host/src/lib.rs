@@ -194,6 +194,35 @@ pub fn decode_png_rgb(reader: impl std::io::Read, name: &str) -> Result<Image, H
     decode_png_rgb_sized(reader, name, |_, _| Ok(()))
 }
 
+/// The palette checks the `png` decoder leaves out: its palette expansion indexes PLTE in whole
+/// RGB entries and tRNS against them, and panics on a PLTE that is not a whole number of
+/// entries or holds more than 256, or on a tRNS with more entries than the palette (found by the
+/// `png` fuzz target). The PNG specification forbids all three.
+fn check_palette(info: &png::Info<'_>) -> Result<(), String> {
+    let entries = match info.palette.as_deref() {
+        Some(p) if p.len() % 3 != 0 || p.len() > 3 * 256 => {
+            return Err(format!(
+                "PLTE chunk of {} bytes (whole RGB entries, at most 256)",
+                p.len()
+            ))
+        }
+        Some(p) => p.len() / 3,
+        None => 0,
+    };
+    if info.color_type == png::ColorType::Indexed {
+        if entries == 0 {
+            return Err("palette image without a PLTE chunk".into());
+        }
+        if let Some(t) = info.trns.as_deref().filter(|t| t.len() > entries) {
+            return Err(format!(
+                "tRNS chunk of {} entries for a palette of {entries}",
+                t.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// [`decode_png_rgb`] with the size check of [`read_png_rgb_sized`]: `accept` sees the header's
 /// width and height before any pixel is decoded.
 pub fn decode_png_rgb_sized(
@@ -208,6 +237,7 @@ pub fn decode_png_rgb_sized(
     let mut dec = png::Decoder::new(reader);
     dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = dec.read_info().map_err(|e| bad(e.to_string()))?;
+    check_palette(reader.info()).map_err(bad)?;
     let (w, h) = (reader.info().width as usize, reader.info().height as usize);
     accept(w, h)?;
     if w == 0 || h == 0 || w > 16384 || h > 16384 {
