@@ -41,7 +41,7 @@ fn checked_values(bytes: &[u8]) -> (usize, usize) {
         match e.dtype {
             TensorDType::F32 => n32 += numel,
             TensorDType::F16 => n16 += numel,
-            TensorDType::I8 => n32 += e.shape[0] as usize,
+            TensorDType::I8 | TensorDType::I8A16 => n32 += e.shape[0] as usize,
         }
     }
     (n32, n16)

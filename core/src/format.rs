@@ -50,6 +50,11 @@ pub enum TensorDType {
     /// int8 values with one f32 scale per output channel (first dimension), in the layout its
     /// [`WeightLayout`] names.
     I8,
+    /// An [`TensorDType::I8`] Linear weight whose Linear runs with two-pass ("a16") activations
+    /// ([`crate::kernels::PanelsI8::act16`]): the same bytes, a precision-plan choice that costs
+    /// int8 GEMM work instead of file bytes. Added after format v2's first files; an older
+    /// reader refuses such a file (an unknown dtype) rather than misreading it.
+    I8A16,
 }
 
 /// How the values of a tensor are laid out.
@@ -83,7 +88,7 @@ impl TensorDType {
         match self {
             TensorDType::F32 => 4,
             TensorDType::F16 => 2,
-            TensorDType::I8 => 1,
+            TensorDType::I8 | TensorDType::I8A16 => 1,
         }
     }
 }
@@ -497,7 +502,7 @@ impl<'a> TensorSource<'a> for FileSource<'a> {
                 }
                 Ok(TableRows::F16(v))
             }
-            TensorDType::I8 => Err(Error::TensorMismatch {
+            TensorDType::I8 | TensorDType::I8A16 => Err(Error::TensorMismatch {
                 index,
                 what: "an AdaLN table must be f32 or f16",
             }),
@@ -521,7 +526,9 @@ impl<'a> TensorSource<'a> for FileSource<'a> {
         let allowed = match e.dtype {
             TensorDType::F32 => true,
             TensorDType::F16 => self.weights != crate::config::WeightFormat::F32,
-            TensorDType::I8 => self.weights == crate::config::WeightFormat::Int8,
+            TensorDType::I8 | TensorDType::I8A16 => {
+                self.weights == crate::config::WeightFormat::Int8
+            }
         };
         if !allowed {
             return Err(Error::TensorMismatch {
@@ -530,7 +537,7 @@ impl<'a> TensorSource<'a> for FileSource<'a> {
             });
         }
         let layout = match e.dtype {
-            TensorDType::I8 => WeightLayout::PANELS,
+            TensorDType::I8 | TensorDType::I8A16 => WeightLayout::PANELS,
             TensorDType::F32 | TensorDType::F16 => WeightLayout::Plain,
         };
         if e.layout != layout {
@@ -548,7 +555,13 @@ impl<'a> TensorSource<'a> for FileSource<'a> {
                 }
                 Weight::F16(v)
             }
-            TensorDType::I8 => {
+            TensorDType::I8 | TensorDType::I8A16 => {
+                if e.dtype == TensorDType::I8A16 && shape.len() != 2 {
+                    return Err(Error::TensorMismatch {
+                        index,
+                        what: "two-pass activations (i8a16) apply to Linear weights only",
+                    });
+                }
                 // Linear [out, in]: one packed weight; conv [out, in, kh, kw]: kh of them.
                 let (rows, k, groups) = match *shape {
                     [rows, k] => (rows, k, 1),
@@ -566,12 +579,12 @@ impl<'a> TensorSource<'a> for FileSource<'a> {
                     .map_err(|_| Error::TensorOutOfBounds { index })?;
                 // int8 codes are always finite; their scales are f32 and are checked.
                 let scales = finite_f32(index, scales)?;
-                Weight::I8(PanelsI8::new(q, scales, rows, k, groups).ok_or(
-                    Error::TensorMismatch {
+                let panels =
+                    PanelsI8::new(q, scales, rows, k, groups).ok_or(Error::TensorMismatch {
                         index,
                         what: "int8 panel lengths differ from the shape",
-                    },
-                )?)
+                    })?;
+                Weight::I8(panels.with_act16(e.dtype == TensorDType::I8A16))
             }
         })
     }
@@ -663,6 +676,69 @@ mod tests {
             bytes[f32_at..f32_at + 4].copy_from_slice(&value.to_le_bytes());
             reseal(bytes);
             assert!(Model::from_bytes(bytes).is_ok(), "{value}");
+        }
+    }
+
+    /// Byte offset in `bytes` and the entry itself of the first table entry `pick` accepts.
+    fn find_entry(
+        bytes: &[u8],
+        pick: impl Fn(&TensorEntry<'_>) -> bool,
+    ) -> (usize, usize, TensorEntry<'static>) {
+        let file = parse(bytes).unwrap();
+        let mut table = file.table;
+        for index in 0..file.header.tensor_count as usize {
+            let at = table.as_ptr() as usize - bytes.as_ptr() as usize;
+            let (e, rest) = postcard::take_from_bytes::<TensorEntry<'_>>(table).unwrap();
+            table = rest;
+            if pick(&e) {
+                let name: &'static str = std::boxed::Box::leak(e.name.into());
+                return (index, at, TensorEntry { name, ..e });
+            }
+        }
+        panic!("no such entry");
+    }
+
+    /// Two-pass activations are a Linear's: a conv entry tagged `I8A16` is refused, a Linear's
+    /// loads as the int8 weight with `act16` set, and untagged int8 has it off.
+    #[test]
+    fn two_pass_activations_load_on_linears_only() {
+        let n = BUILTIN.0.len();
+        let int8 = |e: &TensorEntry<'_>| matches!(e.dtype, TensorDType::I8 | TensorDType::I8A16);
+        let retagged = |pick: &dyn Fn(&TensorEntry<'_>) -> bool, dtype| {
+            let (index, at, e) = find_entry(&BUILTIN.0, pick);
+            let mut words = aligned_copy(&BUILTIN.0);
+            let bytes = &mut bytemuck::cast_slice_mut::<_, u8>(&mut words)[..n];
+            let mut old = [0u8; 256];
+            let old_len = postcard::to_slice(&e, &mut old).unwrap().len();
+            let mut new = [0u8; 256];
+            let new = postcard::to_slice(&TensorEntry { dtype, ..e.clone() }, &mut new).unwrap();
+            assert_eq!(new.len(), old_len, "same encoded length");
+            bytes[at..at + old_len].copy_from_slice(new);
+            reseal(bytes);
+            (index, e.name, words)
+        };
+        let (index, name, words) = retagged(&|e| int8(e) && e.shape.len() == 4, TensorDType::I8A16);
+        let bytes = &bytemuck::cast_slice::<_, u8>(&words)[..n];
+        let err = Model::from_bytes(bytes).err();
+        assert_eq!(
+            err,
+            Some(Error::TensorMismatch {
+                index: index as u32,
+                what: "two-pass activations (i8a16) apply to Linear weights only",
+            }),
+            "{name}"
+        );
+        for dtype in [TensorDType::I8A16, TensorDType::I8] {
+            let pick = |e: &TensorEntry<'_>| int8(e) && e.name == "blocks.3.ffn.fc2.weight";
+            let (_, name, words) = retagged(&pick, dtype);
+            let bytes = &bytemuck::cast_slice::<_, u8>(&words)[..n];
+            let m = Model::from_bytes(bytes).expect("loads");
+            match m.weights.var.blocks[3].fc2.w {
+                crate::kernels::Weight::I8(p) => {
+                    assert_eq!(p.act16, dtype == TensorDType::I8A16, "{name}")
+                }
+                _ => panic!("{name} is int8"),
+            }
         }
     }
 

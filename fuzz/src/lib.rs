@@ -187,12 +187,13 @@ fn mutate<'a>(p: &mut Parts<'a>, names: &[&'a str], inp: &mut Input<'_>) {
         // A tensor's dtype or layout.
         4 if n > 0 => {
             let e = &mut p.entries[inp.u16() as usize % n];
-            match inp.u8() % 6 {
+            match inp.u8() % 7 {
                 0 => e.dtype = TensorDType::F32,
                 1 => e.dtype = TensorDType::F16,
                 2 => e.dtype = TensorDType::I8,
                 3 => e.layout = WeightLayout::Plain,
                 4 => e.layout = WeightLayout::PANELS,
+                5 => e.dtype = TensorDType::I8A16,
                 _ => {
                     e.layout = WeightLayout::Panels {
                         nr: inp.u8(),

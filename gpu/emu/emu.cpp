@@ -274,6 +274,7 @@ const std::vector<Entry>& registry() {
         K(qkv_post),        K(kv_to_cache),        K(gelu_inplace),    K(residual_gamma),
         K(add_inplace),     K(upsample2),          K(vae_attn_scores), K(softmax_rows),
         K(vae_attn_out),    K(to_rgb_rows),       K(rows_by_label),
+        K(quantize_residual_rows),
     };
     return r;
 }

@@ -126,11 +126,12 @@ __device__ __forceinline__ float linear_out(int acc, float sx, float sw, float b
 
 // y[m·ldy + n] = acc[m][n] · (sx[m] · sw[o0 + n]) + bias[n] for the Linear view of channels
 // o0 .. o0 + N of a packed weight (`rows` channels, `k4` words per channel): the CPU's
-// int8_outputs. 128 threads, grid (ceil(N / 64), ceil(M / 64)).
+// int8_outputs; with `accumulate` (the residual pass of two-pass activations) the term is added
+// to y instead of the bias. 128 threads, grid (ceil(N / 64), ceil(M / 64)).
 extern "C" __global__ void __launch_bounds__(128)
 linear_i8_mma(const int* __restrict__ a, int lda, int M, const int* __restrict__ w, int k4, int rows,
               int o0, int N, const float* __restrict__ sx, const float* __restrict__ sw,
-              const float* __restrict__ bias, float* __restrict__ y, int ldy) {
+              const float* __restrict__ bias, float* __restrict__ y, int ldy, int accumulate) {
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     int m_base = blockIdx.y * I8_TM, n_base = blockIdx.x * I8_TN;
     int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
@@ -144,9 +145,11 @@ linear_i8_mma(const int* __restrict__ a, int lda, int M, const int* __restrict__
             for (int e = 0; e < 4; e++) {
                 int m = m_base + wm + mi * 16 + g + (e >> 1) * 8;
                 int n = n_base + wn + ni * 8 + t * 2 + (e & 1);
-                if (m < M && n < N)
-                    y[(size_t)m * ldy + n] =
-                        linear_out(acc[mi][ni][e], sx[m], sw[o0 + n], bias ? bias[n] : 0.0f);
+                if (m < M && n < N) {
+                    float* out = y + (size_t)m * ldy + n;
+                    *out = linear_out(acc[mi][ni][e], sx[m], sw[o0 + n],
+                                      accumulate ? *out : bias ? bias[n] : 0.0f);
+                }
             }
 }
 
@@ -155,7 +158,7 @@ linear_i8_mma(const int* __restrict__ a, int lda, int M, const int* __restrict__
 extern "C" __global__ void __launch_bounds__(128)
 linear_i8_dp4a(const int* __restrict__ a, int lda, int M, const int* __restrict__ w, int k4, int rows,
                int o0, int N, const float* __restrict__ sx, const float* __restrict__ sw,
-               const float* __restrict__ bias, float* __restrict__ y, int ldy) {
+               const float* __restrict__ bias, float* __restrict__ y, int ldy, int accumulate) {
     __shared__ int as[I8_TM * DP_SP];
     __shared__ int ws[I8_TN * DP_SP];
     int tid = threadIdx.x;
@@ -193,9 +196,11 @@ linear_i8_dp4a(const int* __restrict__ a, int lda, int M, const int* __restrict_
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             int m = m_base + tr * 8 + i, n = n_base + tc * 4 + j;
-            if (m < M && n < N)
-                y[(size_t)m * ldy + n] =
-                    linear_out(acc[i][j], sx[m], sw[o0 + n], bias ? bias[n] : 0.0f);
+            if (m < M && n < N) {
+                float* out = y + (size_t)m * ldy + n;
+                *out = linear_out(acc[i][j], sx[m], sw[o0 + n],
+                                  accumulate ? *out : bias ? bias[n] : 0.0f);
+            }
         }
 }
 

@@ -36,6 +36,28 @@ extern "C" __global__ void quantize_rows(const float* __restrict__ x, int ldx, i
     if (threadIdx.x == 0) scales[r] = s;
 }
 
+// The second pass of two-pass ("a16") activations (the CPU's quantize_residual): row r's codes
+// q1 under scale s1 = scales[r] become the codes of the residual x − q1·s1 under s1 / 254, which
+// replaces the scale; every step one correctly rounded operation, as there. A zero, non-finite
+// or too small s1 gives all codes 0. One block per row.
+extern "C" __global__ void quantize_residual_rows(const float* __restrict__ x, int ldx, int k,
+                                                  int kp, i8* __restrict__ q,
+                                                  float* __restrict__ scales) {
+    int r = blockIdx.x;
+    float s1 = scales[r];
+    // Every thread holds s1 before thread 0 replaces it.
+    __syncthreads();
+    float inv = __fdiv_rn(254.0f, s1);
+    bool on = s1 > 0.0f && !isinf(inv);
+    const float* xr = x + (size_t)r * ldx;
+    i8* qr = q + (size_t)r * kp;
+    for (int i = threadIdx.x; i < k; i += blockDim.x) {
+        float res = __fsub_rn(xr[i], __fmul_rn((float)qr[i], s1));
+        qr[i] = on ? quant_code(res, inv) : (i8)0;
+    }
+    if (threadIdx.x == 0) scales[r] = __fdiv_rn(s1, 254.0f);
+}
+
 // Quantizes each input row `iy` of a channel-major `cin × h × w` map over all its channels (the
 // CPU int8 conv's scale) into pixel-major codes qt[iy][(pad + ix)·cin + ci], `rowb` bytes per
 // row, the `pad` columns on either side zero. One block per input row.

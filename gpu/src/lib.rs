@@ -29,8 +29,8 @@ pub mod ops;
 pub mod ptx;
 
 pub use check::{
-    backend_ops, forward_vs_cpu, nmse, psnr_db, ForwardCheck, OpCheck, F32_BOUND, IMAGE_PSNR_DB,
-    INT8_BOUND,
+    backend_ops, forward_vs_cpu, nmse, psnr_db, ForwardCheck, OpCheck, A16_BOUND, F32_BOUND,
+    IMAGE_PSNR_DB, INT8_BOUND,
 };
 pub use driver::{driver_present, DevBuf, Gpu};
 pub use error::{GpuError, Result};

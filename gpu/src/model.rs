@@ -25,6 +25,8 @@ pub(crate) enum DevWeight {
         k4: usize,
         /// Words between two kernel rows' packed weights (convs).
         group_words: usize,
+        /// Two-pass activations (`PanelsI8::act16`, Linears only).
+        act16: bool,
     },
 }
 
@@ -39,6 +41,7 @@ fn weight(gpu: &Gpu, w: &Weight<'_>, rows: usize, k: usize) -> Result<DevWeight>
             scales: gpu.upload(p.scales)?,
             k4: k.div_ceil(4),
             group_words: panels_len(rows, k) / 4,
+            act16: p.act16,
         },
     })
 }

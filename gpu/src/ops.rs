@@ -40,7 +40,8 @@ impl QuantScratch {
 }
 
 /// `y[m·ldy + o] = x[m·ldx ..] · Wᵀ + b` for `m` rows (f32/f16 weights in f32; int8 weights
-/// with each row quantized as the CPU does and the exact i32 sums).
+/// with each row quantized as the CPU does and the exact i32 sums; two-pass activations add the
+/// residual pass, as the CPU).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn linear(
     gpu: &Gpu,
@@ -73,46 +74,59 @@ pub(crate) fn linear(
                 .i(ldy);
             gpu.launch("linear_f", grid, 256, 0, &a)
         }
-        DevWeight::I8 { q, scales, k4, .. } => {
+        DevWeight::I8 {
+            q,
+            scales,
+            k4,
+            act16,
+            ..
+        } => {
             if m > s.rows || 4 * k4 > s.row_bytes {
                 return Err(GpuError::Unsupported(
                     "a Linear larger than its planned scratch",
                 ));
             }
-            let a = Args::new()
-                .p(x)
-                .i(ldx)
-                .i(l.in_dim)
-                .i(4 * k4)
-                .p(s.codes.ptr())
-                .p(s.scales.ptr());
-            gpu.launch(
-                "quantize_rows",
-                (m as u32, 1, 1),
-                gpu.reduce_threads(),
-                0,
-                &a,
-            )?;
-            let a = Args::new()
-                .p(s.codes.ptr())
-                .i(*k4)
-                .i(m)
-                .p(q.ptr())
-                .i(*k4)
-                .i(l.out_dim)
-                .i(0)
-                .i(l.out_dim)
-                .p(s.scales.ptr())
-                .p(scales.ptr())
-                .p(bias)
-                .p(y)
-                .i(ldy);
-            let k = if gpu.int8_tensor_cores() {
-                "linear_i8_mma"
-            } else {
-                "linear_i8_dp4a"
+            let quantize = |kernel: &'static str| {
+                let a = Args::new()
+                    .p(x)
+                    .i(ldx)
+                    .i(l.in_dim)
+                    .i(4 * k4)
+                    .p(s.codes.ptr())
+                    .p(s.scales.ptr());
+                gpu.launch(kernel, (m as u32, 1, 1), gpu.reduce_threads(), 0, &a)
             };
-            gpu.launch(k, grid, 128, 0, &a)
+            let outputs = |accumulate: bool| {
+                let a = Args::new()
+                    .p(s.codes.ptr())
+                    .i(*k4)
+                    .i(m)
+                    .p(q.ptr())
+                    .i(*k4)
+                    .i(l.out_dim)
+                    .i(0)
+                    .i(l.out_dim)
+                    .p(s.scales.ptr())
+                    .p(scales.ptr())
+                    .p(bias)
+                    .p(y)
+                    .i(ldy)
+                    .i(accumulate as usize);
+                let k = if gpu.int8_tensor_cores() {
+                    "linear_i8_mma"
+                } else {
+                    "linear_i8_dp4a"
+                };
+                gpu.launch(k, grid, 128, 0, &a)
+            };
+            quantize("quantize_rows")?;
+            outputs(false)?;
+            if *act16 {
+                // The residual pass: the codes and scales are replaced in place.
+                quantize("quantize_residual_rows")?;
+                outputs(true)?;
+            }
+            Ok(())
         }
     }
 }

@@ -23,6 +23,7 @@ pub const FILES: [(&str, &str); 8] = [
 /// Every `extern "C"` kernel the backend launches (each is looked up when a device opens).
 pub const KERNELS: &[&str] = &[
     "quantize_rows",
+    "quantize_residual_rows",
     "quantize_conv_rows",
     "linear_i8_mma",
     "linear_i8_dp4a",

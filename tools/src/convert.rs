@@ -117,29 +117,35 @@ pub struct PackOptions {
     pub ada_tables: Option<WeightFormat>,
 }
 
-/// `--keep PATTERN[=f16|f32]`: Linear/Conv weights whose canonical name matches `PATTERN` (`*`
-/// matches any run of characters, e.g. `blocks.*.ffn.fc1.weight`) are stored as `format`.
+/// `--keep PATTERN[=f16|f32|a16]`: Linear/Conv weights whose canonical name matches `PATTERN`
+/// (`*` matches any run of characters, e.g. `blocks.*.ffn.fc1.weight`) are stored as `format`;
+/// `a16` keeps the matching Linear weights int8 and runs their Linears with two-pass
+/// activations (`TensorDType::I8A16`; conv weights never match an `a16` rule).
 #[derive(Clone, Debug, PartialEq)]
 pub struct KeepRule {
     /// Canonical tensor name, with `*` wildcards.
     pub pattern: String,
-    /// Storage format: f16 or f32, more precise than the file's weight format.
+    /// Storage format: f16 or f32, more precise than the file's weight format; int8 with
+    /// `act16`.
     pub format: WeightFormat,
+    /// Two-pass activations for int8 Linear weights (`=a16`; `format` is then int8).
+    pub act16: bool,
 }
 
 impl KeepRule {
-    /// Parses `PATTERN[=f16|f32]` (f16 when no format is given: half the bytes of f32, and
+    /// Parses `PATTERN[=f16|f32|a16]` (f16 when no format is given: half the bytes of f32, and
     /// within f16's rounding of the float model).
     pub fn parse(text: &str) -> Result<KeepRule, ConvertError> {
-        let (pattern, format) = match text.rsplit_once('=') {
-            Some((p, "f16")) => (p, WeightFormat::F16),
-            Some((p, "f32")) => (p, WeightFormat::F32),
+        let (pattern, format, act16) = match text.rsplit_once('=') {
+            Some((p, "f16")) => (p, WeightFormat::F16, false),
+            Some((p, "f32")) => (p, WeightFormat::F32, false),
+            Some((p, "a16")) => (p, WeightFormat::Int8, true),
             Some((_, f)) => {
                 return Err(ConvertError::Keep(format!(
-                    "{text}: format {f:?} is not f16 or f32"
+                    "{text}: format {f:?} is not f16, f32 or a16"
                 )))
             }
-            None => (text, WeightFormat::F16),
+            None => (text, WeightFormat::F16, false),
         };
         if pattern.is_empty() {
             return Err(ConvertError::Keep(format!("{text}: empty tensor name")));
@@ -147,6 +153,7 @@ impl KeepRule {
         Ok(KeepRule {
             pattern: pattern.to_string(),
             format,
+            act16,
         })
     }
 
@@ -158,7 +165,12 @@ impl KeepRule {
 
 impl fmt::Display for KeepRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={}", self.pattern, format_name(self.format))
+        let format = if self.act16 {
+            "a16"
+        } else {
+            format_name(self.format)
+        };
+        write!(f, "{}={format}", self.pattern)
     }
 }
 
@@ -686,7 +698,13 @@ fn plan_pack<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
     };
     let cat = catalog(&cfg, opts.ada_tables.is_some())?;
     for r in &opts.keep {
-        if precision_rank(r.format) <= precision_rank(cfg.weights) {
+        if r.act16 {
+            if cfg.weights != WeightFormat::Int8 {
+                return Err(ConvertError::Keep(format!(
+                    "{r}: two-pass activations need int8 weights (--weights int8)"
+                )));
+            }
+        } else if precision_rank(r.format) <= precision_rank(cfg.weights) {
             return Err(ConvertError::Keep(format!(
                 "{r}: not more precise than the file's weights ({})",
                 format_name(cfg.weights)
@@ -750,17 +768,18 @@ fn plan_pack<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
         }
         let numel: usize = e.shape.iter().product();
         let phi = e.name.starts_with("quantize.quant_resi.");
-        let fmt = if e.is_weight && !phi {
-            let mut fmt = cfg.weights;
+        let (fmt, act16) = if e.is_weight && !phi {
+            let (mut fmt, mut act16) = (cfg.weights, false);
             for (i, r) in opts.keep.iter().enumerate() {
-                if r.matches(&e.name) {
+                // Two-pass activations are a Linear's: an `a16` rule passes over conv weights.
+                if r.matches(&e.name) && !(r.act16 && e.shape.len() != 2) {
                     matched[i] = true;
-                    fmt = r.format;
+                    (fmt, act16) = (r.format, r.act16);
                 }
             }
-            fmt
+            (fmt, act16)
         } else {
-            WeightFormat::F32
+            (WeightFormat::F32, false)
         };
         let fake_quant = opts.fake_quant && fmt == WeightFormat::Int8;
         let fmt = if fake_quant { WeightFormat::F32 } else { fmt };
@@ -770,7 +789,11 @@ fn plan_pack<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
             WeightFormat::Int8 => {
                 let (groups, k) = int8_dims(&e.shape);
                 (
-                    TensorDType::I8,
+                    if act16 {
+                        TensorDType::I8A16
+                    } else {
+                        TensorDType::I8
+                    },
                     groups * panels_len(e.shape[0], k),
                     e.shape[0] * 4,
                 )
@@ -832,7 +855,7 @@ fn plan_pack<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
             name: &p.name,
             dtype: p.dtype,
             layout: match p.dtype {
-                TensorDType::I8 => WeightLayout::PANELS,
+                TensorDType::I8 | TensorDType::I8A16 => WeightLayout::PANELS,
                 TensorDType::F32 | TensorDType::F16 => WeightLayout::Plain,
             },
             shape: p.shape.iter().map(|&d| d as u32).collect(),
@@ -1096,7 +1119,7 @@ impl PackPlan {
                         out.put(bytemuck::cast_slice(&h))?;
                     }
                 }
-                TensorDType::I8 => {
+                TensorDType::I8 | TensorDType::I8A16 => {
                     // One scale per output channel (rows are quantized independently, so row by
                     // row gives what the whole tensor gives), then the kernels' panel layout.
                     let rows = p.shape[0];

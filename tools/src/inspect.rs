@@ -184,7 +184,8 @@ pub fn parameter_counts(entries: &[TensorEntry<'_>]) -> Vec<(&'static str, u64)>
 /// (the Phi convolutions, always f32, are not among them) the count and bytes (int8 scales
 /// included), and the weights stored other than as the file's weight format (the kept ones).
 pub struct PrecisionPlan {
-    /// `(format, count, bytes)` for int8, f16, f32.
+    /// `(format, count, bytes)` for int8, f16, f32 and i8a16 (int8 with two-pass activations,
+    /// `pack --keep NAME=a16`).
     pub formats: Vec<(&'static str, usize, u64)>,
     /// `(name, format, bytes)` of every weight not stored in the file's weight format.
     pub kept: Vec<(String, &'static str, u64)>,
@@ -205,7 +206,12 @@ pub fn precision_plan(
         .map(|e| e.name)
         .collect();
     let mut p = PrecisionPlan {
-        formats: vec![("int8", 0, 0), ("f16", 0, 0), ("f32", 0, 0)],
+        formats: vec![
+            ("int8", 0, 0),
+            ("f16", 0, 0),
+            ("f32", 0, 0),
+            ("i8a16", 0, 0),
+        ],
         kept: Vec::new(),
         ada_tables: entries
             .iter()
@@ -217,7 +223,7 @@ pub fn precision_plan(
     for e in entries.iter().filter(|e| weights.contains(e.name)) {
         let f = dtype_name(e.dtype);
         // An int8 weight carries one f32 scale per output channel.
-        let scales = if e.dtype == TensorDType::I8 {
+        let scales = if matches!(e.dtype, TensorDType::I8 | TensorDType::I8A16) {
             e.shape.first().copied().unwrap_or(0) as u64 * 4
         } else {
             0
@@ -249,6 +255,7 @@ pub fn dtype_name(d: TensorDType) -> &'static str {
         TensorDType::F32 => "f32",
         TensorDType::F16 => "f16",
         TensorDType::I8 => "int8",
+        TensorDType::I8A16 => "i8a16",
     }
 }
 
@@ -370,7 +377,10 @@ pub fn report(bytes: &[u8], as_json: bool) -> Result<String, srdd_core::Error> {
     );
     let _ = write!(s, "precision plan (Linear/Conv weights):");
     for (f, n, b) in &plan.formats {
-        let _ = write!(s, "  {f} {n} ({b} B)");
+        // Two-pass int8 is listed only where a plan uses it.
+        if *f != "i8a16" || *n > 0 {
+            let _ = write!(s, "  {f} {n} ({b} B)");
+        }
     }
     let _ = writeln!(s);
     for (n, f, b) in &plan.kept {

@@ -90,6 +90,7 @@ pub fn transformer_plan() -> Vec<KeepRule> {
         .map(|p| KeepRule {
             pattern: p.to_string(),
             format: WeightFormat::F16,
+            act16: false,
         })
         .collect()
 }

@@ -432,12 +432,15 @@ pub fn auto_plan_on<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
                 Part::Var => var_open,
                 Part::Decoder => dec_open,
             };
-            if !open || !e.is_weight || user.iter().any(|r| r.matches(n)) {
+            // A weight a user rule keeps in float is settled; one it keeps int8 with two-pass
+            // activations (`=a16`) still is a candidate for the float format.
+            if !open || !e.is_weight || user.iter().any(|r| r.matches(n) && !r.act16) {
                 continue;
             }
             let rule = KeepRule {
                 pattern: e.name.clone(),
                 format: auto.format,
+                act16: false,
             };
             let mut keep = state.clone();
             keep.push(rule);
@@ -470,6 +473,7 @@ pub fn auto_plan_on<V: TensorStore + ?Sized, A: TensorStore + ?Sized>(
             let rule = KeepRule {
                 pattern: c.name.clone(),
                 format: auto.format,
+                act16: false,
             };
             let mut keep = state.clone();
             keep.push(rule.clone());

@@ -650,7 +650,7 @@ fn tensors(bytes: &[u8]) -> Result<Vec<(String, Vec<f32>)>, srdd_core::Error> {
                 .chunks_exact(2)
                 .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
                 .collect(),
-            TensorDType::I8 => {
+            TensorDType::I8 | TensorDType::I8A16 => {
                 // Linear [out, in]: one packed weight; conv [out, in, kh, kw]: one per kernel
                 // row, input index kx·cin + ci (as the loader reads them).
                 let s: Vec<usize> = e.shape.iter().map(|d| *d as usize).collect();

@@ -156,7 +156,7 @@ fn values(bytes: &[u8], name: &str) -> Vec<f32> {
                     .chunks_exact(2)
                     .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
                     .collect(),
-                TensorDType::I8 => panic!("{name} is int8"),
+                TensorDType::I8 | TensorDType::I8A16 => panic!("{name} is int8"),
             };
         }
     }

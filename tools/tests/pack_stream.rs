@@ -135,7 +135,7 @@ fn reference_pack(var: &StateDict, vae: &StateDict, opts: &PackOptions) -> Vec<u
             name: &p.name,
             dtype: p.dtype,
             layout: match p.dtype {
-                TensorDType::I8 => WeightLayout::PANELS,
+                TensorDType::I8 | TensorDType::I8A16 => WeightLayout::PANELS,
                 TensorDType::F32 | TensorDType::F16 => WeightLayout::Plain,
             },
             shape: p.shape.iter().map(|&d| d as u32).collect(),

@@ -91,13 +91,75 @@ fn bad_rules_are_refused_in_one_line() {
         assert!(msg.contains(needle), "{msg}");
         assert!(!msg.contains('\n'), "{msg}");
     };
-    refused(WeightFormat::Int8, &["head.weight=int4"], "not f16 or f32");
+    refused(
+        WeightFormat::Int8,
+        &["head.weight=int4"],
+        "not f16, f32 or a16",
+    );
     refused(WeightFormat::Int8, &["=f16"], "empty tensor name");
     refused(WeightFormat::Int8, &["nope.*"], "matches no quantizable");
     // Norms and biases are float already; Phi convs always stay f32.
     refused(WeightFormat::Int8, &["blocks.0.ffn.fc1.bias"], "matches no");
     refused(WeightFormat::F16, &["head.weight=f16"], "not more precise");
     refused(WeightFormat::F32, &["head.weight=f32"], "not more precise");
+    // Two-pass activations are an int8 Linear's: not for float files, not for convs.
+    refused(WeightFormat::F16, &["head.weight=a16"], "need int8 weights");
+    refused(
+        WeightFormat::Int8,
+        &["decoder.conv_out.weight=a16"],
+        "matches no",
+    );
+}
+
+/// `--keep NAME=a16`: the Linear weights stay int8 byte for byte (only their dtype tag says
+/// two-pass activations), convs are passed over, and the forced run reaches the accuracy of
+/// the same int8 weights with f32 activations (the "int8 weights only" file), well below plain
+/// int8's error.
+#[test]
+fn two_pass_activations_cost_no_bytes_and_reach_the_weights_only_accuracy() {
+    let (var, vae) = state_dicts();
+    let opts = |weights, keep: &[&str], fake_quant| PackOptions {
+        weights,
+        patch_nums: Some(vec![1, 2, 3, 4, 6, 8]),
+        keep: keep.iter().map(|k| KeepRule::parse(k).unwrap()).collect(),
+        fake_quant,
+        ..PackOptions::default()
+    };
+    let int8 = pack(&var, &vae, &opts(WeightFormat::Int8, &[], false)).unwrap();
+    let a16 = pack(&var, &vae, &opts(WeightFormat::Int8, &["*=a16"], false)).unwrap();
+    let fake = pack(&var, &vae, &opts(WeightFormat::Int8, &[], true)).unwrap();
+    let float = pack(&var, &vae, &opts(WeightFormat::F32, &[], false)).unwrap();
+    assert_eq!(a16.len(), int8.len());
+    let (ei, ea) = (common::entries(&int8), common::entries(&a16));
+    let mut two_pass = 0;
+    for ((name, ti, shape), (_, ta, _)) in ei.iter().zip(&ea) {
+        let linear = *ti == TensorDType::I8 && shape.len() == 2;
+        let want = if linear { TensorDType::I8A16 } else { *ti };
+        assert_eq!(*ta, want, "{name}");
+        two_pass += linear as usize;
+    }
+    assert!(two_pass >= 5, "{two_pass} Linears");
+    assert!(ea.contains(&(
+        "head.weight".into(),
+        TensorDType::I8A16,
+        ei.iter().find(|e| e.0 == "head.weight").unwrap().2.clone()
+    )));
+    let load = |b: &[u8]| AlignedBytes::new(b);
+    let (f, i, a, w) = (load(&float), load(&int8), load(&a16), load(&fake));
+    let kl = |r: &srdd_tools::quant_report::Report| {
+        r.scales.iter().map(|s| s.kl_sum).sum::<f64>()
+            / r.scales.iter().map(|s| s.tokens).sum::<usize>() as f64
+    };
+    let (k_int8, k_a16, k_weights) = (
+        kl(&common::compare(&f, &i, 4)),
+        kl(&common::compare(&f, &a, 4)),
+        kl(&common::compare(&f, &w, 4)),
+    );
+    assert!(k_a16 < 0.6 * k_int8, "a16 KL {k_a16:e}, int8 {k_int8:e}");
+    assert!(
+        (k_a16 - k_weights).abs() < 0.05 * k_weights,
+        "a16 KL {k_a16:e}, weights only {k_weights:e}"
+    );
 }
 
 #[test]

@@ -9,8 +9,8 @@ use super::dot::dot_block_with;
 use super::gemm::{encode_activations, gemm_i8_with};
 use super::pack::PANEL_NR;
 use super::tests::{
-    bits, conv_on, int8_conv, int8_linear, linear_layer, linear_on, packed, storage_types, Lcg,
-    VAE_CONV_GEOMETRIES,
+    bits, conv_on, int8_conv, int8_linear, int8_linear_a16, linear_layer, linear_on, packed,
+    storage_types, Lcg, VAE_CONV_GEOMETRIES,
 };
 use super::*;
 use crate::parallel::Sequential;
@@ -300,7 +300,9 @@ fn linear_matches_the_reference_in_every_storage_type() {
         let scales: Vec<f32> = (0..dout).map(|_| 0.01 * (rng.next() + 1.5)).collect();
         let b = rng.vec(dout, 0.5);
         let p = packed(&q, dout, din);
-        for w in storage_types(&wf, &w16, int8_linear(&p, &scales, dout, din)) {
+        let int8 = int8_linear(&p, &scales, dout, din);
+        let a16 = int8_linear_a16(&p, &scales, dout, din);
+        for w in storage_types(&wf, &w16, int8).into_iter().chain([a16]) {
             let l = linear_layer(w, Some(&b), din, dout);
             let run = |isa: Isa| linear_on(isa, &Sequential, &x, n, &l);
             let reference = run(Isa::Scalar);
@@ -308,8 +310,7 @@ fn linear_matches_the_reference_in_every_storage_type() {
                 assert_eq!(
                     bits(&run(isa)),
                     bits(&reference),
-                    "{isa:?} {n}×{din}→{dout} {:?}",
-                    core::mem::discriminant(&w)
+                    "{isa:?} {n}×{din}→{dout} {w:?}",
                 );
             }
         }

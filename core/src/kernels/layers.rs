@@ -32,6 +32,11 @@ pub struct PanelsI8<'a> {
     pub k: usize,
     /// First output channel of this view.
     pub o0: usize,
+    /// Two-pass ("a16") activations: a Linear quantizes each input row, then the rounding
+    /// residual of that row under a scale 254 times finer, and adds the second GEMM's outputs
+    /// (`linear`'s docs). About 15 bits per activation for twice the int8 GEMM work; the
+    /// weight and its bytes are unchanged. Linear weights only.
+    pub act16: bool,
 }
 
 impl<'a> PanelsI8<'a> {
@@ -50,7 +55,13 @@ impl<'a> PanelsI8<'a> {
             rows,
             k,
             o0: 0,
+            act16: false,
         })
+    }
+
+    /// The same weight with two-pass activations on or off (see [`PanelsI8::act16`]).
+    pub fn with_act16(self, act16: bool) -> Self {
+        PanelsI8 { act16, ..self }
     }
 
     /// The packed weight of kernel row `g` (a conv's `ky`; 0 for a Linear).

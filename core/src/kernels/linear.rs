@@ -2,9 +2,9 @@
 //! its scratch type and scratch-size function.
 
 use super::dot::{dot, dot_block_lanes, dot_block_with, dot_f16, f16_to_f32, reduce_lanes};
-use super::gemm::{act_row_len, encode_activations, gemm_i8_with};
+use super::gemm::{act_row_len, encode_activations, gemm_i8_with, wants_offset_activations};
 use super::layers::{Linear, PanelsI8, Weight};
-use super::quant::quantize_row_with;
+use super::quant::{quantize_residual, quantize_row_with};
 use super::Isa;
 use crate::parallel::{for_rows, split, split_count, Parallel, SharedMut};
 
@@ -80,7 +80,9 @@ fn blocked_outputs<T, A: Copy, P: Copy>(
 }
 
 /// `y[t] = x[t] Wᵀ + b` for `n` rows; x is `n × in_dim`, y is `n × out_dim`, both row-major.
-/// int8 weights use int8 activations quantized per row and i32 accumulation. Output channels are
+/// int8 weights use int8 activations quantized per row and i32 accumulation; with two-pass
+/// activations ([`PanelsI8::act16`]) each row's rounding residual is quantized too and a second
+/// GEMM adds `acc₂ · (s₂ · s_w) ` to every output (bias once, in the first). Output channels are
 /// split across `par`'s tasks; every value is computed exactly as the sequential loop would.
 /// Runs on [`Isa::active`].
 pub fn linear(
@@ -150,7 +152,29 @@ pub fn linear_with(
         }),
         Weight::I8(wp) => {
             let lda = quantize_activations(isa, par, x, n, din, s);
-            int8_outputs(isa, par, (&s.q[..n * lda], lda, &s.f[..n]), n, l, &wp, &y);
+            int8_outputs(
+                isa,
+                par,
+                (&s.q[..n * lda], lda, &s.f[..n]),
+                n,
+                l,
+                &wp,
+                &y,
+                false,
+            );
+            if wp.act16 {
+                quantize_residuals(isa, par, x, n, din, lda, s);
+                int8_outputs(
+                    isa,
+                    par,
+                    (&s.q[..n * lda], lda, &s.f[..n]),
+                    n,
+                    l,
+                    &wp,
+                    &y,
+                    true,
+                );
+            }
         }
     }
 }
@@ -278,8 +302,39 @@ fn quantize_activations(
     lda
 }
 
+/// Replaces the codes and scales that [`quantize_activations`] left in `s` by those of each row's
+/// rounding residual ([`quantize_residual`]), in place: the second pass of two-pass activations.
+fn quantize_residuals(
+    isa: Isa,
+    par: &dyn Parallel,
+    x: &[f32],
+    n: usize,
+    din: usize,
+    lda: usize,
+    s: &mut LinearScratch<'_>,
+) {
+    let (rows, scales) = (
+        SharedMut::new(&mut s.q[..n * lda]),
+        SharedMut::new(&mut s.f[..n]),
+    );
+    let offset = wants_offset_activations(isa);
+    for_rows(par, n, din, &|lo, hi| {
+        for t in lo..hi {
+            // SAFETY: row t (and its scale) belongs to this call only.
+            let (qrow, st) = unsafe { (rows.slice(t * lda, din), scales.get_mut(t)) };
+            if offset {
+                qrow.iter_mut().for_each(|v| *v = (*v as u8 ^ 0x80) as i8);
+            }
+            *st = quantize_residual(&x[t * din..(t + 1) * din], *st, qrow);
+            encode_activations(isa, qrow);
+        }
+    });
+}
+
 /// The outputs of an int8 Linear from quantized activations `(codes, stride, scales)`:
-/// `y[t][o] = acc · (scale_t · scale_o) + b[o]`, output channels split over `par`'s tasks.
+/// `y[t][o] = acc · (scale_t · scale_o) + b[o]`, output channels split over `par`'s tasks; with
+/// `accumulate`, `y[t][o] = acc · (scale_t · scale_o) + y[t][o]` (the residual pass).
+#[allow(clippy::too_many_arguments)]
 fn int8_outputs(
     isa: Isa,
     par: &dyn Parallel,
@@ -288,6 +343,7 @@ fn int8_outputs(
     l: &Linear<'_>,
     wp: &PanelsI8<'_>,
     y: &SharedMut<'_, f32>,
+    accumulate: bool,
 ) {
     let dout = l.out_dim;
     let tasks = split_count(dout, par.width() * 4, 16);
@@ -301,6 +357,11 @@ fn int8_outputs(
             // Zipped slices, no per-value branch: the loop vectorizes.
             let ys = yr.iter_mut().zip(sums).zip(scales);
             match l.b {
+                _ if accumulate => {
+                    for ((yv, acc), so) in ys {
+                        *yv = *acc as f32 * (st * so) + *yv;
+                    }
+                }
                 Some(b) => {
                     for (((yv, acc), so), bv) in ys.zip(&b[o..o + sums.len()]) {
                         *yv = *acc as f32 * (st * so) + bv;
@@ -328,9 +389,11 @@ pub fn linear_shared<const N: usize>(
 ) {
     let isa = Isa::active();
     let din = outs.first().map_or(0, |(l, _)| l.in_dim);
+    let act16 = |l: &Linear<'_>| matches!(l.w, Weight::I8(wp) if wp.act16);
+    let first_act16 = outs.first().is_some_and(|(l, _)| act16(l));
     let all_int8 = outs
         .iter()
-        .all(|(l, _)| matches!(l.w, Weight::I8(_)) && l.in_dim == din);
+        .all(|(l, _)| matches!(l.w, Weight::I8(_)) && l.in_dim == din && act16(l) == first_act16);
     if !all_int8 || N < 2 {
         for (l, y) in outs.iter_mut() {
             linear_with(isa, par, x, n, l, y, s);
@@ -338,10 +401,62 @@ pub fn linear_shared<const N: usize>(
         return;
     }
     let lda = quantize_activations(isa, par, &x[..n * din], n, din, s);
-    for (l, y) in outs.iter_mut() {
-        if let Weight::I8(wp) = l.w {
-            let y = SharedMut::new(&mut y[..n * l.out_dim]);
-            int8_outputs(isa, par, (&s.q[..n * lda], lda, &s.f[..n]), n, l, &wp, &y);
+    let passes: &[bool] = if first_act16 {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    for &accumulate in passes {
+        if accumulate {
+            quantize_residuals(isa, par, &x[..n * din], n, din, lda, s);
         }
+        for (l, y) in outs.iter_mut() {
+            if let Weight::I8(wp) = l.w {
+                let y = SharedMut::new(&mut y[..n * l.out_dim]);
+                let codes = (&s.q[..n * lda], lda, &s.f[..n]);
+                int8_outputs(isa, par, codes, n, l, &wp, &y, accumulate);
+            }
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    extern crate std;
+
+    use super::*;
+    use crate::parallel::Sequential;
+    use std::vec;
+
+    /// The residual pass reads codes stored for the kernel: the VNNI kernels' offset bytes must
+    /// decode to the same residual codes as the plain ones (this needs no VNNI CPU: only the
+    /// byte encoding differs).
+    #[test]
+    fn residual_codes_do_not_depend_on_the_activation_encoding() {
+        if !std::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let (n, din) = (3usize, 45usize);
+        let x: std::vec::Vec<f32> = (0..n * din)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013 * (1 + i % 3) as f32)
+            .collect();
+        let codes = |isa: Isa| {
+            let (nf, nq) = linear_scratch_len(n, din);
+            let (mut f, mut q) = (vec![0f32; nf], vec![0i8; nq]);
+            let mut s = LinearScratch {
+                f: &mut f,
+                q: &mut q,
+            };
+            let lda = quantize_activations(isa, &Sequential, &x, n, din, &mut s);
+            quantize_residuals(isa, &Sequential, &x, n, din, lda, &mut s);
+            if wants_offset_activations(isa) {
+                s.q.iter_mut().for_each(|v| *v = (*v as u8 ^ 0x80) as i8);
+            }
+            (s.q[..n * lda].to_vec(), s.f[..n].to_vec())
+        };
+        let plain = codes(Isa::Avx2);
+        assert!(plain.0.iter().any(|c| *c != 0));
+        assert_eq!(codes(Isa::Avx512Vnni), plain);
+        assert_eq!(codes(Isa::AvxVnni), plain);
     }
 }

@@ -94,4 +94,4 @@ pub use norm::{
 };
 pub use pack::{pack_official, pack_panels, panel_value, panels_len};
 pub use peak::int8_peak_probe;
-pub use quant::quantize_row;
+pub use quant::{quantize_residual, quantize_row};

@@ -83,6 +83,7 @@ fn int8_peak_scalar(iters: usize) -> u64 {
             rows: PANEL_NR,
             k: SCALAR_K,
             o0: 0,
+            act16: false,
         };
         let rows = black_box(&a[..]);
         gemm_i8_with(

@@ -34,6 +34,26 @@ unsafe fn quantize_row_avx2(x: &[f32], q: &mut [i8]) -> f32 {
     quantize_row(x, q)
 }
 
+/// The second pass of two-pass ("a16") activations: `q` holds the codes of `x` under scale `s1`
+/// ([`quantize_row`]); they are replaced by the codes of the rounding residual `x − q·s1` under
+/// `s2 = s1 / 254`, which is returned. The residual is at most `s1 / 2`, so its codes fill
+/// [−127, 127] and `q₁·s1 + q₂·s2` is within `s2 / 2` of each value (≈ 15 bits). Every step is
+/// one correctly rounded f32 operation, so the CUDA kernel `quantize_residual_rows` gives the
+/// same codes. A zero, non-finite or too small `s1` gives all codes 0.
+pub fn quantize_residual(x: &[f32], s1: f32, q: &mut [i8]) -> f32 {
+    let s2 = s1 / 254.0;
+    let inv = 254.0 / s1;
+    if s1 > 0.0 && inv.is_finite() {
+        for (c, v) in q.iter_mut().zip(x) {
+            let r = v - *c as f32 * s1;
+            *c = round_half_away(r * inv).clamp(-127, 127) as i8;
+        }
+    } else {
+        q.iter_mut().for_each(|c| *c = 0);
+    }
+    s2
+}
+
 /// The scale of a row made of `pieces` (the int8 conv quantizes an image row over all channels,
 /// which lie apart in the input map), and the factor [`code`] multiplies by.
 ///

@@ -43,6 +43,20 @@ pub(super) fn int8_linear<'a>(
     Weight::I8(PanelsI8::new(p, scales, dout, din, 1).unwrap())
 }
 
+/// [`int8_linear`] with two-pass activations.
+pub(super) fn int8_linear_a16<'a>(
+    p: &'a [i8],
+    scales: &'a [f32],
+    dout: usize,
+    din: usize,
+) -> Weight<'a> {
+    Weight::I8(
+        PanelsI8::new(p, scales, dout, din, 1)
+            .unwrap()
+            .with_act16(true),
+    )
+}
+
 /// A `dout × din` Linear with weights `w` and bias `b`.
 pub(super) fn linear_layer<'a>(
     w: Weight<'a>,
@@ -496,20 +510,100 @@ fn int8_linear_error_is_bounded() {
     };
     let p = packed(&q, dout, din);
     let y8 = run(int8_linear(&p, &scales, dout, din));
+    let y16 = run(int8_linear_a16(&p, &scales, dout, din));
     let yf = run(Weight::F32(&deq));
+    let (mut worst8, mut worst16) = (0f32, 0f32);
     for t in 0..n {
         let sx = x[t * din..(t + 1) * din]
             .iter()
             .fold(0f32, |m, v| m.max(v.abs()))
             / 127.0;
         for o in 0..dout {
-            let bound: f32 = deq[o * din..(o + 1) * din]
-                .iter()
-                .map(|w| w.abs() * sx / 2.0)
-                .sum();
-            let d = (y8[t * dout + o] - yf[t * dout + o]).abs();
-            assert!(d <= bound * 1.001 + 1e-6, "row {t} out {o}: {d} > {bound}");
+            let sum_w: f32 = deq[o * din..(o + 1) * din].iter().map(|w| w.abs()).sum();
+            // One step of s_x per activation, or of s_x / 254 with the residual pass; the
+            // f32 reference's own rounding is below 1e-6 here.
+            let (bound8, bound16) = (sum_w * sx / 2.0, sum_w * sx / 508.0);
+            let (yo, i) = (yf[t * dout + o], t * dout + o);
+            let (d8, d16) = ((y8[i] - yo).abs(), (y16[i] - yo).abs());
+            assert!(
+                d8 <= bound8 * 1.001 + 1e-6,
+                "row {t} out {o}: {d8} > {bound8}"
+            );
+            assert!(
+                d16 <= bound16 * 1.001 + 1e-6,
+                "a16 row {t} out {o}: {d16} > {bound16}"
+            );
+            worst8 = worst8.max(d8 / yo.abs().max(1e-3));
+            worst16 = worst16.max(d16 / yo.abs().max(1e-3));
         }
+    }
+    // The residual pass carries about 8 more bits: far more accurate, not merely within bound.
+    assert!(worst16 * 50.0 < worst8, "a16 {worst16} vs int8 {worst8}");
+}
+
+#[test]
+fn linear_shared_equals_one_linear_call_each() {
+    let mut rng = Lcg(21);
+    let (n, din, dq, dkv) = (11usize, 37usize, 20usize, 33usize);
+    let x = rng.vec(n * din, 1.5);
+    let weight = |rng: &mut Lcg, dout: usize| {
+        let wf = rng.vec(din * dout, 0.4);
+        let mut q = vec![0i8; din * dout];
+        let scales: Vec<f32> = (0..dout)
+            .map(|o| quantize_row(&wf[o * din..(o + 1) * din], &mut q[o * din..(o + 1) * din]))
+            .collect();
+        (packed(&q, dout, din), scales, rng.vec(dout, 0.2))
+    };
+    let (pq, sq, bq) = weight(&mut rng, dq);
+    let (pk, sk, bk) = weight(&mut rng, dkv);
+    // Both plain, both two-pass, and mixed (which falls back to one call each).
+    for (aq, ak) in [(false, false), (true, true), (true, false), (false, true)] {
+        let wq = PanelsI8::new(&pq, &sq, dq, din, 1).unwrap().with_act16(aq);
+        let wk = PanelsI8::new(&pk, &sk, dkv, din, 1).unwrap().with_act16(ak);
+        let lq = linear_layer(Weight::I8(wq), Some(&bq), din, dq);
+        let lk = linear_layer(Weight::I8(wk), Some(&bk), din, dkv);
+        let (want_q, want_k) = (
+            linear_on(Isa::active(), &Sequential, &x, n, &lq),
+            linear_on(Isa::active(), &Sequential, &x, n, &lk),
+        );
+        let (nf, nq) = linear_scratch_len(n, din);
+        let (mut f, mut qs) = (vec![f32::NAN; nf], vec![0x55i8; nq]);
+        let mut s = LinearScratch {
+            f: &mut f,
+            q: &mut qs,
+        };
+        let (mut yq, mut yk) = (vec![f32::NAN; n * dq], vec![f32::NAN; n * dkv]);
+        linear_shared(&x, n, [(&lq, &mut yq), (&lk, &mut yk)], &mut s, &Sequential);
+        assert_eq!(bits(&yq), bits(&want_q), "q, a16 {aq}/{ak}");
+        assert_eq!(bits(&yk), bits(&want_k), "kv, a16 {aq}/{ak}");
+    }
+}
+
+#[test]
+fn quantize_residual_adds_eight_bits() {
+    let mut rng = Lcg(22);
+    for (len, gain) in [(1usize, 1.0f32), (9, 0.003), (64, 1.0), (300, 250.0)] {
+        let x = rng.vec(len, gain);
+        let mut q = vec![0i8; len];
+        let s1 = quantize_row(&x, &mut q);
+        let q1 = q.clone();
+        let s2 = quantize_residual(&x, s1, &mut q);
+        assert_eq!(s2, s1 / 254.0);
+        for ((v, a), b) in x.iter().zip(&q1).zip(&q) {
+            assert!((-127..=127).contains(b));
+            let err = (*a as f32 * s1 + *b as f32 * s2 - v).abs();
+            // Half a fine step, plus the f32 rounding of the residual itself.
+            assert!(
+                err <= s2 / 2.0 + s1 * 1e-6,
+                "len {len}: x {v} err {err} s2 {s2}"
+            );
+        }
+    }
+    // A zero row, a NaN scale and an underflowing one code to 0.
+    for s1 in [0.0, f32::NAN, 1e-45] {
+        let mut q = [5i8; 3];
+        quantize_residual(&[0.0, 1e-45, 0.0], s1, &mut q);
+        assert_eq!(q, [0; 3], "s1 {s1}");
     }
 }
 
