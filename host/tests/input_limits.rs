@@ -209,17 +209,17 @@ fn builtin_model() -> Vec<u8> {
 }
 
 /// Byte offsets in the built-in model of `pos_start[0]` (f32) and of the first scale of the
-/// int8 `head` weight.
+/// last block's int8 `ffn.fc2` weight.
 fn f32_and_scale_offsets(bytes: &[u8]) -> (usize, usize) {
     let aligned = AlignedBytes::new(bytes);
     let base = aligned.as_bytes().as_ptr() as usize;
     let m = Model::from_bytes(aligned.as_bytes()).expect("the built-in model loads");
-    let Weight::I8(head) = m.weights.var.head.w else {
-        panic!("the built-in model's head is int8")
+    let Weight::I8(fc2) = m.weights.var.blocks.last().expect("blocks").fc2.w else {
+        panic!("the built-in model's last ffn.fc2 is int8")
     };
     (
         m.weights.var.pos_start.as_ptr() as usize - base,
-        head.scales.as_ptr() as usize - base,
+        fc2.scales.as_ptr() as usize - base,
     )
 }
 

@@ -87,8 +87,10 @@ enum Cmd {
         meta: Vec<String>,
         /// Keep matching Linear/Conv weights more precise than --weights (repeatable or
         /// comma-separated): canonical names as `inspect` lists them, `*` matches any run of
-        /// characters, `=f32` or `=f16` (default) picks the format.
-        #[arg(long, value_name = "NAME[=f16|f32]", value_delimiter = ',')]
+        /// characters, `=f32` or `=f16` (default) picks the format; `=a16` keeps matching
+        /// Linear weights int8 and runs them with two-pass activations (no bytes, twice the
+        /// int8 GEMM work). The last matching rule wins.
+        #[arg(long, value_name = "NAME[=f16|f32|a16]", value_delimiter = ',')]
         keep: Vec<String>,
         /// Automatic precision plan (with --weights int8): keep the weights that measure most
         /// sensitive in --plan-format, best per byte first, while the file grows by at most
@@ -186,7 +188,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
         /// Precision plan for the fixture's pack, as `pack --keep` (golden cases only).
-        #[arg(long, value_name = "NAME[=f16|f32]", value_delimiter = ',')]
+        #[arg(long, value_name = "NAME[=f16|f32|a16]", value_delimiter = ',')]
         keep: Vec<String>,
         /// AdaLN tables in the fixture's pack, as `pack --ada-table` (golden cases only).
         #[arg(

@@ -151,9 +151,11 @@ fn inspect_json_schema() {
     for t in tensors {
         assert!(t["name"].is_string(), "{t}");
         let dtype = t["dtype"].as_str().expect("dtype");
-        assert!(["int8", "f16", "f32"].contains(&dtype), "{t}");
+        assert!(["int8", "i8a16", "f16", "f32"].contains(&dtype), "{t}");
         let layout = t["layout"].as_str().expect("layout");
-        assert!(layout == "plain" || layout.starts_with("panels"), "{t}");
+        let panels = dtype == "int8" || dtype == "i8a16";
+        assert_eq!(layout.starts_with("panels"), panels, "{t}");
+        assert!(layout == "plain" || panels, "{t}");
         let shape = t["shape"].as_array().expect("shape");
         elements += shape.iter().map(|d| uint(d, "dim")).product::<u64>();
         for k in ["offset", "bytes", "scales_offset"] {
@@ -162,6 +164,8 @@ fn inspect_json_schema() {
     }
     assert_eq!(elements, sum);
     assert!(tensors.iter().any(|t| t["dtype"] == "int8"));
+    // The built-in model's plan: every int8 Linear with two-pass activations (docs/MODEL.md).
+    assert!(tensors.iter().any(|t| t["dtype"] == "i8a16"));
 
     // Arena: one object per operation, its buffers nested.
     let arena = v["arena"].as_array().expect("arena array");
