@@ -196,31 +196,35 @@ fn layer_cases(rng: &mut Lcg) -> usize {
         }
         compared += n;
     }
-    // Linear: 5 rows of 60 inputs to 24 outputs (the first conv weight's rows as the matrix).
-    let l = Linear {
-        w: Weight::I8(PanelsI8::new(&cq[..panels_len(24, 60)], &scales, 24, 60, 1).unwrap()),
-        b: Some(&bias),
-        in_dim: 60,
-        out_dim: 24,
-    };
-    for n in 1..=5 {
-        let (nf, ni) = linear_scratch_len(n, 60);
-        for (isa, y) in [Isa::Scalar, FAST].into_iter().zip(cy.iter_mut()) {
-            let mut s = LinearScratch {
-                f: &mut sf[..nf],
-                q: &mut si[..ni],
-            };
-            linear_with(isa, &Sequential, &cx[..n * 60], n, &l, y, &mut s);
+    // Linear: 5 rows of 60 inputs to 24 outputs (the first conv weight's rows as the matrix),
+    // with one-pass and two-pass ("a16") activations.
+    for act16 in [false, true] {
+        let w = PanelsI8::new(&cq[..panels_len(24, 60)], &scales, 24, 60, 1).unwrap();
+        let l = Linear {
+            w: Weight::I8(w.with_act16(act16)),
+            b: Some(&bias),
+            in_dim: 60,
+            out_dim: 24,
+        };
+        for n in 1..=5 {
+            let (nf, ni) = linear_scratch_len(n, 60);
+            for (isa, y) in [Isa::Scalar, FAST].into_iter().zip(cy.iter_mut()) {
+                let mut s = LinearScratch {
+                    f: &mut sf[..nf],
+                    q: &mut si[..ni],
+                };
+                linear_with(isa, &Sequential, &cx[..n * 60], n, &l, y, &mut s);
+            }
+            if cy[0][..n * 24]
+                .iter()
+                .zip(&cy[1][..n * 24])
+                .any(|(a, b)| a.to_bits() != b.to_bits())
+            {
+                hprintln!("FAIL linear n={} a16 {}", n, act16);
+                debug::exit(debug::EXIT_FAILURE);
+            }
+            compared += n * 24;
         }
-        if cy[0][..n * 24]
-            .iter()
-            .zip(&cy[1][..n * 24])
-            .any(|(a, b)| a.to_bits() != b.to_bits())
-        {
-            hprintln!("FAIL linear n={}", n);
-            debug::exit(debug::EXIT_FAILURE);
-        }
-        compared += n * 24;
     }
     compared
 }
