@@ -152,28 +152,12 @@ pub fn linear_with(
         }),
         Weight::I8(wp) => {
             let lda = quantize_activations(isa, par, x, n, din, s);
-            int8_outputs(
-                isa,
-                par,
-                (&s.q[..n * lda], lda, &s.f[..n]),
-                n,
-                l,
-                &wp,
-                &y,
-                false,
-            );
-            if wp.act16 {
-                quantize_residuals(isa, par, x, n, din, lda, s);
-                int8_outputs(
-                    isa,
-                    par,
-                    (&s.q[..n * lda], lda, &s.f[..n]),
-                    n,
-                    l,
-                    &wp,
-                    &y,
-                    true,
-                );
+            for &accumulate in passes(wp.act16) {
+                if accumulate {
+                    quantize_residuals(isa, par, x, n, din, lda, s);
+                }
+                let codes = (&s.q[..n * lda], lda, &s.f[..n]);
+                int8_outputs(isa, par, codes, n, l, &wp, &y, accumulate);
             }
         }
     }
@@ -302,6 +286,16 @@ fn quantize_activations(
     lda
 }
 
+/// The passes of an int8 Linear: the plain one, and with two-pass activations the accumulating
+/// residual pass after it.
+fn passes(act16: bool) -> &'static [bool] {
+    if act16 {
+        &[false, true]
+    } else {
+        &[false]
+    }
+}
+
 /// Replaces the codes and scales that [`quantize_activations`] left in `s` by those of each row's
 /// rounding residual ([`quantize_residual`]), in place: the second pass of two-pass activations.
 fn quantize_residuals(
@@ -358,8 +352,9 @@ fn int8_outputs(
             let ys = yr.iter_mut().zip(sums).zip(scales);
             match l.b {
                 _ if accumulate => {
+                    // One rounded addition, as CUDA's linear_out with y as the bias.
                     for ((yv, acc), so) in ys {
-                        *yv = *acc as f32 * (st * so) + *yv;
+                        *yv += *acc as f32 * (st * so);
                     }
                 }
                 Some(b) => {
@@ -401,12 +396,7 @@ pub fn linear_shared<const N: usize>(
         return;
     }
     let lda = quantize_activations(isa, par, &x[..n * din], n, din, s);
-    let passes: &[bool] = if first_act16 {
-        &[false, true]
-    } else {
-        &[false]
-    };
-    for &accumulate in passes {
+    for &accumulate in passes(first_act16) {
         if accumulate {
             quantize_residuals(isa, par, &x[..n * din], n, din, lda, s);
         }
