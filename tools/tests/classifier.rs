@@ -28,7 +28,7 @@ fn matches_pytorch_golden() {
         &std::fs::read(root().join("tools/tests/data/classifier/golden.json")).unwrap(),
     )
     .unwrap();
-    let grid = srdd::read_png_rgb(&root().join("docs/img/emoji32-grid.png")).unwrap();
+    let grid = srdd::read_png_rgb(&root().join("tools/tests/data/classifier/grid.png")).unwrap();
     let m = Classifier::load(&committed_classifier()).unwrap();
     assert_eq!(m.classes(), 9);
     let cases = golden["cases"].as_array().unwrap();
@@ -204,7 +204,7 @@ fn frechet_of_grid_halves_matches_evaluate_py() {
         &std::fs::read(root().join("tools/tests/data/classifier/golden.json")).unwrap(),
     )
     .unwrap();
-    let grid = srdd::read_png_rgb(&root().join("docs/img/emoji32-grid.png")).unwrap();
+    let grid = srdd::read_png_rgb(&root().join("tools/tests/data/classifier/grid.png")).unwrap();
     let m = Classifier::load(&committed_classifier()).unwrap();
     let half = |cols: std::ops::Range<usize>| -> Vec<Vec<f32>> {
         (0..9)

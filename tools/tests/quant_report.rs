@@ -176,7 +176,7 @@ fn pack_f32(dir: &Path, out: &Path, extra: &[&str]) {
 /// gradient.
 fn write_png(path: &Path, side: usize, r: usize, c: usize) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let grid = srdd::read_png_rgb(&root.join("docs/img/emoji32-grid.png")).unwrap();
+    let grid = srdd::read_png_rgb(&root.join("tools/tests/data/classifier/grid.png")).unwrap();
     let mut rgb = Vec::with_capacity(side * side * 3);
     for y in 0..side {
         for x in 0..side {

@@ -82,7 +82,7 @@ fn blocked_outputs<T, A: Copy, P: Copy>(
 /// `y[t] = x[t] Wᵀ + b` for `n` rows; x is `n × in_dim`, y is `n × out_dim`, both row-major.
 /// int8 weights use int8 activations quantized per row and i32 accumulation; with two-pass
 /// activations ([`PanelsI8::act16`]) each row's rounding residual is quantized too and a second
-/// GEMM adds `acc₂ · (s₂ · s_w) ` to every output (bias once, in the first). Output channels are
+/// GEMM adds `acc₂ · (s₂ · s_w)` to every output (bias once, in the first). Output channels are
 /// split across `par`'s tasks; every value is computed exactly as the sequential loop would.
 /// Runs on [`Isa::active`].
 pub fn linear(

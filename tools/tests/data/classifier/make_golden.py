@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes golden.json: PyTorch features (128-d) and logits of the committed emoji32 classifier
-(tools/train/emoji32-classifier.pt) on three 32x32 tiles of docs/img/emoji32-grid.png (tile (row, col)
+(tools/train/emoji32-classifier.pt) on three 32x32 tiles of tools/tests/data/classifier/grid.png (tile (row, col)
 at x = 34*col, y = 34*row; the grid has 2-pixel gaps), preprocessed as evaluate.py does. Checked by
 tools/tests/classifier.rs without torch. Also evaluate.py's Frechet distance between the features of the
 grid's columns 0-3 and columns 4-7 (36 tiles each, every row).
@@ -69,7 +69,7 @@ def read_png_rgb8(path):
 
 
 def main():
-    grid = read_png_rgb8(os.path.join(ROOT, "docs/img/emoji32-grid.png"))
+    grid = read_png_rgb8(os.path.join(ROOT, "tools/tests/data/classifier/grid.png"))
     imgs = np.stack([grid[34 * r:34 * r + 32, 34 * c:34 * c + 32] for r, c in TILES])
     m, _ = load_classifier(os.path.join(ROOT, "tools/train/emoji32-classifier.pt"))
     with torch.no_grad():
@@ -85,7 +85,7 @@ def main():
     fd = frechet(half[0], half[1])
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden.json")
     with open(out, "w") as fh:
-        json.dump({"source": "docs/img/emoji32-grid.png", "torch": torch.__version__, "cases": cases,
+        json.dump({"source": "tools/tests/data/classifier/grid.png", "torch": torch.__version__, "cases": cases,
                    "frechet_columns_0_3_vs_4_7": fd}, fh)
         fh.write("\n")
     print(f"wrote {out}: {len(cases)} cases, argmax {[int(v) for v in lg.argmax(1)]}, Frechet {fd}")
